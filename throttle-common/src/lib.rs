@@ -1,0 +1,179 @@
+//! Types shared by the eBPF programs and `chadthrottled`: the `#[repr(C)]` map
+//! layouts, their limits, and (with the `user` feature) the rate syntax.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+#[cfg(feature = "user")]
+pub mod rate;
+
+/// Map capacities. Slots are per throttle and direction; slot 0 means "none".
+pub const MAX_SLOTS: u32 = 4096;
+pub const MAX_PROCS: u32 = 65536;
+
+/// Per-socket owner record, kept in SK_STORAGE (cloned to accepted sockets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    /// Thread-group id of the process that created (or was seeded to own) the socket.
+    pub tgid: u32,
+    /// One past the highest TCP sequence number seen on ingress: a segment
+    /// that starts below it is a retransmission.
+    pub rcv_end_seq: u32,
+    /// `OWNER_SEQ_VALID` once `rcv_end_seq` has been set.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub const OWNER_SEQ_VALID: u32 = 1;
+
+/// The throttle slots that cover a process, per direction (0 = not throttled).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcSlots {
+    pub up: u32,
+    pub down: u32,
+}
+
+/// What the data path does with a packet whose slot it found.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotMode {
+    /// Unused slot: count nothing, pass.
+    Off = 0,
+    /// Police with the slot's GCRA bucket (the `ebpf` backend).
+    Bucket = 1,
+    /// Write `classid` into `skb->priority` and pass (HTB classifies on it).
+    Classify = 2,
+}
+
+/// One throttle direction. `tat_ns` is the GCRA theoretical arrival time,
+/// updated atomically by every CPU; the rest is written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub tat_ns: u64,
+    /// Cost of one byte in ns: integer part and 16-bit fraction, so that
+    /// `len * cost` never overflows for any length or rate.
+    pub ns_per_byte: u64,
+    pub ns_per_byte_frac: u64,
+    /// Burst tolerance in ns of credit (burst bytes × cost per byte).
+    pub burst_ns: u64,
+    /// Extra credit a TCP retransmission may overdraw on ingress, in ns.
+    pub debt_ns: u64,
+    /// Limit in bytes/s at the IP layer (used for pacing).
+    pub rate: u64,
+    pub mode: u32,
+    pub classid: u32,
+}
+
+/// Per-CPU counters of one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub pass_bytes: u64,
+    pub pass_pkts: u64,
+    pub drop_bytes: u64,
+    pub drop_pkts: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.pass_bytes += o.pass_bytes;
+        self.pass_pkts += o.pass_pkts;
+        self.drop_bytes += o.drop_bytes;
+        self.drop_pkts += o.drop_pkts;
+    }
+}
+
+impl Slot {
+    /// A bucket policing `rate` bytes/s with `burst` bytes of tolerance and
+    /// `debt` bytes of overdraft for retransmissions.
+    pub fn bucket(rate: u64, burst: u64, debt: u64) -> Self {
+        let rate = rate.max(1);
+        let ns_per_byte = 1_000_000_000 / rate;
+        let rem = 1_000_000_000 % rate;
+        let ns_per_byte_frac = ((rem as u128) << 16) as u64 / rate;
+        let mut s = Slot {
+            ns_per_byte,
+            ns_per_byte_frac,
+            rate,
+            mode: SlotMode::Bucket as u32,
+            ..Default::default()
+        };
+        s.burst_ns = s.cost_ns(burst);
+        s.debt_ns = s.cost_ns(debt);
+        s
+    }
+
+    /// A slot that only classifies into an HTB class.
+    pub fn classify(classid: u32) -> Self {
+        Slot {
+            mode: SlotMode::Classify as u32,
+            classid,
+            ..Default::default()
+        }
+    }
+
+    /// Nanoseconds of credit that `len` bytes consume.
+    #[inline(always)]
+    pub fn cost_ns(&self, len: u64) -> u64 {
+        len * self.ns_per_byte + ((len * self.ns_per_byte_frac) >> 16)
+    }
+}
+
+/// TCP pacing for an IP-layer limit: pacing counts payload only, so pace at
+/// MSS/(MSS + headers) of the limit (1448/1500 for IPv4 with timestamps).
+#[inline(always)]
+pub fn pacing_rate(rate: u64) -> u64 {
+    rate * 1448 / 1500
+}
+
+/// Receive window for a policed download: four BDPs (never the bottleneck),
+/// at least 10 ms of rate and 16 KiB, so that one drop loses a small flight
+/// instead of the megabytes that window autotuning would allow.
+#[inline(always)]
+pub fn window_clamp(rate: u64, rtt_us: u64) -> u32 {
+    let t_us = if rtt_us * 4 > 10_000 {
+        rtt_us * 4
+    } else {
+        10_000
+    };
+    let w = rate * t_us / 1_000_000;
+    if w < 16384 {
+        16384
+    } else if w > (1 << 30) {
+        1 << 30
+    } else {
+        w as u32
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers with no padding.
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::ProcSlots {}
+    unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_exact_for_common_rates() {
+        let s = Slot::bucket(1 << 20, 65536, 0);
+        // 1 MiB at 1 MiB/s costs one second, within rounding of the fraction.
+        let c = s.cost_ns(1 << 20);
+        assert!((999_990_000..=1_000_000_000).contains(&c), "{c}");
+        assert_eq!(s.burst_ns, s.cost_ns(65536));
+    }
+
+    #[test]
+    fn cost_never_overflows() {
+        let s = Slot::bucket(1, 1, 0);
+        assert_eq!(s.cost_ns(1 << 20), (1u64 << 20) * 1_000_000_000);
+        let s = Slot::bucket(u64::MAX / 2, 1, 0);
+        assert_eq!(s.cost_ns(1 << 30), 0);
+    }
+}

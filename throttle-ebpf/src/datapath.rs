@@ -1,0 +1,326 @@
+use core::{arch::asm, ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC,
+        BPF_SK_STORAGE_GET_F_CREATE,
+    },
+    helpers::generated::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock,
+        bpf_sk_storage_get,
+    },
+    macros::{cgroup_skb, cgroup_sock, map, sock_ops},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{SkBuffContext, SockContext, SockOpsContext},
+};
+use throttle_common::{
+    pacing_rate, window_clamp, Counters, ProcSlots, Slot, SlotMode, SockOwner, MAX_PROCS,
+    MAX_SLOTS, OWNER_SEQ_VALID,
+};
+
+/// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
+const BPF_F_CLONE: usize = 1 << 9;
+
+/// SK_STORAGE declared by hand: aya-ebpf's `SkStorage` cannot set `BPF_F_CLONE`.
+#[repr(C)]
+pub struct OwnerStorage {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockOwner,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize | BPF_F_CLONE],
+}
+unsafe impl Sync for OwnerStorage {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "CT_SK_OWNER")]
+static SK_OWNER: OwnerStorage = OwnerStorage {
+    r#type: ptr::null(),
+    key: ptr::null(),
+    value: ptr::null(),
+    max_entries: ptr::null(),
+    map_flags: ptr::null(),
+};
+
+#[map(name = "CT_PROCS")]
+static PROCS: HashMap<u32, ProcSlots> = HashMap::with_max_entries(MAX_PROCS, 0);
+#[map(name = "CT_SLOTS")]
+static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, 0);
+#[map(name = "CT_COUNTERS")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+/// Set at load time by the daemon (config `exempt_loopback`).
+#[unsafe(no_mangle)]
+static CT_EXEMPT_LOOPBACK: u32 = 1;
+
+const LOOPBACK_IFINDEX: u32 = 1;
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+/// Egress only: drop and tell TCP it met congestion, so it keeps the segment
+/// queued and shrinks cwnd instead of retransmitting later.
+const DROP_CN: i32 = 2;
+
+const SOL_SOCKET: i32 = 1;
+const SO_MAX_PACING_RATE: i32 = 47;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const IPPROTO_TCP: u8 = 6;
+const SOL_TCP: i32 = 6;
+const TCP_WINDOW_CLAMP: i32 = 10;
+
+#[inline(always)]
+fn owner_of(sk: *mut bpf_sock) -> Option<&'static mut SockOwner> {
+    if sk.is_null() {
+        return None;
+    }
+    let p = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&SK_OWNER).cast_mut().cast(),
+            sk.cast(),
+            ptr::null_mut(),
+            0,
+        )
+    };
+    unsafe { p.cast::<SockOwner>().as_mut() }
+}
+
+#[inline(always)]
+fn skb_owner(ctx: &SkBuffContext) -> Option<&'static mut SockOwner> {
+    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0
+        && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX
+    {
+        return None;
+    }
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    owner_of(unsafe { bpf_sk_fullsock(sk) })
+}
+
+#[inline(always)]
+fn slot_of(id: u32) -> Option<&'static mut Slot> {
+    if id == 0 {
+        return None;
+    }
+    SLOTS.get_ptr_mut(id).and_then(|p| unsafe { p.as_mut() })
+}
+
+#[inline(always)]
+fn count(id: u32, len: u64, passed: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(id).and_then(|p| unsafe { p.as_mut() }) {
+        if passed {
+            c.pass_bytes += len;
+            c.pass_pkts += 1;
+        } else {
+            c.drop_bytes += len;
+            c.drop_pkts += 1;
+        }
+    }
+}
+
+/// BPF `cmpxchg_64`: the target spec is single-threaded, so `core` atomics
+/// may be lowered to plain memory operations; the instruction is emitted by hand.
+#[inline(always)]
+fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+    let prev: u64;
+    unsafe {
+        asm!("r0 = cmpxchg_64({p} + 0, r0, {new})", p = in(reg) p, new = in(reg) new, inout("r0") old => prev)
+    };
+    prev
+}
+
+#[inline(always)]
+fn atomic_add(p: *mut u64, v: u64) {
+    unsafe { asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
+}
+
+/// GCRA: conforming when the theoretical arrival time is at most `burst_ns`
+/// ahead of now. `force` charges the bucket even when it is not conforming.
+#[inline(always)]
+fn admit(slot: &mut Slot, len: u64, force: bool) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cost = slot.cost_ns(len);
+    let tat = ptr::from_mut(&mut slot.tat_ns);
+    let mut old = unsafe { ptr::read_volatile(tat) };
+    // Bounded retries keep the verifier happy; a lost race falls back to a plain add.
+    for _ in 0..4 {
+        let base = if old < now { now } else { old };
+        if base - now > slot.burst_ns && !force {
+            return false;
+        }
+        let prev = cmpxchg(tat, old, base + cost);
+        if prev == old {
+            return true;
+        }
+        old = prev;
+    }
+    atomic_add(tat, cost);
+    true
+}
+
+#[inline(always)]
+fn in_debt_limit(slot: &Slot) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    slot.tat_ns < now + slot.burst_ns + slot.debt_ns
+}
+
+#[cgroup_sock(sock_create)]
+pub fn ct_sock_create(ctx: SockContext) -> i32 {
+    let mut owner = SockOwner {
+        tgid: (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32,
+        ..Default::default()
+    };
+    unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&SK_OWNER).cast_mut().cast(),
+            ctx.sock.cast(),
+            ptr::from_mut(&mut owner).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        );
+    }
+    1
+}
+
+#[cgroup_skb(egress)]
+pub fn ct_egress(ctx: SkBuffContext) -> i32 {
+    let Some(owner) = skb_owner(&ctx) else {
+        return PASS;
+    };
+    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
+        return PASS;
+    };
+    let id = procs.up;
+    let Some(slot) = slot_of(id) else { return PASS };
+    let gso = unsafe { (*ctx.skb.skb).gso_segs } > 1;
+    let len = wire_len(&ctx, if gso { tcp_header(&ctx) } else { None });
+    if slot.mode == SlotMode::Classify as u32 {
+        unsafe { (*ctx.skb.skb).priority = slot.classid };
+        count(id, len, true);
+        return PASS;
+    }
+    if slot.mode != SlotMode::Bucket as u32 {
+        return PASS;
+    }
+    let ok = admit(slot, len, false);
+    count(id, len, ok);
+    if ok {
+        PASS
+    } else {
+        DROP_CN
+    }
+}
+
+/// Offsets of a TCP segment: `(l4 offset, header length, seq)`.
+#[inline(always)]
+fn tcp_header(ctx: &SkBuffContext) -> Option<(u32, u32, u32)> {
+    let b0: u8 = ctx.load(0).ok()?;
+    let (l4, proto) = match b0 >> 4 {
+        4 => (((b0 & 0xf) as usize) * 4, ctx.load::<u8>(9).ok()?),
+        6 => (40, ctx.load::<u8>(6).ok()?),
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP || l4 > 60 {
+        return None;
+    }
+    let seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
+    let doff = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as u32) * 4;
+    Some((l4 as u32, l4 as u32 + doff, seq))
+}
+
+/// Bytes on the wire, as HTB counts them: a GSO super-packet carries its
+/// headers once but leaves as `gso_segs` packets.
+#[inline(always)]
+fn wire_len(ctx: &SkBuffContext, hdr: Option<(u32, u32, u32)>) -> u64 {
+    let len = ctx.len() as u64;
+    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    match hdr {
+        Some((_, h, _)) if segs > 1 => len + (segs - 1) * h as u64,
+        _ => len,
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
+    let Some(owner) = skb_owner(&ctx) else {
+        return PASS;
+    };
+    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
+        return PASS;
+    };
+    let id = procs.down;
+    let Some(slot) = slot_of(id) else { return PASS };
+    if slot.mode != SlotMode::Bucket as u32 {
+        return PASS;
+    }
+    // A retransmission of a segment we dropped passes on credit: dropping it
+    // again is what sends TCP into back-to-back RTOs on a policed path.
+    let hdr = tcp_header(&ctx);
+    let len = wire_len(&ctx, hdr);
+    let mut retrans = false;
+    if let Some((_, h, seq)) = hdr {
+        let payload = ctx.len().saturating_sub(h);
+        if payload > 0 {
+            let end = seq.wrapping_add(payload);
+            let valid = owner.flags & OWNER_SEQ_VALID != 0;
+            retrans = valid && (seq.wrapping_sub(owner.rcv_end_seq) as i32) < 0;
+            if !valid || (end.wrapping_sub(owner.rcv_end_seq) as i32) > 0 {
+                owner.rcv_end_seq = end;
+                owner.flags |= OWNER_SEQ_VALID;
+            }
+        }
+    }
+    let ok = admit(slot, len, retrans && in_debt_limit(slot));
+    count(id, len, ok);
+    if ok {
+        PASS
+    } else {
+        DROP
+    }
+}
+
+#[inline(always)]
+fn setsockopt_u32(ctx: &SockOpsContext, level: i32, name: i32, mut v: u32) {
+    unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast::<c_void>(),
+            level,
+            name,
+            ptr::from_mut(&mut v).cast(),
+            4,
+        )
+    };
+}
+
+/// New TCP connections of throttled processes: pace uploads, clamp the
+/// window of downloads. Existing connections get the same from the daemon.
+#[sock_ops]
+pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    let Some(owner) = owner_of(sk) else { return 1 };
+    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
+        return 1;
+    };
+    if let Some(slot) = slot_of(procs.up).filter(|s| s.mode == SlotMode::Bucket as u32) {
+        setsockopt_u32(
+            &ctx,
+            SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            pacing_rate(slot.rate).min(u32::MAX as u64 - 1) as u32,
+        );
+    }
+    if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {
+        let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
+        setsockopt_u32(
+            &ctx,
+            SOL_TCP,
+            TCP_WINDOW_CLAMP,
+            window_clamp(slot.rate, rtt_us),
+        );
+    }
+    1
+}

@@ -1,0 +1,197 @@
+//! The `ebpf` backend: a GCRA bucket per slot, enforced by the cgroup_skb
+//! programs, plus TCP pacing of the throttled process's sockets on upload.
+use std::collections::BTreeMap;
+
+use throttle_common::{pacing_rate, rate::Rate, window_clamp, Counters, Slot, SlotMode};
+
+use super::{
+    Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
+};
+use crate::kernel::sockets;
+
+const NAME: &str = "ebpf";
+
+/// Bucket shape for one direction: burst tolerance and retransmission debt,
+/// in bytes. GSO/GRO super-packets reach 64 KiB, so the burst is never
+/// smaller; ingress needs more, because a policer cannot queue.
+/// `CT_TUNE="up_ms,down_ms,debt_pct"` overrides the defaults for benchmarks.
+pub fn bucket_shape(rate: Rate, dir: Direction) -> (u64, u64) {
+    let (up_ms, down_ms, debt_pct) = tuning();
+    let r = rate.bytes_per_sec();
+    let (floor, ms) = match dir {
+        Direction::Up => (64 << 10, up_ms),
+        Direction::Down => (96 << 10, down_ms),
+    };
+    let burst = (r * ms / 1000).max(floor);
+    (burst, burst * debt_pct / 100)
+}
+
+fn tuning() -> (u64, u64, u64) {
+    const DEFAULT: (u64, u64, u64) = (5, 250, 25);
+    let Ok(v) = std::env::var("CT_TUNE") else {
+        return DEFAULT;
+    };
+    let n: Vec<u64> = v.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    match n[..] {
+        [a, b, c] => (a, b, c),
+        _ => DEFAULT,
+    }
+}
+
+#[derive(Default)]
+pub struct EbpfBackend {
+    slots: BTreeMap<(SlotId, Direction), Rate>,
+    initialized: bool,
+}
+
+impl EbpfBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn slot(rate: Rate, dir: Direction) -> Slot {
+        let (burst, debt) = bucket_shape(rate, dir);
+        Slot::bucket(rate.bytes_per_sec(), burst, debt)
+    }
+}
+
+impl Backend for EbpfBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn priority(&self) -> Priority {
+        Priority::Better
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            directions: Direction::BOTH.to_vec(),
+            change_in_place: true,
+            all_interfaces: true,
+            shaping: false,
+        }
+    }
+    /// The data path is loaded before any backend exists, so if we are
+    /// asked, the programs verified and attached.
+    fn availability(&self) -> Availability {
+        Availability::Available
+    }
+    fn init(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        self.initialized = true;
+        Ok(())
+    }
+    fn is_initialized(&self) -> bool {
+        self.initialized
+    }
+
+    fn apply(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+        rate: Rate,
+    ) -> Result<(), BackendError> {
+        ctx.datapath.clear_slot(slot)?;
+        ctx.datapath.set_slot(slot, &Self::slot(rate, dir))?;
+        self.slots.insert((slot, dir), rate);
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+        rate: Rate,
+    ) -> Result<(), BackendError> {
+        let cur = self
+            .slots
+            .get_mut(&(slot, dir))
+            .ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+        ctx.datapath.update_slot(slot, Self::slot(rate, dir))?;
+        *cur = rate;
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+    ) -> Result<(), BackendError> {
+        self.slots
+            .remove(&(slot, dir))
+            .ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+        ctx.datapath.clear_slot(slot)?;
+        Ok(())
+    }
+
+    fn cover(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _slot: SlotId,
+        dir: Direction,
+        tgid: u32,
+        rate: Option<Rate>,
+    ) {
+        // New connections are tuned by the sock_ops program; existing ones here.
+        let res = sockets::for_each_inet_socket(tgid, |s| {
+            if !s.tcp {
+                return;
+            }
+            let r = match dir {
+                Direction::Up => {
+                    sockets::set_max_pacing_rate(s, rate.map(|r| pacing_rate(r.bytes_per_sec())))
+                }
+                Direction::Down => {
+                    let rtt = sockets::rtt_us(s).unwrap_or(0) as u64;
+                    sockets::set_window_clamp(s, rate.map(|r| window_clamp(r.bytes_per_sec(), rtt)))
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(tgid, error = %e, "could not tune an existing socket");
+            }
+        });
+        if let Err(e) = res {
+            tracing::debug!(tgid, error = %e, "could not reach existing sockets");
+        }
+    }
+
+    fn stats(
+        &self,
+        ctx: &Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+    ) -> Result<Counters, BackendError> {
+        if !self.slots.contains_key(&(slot, dir)) {
+            return Err(BackendError::NoSuchSlot { name: NAME, slot });
+        }
+        Ok(ctx.datapath.counters(slot)?)
+    }
+
+    fn active(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn health(&self, ctx: &Context<'_>) -> Health {
+        if self.slots.is_empty() {
+            return Health::Idle;
+        }
+        for (&(slot, _), rate) in &self.slots {
+            match ctx.datapath.slot(slot) {
+                Ok(s) if s.mode == SlotMode::Bucket as u32 && s.rate == rate.bytes_per_sec() => {}
+                Ok(_) => return Health::Broken(format!("slot {slot} lost its bucket")),
+                Err(e) => return Health::Broken(e.to_string()),
+            }
+        }
+        Health::Healthy
+    }
+
+    fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        let slots: Vec<_> = self.slots.keys().copied().collect();
+        for (slot, dir) in slots {
+            self.remove(ctx, slot, dir)?;
+        }
+        self.initialized = false;
+        Ok(())
+    }
+}

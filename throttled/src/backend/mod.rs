@@ -1,0 +1,155 @@
+//! The backend abstraction. A backend enforces limits on throttle slots in
+//! one or both directions; the shared attribution programs map processes to
+//! slots, so a backend never deals with processes, only with slots.
+pub mod ebpf;
+
+use std::fmt;
+
+use throttle_common::{rate::Rate, Counters};
+
+use crate::kernel::bpf::{BpfError, Datapath};
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Up, Direction::Down];
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Up => "upload",
+            Direction::Down => "download",
+        })
+    }
+}
+
+/// Ranks the automatic choice of backend: higher is preferred.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Priority {
+    Fallback = 0,
+    Good = 1,
+    Better = 2,
+    Best = 3,
+}
+
+/// Whether a backend can run here, and if not, why (for the user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Available,
+    Unavailable(String),
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub directions: Vec<Direction>,
+    /// Limits can change without a gap or a reset of the bucket/class.
+    pub change_in_place: bool,
+    /// Applies to traffic on every interface, not only managed ones.
+    pub all_interfaces: bool,
+    /// Shapes (queues) instead of policing (dropping).
+    pub shaping: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not set up (no throttles yet).
+    Idle,
+    Broken(String),
+}
+
+/// A throttle slot id: one per throttle and direction, shared with the BPF maps.
+pub type SlotId = u32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend '{name}' is unavailable: {reason}")]
+    Unavailable { name: &'static str, reason: String },
+    #[error("backend '{name}' does not support {direction}")]
+    WrongDirection {
+        name: &'static str,
+        direction: Direction,
+    },
+    #[error("backend '{name}' has no slot {slot}")]
+    NoSuchSlot { name: &'static str, slot: SlotId },
+    #[error("kernel: {0}")]
+    Bpf(#[from] BpfError),
+    #[error("backend '{name}' failed: {reason}")]
+    Failed { name: &'static str, reason: String },
+}
+
+/// What backends get from the daemon: the shared data path.
+pub struct Context<'a> {
+    pub datapath: &'a mut Datapath,
+}
+
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    fn priority(&self) -> Priority;
+    fn capabilities(&self) -> Capabilities;
+    /// Probed once and cached; never creates or deletes kernel objects.
+    fn availability(&self) -> Availability;
+    fn supports(&self, d: Direction) -> bool {
+        self.capabilities().directions.contains(&d)
+    }
+    /// Sets up shared kernel objects; called before the first `apply`.
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
+    fn is_initialized(&self) -> bool;
+    fn apply(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+        rate: Rate,
+    ) -> Result<(), BackendError>;
+    fn change(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+        rate: Rate,
+    ) -> Result<(), BackendError>;
+    fn remove(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+    ) -> Result<(), BackendError>;
+    /// A process joined (`Some(rate)`) or left (`None`) a slot: per-socket
+    /// work such as pacing happens here.
+    fn cover(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _slot: SlotId,
+        _dir: Direction,
+        _tgid: u32,
+        _rate: Option<Rate>,
+    ) {
+    }
+    fn stats(
+        &self,
+        ctx: &Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+    ) -> Result<Counters, BackendError>;
+    fn active(&self) -> usize;
+    fn health(&self, ctx: &Context<'_>) -> Health;
+    /// Releases every kernel object the backend created.
+    fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
+}

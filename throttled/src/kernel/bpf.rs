@@ -1,0 +1,222 @@
+//! Loads the embedded eBPF object, attaches it once at the cgroup v2 root,
+//! and gives typed access to its maps. Nothing is pinned: every program is
+//! held by a link fd, so the kernel detaches everything when the daemon
+//! exits, including on `kill -9`.
+use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SockOps,
+    },
+    Ebpf, EbpfError, EbpfLoader,
+};
+use throttle_common::{Counters, ProcSlots, Slot, SockOwner};
+
+use super::cgroup;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle-ebpf"));
+
+/// Names of our programs and maps as the kernel reports them (tests and
+/// leftover detection look them up by these).
+pub const PROGRAM_NAMES: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
+pub const MAP_NAMES: [&str; 4] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("cgroup v2 is not available: {0}")]
+    NoCgroup2(#[source] std::io::Error),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// Never police traffic on the loopback device.
+    pub exempt_loopback: bool,
+}
+
+impl Default for DatapathOptions {
+    fn default() -> Self {
+        Self {
+            exempt_loopback: true,
+        }
+    }
+}
+
+/// The attached attribution programs and their maps.
+pub struct Datapath {
+    procs: HashMap<MapData, u32, ProcSlots>,
+    slots: Array<MapData, Slot>,
+    counters: PerCpuArray<MapData, Counters>,
+    owners: SkStorage<MapData, SockOwner>,
+    cgroup_root: PathBuf,
+    // Dropped last: dropping it closes the link fds, which detaches the programs.
+    _ebpf: Ebpf,
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> BpfError {
+    move |source| BpfError::Program { name, source }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, BpfError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(BpfError::Program {
+        name,
+        source: ProgramError::NotLoaded,
+    })?;
+    p.try_into().map_err(prog_err(name))
+}
+
+impl Datapath {
+    pub fn load(opts: &DatapathOptions) -> Result<Self, BpfError> {
+        let cgroup_root = cgroup::cgroup2_mount().map_err(BpfError::NoCgroup2)?;
+        let cg = File::open(&cgroup_root).map_err(BpfError::NoCgroup2)?;
+        let exempt = u32::from(opts.exempt_loopback);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CT_EXEMPT_LOOPBACK", &exempt, true)
+            .load(OBJECT)?;
+
+        let p: &mut CgroupSock = program(&mut ebpf, "ct_sock_create")?;
+        p.load().map_err(prog_err("ct_sock_create"))?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .map_err(prog_err("ct_sock_create"))?;
+        for (name, kind) in [
+            ("ct_egress", CgroupSkbAttachType::Egress),
+            ("ct_ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let p: &mut CgroupSkb = program(&mut ebpf, name)?;
+            p.load().map_err(prog_err(name))?;
+            p.attach(&cg, kind, CgroupAttachMode::Single)
+                .map_err(prog_err(name))?;
+        }
+        let p: &mut SockOps = program(&mut ebpf, "ct_sockops")?;
+        p.load().map_err(prog_err("ct_sockops"))?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .map_err(prog_err("ct_sockops"))?;
+
+        Ok(Datapath {
+            procs: take_map(&mut ebpf, "CT_PROCS")?,
+            slots: take_map(&mut ebpf, "CT_SLOTS")?,
+            counters: take_map(&mut ebpf, "CT_COUNTERS")?,
+            owners: take_map(&mut ebpf, "CT_SK_OWNER")?,
+            cgroup_root,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn cgroup_root(&self) -> &std::path::Path {
+        &self.cgroup_root
+    }
+
+    pub fn set_proc(&mut self, tgid: u32, slots: ProcSlots) -> Result<(), BpfError> {
+        self.procs
+            .insert(tgid, slots, 0)
+            .map_err(map_err("CT_PROCS"))
+    }
+
+    pub fn proc(&self, tgid: u32) -> Option<ProcSlots> {
+        self.procs.get(&tgid, 0).ok()
+    }
+
+    /// Removes a process; a missing entry is not an error.
+    pub fn remove_proc(&mut self, tgid: u32) -> Result<(), BpfError> {
+        match self.procs.remove(&tgid) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err("CT_PROCS")(e)),
+        }
+    }
+
+    pub fn proc_count(&self) -> usize {
+        self.procs.keys().filter(Result::is_ok).count()
+    }
+
+    pub fn set_slot(&mut self, id: u32, slot: &Slot) -> Result<(), BpfError> {
+        self.slots.set(id, slot, 0).map_err(map_err("CT_SLOTS"))
+    }
+
+    /// Updates a slot's parameters without resetting its bucket state.
+    pub fn update_slot(&mut self, id: u32, mut slot: Slot) -> Result<(), BpfError> {
+        if let Ok(cur) = self.slots.get(&id, 0) {
+            slot.tat_ns = cur.tat_ns;
+        }
+        self.set_slot(id, &slot)
+    }
+
+    pub fn slot(&self, id: u32) -> Result<Slot, BpfError> {
+        self.slots.get(&id, 0).map_err(map_err("CT_SLOTS"))
+    }
+
+    /// Frees a slot: mode off and counters zeroed, ready for reuse.
+    pub fn clear_slot(&mut self, id: u32) -> Result<(), BpfError> {
+        self.set_slot(id, &Slot::default())?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, e)| map_err("CT_COUNTERS")(MapError::IoError(e)))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])
+            .map_err(|e| map_err("CT_COUNTERS")(MapError::IoError(e)))?;
+        self.counters
+            .set(id, zero, 0)
+            .map_err(map_err("CT_COUNTERS"))
+    }
+
+    pub fn counters(&self, id: u32) -> Result<Counters, BpfError> {
+        let per_cpu = self.counters.get(&id, 0).map_err(map_err("CT_COUNTERS"))?;
+        let mut sum = Counters::default();
+        per_cpu.iter().for_each(|c| sum.add(c));
+        Ok(sum)
+    }
+
+    /// Records `tgid` as the owner of a socket created before our programs
+    /// were attached. An existing owner record is kept.
+    pub fn seed_owner(&mut self, sock: &impl AsRawFd, tgid: u32) -> Result<bool, BpfError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.owners.insert(
+            sock,
+            SockOwner {
+                tgid,
+                ..Default::default()
+            },
+            BPF_NOEXIST,
+        ) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err("CT_SK_OWNER")(e)),
+        }
+    }
+
+    pub fn owner(&self, sock: &impl AsRawFd) -> Option<SockOwner> {
+        self.owners.get(sock, 0).ok()
+    }
+}

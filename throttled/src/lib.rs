@@ -1,0 +1,8 @@
+//! `chadthrottled`'s library: the kernel data path, the backends and the
+//! throttle manager, usable without D-Bus (tests and benchmarks drive it).
+pub mod backend;
+pub mod kernel;
+pub mod manager;
+pub mod testing;
+
+pub use throttle_common::rate::{Rate, RateError};

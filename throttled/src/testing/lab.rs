@@ -1,0 +1,317 @@
+//! A traffic lab: a server network namespace joined to the root namespace by a
+//! veth pair, iperf3 servers inside it, and iperf3 clients in the root
+//! namespace under distinct names. Everything is removed on drop, including
+//! when the test panics.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+pub const MIB: f64 = 1048576.0;
+
+/// Kernel-state tests must not overlap.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Returns false (test skipped locally, failed under CI=true) without root or tools.
+pub fn prerequisites() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        super::require_root("traffic tests");
+        return false;
+    }
+    for tool in ["ip", "iperf3"] {
+        if which(tool).is_none() {
+            super::missing(&format!(
+                "{tool} is not installed (run scripts/bootstrap.sh)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| PathBuf::from(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub struct Lab {
+    pub ns: String,
+    pub veth: String,
+    pub server_ip: String,
+    servers: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    /// `tag` (1..=250) keeps concurrent labs apart: ct-srv-<tag>, 10.201.<tag>.0/30.
+    pub fn new(tag: u8) -> Lab {
+        let ns = format!("ct-srv-{tag}");
+        let veth = format!("ct-veth{tag}");
+        let peer = format!("ct-peer{tag}");
+        // Leftovers of a crashed earlier run.
+        sh_quiet(&["ip", "netns", "del", &ns]);
+        sh_quiet(&["ip", "link", "del", &veth]);
+        let dir = std::env::temp_dir().join(format!("ct-lab-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            ns: ns.clone(),
+            veth: veth.clone(),
+            server_ip: format!("10.201.{tag}.2"),
+            servers: vec![],
+            dir,
+        };
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &ns,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.201.{tag}.1/30"),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.201.{tag}.2/30"),
+            "dev",
+            &peer,
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        lab
+    }
+
+    /// Starts an iperf3 server on `port` inside the namespace.
+    pub fn server(&mut self, port: u16) {
+        let c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "iperf3",
+                "-s",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.servers.push(c);
+        wait_until(Duration::from_secs(5), || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "ss",
+                    "-Hltn",
+                    &format!("sport = :{port}"),
+                ])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty())
+        });
+    }
+
+    /// A copy of iperf3 named `name`, so name targets can never catch the server.
+    pub fn client_binary(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        if !p.exists() {
+            std::fs::copy(which("iperf3").unwrap(), &p).unwrap();
+        }
+        p
+    }
+
+    /// Starts an iperf3 client: upload, or download with `reverse`.
+    pub fn client(&self, name: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
+        let bin = self.client_binary(name);
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-c",
+            &self.server_ip,
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+            "-i",
+            "1",
+        ]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        Iperf {
+            child: Some(
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The client binary run through `sh`, so the client is a forked child.
+    pub fn client_via_shell(
+        &self,
+        name: &str,
+        port: u16,
+        secs: u32,
+        reverse: bool,
+        delay: f32,
+    ) -> Iperf {
+        let bin = self.client_binary(name);
+        let r = if reverse { "-R" } else { "" };
+        let script = format!(
+            "sleep {delay}; {} -c {} -p {port} -t {secs} -J -i 1 {r}; true",
+            bin.display(),
+            self.server_ip
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Iperf { child: Some(child) }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        sh_quiet(&["ip", "netns", "del", &self.ns]);
+        sh_quiet(&["ip", "link", "del", &self.veth]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub struct Iperf {
+    child: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct IperfResult {
+    /// Bytes per second of application data, one entry per second.
+    pub intervals: Vec<f64>,
+    pub retransmits: Option<u64>,
+    pub sent_bytes: f64,
+}
+
+impl IperfResult {
+    /// Mean of intervals `[from, to)`, in bytes/s.
+    pub fn mean(&self, from: usize, to: usize) -> f64 {
+        let s = &self.intervals[from.min(self.intervals.len())..to.min(self.intervals.len())];
+        assert!(
+            !s.is_empty(),
+            "no intervals in [{from}, {to}): {:?}",
+            self.intervals
+        );
+        s.iter().sum::<f64>() / s.len() as f64
+    }
+}
+
+impl Iperf {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn wait(mut self) -> IperfResult {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "iperf3 output is not JSON ({e}): {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        if let Some(err) = v.get("error") {
+            panic!("iperf3 failed: {err}");
+        }
+        let intervals = v["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 8.0)
+            .collect();
+        IperfResult {
+            intervals,
+            retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
+            sent_bytes: v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0),
+        }
+    }
+}
+
+impl Drop for Iperf {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Asserts the accuracy criterion: goodput within 0.93–1.02 of the limit.
+#[track_caller]
+pub fn assert_accurate(what: &str, goodput: f64, limit: f64) {
+    let ratio = goodput / limit;
+    eprintln!(
+        "{what}: goodput {:.3} MiB/s for a {:.3} MiB/s limit = {ratio:.3}",
+        goodput / MIB,
+        limit / MIB
+    );
+    assert!(
+        (0.93..=1.02).contains(&ratio),
+        "{what}: goodput/limit = {ratio:.3}, outside 0.93–1.02"
+    );
+}
