@@ -20,7 +20,11 @@ pub struct SockOwner {
     pub rcv_end_seq: u32,
     /// `OWNER_SEQ_VALID` once `rcv_end_seq` has been set.
     pub flags: u32,
-    pub _pad: u32,
+    /// `up`/`down` below are the owner's `ProcSlots` as of this value of the
+    /// global generation; the daemon bumps the generation on every change.
+    pub gen: u32,
+    pub up: u32,
+    pub down: u32,
 }
 
 pub const OWNER_SEQ_VALID: u32 = 1;
@@ -92,13 +96,7 @@ impl Slot {
         let ns_per_byte = 1_000_000_000 / rate;
         let rem = 1_000_000_000 % rate;
         let ns_per_byte_frac = ((rem as u128) << 16) as u64 / rate;
-        let mut s = Slot {
-            ns_per_byte,
-            ns_per_byte_frac,
-            rate,
-            mode: SlotMode::Bucket as u32,
-            ..Default::default()
-        };
+        let mut s = Slot { ns_per_byte, ns_per_byte_frac, rate, mode: SlotMode::Bucket as u32, ..Default::default() };
         s.burst_ns = s.cost_ns(burst);
         s.debt_ns = s.cost_ns(debt);
         s
@@ -106,11 +104,7 @@ impl Slot {
 
     /// A slot that only classifies into an HTB class.
     pub fn classify(classid: u32) -> Self {
-        Slot {
-            mode: SlotMode::Classify as u32,
-            classid,
-            ..Default::default()
-        }
+        Slot { mode: SlotMode::Classify as u32, classid, ..Default::default() }
     }
 
     /// Nanoseconds of credit that `len` bytes consume.
@@ -132,11 +126,7 @@ pub fn pacing_rate(rate: u64) -> u64 {
 /// instead of the megabytes that window autotuning would allow.
 #[inline(always)]
 pub fn window_clamp(rate: u64, rtt_us: u64) -> u32 {
-    let t_us = if rtt_us * 4 > 10_000 {
-        rtt_us * 4
-    } else {
-        10_000
-    };
+    let t_us = if rtt_us * 4 > 10_000 { rtt_us * 4 } else { 10_000 };
     let w = rate * t_us / 1_000_000;
     if w < 16384 {
         16384
@@ -145,6 +135,20 @@ pub fn window_clamp(rate: u64, rtt_us: u64) -> u32 {
     } else {
         w as u32
     }
+}
+
+/// Whether a connection stays on this host: a loopback peer (127/8, ::1,
+/// ::ffff:127/104) or a peer address equal to the local one. Addresses are
+/// as the kernel stores them (network byte order in native u32 words).
+#[inline(always)]
+pub fn is_local_connection(family_v6: bool, local: [u32; 4], remote: [u32; 4]) -> bool {
+    let first_octet = |w: u32| u32::from_be(w) >> 24;
+    if !family_v6 {
+        return first_octet(remote[0]) == 127 || remote[0] == local[0];
+    }
+    let mapped = remote[0] == 0 && remote[1] == 0 && u32::from_be(remote[2]) == 0xffff;
+    let v6_lo = remote[0] == 0 && remote[1] == 0 && remote[2] == 0 && u32::from_be(remote[3]) == 1;
+    v6_lo || (mapped && first_octet(remote[3]) == 127) || remote == local
 }
 
 #[cfg(feature = "user")]
@@ -159,6 +163,24 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v4(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn local_connections() {
+        let l = [v4([10, 0, 0, 1]), 0, 0, 0];
+        assert!(is_local_connection(false, l, [v4([127, 0, 0, 1]), 0, 0, 0]));
+        assert!(is_local_connection(false, l, [v4([127, 9, 9, 9]), 0, 0, 0]));
+        assert!(is_local_connection(false, l, l));
+        assert!(!is_local_connection(false, l, [v4([10, 0, 0, 2]), 0, 0, 0]));
+        let one = u32::from_be(1);
+        assert!(is_local_connection(true, [0, 0, 0, 7], [0, 0, 0, one]));
+        let mapped = [0, 0, u32::from_be(0xffff), v4([127, 0, 0, 1])];
+        assert!(is_local_connection(true, [0; 4], mapped));
+        assert!(!is_local_connection(true, [0; 4], [0, 0, u32::from_be(0xffff), v4([8, 8, 8, 8])]));
+    }
 
     #[test]
     fn cost_is_exact_for_common_rates() {

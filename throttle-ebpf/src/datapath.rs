@@ -1,20 +1,16 @@
 use core::{arch::asm, ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{
-        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC,
-        BPF_SK_STORAGE_GET_F_CREATE,
-    },
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_fullsock,
-        bpf_sk_storage_get,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get,
     },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray},
     programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use throttle_common::{
-    pacing_rate, window_clamp, Counters, ProcSlots, Slot, SlotMode, SockOwner, MAX_PROCS,
+    is_local_connection, pacing_rate, window_clamp, Counters, ProcSlots, Slot, SlotMode, SockOwner, MAX_PROCS,
     MAX_SLOTS, OWNER_SEQ_VALID,
 };
 
@@ -46,6 +42,11 @@ static SK_OWNER: OwnerStorage = OwnerStorage {
 static PROCS: HashMap<u32, ProcSlots> = HashMap::with_max_entries(MAX_PROCS, 0);
 #[map(name = "CT_SLOTS")]
 static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, 0);
+/// Index 0: generation of CT_PROCS. Index 1: number of throttled processes
+/// (0 lets every packet out before any helper call). Array lookups are
+/// inlined by the verifier: each costs a load, not a helper call.
+#[map(name = "CT_GEN")]
+static GEN: Array<u32> = Array::with_max_entries(2, 0);
 #[map(name = "CT_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
@@ -66,6 +67,7 @@ const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const IPPROTO_TCP: u8 = 6;
 const SOL_TCP: i32 = 6;
+const AF_INET6: u32 = 10;
 const TCP_WINDOW_CLAMP: i32 = 10;
 
 #[inline(always)]
@@ -73,29 +75,36 @@ fn owner_of(sk: *mut bpf_sock) -> Option<&'static mut SockOwner> {
     if sk.is_null() {
         return None;
     }
-    let p = unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&SK_OWNER).cast_mut().cast(),
-            sk.cast(),
-            ptr::null_mut(),
-            0,
-        )
-    };
+    let p = unsafe { bpf_sk_storage_get(ptr::from_ref(&SK_OWNER).cast_mut().cast(), sk.cast(), ptr::null_mut(), 0) };
     unsafe { p.cast::<SockOwner>().as_mut() }
 }
 
 #[inline(always)]
 fn skb_owner(ctx: &SkBuffContext) -> Option<&'static mut SockOwner> {
-    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0
-        && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX
+    if GEN.get(1).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0 && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX
     {
         return None;
     }
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
+    // sk_storage_get accepts a sock_common and checks for a full socket itself.
+    owner_of(unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk })
+}
     owner_of(unsafe { bpf_sk_fullsock(sk) })
+}
+
+/// The owner's slots, from the per-socket cache when it is current.
+#[inline(always)]
+fn owner_slots(owner: &mut SockOwner) -> ProcSlots {
+    let gen = GEN.get(0).copied().unwrap_or(0);
+    if owner.gen != gen {
+        let p = unsafe { PROCS.get(&owner.tgid) }.copied().unwrap_or_default();
+        owner.up = p.up;
+        owner.down = p.down;
+        owner.gen = gen;
+    }
+    ProcSlots { up: owner.up, down: owner.down }
 }
 
 #[inline(always)]
@@ -124,9 +133,7 @@ fn count(id: u32, len: u64, passed: bool) {
 #[inline(always)]
 fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
     let prev: u64;
-    unsafe {
-        asm!("r0 = cmpxchg_64({p} + 0, r0, {new})", p = in(reg) p, new = in(reg) new, inout("r0") old => prev)
-    };
+    unsafe { asm!("r0 = cmpxchg_64({p} + 0, r0, {new})", p = in(reg) p, new = in(reg) new, inout("r0") old => prev) };
     prev
 }
 
@@ -167,10 +174,7 @@ fn in_debt_limit(slot: &Slot) -> bool {
 
 #[cgroup_sock(sock_create)]
 pub fn ct_sock_create(ctx: SockContext) -> i32 {
-    let mut owner = SockOwner {
-        tgid: (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32,
-        ..Default::default()
-    };
+    let mut owner = SockOwner { tgid: (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32, ..Default::default() };
     unsafe {
         bpf_sk_storage_get(
             ptr::from_ref(&SK_OWNER).cast_mut().cast(),
@@ -211,20 +215,35 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
-/// Offsets of a TCP segment: `(l4 offset, header length, seq)`.
+/// Reads a `T` at `off` from the linear packet data (direct packet access:
+/// no helper call), or `None` past its end.
 #[inline(always)]
-fn tcp_header(ctx: &SkBuffContext) -> Option<(u32, u32, u32)> {
-    let b0: u8 = ctx.load(0).ok()?;
-    let (l4, proto) = match b0 >> 4 {
-        4 => (((b0 & 0xf) as usize) * 4, ctx.load::<u8>(9).ok()?),
-        6 => (40, ctx.load::<u8>(6).ok()?),
-        _ => return None,
-    };
-    if proto != IPPROTO_TCP || l4 > 60 {
+fn peek<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
+    let skb = ctx.skb.skb;
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
-    let seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
-    let doff = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as u32) * 4;
+    Some(unsafe { ptr::read_unaligned((start + off) as *const T) })
+}
+
+/// Offsets of a TCP segment: `(l4 offset, header length, seq)`. Headers are
+/// read in fixed-size chunks: with a 1-byte read LLVM folds the bounds check
+/// into a form the verifier cannot use.
+#[inline(always)]
+fn tcp_header(ctx: &SkBuffContext) -> Option<(u32, u32, u32)> {
+    let ip: [u8; 20] = peek(ctx, 0)?;
+    let (l4, proto) = match ip[0] >> 4 {
+        4 => (((ip[0] & 0xf) as usize) * 4, ip[9]),
+        6 => (40, ip[6]),
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP || !(20..=60).contains(&l4) {
+        return None;
+    }
+    let tcp: [u8; 16] = peek(ctx, l4)?;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let doff = ((tcp[12] >> 4) as u32) * 4;
     Some((l4 as u32, l4 as u32 + doff, seq))
 }
 
@@ -281,15 +300,7 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn setsockopt_u32(ctx: &SockOpsContext, level: i32, name: i32, mut v: u32) {
-    unsafe {
-        bpf_setsockopt(
-            ctx.ops.cast::<c_void>(),
-            level,
-            name,
-            ptr::from_mut(&mut v).cast(),
-            4,
-        )
-    };
+    unsafe { bpf_setsockopt(ctx.ops.cast::<c_void>(), level, name, ptr::from_mut(&mut v).cast(), 4) };
 }
 
 /// New TCP connections of throttled processes: pace uploads, clamp the
@@ -300,27 +311,29 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return 1;
     }
+    // Loopback traffic is never policed, so its connections are not tuned either.
+    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0 {
+        let v6 = ctx.family() == AF_INET6;
+        let (local, remote) = if v6 {
+            (ctx.local_ip6(), ctx.remote_ip6())
+        } else {
+            ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
+        };
+        if is_local_connection(v6, local, remote) {
+            return 1;
+        }
+    }
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return 1 };
     let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
         return 1;
     };
     if let Some(slot) = slot_of(procs.up).filter(|s| s.mode == SlotMode::Bucket as u32) {
-        setsockopt_u32(
-            &ctx,
-            SOL_SOCKET,
-            SO_MAX_PACING_RATE,
-            pacing_rate(slot.rate).min(u32::MAX as u64 - 1) as u32,
-        );
+        setsockopt_u32(&ctx, SOL_SOCKET, SO_MAX_PACING_RATE, pacing_rate(slot.rate).min(u32::MAX as u64 - 1) as u32);
     }
     if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {
         let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
-        setsockopt_u32(
-            &ctx,
-            SOL_TCP,
-            TCP_WINDOW_CLAMP,
-            window_clamp(slot.rate, rtt_us),
-        );
+        setsockopt_u32(&ctx, SOL_TCP, TCP_WINDOW_CLAMP, window_clamp(slot.rate, rtt_us));
     }
     1
 }

@@ -10,11 +10,7 @@ use throttled::{
 };
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "chadthrottled",
-    version,
-    about = "Per-process bandwidth limiting daemon"
-)]
+#[command(name = "chadthrottled", version, about = "Per-process bandwidth limiting daemon")]
 struct Args {
     /// Limit this process right away.
     #[arg(long)]
@@ -61,29 +57,16 @@ fn block_signals() {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     block_signals(); // before any thread starts, so they inherit the mask
-    let opts = ManagerOptions {
-        datapath: DatapathOptions {
-            exempt_loopback: !args.throttle_loopback,
-        },
-    };
+    let opts = ManagerOptions { datapath: DatapathOptions { exempt_loopback: !args.throttle_loopback } };
     let manager = Manager::start(&opts).context("starting the data path")?;
     if let Some(pid) = args.pid {
-        let spec = LimitSpec {
-            down: args.down,
-            up: args.up,
-            tree: args.tree,
-            backend: None,
-        };
-        let id = manager
-            .limit_pid(pid, &spec)
-            .with_context(|| format!("limiting pid {pid}"))?;
+        let spec = LimitSpec { down: args.down, up: args.up, tree: args.tree, backend: None };
+        let id = manager.limit_pid(pid, &spec).with_context(|| format!("limiting pid {pid}"))?;
         println!("throttle {id} on pid {pid}");
     }
     println!("ready");

@@ -64,10 +64,7 @@ pub enum RemovalReason {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    ThrottleRemoved {
-        id: ThrottleId,
-        reason: RemovalReason,
-    },
+    ThrottleRemoved { id: ThrottleId, reason: RemovalReason },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,10 +99,7 @@ struct Throttle {
 impl Throttle {
     fn slots(&self) -> ProcSlots {
         let s = |d| self.limits.get(&d).map_or(0, |l: &Limit| l.slot);
-        ProcSlots {
-            up: s(Direction::Up),
-            down: s(Direction::Down),
-        }
+        ProcSlots { up: s(Direction::Up), down: s(Direction::Down) }
     }
 }
 
@@ -132,8 +126,7 @@ pub struct ManagerOptions {
 
 impl Manager {
     pub fn start(opts: &ManagerOptions) -> Result<Self, ManagerError> {
-        let monitor =
-            ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
+        let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
         let inner = Inner {
             datapath: Datapath::load(&opts.datapath)?,
             backends: vec![Box::new(EbpfBackend::new())],
@@ -152,11 +145,7 @@ impl Manager {
                 .spawn(move || follow_processes(monitor, &inner, &stop))
                 .map_err(ManagerError::ProcMonitor)?
         };
-        Ok(Manager {
-            inner,
-            stop,
-            monitor: Some(thread),
-        })
+        Ok(Manager { inner, stop, monitor: Some(thread) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -167,19 +156,12 @@ impl Manager {
     /// that already has its own throttle changes that throttle in place.
     pub fn limit_pid(&self, pid: u32, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
         if spec.down.is_none() && spec.up.is_none() {
-            return Err(ManagerError::InvalidArgument(
-                "give a download or an upload limit".into(),
-            ));
+            return Err(ManagerError::InvalidArgument("give a download or an upload limit".into()));
         }
         let tgid = resolve_pid(pid)?;
         let root = procfs::ident(tgid).map_err(|_| ManagerError::NoSuchProcess(pid))?;
         let mut inner = self.lock();
-        if let Some(id) = inner
-            .throttles
-            .iter()
-            .find(|(_, t)| t.root == root)
-            .map(|(id, _)| *id)
-        {
+        if let Some(id) = inner.throttles.iter().find(|(_, t)| t.root == root).map(|(id, _)| *id) {
             inner.change(id, spec)?;
             return Ok(id);
         }
@@ -205,11 +187,7 @@ impl Manager {
 
     pub fn list(&self) -> Vec<ThrottleInfo> {
         let inner = self.lock();
-        inner
-            .throttles
-            .keys()
-            .filter_map(|id| inner.info(*id).ok())
-            .collect()
+        inner.throttles.keys().filter_map(|id| inner.info(*id).ok()).collect()
     }
 
     pub fn take_events(&self) -> Vec<Event> {
@@ -226,8 +204,7 @@ impl Manager {
         self.stop_monitor();
         let mut inner = self.lock();
         let ids: Vec<_> = inner.throttles.keys().copied().collect();
-        ids.into_iter()
-            .try_for_each(|id| inner.remove(id, RemovalReason::Requested))
+        ids.into_iter().try_for_each(|id| inner.remove(id, RemovalReason::Requested))
     }
 
     fn stop_monitor(&mut self) {
@@ -253,47 +230,30 @@ impl Drop for Manager {
 
 fn resolve_pid(pid: u32) -> Result<u32, ManagerError> {
     if pid == 0 {
-        return Err(ManagerError::InvalidArgument(
-            "pid 0 is not a process".into(),
-        ));
+        return Err(ManagerError::InvalidArgument("pid 0 is not a process".into()));
     }
     let tgid = procfs::tgid(pid).map_err(|_| ManagerError::NoSuchProcess(pid))?;
     if procfs::is_kernel_thread(tgid).unwrap_or(false) {
-        return Err(ManagerError::InvalidArgument(format!(
-            "pid {pid} is a kernel thread"
-        )));
+        return Err(ManagerError::InvalidArgument(format!("pid {pid} is a kernel thread")));
     }
     Ok(tgid)
 }
 
 impl Inner {
     fn ctx(&mut self) -> (Context<'_>, &mut Vec<Box<dyn Backend>>) {
-        (
-            Context {
-                datapath: &mut self.datapath,
-            },
-            &mut self.backends,
-        )
+        (Context { datapath: &mut self.datapath }, &mut self.backends)
     }
 
     fn backend_index(&self, name: Option<&str>) -> Result<usize, ManagerError> {
         let name = name.unwrap_or("ebpf");
-        self.backends
-            .iter()
-            .position(|b| b.name() == name)
-            .ok_or_else(|| ManagerError::UnknownBackend(name.into()))
+        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| ManagerError::UnknownBackend(name.into()))
     }
 
     fn create(&mut self, root: ProcIdent, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
         let backend = self.backend_index(spec.backend.as_deref())?;
         let id = self.next_id;
         self.next_id += 1;
-        let t = Throttle {
-            root,
-            tree: spec.tree,
-            limits: BTreeMap::new(),
-            covered: BTreeSet::new(),
-        };
+        let t = Throttle { root, tree: spec.tree, limits: BTreeMap::new(), covered: BTreeSet::new() };
         self.throttles.insert(id, t);
         let wanted = [(Direction::Down, spec.down), (Direction::Up, spec.up)];
         for (dir, rate) in wanted.into_iter().filter_map(|(d, r)| r.map(|r| (d, r))) {
@@ -302,11 +262,7 @@ impl Inner {
                 return Err(e);
             }
         }
-        let pids = if spec.tree {
-            procfs::tree(root.pid)
-        } else {
-            vec![root.pid]
-        };
+        let pids = if spec.tree { procfs::tree(root.pid) } else { vec![root.pid] };
         for pid in pids {
             self.cover(id, pid)?;
         }
@@ -314,22 +270,13 @@ impl Inner {
         Ok(id)
     }
 
-    fn add_limit(
-        &mut self,
-        id: ThrottleId,
-        dir: Direction,
-        rate: Rate,
-        backend: usize,
-    ) -> Result<(), ManagerError> {
+    fn add_limit(&mut self, id: ThrottleId, dir: Direction, rate: Rate, backend: usize) -> Result<(), ManagerError> {
         let slot = self.free_slots.pop().ok_or(ManagerError::SlotsExhausted)?;
         let (mut ctx, backends) = self.ctx();
         let b = &mut backends[backend];
         let res = (|| {
             if !b.supports(dir) {
-                return Err(BackendError::WrongDirection {
-                    name: b.name(),
-                    direction: dir,
-                });
+                return Err(BackendError::WrongDirection { name: b.name(), direction: dir });
             }
             if !b.is_initialized() {
                 b.init(&mut ctx)?;
@@ -341,43 +288,24 @@ impl Inner {
             return Err(e.into());
         }
         if let Some(t) = self.throttles.get_mut(&id) {
-            t.limits.insert(
-                dir,
-                Limit {
-                    slot,
-                    rate,
-                    backend,
-                },
-            );
+            t.limits.insert(dir, Limit { slot, rate, backend });
         }
         Ok(())
     }
 
     fn change(&mut self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
-        let t = self
-            .throttles
-            .get(&id)
-            .ok_or(ManagerError::NoSuchThrottle(id))?;
-        let backend = t
-            .limits
-            .values()
-            .next()
-            .map_or(self.backend_index(spec.backend.as_deref()), |l| {
-                Ok(l.backend)
-            })?;
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let backend =
+            t.limits.values().next().map_or(self.backend_index(spec.backend.as_deref()), |l| Ok(l.backend))?;
         for (dir, rate) in [(Direction::Down, spec.down), (Direction::Up, spec.up)] {
-            let existing = self.throttles[&id]
-                .limits
-                .get(&dir)
-                .map(|l| (l.slot, l.backend));
+            let existing = self.throttles[&id].limits.get(&dir).map(|l| (l.slot, l.backend));
             match (existing, rate) {
                 (Some((slot, b)), Some(rate)) => {
                     let (mut ctx, backends) = self.ctx();
                     backends[b].change(&mut ctx, slot, dir, rate)?;
-                    self.throttles
-                        .get_mut(&id)
-                        .and_then(|t| t.limits.get_mut(&dir))
-                        .map(|l| l.rate = rate);
+                    if let Some(l) = self.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
+                        l.rate = rate;
+                    }
                 }
                 (None, Some(rate)) => self.add_limit(id, dir, rate, backend)?,
                 (_, None) => continue,
@@ -415,11 +343,7 @@ impl Inner {
         };
         t.covered.insert(tgid);
         let slots = t.slots();
-        let limits: Vec<_> = t
-            .limits
-            .iter()
-            .map(|(d, l)| (*d, l.slot, l.backend, l.rate))
-            .collect();
+        let limits: Vec<_> = t.limits.iter().map(|(d, l)| (*d, l.slot, l.backend, l.rate)).collect();
         self.by_tgid.insert(tgid, id);
         self.datapath.set_proc(tgid, slots)?;
         let dp = &mut self.datapath;
@@ -444,16 +368,9 @@ impl Inner {
     }
 
     fn remove(&mut self, id: ThrottleId, reason: RemovalReason) -> Result<(), ManagerError> {
-        let t = self
-            .throttles
-            .get(&id)
-            .ok_or(ManagerError::NoSuchThrottle(id))?;
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let covered: Vec<u32> = t.covered.iter().copied().collect();
-        let limits: Vec<_> = t
-            .limits
-            .iter()
-            .map(|(d, l)| (*d, l.slot, l.backend))
-            .collect();
+        let limits: Vec<_> = t.limits.iter().map(|(d, l)| (*d, l.slot, l.backend)).collect();
         for tgid in covered {
             self.uncover(tgid);
             let (mut ctx, backends) = self.ctx();
@@ -480,38 +397,19 @@ impl Inner {
     }
 
     fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
-        let t = self
-            .throttles
-            .get(&id)
-            .ok_or(ManagerError::NoSuchThrottle(id))?;
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let mut directions = BTreeMap::new();
         for (dir, l) in &t.limits {
             let b = &self.backends[l.backend];
             let counters = self.datapath.counters(l.slot).unwrap_or_default();
-            directions.insert(
-                *dir,
-                DirectionStats {
-                    backend: b.name(),
-                    rate: l.rate,
-                    counters,
-                },
-            );
+            directions.insert(*dir, DirectionStats { backend: b.name(), rate: l.rate, counters });
         }
-        Ok(ThrottleInfo {
-            id,
-            root: t.root,
-            tree: t.tree,
-            covered: t.covered.iter().copied().collect(),
-            directions,
-        })
+        Ok(ThrottleInfo { id, root: t.root, tree: t.tree, covered: t.covered.iter().copied().collect(), directions })
     }
 
     fn on_event(&mut self, ev: ProcEvent) {
         match ev {
-            ProcEvent::Fork {
-                parent_tgid,
-                child_tgid,
-            } => {
+            ProcEvent::Fork { parent_tgid, child_tgid } => {
                 let Some(&id) = self.by_tgid.get(&parent_tgid) else {
                     return;
                 };
@@ -529,10 +427,7 @@ impl Inner {
 
     fn process_gone(&mut self, tgid: u32) {
         let Some(id) = self.uncover(tgid) else { return };
-        let orphaned = self
-            .throttles
-            .get(&id)
-            .is_some_and(|t| t.covered.is_empty() && !procfs::is_alive(&t.root));
+        let orphaned = self.throttles.get(&id).is_some_and(|t| t.covered.is_empty() && !procfs::is_alive(&t.root));
         if orphaned {
             let _ = self.remove(id, RemovalReason::ProcessExited);
         }
@@ -540,19 +435,9 @@ impl Inner {
 
     /// After lost events: drop dead processes and pick up missed children.
     fn rescan(&mut self) {
-        let dead: Vec<u32> = self
-            .by_tgid
-            .keys()
-            .copied()
-            .filter(|p| procfs::ident(*p).is_err())
-            .collect();
+        let dead: Vec<u32> = self.by_tgid.keys().copied().filter(|p| procfs::ident(*p).is_err()).collect();
         dead.into_iter().for_each(|p| self.process_gone(p));
-        let trees: Vec<_> = self
-            .throttles
-            .iter()
-            .filter(|(_, t)| t.tree)
-            .map(|(id, t)| (*id, t.root.pid))
-            .collect();
+        let trees: Vec<_> = self.throttles.iter().filter(|(_, t)| t.tree).map(|(id, t)| (*id, t.root.pid)).collect();
         for (id, root) in trees {
             for pid in procfs::tree(root) {
                 let _ = self.cover(id, pid);

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use throttle_common::{pacing_rate, rate::Rate, window_clamp, Counters, Slot, SlotMode};
 
-use super::{
-    Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
-};
+use super::{Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId};
 use crate::kernel::sockets;
 
 const NAME: &str = "ebpf";
@@ -83,65 +81,35 @@ impl Backend for EbpfBackend {
         self.initialized
     }
 
-    fn apply(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-        rate: Rate,
-    ) -> Result<(), BackendError> {
+    fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
         ctx.datapath.clear_slot(slot)?;
         ctx.datapath.set_slot(slot, &Self::slot(rate, dir))?;
         self.slots.insert((slot, dir), rate);
         Ok(())
     }
 
-    fn change(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-        rate: Rate,
-    ) -> Result<(), BackendError> {
-        let cur = self
-            .slots
-            .get_mut(&(slot, dir))
-            .ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+    fn change(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
+        let cur = self.slots.get_mut(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
         ctx.datapath.update_slot(slot, Self::slot(rate, dir))?;
         *cur = rate;
         Ok(())
     }
 
-    fn remove(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-    ) -> Result<(), BackendError> {
-        self.slots
-            .remove(&(slot, dir))
-            .ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+    fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
+        self.slots.remove(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
         ctx.datapath.clear_slot(slot)?;
         Ok(())
     }
 
-    fn cover(
-        &mut self,
-        _ctx: &mut Context<'_>,
-        _slot: SlotId,
-        dir: Direction,
-        tgid: u32,
-        rate: Option<Rate>,
-    ) {
+    fn cover(&mut self, ctx: &mut Context<'_>, _slot: SlotId, dir: Direction, tgid: u32, rate: Option<Rate>) {
+        let exempt = ctx.datapath.exempt_loopback();
         // New connections are tuned by the sock_ops program; existing ones here.
         let res = sockets::for_each_inet_socket(tgid, |s| {
-            if !s.tcp {
+            if !s.tcp || (s.local && exempt) {
                 return;
             }
             let r = match dir {
-                Direction::Up => {
-                    sockets::set_max_pacing_rate(s, rate.map(|r| pacing_rate(r.bytes_per_sec())))
-                }
+                Direction::Up => sockets::set_max_pacing_rate(s, rate.map(|r| pacing_rate(r.bytes_per_sec()))),
                 Direction::Down => {
                     let rtt = sockets::rtt_us(s).unwrap_or(0) as u64;
                     sockets::set_window_clamp(s, rate.map(|r| window_clamp(r.bytes_per_sec(), rtt)))
@@ -156,12 +124,7 @@ impl Backend for EbpfBackend {
         }
     }
 
-    fn stats(
-        &self,
-        ctx: &Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-    ) -> Result<Counters, BackendError> {
+    fn stats(&self, ctx: &Context<'_>, slot: SlotId, dir: Direction) -> Result<Counters, BackendError> {
         if !self.slots.contains_key(&(slot, dir)) {
             return Err(BackendError::NoSuchSlot { name: NAME, slot });
         }

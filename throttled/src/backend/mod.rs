@@ -9,9 +9,7 @@ use throttle_common::{rate::Rate, Counters};
 
 use crate::kernel::bpf::{BpfError, Datapath};
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Up,
@@ -32,9 +30,7 @@ impl fmt::Display for Direction {
 }
 
 /// Ranks the automatic choice of backend: higher is preferred.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Priority {
     Fallback = 0,
     Good = 1,
@@ -82,10 +78,7 @@ pub enum BackendError {
     #[error("backend '{name}' is unavailable: {reason}")]
     Unavailable { name: &'static str, reason: String },
     #[error("backend '{name}' does not support {direction}")]
-    WrongDirection {
-        name: &'static str,
-        direction: Direction,
-    },
+    WrongDirection { name: &'static str, direction: Direction },
     #[error("backend '{name}' has no slot {slot}")]
     NoSuchSlot { name: &'static str, slot: SlotId },
     #[error("kernel: {0}")]
@@ -111,43 +104,13 @@ pub trait Backend: Send {
     /// Sets up shared kernel objects; called before the first `apply`.
     fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
     fn is_initialized(&self) -> bool;
-    fn apply(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-        rate: Rate,
-    ) -> Result<(), BackendError>;
-    fn change(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-        rate: Rate,
-    ) -> Result<(), BackendError>;
-    fn remove(
-        &mut self,
-        ctx: &mut Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-    ) -> Result<(), BackendError>;
+    fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError>;
+    fn change(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError>;
+    fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError>;
     /// A process joined (`Some(rate)`) or left (`None`) a slot: per-socket
     /// work such as pacing happens here.
-    fn cover(
-        &mut self,
-        _ctx: &mut Context<'_>,
-        _slot: SlotId,
-        _dir: Direction,
-        _tgid: u32,
-        _rate: Option<Rate>,
-    ) {
-    }
-    fn stats(
-        &self,
-        ctx: &Context<'_>,
-        slot: SlotId,
-        dir: Direction,
-    ) -> Result<Counters, BackendError>;
+    fn cover(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction, _tgid: u32, _rate: Option<Rate>) {}
+    fn stats(&self, ctx: &Context<'_>, slot: SlotId, dir: Direction) -> Result<Counters, BackendError>;
     fn active(&self) -> usize;
     fn health(&self, ctx: &Context<'_>) -> Health;
     /// Releases every kernel object the backend created.

@@ -6,9 +6,7 @@ use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SockOps,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SockOps},
     Ebpf, EbpfError, EbpfLoader,
 };
 use throttle_common::{Counters, ProcSlots, Slot, SockOwner};
@@ -20,7 +18,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 /// Names of our programs and maps as the kernel reports them (tests and
 /// leftover detection look them up by these).
 pub const PROGRAM_NAMES: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
-pub const MAP_NAMES: [&str; 4] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS"];
+pub const MAP_NAMES: [&str; 5] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -29,15 +27,9 @@ pub enum BpfError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: ProgramError },
     #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
 }
 
 #[derive(Clone, Debug)]
@@ -48,9 +40,7 @@ pub struct DatapathOptions {
 
 impl Default for DatapathOptions {
     fn default() -> Self {
-        Self {
-            exempt_loopback: true,
-        }
+        Self { exempt_loopback: true }
     }
 }
 
@@ -60,7 +50,11 @@ pub struct Datapath {
     slots: Array<MapData, Slot>,
     counters: PerCpuArray<MapData, Counters>,
     owners: SkStorage<MapData, SockOwner>,
+    gen_map: Array<MapData, u32>,
+    gen: u32,
+    nprocs: u32,
     cgroup_root: PathBuf,
+    exempt_loopback: bool,
     // Dropped last: dropping it closes the link fds, which detaches the programs.
     _ebpf: Ebpf,
 }
@@ -73,14 +67,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
     move |source| BpfError::Map { name, source }
 }
 
-fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, BpfError> {
-    let map = ebpf.take_map(name).ok_or(BpfError::Map {
-        name,
-        source: MapError::InvalidName { name: name.into() },
-    })?;
+fn take_map<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -88,10 +76,7 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, B
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or(BpfError::Program {
-        name,
-        source: ProgramError::NotLoaded,
-    })?;
+    let p = ebpf.program_mut(name).ok_or(BpfError::Program { name, source: ProgramError::NotLoaded })?;
     p.try_into().map_err(prog_err(name))
 }
 
@@ -100,36 +85,46 @@ impl Datapath {
         let cgroup_root = cgroup::cgroup2_mount().map_err(BpfError::NoCgroup2)?;
         let cg = File::open(&cgroup_root).map_err(BpfError::NoCgroup2)?;
         let exempt = u32::from(opts.exempt_loopback);
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CT_EXEMPT_LOOPBACK", &exempt, true)
-            .load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new().override_global("CT_EXEMPT_LOOPBACK", &exempt, true).load(OBJECT)?;
 
         let p: &mut CgroupSock = program(&mut ebpf, "ct_sock_create")?;
         p.load().map_err(prog_err("ct_sock_create"))?;
-        p.attach(&cg, CgroupAttachMode::Single)
-            .map_err(prog_err("ct_sock_create"))?;
-        for (name, kind) in [
-            ("ct_egress", CgroupSkbAttachType::Egress),
-            ("ct_ingress", CgroupSkbAttachType::Ingress),
-        ] {
+        p.attach(&cg, CgroupAttachMode::Single).map_err(prog_err("ct_sock_create"))?;
+        for (name, kind) in [("ct_egress", CgroupSkbAttachType::Egress), ("ct_ingress", CgroupSkbAttachType::Ingress)] {
             let p: &mut CgroupSkb = program(&mut ebpf, name)?;
             p.load().map_err(prog_err(name))?;
-            p.attach(&cg, kind, CgroupAttachMode::Single)
-                .map_err(prog_err(name))?;
+            p.attach(&cg, kind, CgroupAttachMode::Single).map_err(prog_err(name))?;
         }
         let p: &mut SockOps = program(&mut ebpf, "ct_sockops")?;
         p.load().map_err(prog_err("ct_sockops"))?;
-        p.attach(&cg, CgroupAttachMode::Single)
-            .map_err(prog_err("ct_sockops"))?;
+        p.attach(&cg, CgroupAttachMode::Single).map_err(prog_err("ct_sockops"))?;
 
-        Ok(Datapath {
+        let mut dp = Datapath {
             procs: take_map(&mut ebpf, "CT_PROCS")?,
             slots: take_map(&mut ebpf, "CT_SLOTS")?,
             counters: take_map(&mut ebpf, "CT_COUNTERS")?,
             owners: take_map(&mut ebpf, "CT_SK_OWNER")?,
+            gen_map: take_map(&mut ebpf, "CT_GEN")?,
+            gen: 0,
+            nprocs: 0,
             cgroup_root,
+            exempt_loopback: opts.exempt_loopback,
             _ebpf: ebpf,
-        })
+        };
+        dp.bump_generation()?;
+        Ok(dp)
+    }
+
+    /// Invalidates the per-socket caches of CT_PROCS. Starts at 1, so a
+    /// fresh socket record (generation 0) always looks its process up.
+    fn bump_generation(&mut self) -> Result<(), BpfError> {
+        self.gen = self.gen.wrapping_add(1).max(1);
+        self.gen_map.set(0, self.gen, 0).map_err(map_err("CT_GEN"))?;
+        self.gen_map.set(1, self.nprocs, 0).map_err(map_err("CT_GEN"))
+    }
+
+    pub fn exempt_loopback(&self) -> bool {
+        self.exempt_loopback
     }
 
     pub fn cgroup_root(&self) -> &std::path::Path {
@@ -137,9 +132,10 @@ impl Datapath {
     }
 
     pub fn set_proc(&mut self, tgid: u32, slots: ProcSlots) -> Result<(), BpfError> {
-        self.procs
-            .insert(tgid, slots, 0)
-            .map_err(map_err("CT_PROCS"))
+        let new = self.proc(tgid).is_none();
+        self.procs.insert(tgid, slots, 0).map_err(map_err("CT_PROCS"))?;
+        self.nprocs += u32::from(new);
+        self.bump_generation()
     }
 
     pub fn proc(&self, tgid: u32) -> Option<ProcSlots> {
@@ -149,10 +145,12 @@ impl Datapath {
     /// Removes a process; a missing entry is not an error.
     pub fn remove_proc(&mut self, tgid: u32) -> Result<(), BpfError> {
         match self.procs.remove(&tgid) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
+            Ok(()) => {
+                self.nprocs = self.nprocs.saturating_sub(1);
+                self.bump_generation()
             }
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(map_err("CT_PROCS")(e)),
         }
     }
@@ -180,13 +178,10 @@ impl Datapath {
     /// Frees a slot: mode off and counters zeroed, ready for reuse.
     pub fn clear_slot(&mut self, id: u32) -> Result<(), BpfError> {
         self.set_slot(id, &Slot::default())?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(_, e)| map_err("CT_COUNTERS")(MapError::IoError(e)))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err("CT_COUNTERS")(MapError::IoError(e)))?;
         let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])
             .map_err(|e| map_err("CT_COUNTERS")(MapError::IoError(e)))?;
-        self.counters
-            .set(id, zero, 0)
-            .map_err(map_err("CT_COUNTERS"))
+        self.counters.set(id, zero, 0).map_err(map_err("CT_COUNTERS"))
     }
 
     pub fn counters(&self, id: u32) -> Result<Counters, BpfError> {
@@ -200,18 +195,9 @@ impl Datapath {
     /// were attached. An existing owner record is kept.
     pub fn seed_owner(&mut self, sock: &impl AsRawFd, tgid: u32) -> Result<bool, BpfError> {
         const BPF_NOEXIST: u64 = 1;
-        match self.owners.insert(
-            sock,
-            SockOwner {
-                tgid,
-                ..Default::default()
-            },
-            BPF_NOEXIST,
-        ) {
+        match self.owners.insert(sock, SockOwner { tgid, ..Default::default() }, BPF_NOEXIST) {
             Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(false)
-            }
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(map_err("CT_SK_OWNER")(e)),
         }
     }

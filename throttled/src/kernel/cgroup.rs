@@ -4,8 +4,7 @@ use std::{fs, io, path::PathBuf};
 
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo")?;
-    parse_mountinfo(&text)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
+    parse_mountinfo(&text).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
 }
 
 /// The mount point of the first `cgroup2` entry.
@@ -15,9 +14,7 @@ pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
         if right.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        left.split_whitespace()
-            .nth(4)
-            .map(|p| PathBuf::from(unescape(p)))
+        left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p)))
     })
 }
 
@@ -27,15 +24,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match oct {
             Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')),
-                );
+                out.push(d.iter().fold(0u8, |a, c| a.wrapping_mul(8).wrapping_add(c - b'0')));
                 i += 4;
             }
             None => {
@@ -56,10 +48,7 @@ mod tests {
         let t = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                  40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_mountinfo(t),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(parse_mountinfo(t), Some(PathBuf::from("/sys/fs/cgroup/unified")));
     }
 
     #[test]

@@ -3,9 +3,7 @@
 use std::{fs, io, path::PathBuf};
 
 /// A process identity that survives pid reuse: a reused pid has a new start time.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ProcIdent {
     pub pid: u32,
     /// Start time in clock ticks after boot (field 22 of /proc/PID/stat).
@@ -23,36 +21,19 @@ struct Stat {
 fn stat(pid: u32) -> io::Result<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // comm may contain spaces and parentheses: fields start after the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| bad(pid))?;
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| bad(pid))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| bad(pid))
-    };
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(pid));
     // After ')': state(0) ppid(1) ... flags(6) ... starttime(19).
-    Ok(Stat {
-        ppid: num(1)? as u32,
-        flags: num(6)?,
-        start_time: num(19)?,
-    })
+    Ok(Stat { ppid: num(1)? as u32, flags: num(6)?, start_time: num(19)? })
 }
 
 fn bad(pid: u32) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("unparsable /proc/{pid}/stat"),
-    )
+    io::Error::new(io::ErrorKind::InvalidData, format!("unparsable /proc/{pid}/stat"))
 }
 
 pub fn ident(pid: u32) -> io::Result<ProcIdent> {
-    Ok(ProcIdent {
-        pid,
-        start_time: stat(pid)?.start_time,
-    })
+    Ok(ProcIdent { pid, start_time: stat(pid)?.start_time })
 }
 
 /// True while the same process (not a reuse of its pid) is alive.
@@ -71,16 +52,11 @@ pub fn is_kernel_thread(pid: u32) -> io::Result<bool> {
 /// The thread-group id of `pid` (a thread id resolves to its process).
 pub fn tgid(pid: u32) -> io::Result<u32> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| bad(pid))
+    text.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or_else(|| bad(pid))
 }
 
 pub fn comm(pid: u32) -> io::Result<String> {
-    Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
-        .trim_end()
-        .to_string())
+    Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?.trim_end().to_string())
 }
 
 pub fn exe(pid: u32) -> io::Result<PathBuf> {
@@ -120,14 +96,8 @@ pub fn tree(pid: u32) -> Vec<u32> {
 pub fn socket_fds(pid: u32) -> io::Result<Vec<i32>> {
     let mut out = Vec::new();
     for e in fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-        let is_socket =
-            fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:["));
-        if let Some(fd) = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse().ok())
-            .filter(|_| is_socket)
-        {
+        let is_socket = fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:["));
+        if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse().ok()).filter(|_| is_socket) {
             out.push(fd);
         }
     }
@@ -137,11 +107,7 @@ pub fn socket_fds(pid: u32) -> io::Result<Vec<i32>> {
 /// All process ids currently in /proc.
 pub fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -154,10 +120,7 @@ mod tests {
         let me = std::process::id();
         let id = ident(me).unwrap();
         assert!(is_alive(&id));
-        assert!(!is_alive(&ProcIdent {
-            start_time: id.start_time + 1,
-            ..id
-        }));
+        assert!(!is_alive(&ProcIdent { start_time: id.start_time + 1, ..id }));
         assert_eq!(tgid(me).unwrap(), me);
         assert!(!is_kernel_thread(me).unwrap());
         assert!(tree(me).contains(&me));
@@ -172,10 +135,7 @@ mod tests {
 
     #[test]
     fn child_is_found_in_tree() {
-        let mut c = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut c = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let t = tree(std::process::id());
         let _ = c.kill();
         let _ = c.wait();

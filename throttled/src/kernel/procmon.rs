@@ -45,13 +45,7 @@ pub struct ProcMonitor {
 impl ProcMonitor {
     /// Subscribes; `timeout` bounds each `recv` so a reader thread can stop.
     pub fn open(timeout: Duration) -> io::Result<Self> {
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                NETLINK_CONNECTOR,
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_CONNECTOR) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -63,30 +57,11 @@ impl ProcMonitor {
         if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as i64,
-            tv_usec: timeout.subsec_micros() as i64,
-        };
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: timeout.subsec_micros() as i64 };
         let tvlen = std::mem::size_of::<libc::timeval>() as u32;
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                tvlen,
-            )
-        };
+        unsafe { libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), tvlen) };
         let bufsz: libc::c_int = 4 << 20;
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const bufsz).cast(),
-                4,
-            )
-        };
+        unsafe { libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&raw const bufsz).cast(), 4) };
         let me = ProcMonitor { fd };
         me.send_listen()?;
         Ok(me)
@@ -131,17 +106,13 @@ impl ProcMonitor {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_ne_bytes(s.try_into().unwrap_or_default()))
+    b.get(off..off + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap_or_default()))
 }
 
 /// Parses the netlink messages in one datagram.
 pub fn parse(mut b: &[u8]) -> Vec<ProcEvent> {
     let mut out = Vec::new();
-    while let Some(len) = u32_at(b, 0)
-        .map(|l| l as usize)
-        .filter(|l| *l >= NLMSG_HDRLEN && *l <= b.len())
-    {
+    while let Some(len) = u32_at(b, 0).map(|l| l as usize).filter(|l| *l >= NLMSG_HDRLEN && *l <= b.len()) {
         if let Some(ev) = parse_event(&b[NLMSG_HDRLEN + CN_MSG_LEN.min(len - NLMSG_HDRLEN)..len]) {
             out.push(ev);
         }
@@ -161,10 +132,8 @@ fn parse_event(e: &[u8]) -> Option<ProcEvent> {
     match what {
         PROC_EVENT_FORK => {
             let (parent_tgid, child_pid, child_tgid) = (d(1)?, d(2)?, d(3)?);
-            (child_pid == child_tgid && child_tgid != parent_tgid).then_some(ProcEvent::Fork {
-                parent_tgid,
-                child_tgid,
-            })
+            (child_pid == child_tgid && child_tgid != parent_tgid)
+                .then_some(ProcEvent::Fork { parent_tgid, child_tgid })
         }
         PROC_EVENT_EXEC => Some(ProcEvent::Exec { tgid: d(1)? }),
         PROC_EVENT_COMM => Some(ProcEvent::Comm { tgid: d(1)? }),
@@ -185,8 +154,7 @@ mod tests {
         ev.extend_from_slice(&what.to_ne_bytes());
         ev.extend_from_slice(&0u32.to_ne_bytes());
         ev.extend_from_slice(&0u64.to_ne_bytes());
-        data.iter()
-            .for_each(|v| ev.extend_from_slice(&v.to_ne_bytes()));
+        data.iter().for_each(|v| ev.extend_from_slice(&v.to_ne_bytes()));
         let total = NLMSG_HDRLEN + CN_MSG_LEN + ev.len();
         let mut m = (total as u32).to_ne_bytes().to_vec();
         m.resize(NLMSG_HDRLEN + CN_MSG_LEN, 0);
@@ -198,16 +166,10 @@ mod tests {
     fn parses_fork_exit_and_skips_threads() {
         assert_eq!(
             parse(&msg(PROC_EVENT_FORK, &[10, 10, 11, 11])),
-            vec![ProcEvent::Fork {
-                parent_tgid: 10,
-                child_tgid: 11
-            }]
+            vec![ProcEvent::Fork { parent_tgid: 10, child_tgid: 11 }]
         );
         assert_eq!(parse(&msg(PROC_EVENT_FORK, &[10, 10, 12, 10])), vec![]);
-        assert_eq!(
-            parse(&msg(PROC_EVENT_EXIT, &[11, 11, 0, 0])),
-            vec![ProcEvent::Exit { tgid: 11 }]
-        );
+        assert_eq!(parse(&msg(PROC_EVENT_EXIT, &[11, 11, 0, 0])), vec![ProcEvent::Exit { tgid: 11 }]);
         assert_eq!(parse(&msg(PROC_EVENT_EXIT, &[12, 11, 0, 0])), vec![]);
         assert_eq!(parse(&[1, 2, 3]), vec![]);
     }

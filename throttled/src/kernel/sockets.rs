@@ -41,6 +41,39 @@ fn sockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
 pub struct InetSocket {
     pub fd: OwnedFd,
     pub tcp: bool,
+    /// Connected to this host (see `is_local_connection`); false if unconnected.
+    pub local: bool,
+}
+
+/// Local and peer addresses in the kernel's layout, if connected.
+fn endpoints(fd: BorrowedFd<'_>) -> Option<(bool, [u32; 4], [u32; 4])> {
+    let get = |peer: bool| {
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let p = (&raw mut ss).cast();
+        let r = unsafe {
+            if peer {
+                libc::getpeername(fd.as_raw_fd(), p, &mut len)
+            } else {
+                libc::getsockname(fd.as_raw_fd(), p, &mut len)
+            }
+        };
+        (r == 0).then_some(ss)
+    };
+    let (l, r) = (get(false)?, get(true)?);
+    let words = |ss: &libc::sockaddr_storage| -> (bool, [u32; 4]) {
+        if ss.ss_family as i32 == libc::AF_INET6 {
+            let a: &libc::sockaddr_in6 = unsafe { &*std::ptr::from_ref(ss).cast() };
+            let b = a.sin6_addr.s6_addr;
+            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            (true, [w(0), w(4), w(8), w(12)])
+        } else {
+            let a: &libc::sockaddr_in = unsafe { &*std::ptr::from_ref(ss).cast() };
+            (false, [a.sin_addr.s_addr, 0, 0, 0])
+        }
+    };
+    let ((v6, local), (_, remote)) = (words(&l), words(&r));
+    Some((v6, local, remote))
 }
 
 /// Calls `f` for every IPv4/IPv6 socket of process `pid`. Returns how many
@@ -57,10 +90,8 @@ pub fn for_each_inet_socket(pid: u32, mut f: impl FnMut(&InetSocket)) -> io::Res
             continue;
         }
         let proto = sockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(-1);
-        f(&InetSocket {
-            fd,
-            tcp: proto == libc::IPPROTO_TCP,
-        });
+        let local = endpoints(fd.as_fd()).is_some_and(|(v6, l, r)| throttle_common::is_local_connection(v6, l, r));
+        f(&InetSocket { fd, tcp: proto == libc::IPPROTO_TCP, local });
         n += 1;
     }
     Ok(n)
@@ -68,15 +99,7 @@ pub fn for_each_inet_socket(pid: u32, mut f: impl FnMut(&InetSocket)) -> io::Res
 
 fn setsockopt<T>(sock: &InetSocket, level: i32, name: i32, v: &T) -> io::Result<()> {
     let len = std::mem::size_of::<T>() as libc::socklen_t;
-    let r = unsafe {
-        libc::setsockopt(
-            sock.fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(v).cast(),
-            len,
-        )
-    };
+    let r = unsafe { libc::setsockopt(sock.fd.as_raw_fd(), level, name, std::ptr::from_ref(v).cast(), len) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -89,13 +112,7 @@ pub fn rtt_us(sock: &InetSocket) -> io::Result<u32> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let r = unsafe {
-        libc::getsockopt(
-            sock.fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
+        libc::getsockopt(sock.fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
     };
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -113,10 +130,5 @@ pub fn set_window_clamp(sock: &InetSocket, bytes: Option<u32>) -> io::Result<()>
 
 /// Caps a TCP socket's pacing rate (bytes/s of payload); `None` removes the cap.
 pub fn set_max_pacing_rate(sock: &InetSocket, rate: Option<u64>) -> io::Result<()> {
-    setsockopt(
-        sock,
-        libc::SOL_SOCKET,
-        libc::SO_MAX_PACING_RATE,
-        &rate.unwrap_or(u64::MAX),
-    )
+    setsockopt(sock, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate.unwrap_or(u64::MAX))
 }

@@ -25,9 +25,7 @@ pub fn prerequisites() -> bool {
     }
     for tool in ["ip", "iperf3"] {
         if which(tool).is_none() {
-            super::missing(&format!(
-                "{tool} is not installed (run scripts/bootstrap.sh)"
-            ));
+            super::missing(&format!("{tool} is not installed (run scripts/bootstrap.sh)"));
             return false;
         }
     }
@@ -44,24 +42,13 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn sh_quiet(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new(args[0]).args(&args[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 pub struct Lab {
@@ -83,36 +70,13 @@ impl Lab {
         sh_quiet(&["ip", "link", "del", &veth]);
         let dir = std::env::temp_dir().join(format!("ct-lab-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let lab = Lab {
-            ns: ns.clone(),
-            veth: veth.clone(),
-            server_ip: format!("10.201.{tag}.2"),
-            servers: vec![],
-            dir,
-        };
+        let lab =
+            Lab { ns: ns.clone(), veth: veth.clone(), server_ip: format!("10.201.{tag}.2"), servers: vec![], dir };
         sh(&["ip", "netns", "add", &ns]);
-        sh(&[
-            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &ns,
-        ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.201.{tag}.1/30"),
-            "dev",
-            &veth,
-        ]);
+        sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &ns]);
+        sh(&["ip", "addr", "add", &format!("10.201.{tag}.1/30"), "dev", &veth]);
         sh(&["ip", "link", "set", &veth, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.201.{tag}.2/30"),
-            "dev",
-            &peer,
-        ]);
+        sh(&["ip", "-n", &ns, "addr", "add", &format!("10.201.{tag}.2/30"), "dev", &peer]);
         sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         lab
@@ -121,15 +85,7 @@ impl Lab {
     /// Starts an iperf3 server on `port` inside the namespace.
     pub fn server(&mut self, port: u16) {
         let c = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "iperf3",
-                "-s",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(["netns", "exec", &self.ns, "iperf3", "-s", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -137,14 +93,7 @@ impl Lab {
         self.servers.push(c);
         wait_until(Duration::from_secs(5), || {
             Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns,
-                    "ss",
-                    "-Hltn",
-                    &format!("sport = :{port}"),
-                ])
+                .args(["netns", "exec", &self.ns, "ss", "-Hltn", &format!("sport = :{port}")])
                 .output()
                 .is_ok_and(|o| !o.stdout.is_empty())
         });
@@ -163,52 +112,31 @@ impl Lab {
     pub fn client(&self, name: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
         let bin = self.client_binary(name);
         let mut cmd = Command::new(bin);
-        cmd.args([
-            "-c",
-            &self.server_ip,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-            "-i",
-            "1",
-        ]);
+        cmd.args(["-c", &self.server_ip, "-p", &port.to_string(), "-t", &secs.to_string(), "-J", "-i", "1"]);
         if reverse {
             cmd.arg("-R");
         }
-        Iperf {
-            child: Some(
-                cmd.stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            ),
-        }
+        cmd.arg("--get-server-output");
+        Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
+    }
+
+    /// A client inside the lab namespace, e.g. to its own loopback.
+    pub fn client_in_ns(&self, name: &str, ip: &str, port: u16, secs: u32) -> Iperf {
+        let bin = self.client_binary(name);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(bin);
+        cmd.args(["-c", ip, "-p", &port.to_string(), "-t", &secs.to_string(), "-J", "-i", "1"]);
+        Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
     /// The client binary run through `sh`, so the client is a forked child.
-    pub fn client_via_shell(
-        &self,
-        name: &str,
-        port: u16,
-        secs: u32,
-        reverse: bool,
-        delay: f32,
-    ) -> Iperf {
+    pub fn client_via_shell(&self, name: &str, port: u16, secs: u32, reverse: bool, delay: f32) -> Iperf {
         let bin = self.client_binary(name);
         let r = if reverse { "-R" } else { "" };
-        let script = format!(
-            "sleep {delay}; {} -c {} -p {port} -t {secs} -J -i 1 {r}; true",
-            bin.display(),
-            self.server_ip
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let script =
+            format!("sleep {delay}; {} -c {} -p {port} -t {secs} -J -i 1 {r}; true", bin.display(), self.server_ip);
+        let child =
+            Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         Iperf { child: Some(child) }
     }
 }
@@ -252,11 +180,7 @@ impl IperfResult {
     /// Mean of intervals `[from, to)`, in bytes/s.
     pub fn mean(&self, from: usize, to: usize) -> f64 {
         let s = &self.intervals[from.min(self.intervals.len())..to.min(self.intervals.len())];
-        assert!(
-            !s.is_empty(),
-            "no intervals in [{from}, {to}): {:?}",
-            self.intervals
-        );
+        assert!(!s.is_empty(), "no intervals in [{from}, {to}): {:?}", self.intervals);
         s.iter().sum::<f64>() / s.len() as f64
     }
 }
@@ -270,20 +194,17 @@ impl Iperf {
         let out = self.child.take().unwrap().wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "iperf3 output is not JSON ({e}): {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
+            panic!("iperf3 output is not JSON ({e}): {text} {}", String::from_utf8_lossy(&out.stderr))
         });
         if let Some(err) = v.get("error") {
             panic!("iperf3 failed: {err}");
         }
-        let intervals = v["intervals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 8.0)
-            .collect();
+        // Goodput is what the receiver got: the server's intervals on upload.
+        let upload = v["start"]["test_start"]["reverse"].as_i64() == Some(0);
+        let server = &v["server_output_json"]["intervals"];
+        let source = if upload && server.is_array() { server } else { &v["intervals"] };
+        let intervals =
+            source.as_array().unwrap().iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 8.0).collect();
         IperfResult {
             intervals,
             retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
@@ -305,13 +226,6 @@ impl Drop for Iperf {
 #[track_caller]
 pub fn assert_accurate(what: &str, goodput: f64, limit: f64) {
     let ratio = goodput / limit;
-    eprintln!(
-        "{what}: goodput {:.3} MiB/s for a {:.3} MiB/s limit = {ratio:.3}",
-        goodput / MIB,
-        limit / MIB
-    );
-    assert!(
-        (0.93..=1.02).contains(&ratio),
-        "{what}: goodput/limit = {ratio:.3}, outside 0.93–1.02"
-    );
+    eprintln!("{what}: goodput {:.3} MiB/s for a {:.3} MiB/s limit = {ratio:.3}", goodput / MIB, limit / MIB);
+    assert!((0.93..=1.02).contains(&ratio), "{what}: goodput/limit = {ratio:.3}, outside 0.93–1.02");
 }

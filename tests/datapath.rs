@@ -13,11 +13,7 @@ fn rate(s: &str) -> Rate {
 }
 
 fn spec(down: Option<&str>, up: Option<&str>) -> LimitSpec {
-    LimitSpec {
-        down: down.map(rate),
-        up: up.map(rate),
-        ..Default::default()
-    }
+    LimitSpec { down: down.map(rate), up: up.map(rate), ..Default::default() }
 }
 
 /// Limits a fresh client from its start, then checks goodput from second 2.
@@ -30,20 +26,13 @@ fn accuracy(tag: u8, limit: &str, reverse: bool) {
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     let c = lab.client(&format!("ct-client-{tag}"), 5201, 8, reverse);
-    let s = if reverse {
-        spec(Some(limit), None)
-    } else {
-        spec(None, Some(limit))
-    };
+    let s = if reverse { spec(Some(limit), None) } else { spec(None, Some(limit)) };
     let id = m.limit_pid(c.pid(), &s).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(7500));
     let info = m.info(id).unwrap();
     let r = c.wait();
     let dir = info.directions.values().next().unwrap();
-    eprintln!(
-        "counters: {:?}; retransmits {:?}",
-        dir.counters, r.retransmits
-    );
+    eprintln!("counters: {:?}; retransmits {:?}", dir.counters, r.retransmits);
     assert!(dir.counters.pass_pkts > 0, "the throttle saw no packets");
     let what = format!("{} {limit}", if reverse { "download" } else { "upload" });
     assert_accurate(&what, r.mean(2, 8), rate(limit).bytes_per_sec() as f64);
@@ -118,20 +107,10 @@ fn limit_running_transfer_started_before_daemon() {
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     m.limit_pid(c.pid(), &spec(Some("1M"), None)).unwrap();
     let r = c.wait();
-    eprintln!(
-        "intervals (MiB/s): {:?}",
-        r.intervals.iter().map(|v| v / MIB).collect::<Vec<_>>()
-    );
-    assert!(
-        r.intervals[1] > 20.0 * MIB,
-        "unthrottled start should be fast"
-    );
+    eprintln!("intervals (MiB/s): {:?}", r.intervals.iter().map(|v| v / MIB).collect::<Vec<_>>());
+    assert!(r.intervals[1] > 20.0 * MIB, "unthrottled start should be fast");
     // The limit landed at ~2.5 s (plus load time); second 4 is fully limited.
-    assert!(
-        r.intervals[4] < 1.5 * MIB,
-        "not slowed within a second: {:.2} MiB/s",
-        r.intervals[4] / MIB
-    );
+    assert!(r.intervals[4] < 1.5 * MIB, "not slowed within a second: {:.2} MiB/s", r.intervals[4] / MIB);
     assert_accurate("download limited mid-transfer", r.mean(5, 9), MIB);
 }
 
@@ -152,16 +131,8 @@ fn unlimit_restores_speed() {
     let r = c.wait();
     assert_accurate("upload before removal", r.mean(1, 4), MIB);
     let after = r.mean(5, 8);
-    assert!(
-        after > 20.0 * MIB,
-        "after removal only {:.1} MiB/s",
-        after / MIB
-    );
-    assert_eq!(
-        m.kernel_proc_entries(),
-        0,
-        "process entry left in the kernel map"
-    );
+    assert!(after > 20.0 * MIB, "after removal only {:.1} MiB/s", after / MIB);
+    assert_eq!(m.kernel_proc_entries(), 0, "process entry left in the kernel map");
 }
 
 /// A child forked after the limit counts for its parent's tree throttle.
@@ -175,18 +146,12 @@ fn tree_covers_forked_child() {
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     let parent = lab.client_via_shell("ct-client-tree", 5201, 7, true, 0.5);
-    let s = LimitSpec {
-        tree: true,
-        ..spec(Some("2M"), None)
-    };
+    let s = LimitSpec { tree: true, ..spec(Some("2M"), None) };
     let id = m.limit_pid(parent.pid(), &s).unwrap();
     let r = parent.wait();
     assert_accurate("forked child of a tree throttle", r.mean(2, 7), 2.0 * MIB);
     // The child exited, the parent too: the throttle is gone with them.
     wait_until(std::time::Duration::from_secs(3), || m.info(id).is_err());
-    assert!(
-        m.info(id).is_err(),
-        "throttle of an exited process was not removed"
-    );
+    assert!(m.info(id).is_err(), "throttle of an exited process was not removed");
     assert_eq!(m.kernel_proc_entries(), 0);
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the real-kernel
+# integration tests (network namespaces, iperf3, the cgroup v2 root).
+# Needs root; installs its prerequisites first. Under CI=true a missing
+# prerequisite fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || exec sudo -E env "PATH=$PATH" "$0" "$@"
+bash scripts/bootstrap.sh
+export PATH="$PATH:/usr/sbin:/sbin"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Kernel tests share the cgroup root and namespaces: run them one at a time.
+cargo test --workspace -- --test-threads=1
+
+# Every test must clean up after itself, even on failure.
+leftovers=$( { ip netns list | grep -E '^ct-' || true; ip -o link show | grep -oE 'ct-(veth|peer)[0-9]+' || true; } )
+if [ -n "$leftovers" ]; then
+  echo "test.sh: tests left network objects behind: $leftovers" >&2
+  exit 1
+fi
+if command -v bpftool >/dev/null && bpftool prog show 2>/dev/null | grep -qE 'name ct_'; then
+  echo "test.sh: tests left eBPF programs loaded:" >&2
+  bpftool prog show | grep -E 'name ct_' >&2
+  exit 1
+fi
+echo "test.sh: all tests passed"
