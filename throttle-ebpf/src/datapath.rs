@@ -2,9 +2,7 @@ use core::{arch::asm, ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
-    helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get,
-    },
+    helpers::generated::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get},
     macros::{cgroup_skb, cgroup_sock, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray},
     programs::{SkBuffContext, SockContext, SockOpsContext},
@@ -90,8 +88,6 @@ fn skb_owner(ctx: &SkBuffContext) -> Option<&'static mut SockOwner> {
     }
     // sk_storage_get accepts a sock_common and checks for a full socket itself.
     owner_of(unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk })
-}
-    owner_of(unsafe { bpf_sk_fullsock(sk) })
 }
 
 /// The owner's slots, from the per-socket cache when it is current.

@@ -39,6 +39,9 @@ fn parse_args() -> anyhow::Result<Opts> {
             _ => bail!("unknown argument {a}"),
         }
     }
+    if o.secs < 5 {
+        bail!("--secs must be at least 5: the first two seconds are skipped");
+    }
     Ok(o)
 }
 
