@@ -72,6 +72,8 @@ fn accuracy(lab: &Lab, m: &Manager, limit: Rate, down: bool, secs: u32) -> anyho
     }
     let r = c.wait();
     let per_sec: Vec<f64> = samples.windows(2).map(|w| w[1] - w[0]).collect();
+    let k = |v: &[f64]| v.iter().map(|x| (x / 1024.0).round() as i64).collect::<Vec<_>>();
+    eprintln!("{limit} down={down}: goodput KiB/s {:?}; IP-layer KiB/s {:?}", k(&r.intervals), k(&per_sec));
     // Skip the first two seconds, as the tests do.
     let steady = &per_sec[1.min(per_sec.len())..];
     let l = limit.bytes_per_sec() as f64;

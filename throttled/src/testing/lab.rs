@@ -116,7 +116,9 @@ impl Lab {
         if reverse {
             cmd.arg("-R");
         }
-        cmd.arg("--get-server-output");
+        // 16 KiB blocks: with the default 128 KiB, the receiver's per-second
+        // counts are quantized to half a second's worth at 256 KiB/s.
+        cmd.args(["--get-server-output", "-l", "16K"]);
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
