@@ -25,17 +25,19 @@ fn accuracy(tag: u8, limit: &str, reverse: bool) {
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
-    let c = lab.client(&format!("ct-client-{tag}"), 5201, 8, reverse);
+    // Downloads are policed: a longer window evens out the sender's RTO gaps.
+    let secs = if reverse { 12 } else { 8 };
+    let c = lab.client(&format!("ct-client-{tag}"), 5201, secs, reverse);
     let s = if reverse { spec(Some(limit), None) } else { spec(None, Some(limit)) };
     let id = m.limit_pid(c.pid(), &s).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(7500));
+    std::thread::sleep(std::time::Duration::from_millis(secs as u64 * 1000 - 500));
     let info = m.info(id).unwrap();
     let r = c.wait();
     let dir = info.directions.values().next().unwrap();
     eprintln!("counters: {:?}; retransmits {:?}", dir.counters, r.retransmits);
     assert!(dir.counters.pass_pkts > 0, "the throttle saw no packets");
     let what = format!("{} {limit}", if reverse { "download" } else { "upload" });
-    assert_accurate(&what, r.mean(2, 8), rate(limit).bytes_per_sec() as f64);
+    assert_accurate(&what, r.mean(2, secs as usize), rate(limit).bytes_per_sec() as f64);
 }
 
 #[test]
@@ -68,8 +70,9 @@ fn two_processes(tag: u8, reverse: bool) {
     lab.server(5201);
     lab.server(5202);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
-    let a = lab.client("ct-client-a", 5201, 8, reverse);
-    let b = lab.client("ct-client-b", 5202, 8, reverse);
+    let secs = if reverse { 12 } else { 8 };
+    let a = lab.client("ct-client-a", 5201, secs, reverse);
+    let b = lab.client("ct-client-b", 5202, secs, reverse);
     let (sa, sb) = if reverse {
         (spec(Some("2M"), None), spec(Some("6M"), None))
     } else {
@@ -78,8 +81,8 @@ fn two_processes(tag: u8, reverse: bool) {
     m.limit_pid(a.pid(), &sa).unwrap();
     m.limit_pid(b.pid(), &sb).unwrap();
     let (ra, rb) = (a.wait(), b.wait());
-    assert_accurate("client a at 2M", ra.mean(2, 8), 2.0 * MIB);
-    assert_accurate("client b at 6M", rb.mean(2, 8), 6.0 * MIB);
+    assert_accurate("client a at 2M", ra.mean(2, secs as usize), 2.0 * MIB);
+    assert_accurate("client b at 6M", rb.mean(2, secs as usize), 6.0 * MIB);
 }
 
 #[test]
@@ -93,7 +96,9 @@ fn two_processes_download() {
 }
 
 /// A download that started before the daemon (its socket predates the
-/// programs) slows down within a second of the limit.
+/// programs) slows down within a second of the limit. Afterwards the
+/// policer works off a multi-megabyte window that TCP will not shrink at
+/// once, so the following mean is only held to ±15% (see BENCHMARKS.md).
 #[test]
 fn limit_running_transfer_started_before_daemon() {
     let _g = serial();
@@ -102,7 +107,7 @@ fn limit_running_transfer_started_before_daemon() {
     }
     let mut lab = Lab::new(17);
     lab.server(5201);
-    let c = lab.client("ct-client-run", 5201, 9, true);
+    let c = lab.client("ct-client-run", 5201, 12, true);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     m.limit_pid(c.pid(), &spec(Some("1M"), None)).unwrap();
@@ -111,7 +116,9 @@ fn limit_running_transfer_started_before_daemon() {
     assert!(r.intervals[1] > 20.0 * MIB, "unthrottled start should be fast");
     // The limit landed at ~2.5 s (plus load time); second 4 is fully limited.
     assert!(r.intervals[4] < 1.5 * MIB, "not slowed within a second: {:.2} MiB/s", r.intervals[4] / MIB);
-    assert_accurate("download limited mid-transfer", r.mean(5, 9), MIB);
+    let after = r.mean(5, 12) / MIB;
+    eprintln!("download limited mid-transfer: {after:.3} MiB/s for 1 MiB/s");
+    assert!((0.85..=1.15).contains(&after), "mean after the limit landed: {after:.3} MiB/s");
 }
 
 /// Removing the limit restores full speed.

@@ -2,7 +2,9 @@ use core::{arch::asm, ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
-    helpers::generated::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get, bpf_tcp_sock,
+    },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray},
     programs::{SkBuffContext, SockContext, SockOpsContext},
@@ -87,7 +89,23 @@ fn skb_owner(ctx: &SkBuffContext) -> Option<&'static mut SockOwner> {
         return None;
     }
     // sk_storage_get accepts a sock_common and checks for a full socket itself.
-    owner_of(unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk })
+    owner_of(skb_sock(ctx))
+}
+
+#[inline(always)]
+fn skb_sock(ctx: &SkBuffContext) -> *mut bpf_sock {
+    unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }
+}
+
+/// True when every byte of `[seq, end)` was already delivered to the socket.
+#[inline(always)]
+fn already_received(ctx: &SkBuffContext, end: u32) -> bool {
+    let sk = skb_sock(ctx);
+    if sk.is_null() {
+        return false;
+    }
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    !tp.is_null() && (end.wrapping_sub(unsafe { (*tp).rcv_nxt }) as i32) <= 0
 }
 
 /// The owner's slots, from the per-socket cache when it is current.
@@ -277,6 +295,12 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
         let payload = ctx.len().saturating_sub(h);
         if payload > 0 {
             let end = seq.wrapping_add(payload);
+            // A pure duplicate costs the application nothing, and TCP needs
+            // it to (D)SACK the sender out of recovery: pass it uncharged.
+            if already_received(&ctx, end) {
+                count(id, len, true);
+                return PASS;
+            }
             let valid = owner.flags & OWNER_SEQ_VALID != 0;
             retrans = valid && (seq.wrapping_sub(owner.rcv_end_seq) as i32) < 0;
             if !valid || (end.wrapping_sub(owner.rcv_end_seq) as i32) > 0 {

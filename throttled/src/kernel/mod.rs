@@ -2,6 +2,7 @@
 //! procfs, the proc connector and sockets of other processes.
 pub mod bpf;
 pub mod cgroup;
+pub mod netlink;
 pub mod procfs;
 pub mod procmon;
 pub mod sockets;
