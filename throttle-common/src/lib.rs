@@ -122,14 +122,15 @@ pub fn pacing_rate(rate: u64) -> u64 {
 }
 
 /// Receive window for a policed download: four BDPs (never the bottleneck),
-/// at least 10 ms of rate and 16 KiB, so that one drop loses a small flight
-/// instead of the megabytes that window autotuning would allow.
+/// at least 10 ms of rate and 64 KiB, so that one drop loses a small flight
+/// instead of the megabytes that window autotuning would allow. (A 16 KiB
+/// floor measured worse: the window closes and TCP waits on its persist timer.)
 #[inline(always)]
 pub fn window_clamp(rate: u64, rtt_us: u64) -> u32 {
     let t_us = if rtt_us * 4 > 10_000 { rtt_us * 4 } else { 10_000 };
     let w = rate * t_us / 1_000_000;
-    if w < 16384 {
-        16384
+    if w < 65536 {
+        65536
     } else if w > (1 << 30) {
         1 << 30
     } else {
