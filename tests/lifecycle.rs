@@ -11,7 +11,7 @@ use std::{
 
 use common::*;
 use throttled::{
-    kernel::bpf::{MAP_NAMES, PROGRAM_NAMES},
+    kernel::bpf::{CGROUP_PROGRAMS, MAP_NAMES, PROGRAM_NAMES},
     manager::{LimitSpec, Manager, ManagerError, ManagerOptions},
 };
 
@@ -73,6 +73,8 @@ fn assert_loaded() {
     assert_eq!(progs, want, "exactly one copy of each program");
     let mut attached: Vec<_> = bpftool_attached().into_iter().filter(|n| n.starts_with("ct_")).collect();
     attached.sort();
+    let mut want: Vec<String> = CGROUP_PROGRAMS.iter().map(|s| s.to_string()).collect();
+    want.sort();
     if which("bpftool").is_some() {
         assert_eq!(attached, want, "bpftool view of the cgroup root");
     }

@@ -46,7 +46,7 @@ static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, 0);
 /// (0 lets every packet out before any helper call). Array lookups are
 /// inlined by the verifier: each costs a load, not a helper call.
 #[map(name = "CT_GEN")]
-static GEN: Array<u32> = Array::with_max_entries(2, 0);
+pub(crate) static GEN: Array<u32> = Array::with_max_entries(2, 0);
 #[map(name = "CT_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
@@ -71,7 +71,7 @@ const AF_INET6: u32 = 10;
 const TCP_WINDOW_CLAMP: i32 = 10;
 
 #[inline(always)]
-fn owner_of(sk: *mut bpf_sock) -> Option<&'static mut SockOwner> {
+pub(crate) fn owner_of(sk: *mut bpf_sock) -> Option<&'static mut SockOwner> {
     if sk.is_null() {
         return None;
     }
@@ -110,7 +110,7 @@ fn already_received(ctx: &SkBuffContext, end: u32) -> bool {
 
 /// The owner's slots, from the per-socket cache when it is current.
 #[inline(always)]
-fn owner_slots(owner: &mut SockOwner) -> ProcSlots {
+pub(crate) fn owner_slots(owner: &mut SockOwner) -> ProcSlots {
     let gen = GEN.get(0).copied().unwrap_or(0);
     if owner.gen != gen {
         let p = unsafe { PROCS.get(&owner.tgid) }.copied().unwrap_or_default();
@@ -122,7 +122,7 @@ fn owner_slots(owner: &mut SockOwner) -> ProcSlots {
 }
 
 #[inline(always)]
-fn slot_of(id: u32) -> Option<&'static mut Slot> {
+pub(crate) fn slot_of(id: u32) -> Option<&'static mut Slot> {
     if id == 0 {
         return None;
     }

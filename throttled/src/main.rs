@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use throttled::{
+    backend::interfaces::InterfacePolicy,
     kernel::bpf::DatapathOptions,
     manager::{LimitSpec, Manager, ManagerOptions},
     Rate,
@@ -24,6 +25,19 @@ struct Args {
     /// Also cover the process's descendants, present and future.
     #[arg(long)]
     tree: bool,
+    /// Backend for both directions (ebpf, tc_htb, ifb_tc); default: the best available.
+    #[arg(long)]
+    backend: Option<String>,
+    #[arg(long)]
+    up_backend: Option<String>,
+    #[arg(long)]
+    down_backend: Option<String>,
+    /// Interface for tc_htb/ifb_tc to manage (repeatable); default: those with a default route.
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Where state is kept (the root qdiscs the backends replaced).
+    #[arg(long, default_value = "/var/lib/chadthrottle")]
+    state_dir: std::path::PathBuf,
     /// Police loopback traffic too (it is exempt by default).
     #[arg(long)]
     throttle_loopback: bool,
@@ -62,10 +76,21 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     block_signals(); // before any thread starts, so they inherit the mask
-    let opts = ManagerOptions { datapath: DatapathOptions { exempt_loopback: !args.throttle_loopback } };
+    let opts = ManagerOptions {
+        datapath: DatapathOptions { exempt_loopback: !args.throttle_loopback },
+        interfaces: InterfacePolicy { names: (!args.interfaces.is_empty()).then(|| args.interfaces.clone()) },
+        state_dir: args.state_dir.clone(),
+    };
     let manager = Manager::start(&opts).context("starting the data path")?;
     if let Some(pid) = args.pid {
-        let spec = LimitSpec { down: args.down, up: args.up, tree: args.tree, backend: None };
+        let spec = LimitSpec {
+            down: args.down,
+            up: args.up,
+            tree: args.tree,
+            backend: args.backend.clone(),
+            up_backend: args.up_backend.clone(),
+            down_backend: args.down_backend.clone(),
+        };
         let id = manager.limit_pid(pid, &spec).with_context(|| format!("limiting pid {pid}"))?;
         println!("throttle {id} on pid {pid}");
     }

@@ -14,7 +14,10 @@ use std::{
 use throttle_common::{rate::Rate, Counters, ProcSlots, MAX_SLOTS};
 
 use crate::{
-    backend::{ebpf::EbpfBackend, Backend, BackendError, Context, Direction, SlotId},
+    backend::{
+        ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
+        Backend, BackendError, Context, Direction, Health, SlotId,
+    },
     kernel::{
         bpf::{BpfError, Datapath, DatapathOptions},
         procfs::{self, ProcIdent},
@@ -31,8 +34,20 @@ pub struct LimitSpec {
     pub up: Option<Rate>,
     /// Cover the process's descendants, present and future.
     pub tree: bool,
-    /// Backend name; `None` picks the default.
+    /// Backend for both directions; `None` picks the default per direction.
     pub backend: Option<String>,
+    pub up_backend: Option<String>,
+    pub down_backend: Option<String>,
+}
+
+impl LimitSpec {
+    fn backend_for(&self, dir: Direction) -> Option<&str> {
+        match dir {
+            Direction::Up => self.up_backend.as_deref(),
+            Direction::Down => self.down_backend.as_deref(),
+        }
+        .or(self.backend.as_deref())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,12 +131,36 @@ struct Inner {
 pub struct Manager {
     inner: Arc<Mutex<Inner>>,
     stop: Arc<AtomicBool>,
-    monitor: Option<JoinHandle<()>>,
+    monitors: Vec<JoinHandle<()>>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ManagerOptions {
     pub datapath: DatapathOptions,
+    /// Interfaces the interface backends (tc_htb, ifb_tc) manage.
+    pub interfaces: InterfacePolicy,
+    /// Where the original root qdiscs are saved (crash recovery).
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            datapath: DatapathOptions::default(),
+            interfaces: InterfacePolicy::default(),
+            state_dir: "/var/lib/chadthrottle".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub name: &'static str,
+    pub directions: Vec<Direction>,
+    pub priority: crate::backend::Priority,
+    pub availability: Availability,
+    pub active: usize,
+    pub health: Health,
 }
 
 impl Manager {
@@ -129,7 +168,11 @@ impl Manager {
         let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
         let inner = Inner {
             datapath: Datapath::load(&opts.datapath)?,
-            backends: vec![Box::new(EbpfBackend::new())],
+            backends: vec![
+                Box::new(EbpfBackend::new()),
+                Box::new(TcHtbBackend::new(opts.interfaces.clone(), opts.state_dir.clone())),
+                Box::new(IfbTcBackend::new(opts.interfaces.clone(), opts.state_dir.clone())),
+            ],
             throttles: BTreeMap::new(),
             by_tgid: HashMap::new(),
             free_slots: (1..MAX_SLOTS).rev().collect(),
@@ -138,14 +181,21 @@ impl Manager {
         };
         let inner = Arc::new(Mutex::new(inner));
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let procs = {
             let (inner, stop) = (inner.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("procmon".into())
                 .spawn(move || follow_processes(monitor, &inner, &stop))
                 .map_err(ManagerError::ProcMonitor)?
         };
-        Ok(Manager { inner, stop, monitor: Some(thread) })
+        let links = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("linkmon".into())
+                .spawn(move || follow_links(&inner, &stop))
+                .map_err(ManagerError::ProcMonitor)?
+        };
+        Ok(Manager { inner, stop, monitors: vec![procs, links] })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -186,8 +236,9 @@ impl Manager {
     }
 
     pub fn list(&self) -> Vec<ThrottleInfo> {
-        let inner = self.lock();
-        inner.throttles.keys().filter_map(|id| inner.info(*id).ok()).collect()
+        let mut inner = self.lock();
+        let ids: Vec<ThrottleId> = inner.throttles.keys().copied().collect();
+        ids.into_iter().filter_map(|id| inner.info(id).ok()).collect()
     }
 
     pub fn take_events(&self) -> Vec<Event> {
@@ -207,9 +258,26 @@ impl Manager {
         ids.into_iter().try_for_each(|id| inner.remove(id, RemovalReason::Requested))
     }
 
+    /// Every backend with its state, for `backends` listings and health.
+    pub fn backends(&self) -> Vec<BackendInfo> {
+        let mut inner = self.lock();
+        let (ctx, backends) = inner.ctx();
+        backends
+            .iter()
+            .map(|b| BackendInfo {
+                name: b.name(),
+                directions: b.capabilities().directions,
+                priority: b.priority(),
+                availability: b.availability(),
+                active: b.active(),
+                health: b.health(&ctx),
+            })
+            .collect()
+    }
+
     fn stop_monitor(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.monitor.take() {
+        for t in self.monitors.drain(..) {
             let _ = t.join();
         }
     }
@@ -244,20 +312,44 @@ impl Inner {
         (Context { datapath: &mut self.datapath }, &mut self.backends)
     }
 
-    fn backend_index(&self, name: Option<&str>) -> Result<usize, ManagerError> {
-        let name = name.unwrap_or("ebpf");
-        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| ManagerError::UnknownBackend(name.into()))
+    /// The named backend, or the highest-priority available one for `dir`.
+    /// An unavailable backend is refused with its reason.
+    fn backend_index(&self, name: Option<&str>, dir: Direction) -> Result<usize, ManagerError> {
+        let idx = match name {
+            Some(n) => self
+                .backends
+                .iter()
+                .position(|b| b.name() == n)
+                .ok_or_else(|| ManagerError::UnknownBackend(n.into()))?,
+            None => (0..self.backends.len())
+                .filter(|&i| self.backends[i].supports(dir) && self.backends[i].availability().is_available())
+                .max_by_key(|&i| (self.backends[i].priority(), std::cmp::Reverse(i)))
+                .ok_or_else(|| ManagerError::UnknownBackend(format!("(no available {dir} backend)")))?,
+        };
+        let b = &self.backends[idx];
+        if !b.supports(dir) {
+            return Err(BackendError::WrongDirection { name: b.name(), direction: dir }.into());
+        }
+        if let Availability::Unavailable(reason) = b.availability() {
+            return Err(BackendError::Unavailable { name: b.name(), reason }.into());
+        }
+        Ok(idx)
     }
 
     fn create(&mut self, root: ProcIdent, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
-        let backend = self.backend_index(spec.backend.as_deref())?;
+        let mut chosen = BTreeMap::new();
+        for (dir, rate) in [(Direction::Down, spec.down), (Direction::Up, spec.up)] {
+            if rate.is_some() {
+                chosen.insert(dir, self.backend_index(spec.backend_for(dir), dir)?);
+            }
+        }
         let id = self.next_id;
         self.next_id += 1;
         let t = Throttle { root, tree: spec.tree, limits: BTreeMap::new(), covered: BTreeSet::new() };
         self.throttles.insert(id, t);
         let wanted = [(Direction::Down, spec.down), (Direction::Up, spec.up)];
         for (dir, rate) in wanted.into_iter().filter_map(|(d, r)| r.map(|r| (d, r))) {
-            if let Err(e) = self.add_limit(id, dir, rate, backend) {
+            if let Err(e) = self.add_limit(id, dir, rate, chosen[&dir]) {
                 let _ = self.remove(id, RemovalReason::Requested);
                 return Err(e);
             }
@@ -294,9 +386,7 @@ impl Inner {
     }
 
     fn change(&mut self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
-        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
-        let backend =
-            t.limits.values().next().map_or(self.backend_index(spec.backend.as_deref()), |l| Ok(l.backend))?;
+        self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         for (dir, rate) in [(Direction::Down, spec.down), (Direction::Up, spec.up)] {
             let existing = self.throttles[&id].limits.get(&dir).map(|l| (l.slot, l.backend));
             match (existing, rate) {
@@ -307,7 +397,10 @@ impl Inner {
                         l.rate = rate;
                     }
                 }
-                (None, Some(rate)) => self.add_limit(id, dir, rate, backend)?,
+                (None, Some(rate)) => {
+                    let backend = self.backend_index(spec.backend_for(dir), dir)?;
+                    self.add_limit(id, dir, rate, backend)?
+                }
                 (_, None) => continue,
             }
             self.recover(id, dir, rate);
@@ -396,15 +489,18 @@ impl Inner {
         first_err.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+    /// A throttle with its counters, as its backends read them from the kernel.
+    fn info(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let limits: Vec<_> = t.limits.iter().map(|(d, l)| (*d, l.slot, l.rate, l.backend)).collect();
+        let (root, tree, covered) = (t.root, t.tree, t.covered.iter().copied().collect());
+        let (ctx, backends) = self.ctx();
         let mut directions = BTreeMap::new();
-        for (dir, l) in &t.limits {
-            let b = &self.backends[l.backend];
-            let counters = self.datapath.counters(l.slot).unwrap_or_default();
-            directions.insert(*dir, DirectionStats { backend: b.name(), rate: l.rate, counters });
+        for (dir, slot, rate, b) in limits {
+            let counters = backends[b].stats(&ctx, slot, dir)?;
+            directions.insert(dir, DirectionStats { backend: backends[b].name(), rate, counters });
         }
-        Ok(ThrottleInfo { id, root: t.root, tree: t.tree, covered: t.covered.iter().copied().collect(), directions })
+        Ok(ThrottleInfo { id, root, tree, covered, directions })
     }
 
     fn on_event(&mut self, ev: ProcEvent) {
@@ -441,6 +537,37 @@ impl Inner {
         for (id, root) in trees {
             for pid in procfs::tree(root) {
                 let _ = self.cover(id, pid);
+            }
+        }
+    }
+}
+
+/// Interface backends follow interfaces that appear, vanish or change routes.
+fn follow_links(inner: &Mutex<Inner>, stop: &AtomicBool) {
+    let events = crate::kernel::netlink::Netlink::new().and_then(|nl| nl.subscribe_links());
+    let mut events = match events {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow interfaces");
+            return;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match events.next(Duration::from_millis(200)) {
+            Ok(Some(ev)) => {
+                tracing::debug!(?ev, "link event");
+                let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+                let (mut ctx, backends) = inner.ctx();
+                for b in backends.iter_mut().filter(|b| b.is_initialized()) {
+                    if let Err(e) = b.refresh_interfaces(&mut ctx) {
+                        tracing::warn!(backend = b.name(), error = %e, "could not follow interfaces");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "interface events failed");
+                return;
             }
         }
     }

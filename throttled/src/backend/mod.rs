@@ -2,6 +2,11 @@
 //! one or both directions; the shared attribution programs map processes to
 //! slots, so a backend never deals with processes, only with slots.
 pub mod ebpf;
+pub mod htb;
+pub mod ifb_tc;
+pub mod interfaces;
+pub mod probe;
+pub mod tc_htb;
 
 use std::fmt;
 
@@ -113,6 +118,10 @@ pub trait Backend: Send {
     fn stats(&self, ctx: &Context<'_>, slot: SlotId, dir: Direction) -> Result<Counters, BackendError>;
     fn active(&self) -> usize;
     fn health(&self, ctx: &Context<'_>) -> Health;
+    /// Interfaces appeared or vanished (rtnetlink events): follow them.
+    fn refresh_interfaces(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Releases every kernel object the backend created.
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
 }

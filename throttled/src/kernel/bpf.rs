@@ -6,7 +6,10 @@ use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SockOps},
+    programs::{
+        tc::SchedClassifierLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError,
+        SchedClassifier, SockOps, TcAttachType,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use throttle_common::{Counters, ProcSlots, Slot, SockOwner};
@@ -17,8 +20,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 
 /// Names of our programs and maps as the kernel reports them (tests and
 /// leftover detection look them up by these).
-pub const PROGRAM_NAMES: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
-pub const MAP_NAMES: [&str; 5] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN"];
+pub const PROGRAM_NAMES: [&str; 5] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_ifb_cls"];
+/// The programs attached at the cgroup v2 root for the daemon's lifetime.
+pub const CGROUP_PROGRAMS: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
+pub const MAP_NAMES: [&str; 6] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN", "CT_IFB"];
+const CLASSIFIER: &str = "ct_ifb_cls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -51,12 +57,13 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, Counters>,
     owners: SkStorage<MapData, SockOwner>,
     gen_map: Array<MapData, u32>,
+    ifbs: HashMap<MapData, u32, u32>,
     gen: u32,
     nprocs: u32,
     cgroup_root: PathBuf,
     exempt_loopback: bool,
     // Dropped last: dropping it closes the link fds, which detaches the programs.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> BpfError {
@@ -98,6 +105,9 @@ impl Datapath {
         let p: &mut SockOps = program(&mut ebpf, "ct_sockops")?;
         p.load().map_err(prog_err("ct_sockops"))?;
         p.attach(&cg, CgroupAttachMode::Single).map_err(prog_err("ct_sockops"))?;
+        // Attached per interface by the ifb_tc backend.
+        let p: &mut SchedClassifier = program(&mut ebpf, CLASSIFIER)?;
+        p.load().map_err(prog_err(CLASSIFIER))?;
 
         let mut dp = Datapath {
             procs: take_map(&mut ebpf, "CT_PROCS")?,
@@ -105,11 +115,12 @@ impl Datapath {
             counters: take_map(&mut ebpf, "CT_COUNTERS")?,
             owners: take_map(&mut ebpf, "CT_SK_OWNER")?,
             gen_map: take_map(&mut ebpf, "CT_GEN")?,
+            ifbs: take_map(&mut ebpf, "CT_IFB")?,
             gen: 0,
             nprocs: 0,
             cgroup_root,
             exempt_loopback: opts.exempt_loopback,
-            _ebpf: ebpf,
+            ebpf,
         };
         dp.bump_generation()?;
         Ok(dp)
@@ -200,6 +211,25 @@ impl Datapath {
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(map_err("CT_SK_OWNER")(e)),
         }
+    }
+
+    /// Attaches the IFB classifier to `ifname`'s ingress (TCX where the
+    /// kernel has it) and routes its throttled packets to `ifb`.
+    pub fn attach_classifier(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        ifb: u32,
+    ) -> Result<SchedClassifierLinkId, BpfError> {
+        self.ifbs.insert(ifindex, ifb, 0).map_err(map_err("CT_IFB"))?;
+        let p: &mut SchedClassifier = program(&mut self.ebpf, CLASSIFIER)?;
+        p.attach(ifname, TcAttachType::Ingress).map_err(prog_err(CLASSIFIER))
+    }
+
+    pub fn detach_classifier(&mut self, ifindex: u32, link: SchedClassifierLinkId) -> Result<(), BpfError> {
+        let _ = self.ifbs.remove(&ifindex);
+        let p: &mut SchedClassifier = program(&mut self.ebpf, CLASSIFIER)?;
+        p.detach(link).map_err(prog_err(CLASSIFIER))
     }
 
     pub fn owner(&self, sock: &impl AsRawFd) -> Option<SockOwner> {

@@ -97,7 +97,7 @@ pub struct LinkInfo {
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QdiscInfo {
     pub ifindex: u32,
     pub handle: u32,
