@@ -1,7 +1,8 @@
 //! Data-path benchmark: accuracy, overhead and per-packet cost of the
 //! backends, measured with iperf3 in a test namespace. Prints Markdown.
 //!
-//! `cargo run --release -p throttled --example bench -- [--rates 256K,1M,10M,100M] [--dirs up,down] [--secs 10] [--skip-overhead]`
+//! `cargo run --release -p throttled --example bench -- [--rates 256K,1M,10M,100M] [--dirs up,down]
+//!  [--backends ebpf,tc_htb,ifb_tc,tc-script] [--secs 10] [--skip-overhead]`
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -9,6 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use throttled::{
+    backend::{interfaces::InterfacePolicy, Direction},
     manager::{LimitSpec, Manager, ManagerOptions},
     testing::lab::{Lab, MIB},
     Rate,
@@ -17,6 +19,7 @@ use throttled::{
 struct Opts {
     rates: Vec<String>,
     dirs: Vec<String>,
+    backends: Vec<String>,
     secs: u32,
     overhead: bool,
 }
@@ -25,6 +28,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     let mut o = Opts {
         rates: ["256K", "1M", "10M", "100M"].map(String::from).to_vec(),
         dirs: vec!["up".into(), "down".into()],
+        backends: ["ebpf", "tc_htb", "ifb_tc", "tc-script"].map(String::from).to_vec(),
         secs: 10,
         overhead: true,
     };
@@ -34,6 +38,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         match a.as_str() {
             "--rates" => o.rates = val()?.split(',').map(String::from).collect(),
             "--dirs" => o.dirs = val()?.split(',').map(String::from).collect(),
+            "--backends" => o.backends = val()?.split(',').map(String::from).collect(),
             "--secs" => o.secs = val()?.parse()?,
             "--skip-overhead" => o.overhead = false,
             _ => bail!("unknown argument {a}"),
@@ -52,25 +57,64 @@ struct Accuracy {
     ip_max: f64,
     retrans: Option<u64>,
     segments: f64,
+    rtt_ms: Option<f64>,
 }
 
-/// One throttled run; IP-layer bytes come from the throttle's kernel counters.
-fn accuracy(lab: &Lab, m: &Manager, limit: Rate, down: bool, secs: u32) -> anyhow::Result<Accuracy> {
-    let c = lab.client("ct-bench", 5201, secs, down);
-    let spec = if down {
-        LimitSpec { down: Some(limit), ..Default::default() }
+/// How a limit is put in place: one of our backends, or the hand-written
+/// `tc` commands a user would otherwise run (the TrafficToll/wondershaper
+/// way: HTB classes and a u32 filter on the flow's port).
+enum Limiter<'a> {
+    Backend(&'a Manager, &'a str),
+    TcScript(&'a Lab),
+}
+
+/// Bytes the limit let through so far (IP layer, as the kernel counts).
+trait Applied {
+    fn passed(&self) -> anyhow::Result<u64>;
+}
+
+struct BackendLimit<'a>(&'a Manager, u32);
+impl Applied for BackendLimit<'_> {
+    fn passed(&self) -> anyhow::Result<u64> {
+        Ok(self.0.info(self.1)?.directions.values().next().map_or(0, |d| d.counters.pass_bytes))
+    }
+}
+
+impl Applied for tc_script::Script {
+    fn passed(&self) -> anyhow::Result<u64> {
+        self.class_bytes()
+    }
+}
+
+fn spec_for(backend: &str, limit: Rate, down: bool) -> LimitSpec {
+    let mut spec = LimitSpec { backend: Some(backend.to_string()), ..Default::default() };
+    if down {
+        spec.down = Some(limit)
     } else {
-        LimitSpec { up: Some(limit), ..Default::default() }
-    };
-    let id = m.limit_pid(c.pid(), &spec)?;
+        spec.up = Some(limit)
+    }
+    spec
+}
+
+fn apply<'a>(l: &Limiter<'a>, pid: u32, limit: Rate, down: bool) -> anyhow::Result<Box<dyn Applied + 'a>> {
+    Ok(match *l {
+        Limiter::Backend(m, name) => Box::new(BackendLimit(m, m.limit_pid(pid, &spec_for(name, limit, down))?)),
+        Limiter::TcScript(lab) => Box::new(tc_script::Script::apply(lab, limit, down)?),
+    })
+}
+
+/// One limited run; IP-layer bytes are sampled from the kernel once a second.
+fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32) -> anyhow::Result<Accuracy> {
+    let c = lab.client("ct-bench", 5201, secs, down);
+    let applied = apply(l, c.pid(), limit, down)?;
     let start = Instant::now();
     let mut samples = Vec::new();
     for s in 1..secs {
         std::thread::sleep((start + Duration::from_secs(s as u64)).saturating_duration_since(Instant::now()));
-        let info = m.info(id)?;
-        samples.push(info.directions.values().next().map_or(0, |d| d.counters.pass_bytes) as f64);
+        samples.push(applied.passed()? as f64);
     }
     let r = c.wait();
+    drop(applied);
     let per_sec: Vec<f64> = samples.windows(2).map(|w| w[1] - w[0]).collect();
     let k = |v: &[f64]| v.iter().map(|x| (x / 1024.0).round() as i64).collect::<Vec<_>>();
     eprintln!("{limit} down={down}: goodput KiB/s {:?}; IP-layer KiB/s {:?}", k(&r.intervals), k(&per_sec));
@@ -84,7 +128,94 @@ fn accuracy(lab: &Lab, m: &Manager, limit: Rate, down: bool, secs: u32) -> anyho
         ip_max: steady.iter().copied().fold(0.0, f64::max) / l,
         retrans: r.retransmits,
         segments: r.sent_bytes / 1448.0,
+        rtt_ms: r.mean_rtt_us.map(|u| u / 1000.0),
     })
+}
+
+/// The hand-written baseline, run with the `tc` and `ip` commands.
+mod tc_script {
+    use std::process::Command;
+
+    use anyhow::{bail, Context as _};
+    use throttled::{kernel::netlink::Netlink, testing::lab::Lab, Rate};
+
+    pub const IFB: &str = "ctb-ifb";
+
+    pub fn run(args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| args[0].to_string())?;
+        if !out.status.success() {
+            bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn quiet(args: &[&str]) {
+        let _ = Command::new(args[0]).args(&args[1..]).output();
+    }
+
+    pub fn class(dev: &str, classid: &str, limit: Rate) -> anyhow::Result<()> {
+        let r = format!("{}bps", limit.bytes_per_sec());
+        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb", "rate", &r, "ceil", &r])
+    }
+
+    pub fn filter(dev: &str, port_match: &str, port: u16, classid: &str) -> anyhow::Result<()> {
+        let p = port.to_string();
+        let m = ["match", "ip", port_match, &p, "0xffff", "flowid", classid];
+        run(&[&["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32"][..], &m]
+            .concat())
+    }
+
+    /// HTB with an unlimited default class and one limited class for `port`.
+    pub fn htb(dev: &str, limit: Rate, port_match: &str, port: u16) -> anyhow::Result<()> {
+        run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "99"])?;
+        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:99", "htb", "rate", "100gbit"])?;
+        class(dev, "1:10", limit)?;
+        filter(dev, port_match, port, "1:10")
+    }
+
+    pub struct Script {
+        dev: String,
+        shaped: String,
+        down: bool,
+        nl: Netlink,
+    }
+
+    impl Script {
+        pub fn apply(lab: &Lab, limit: Rate, down: bool) -> anyhow::Result<Script> {
+            let dev = lab.veth.clone();
+            let s = Script { shaped: if down { IFB.into() } else { dev.clone() }, dev, down, nl: Netlink::new()? };
+            if down {
+                run(&["ip", "link", "add", IFB, "type", "ifb"])?;
+                run(&["ip", "link", "set", IFB, "up"])?;
+                run(&["tc", "qdisc", "add", "dev", &s.dev, "handle", "ffff:", "ingress"])?;
+                let redirect = ["action", "mirred", "egress", "redirect", "dev", IFB];
+                let f = [
+                    "tc", "filter", "add", "dev", &s.dev, "parent", "ffff:", "protocol", "ip", "u32", "match", "u32",
+                    "0", "0",
+                ];
+                run(&[&f[..], &redirect].concat())?;
+                htb(IFB, limit, "sport", 5201)?;
+            } else {
+                htb(&s.dev, limit, "dport", 5201)?;
+            }
+            Ok(s)
+        }
+
+        pub fn class_bytes(&self) -> anyhow::Result<u64> {
+            let idx = self.nl.link_index(&self.shaped)?.context("shaped device vanished")?;
+            Ok(self.nl.class_stats(idx, 0x1_0010)?.bytes)
+        }
+    }
+
+    impl Drop for Script {
+        fn drop(&mut self) {
+            quiet(&["tc", "qdisc", "del", "dev", &self.dev, "root"]);
+            if self.down {
+                quiet(&["tc", "qdisc", "del", "dev", &self.dev, "ingress"]);
+                quiet(&["ip", "link", "del", IFB]);
+            }
+        }
+    }
 }
 
 fn unthrottled(lab: &Lab, down: bool) -> f64 {
@@ -119,6 +250,45 @@ fn overhead(lab: &Lab, down: bool) -> anyhow::Result<(f64, f64, f64)> {
         ratios.push(b / a);
     }
     Ok((median(without), median(with), median(ratios)))
+}
+
+/// Median time to put one more limit in place once the backend is set up.
+fn apply_time(l: &Limiter<'_>, down: bool) -> anyhow::Result<Duration> {
+    let mut procs: Vec<_> =
+        (0..21).map(|_| std::process::Command::new("sleep").arg("60").spawn()).collect::<Result<_, _>>()?;
+    let mut times = Vec::new();
+    let one = Rate::from_bytes(1 << 20)?;
+    match *l {
+        Limiter::Backend(m, name) => {
+            let mut ids = Vec::new();
+            for (i, p) in procs.iter().enumerate() {
+                let t = Instant::now();
+                ids.push(m.limit_pid(p.id(), &spec_for(name, one, down))?);
+                if i > 0 {
+                    times.push(t.elapsed()); // the first one also sets the backend up
+                }
+            }
+            ids.into_iter().try_for_each(|id| m.remove(id))?;
+        }
+        Limiter::TcScript(lab) => {
+            let dev = &lab.veth;
+            tc_script::run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "99"])?;
+            for i in 0..20u16 {
+                let cls = format!("1:{:x}", 0x100 + i);
+                let t = Instant::now();
+                tc_script::class(dev, &cls, one)?;
+                tc_script::filter(dev, "dport", 6000 + i, &cls)?;
+                times.push(t.elapsed());
+            }
+            tc_script::run(&["tc", "qdisc", "del", "dev", dev, "root"])?;
+        }
+    }
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
 }
 
 fn prog_stats() -> BTreeMap<String, (u64, u64)> {
@@ -160,22 +330,45 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism()?,
         std::env::var("CT_TUNE").ok()
     );
-    println!(
-        "| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    let m = Manager::start(&ManagerOptions::default())?;
-    for dir in &o.dirs {
-        for rate in &o.rates {
-            let limit: Rate = rate.parse()?;
-            let a = accuracy(&lab, &m, limit, dir == "down", o.secs)?;
-            let rt =
-                a.retrans.map_or("n/a".into(), |r| format!("{r} ({:.2}%)", 100.0 * r as f64 / a.segments.max(1.0)));
-            println!(
-                "| ebpf | {dir} | {rate} | {:.3} | {:.3} | {:.2}–{:.2} | {rt} |",
-                a.goodput, a.ip_rate, a.ip_min, a.ip_max
-            );
+    println!("| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits | sender's mean RTT |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let state = std::env::temp_dir().join(format!("ct-bench-state-{}", std::process::id()));
+    let opts = ManagerOptions {
+        interfaces: InterfacePolicy { names: Some(vec![lab.veth.clone()]) },
+        state_dir: state.clone(),
+        ..Default::default()
+    };
+    let m = Manager::start(&opts)?;
+    let mut control = Vec::new();
+    for backend in &o.backends {
+        for dir in &o.dirs {
+            let down = dir == "down";
+            let want = if down { Direction::Down } else { Direction::Up };
+            let l = match backend.as_str() {
+                "tc-script" => Limiter::TcScript(&lab),
+                name if m.backends().iter().any(|b| b.name == name && b.directions.contains(&want)) => {
+                    Limiter::Backend(&m, name)
+                }
+                _ => continue,
+            };
+            for rate in &o.rates {
+                let a = accuracy(&lab, &l, rate.parse()?, down, o.secs)?;
+                let rt =
+                    a.retrans.map_or("n/a".into(), |r| format!("{r} ({:.2}%)", 100.0 * r as f64 / a.segments.max(1.0)));
+                let rtt = a.rtt_ms.map_or("n/a".into(), |r| format!("{r:.2} ms"));
+                println!(
+                    "| {backend} | {dir} | {rate} | {:.3} | {:.3} | {:.2}–{:.2} | {rt} | {rtt} |",
+                    a.goodput, a.ip_rate, a.ip_min, a.ip_max
+                );
+            }
+            control.push((backend.clone(), dir.clone(), apply_time(&l, down)?));
         }
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    println!("\n| backend | direction | time to apply one more limit (median of 20) |");
+    println!("|---|---|---|");
+    for (b, d, t) in &control {
+        println!("| {b} | {d} | {:.2} ms |", t.as_secs_f64() * 1000.0);
     }
     if !o.overhead {
         return Ok(());
@@ -204,8 +397,9 @@ fn main() -> anyhow::Result<()> {
     let _ = other.wait();
     ns.insert("3. unthrottled, another process throttled", busy);
     let limited = ns_per_packet(|| {
-        let _ = accuracy(&lab, &m, "10M".parse().unwrap(), false, 5);
-        let _ = accuracy(&lab, &m, "10M".parse().unwrap(), true, 5);
+        let l = Limiter::Backend(&m, "ebpf");
+        let _ = accuracy(&lab, &l, "10M".parse().unwrap(), false, 5);
+        let _ = accuracy(&lab, &l, "10M".parse().unwrap(), true, 5);
     })?;
     ns.insert("4. throttled at 10M (ebpf bucket)", limited);
     drop(m);

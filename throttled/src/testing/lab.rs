@@ -85,7 +85,8 @@ impl Lab {
     /// Starts an iperf3 server on `port` inside the namespace.
     pub fn server(&mut self, port: u16) {
         let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "iperf3", "-s", "-p", &port.to_string()])
+            // -J: the server's own (receiver-side) report reaches the client as JSON.
+            .args(["netns", "exec", &self.ns, "iperf3", "-s", "-J", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -176,6 +177,8 @@ pub struct IperfResult {
     pub intervals: Vec<f64>,
     pub retransmits: Option<u64>,
     pub sent_bytes: f64,
+    /// The sending side's mean smoothed RTT, in µs (queueing shows up here).
+    pub mean_rtt_us: Option<f64>,
 }
 
 impl IperfResult {
@@ -204,10 +207,17 @@ impl Iperf {
         // Goodput is what the receiver got: the server's intervals on upload.
         let upload = v["start"]["test_start"]["reverse"].as_i64() == Some(0);
         let server = &v["server_output_json"]["intervals"];
-        let source = if upload && server.is_array() { server } else { &v["intervals"] };
+        assert!(!upload || server.is_array(), "no receiver-side report from the iperf3 server");
+        let source = if upload { server } else { &v["intervals"] };
         let intervals =
             source.as_array().unwrap().iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 8.0).collect();
+        let sender = if upload {
+            &v["end"]["streams"][0]["sender"]
+        } else {
+            &v["server_output_json"]["end"]["streams"][0]["sender"]
+        };
         IperfResult {
+            mean_rtt_us: sender["mean_rtt"].as_f64(),
             intervals,
             retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
             sent_bytes: v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0),
