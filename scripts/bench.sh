@@ -20,7 +20,7 @@ tables = open(sys.argv[1]).read().strip().split("\n\n")
 head, tables = tables[0], tables[1:]
 doc = open(sys.argv[2]).read()
 stamp = f"{head} Measured {datetime.date.today()}."
-for name, body in zip(["ACCURACY", "COST", "OVERHEAD"], [stamp + "\n\n" + tables[0]] + tables[1:]):
+for name, body in zip(["ACCURACY", "CONTROL", "COST", "OVERHEAD"], [stamp + "\n\n" + tables[0]] + tables[1:]):
     doc = re.sub(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->",
                  f"<!-- BEGIN {name} -->\n{body}\n<!-- END {name} -->", doc, flags=re.S)
 open(sys.argv[2], "w").write(doc)
