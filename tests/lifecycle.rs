@@ -3,11 +3,7 @@
 //! input and the loopback exemption.
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::*;
 use throttled::{
@@ -80,16 +76,8 @@ fn assert_loaded() {
     }
 }
 
-fn spawn_daemon(args: &[&str]) -> std::process::Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chadthrottled"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.is_ok_and(|l| l == "ready")), "daemon did not become ready");
-    c
+fn daemon(args: &[&str]) -> std::process::Child {
+    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), args)
 }
 
 #[test]
@@ -101,7 +89,7 @@ fn sigterm_leaves_nothing_attached() {
     assert_nothing_left();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = target.id().to_string();
-    let mut d = spawn_daemon(&["--pid", &pid, "--down", "1M", "--up", "1M"]);
+    let mut d = daemon(&["--pid", &pid, "--down", "1M", "--up", "1M"]);
     assert_loaded();
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     let status = d.wait().unwrap();
@@ -117,7 +105,7 @@ fn kill_9_leaves_nothing_attached() {
     if !prerequisites() {
         return;
     }
-    let mut d = spawn_daemon(&[]);
+    let mut d = daemon(&[]);
     assert_loaded();
     d.kill().unwrap(); // SIGKILL
     d.wait().unwrap();

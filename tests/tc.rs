@@ -253,15 +253,7 @@ fn health_reports_deleted_qdisc() {
 }
 
 fn daemon(args: &[&str]) -> std::process::Child {
-    use std::io::{BufRead, BufReader};
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chadthrottled"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.is_ok_and(|l| l == "ready")), "daemon did not become ready");
-    c
+    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), args)
 }
 
 /// A crashed run's HTB and IFB are recognised and replaced, not duplicated,
@@ -314,4 +306,89 @@ fn leftovers_of_a_crash_are_adopted() {
     let back = root_qdisc(&lab.veth).unwrap();
     assert_eq!((back.kind.as_str(), &back.options), (original.kind.as_str(), &original.options));
     assert!(!link_exists(&ifb_of(&lab)));
+}
+
+/// An interface that appears gets the live throttles; one that vanishes is
+/// dropped without errors (rtnetlink link events).
+#[test]
+fn interfaces_are_followed() {
+    let _g = serial();
+    if !prerequisites() {
+        return;
+    }
+    let state = tempdir::Dir::new("42");
+    let opts = ManagerOptions {
+        interfaces: InterfacePolicy { names: Some(vec!["ct-veth42".into()]) },
+        state_dir: state.path.clone(),
+        ..Default::default()
+    };
+    let m = Manager::start(&opts).unwrap();
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    m.limit_pid(target.id(), &up("3M")).unwrap();
+    let class_on = |dev: &str| {
+        let nl = Netlink::new().unwrap();
+        let Some(idx) = nl.link_index(dev).unwrap() else { return false };
+        nl.classes(idx).unwrap().iter().any(|c| c.kind == "htb" && c.classid & 0xffff != 0xffff)
+    };
+    {
+        let _lab = Lab::new(42); // the interface appears
+        assert!(wait_until(Duration::from_secs(3), || class_on("ct-veth42")), "the new interface was not shaped");
+    } // and vanishes
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.backends().into_iter().find(|b| b.name == "tc_htb").unwrap().health, Health::Healthy);
+    {
+        let _lab = Lab::new(42); // and comes back
+        assert!(wait_until(Duration::from_secs(3), || class_on("ct-veth42")), "the returning interface was not shaped");
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+}
+
+/// Availability is true on this kernel, and probing leaves nothing on the host.
+#[test]
+fn availability_probe_is_truthful_and_private() {
+    let _g = serial();
+    if !prerequisites() {
+        return;
+    }
+    let before = sh(&["ip", "-o", "link", "show"]);
+    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    for b in m.backends() {
+        assert!(b.availability.is_available(), "{} unavailable here: {:?}", b.name, b.availability);
+        assert_eq!(b.health, Health::Idle, "{} is set up before its first throttle", b.name);
+    }
+    let after = sh(&["ip", "-o", "link", "show"]);
+    let names = |s: &str| s.lines().filter_map(|l| l.split(": ").nth(1).map(String::from)).collect::<Vec<_>>();
+    assert_eq!(names(&before), names(&after), "the probe left links behind");
+}
+
+/// With both shapers active for another process, unthrottled traffic on the
+/// same interface keeps full speed (HTB's unlimited default class; the
+/// classifier passes packets of unthrottled sockets).
+#[test]
+fn unthrottled_traffic_is_not_slowed() {
+    let _g = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut lab = Lab::new(43);
+    lab.server(5201);
+    let state = tempdir::Dir::new("43");
+    let m = Manager::start(&options(&lab, &state)).unwrap();
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let spec = LimitSpec {
+        up: Some(rate("1M")),
+        down: Some(rate("1M")),
+        up_backend: Some("tc_htb".into()),
+        down_backend: Some("ifb_tc".into()),
+        ..Default::default()
+    };
+    m.limit_pid(target.id(), &spec).unwrap();
+    for reverse in [false, true] {
+        let r = lab.client("ct-client-free", 5201, 3, reverse).wait();
+        let got = r.mean(1, 3) / MIB;
+        assert!(got > 200.0, "unthrottled {} only {got:.0} MiB/s", if reverse { "download" } else { "upload" });
+    }
+    let _ = target.kill();
+    let _ = target.wait();
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use throttle_common::SlotMode;
 
-use crate::datapath::{owner_of, owner_slots, slot_of, GEN};
+use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, GEN};
 
 /// Managed interface ifindex → its IFB's ifindex.
 #[map(name = "CT_IFB")]
@@ -45,10 +45,7 @@ struct Tuple4 {
 
 #[inline(always)]
 fn peek<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    if ctx.data() + off + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some(unsafe { ptr::read_unaligned((ctx.data() + off) as *const T) })
+    peek_at(ctx.data(), ctx.data_end(), off)
 }
 
 /// Looks up the local socket of an arriving TCP or UDP packet (referenced:

@@ -229,16 +229,20 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     }
 }
 
-/// Reads a `T` at `off` from the linear packet data (direct packet access:
-/// no helper call), or `None` past its end.
+/// Reads a `T` at `off` of the linear packet data `[start, end)` (direct
+/// packet access: no helper call), or `None` past its end.
 #[inline(always)]
-fn peek<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
-    let skb = ctx.skb.skb;
-    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+pub(crate) fn peek_at<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
     if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
     Some(unsafe { ptr::read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn peek<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
+    let skb = ctx.skb.skb;
+    unsafe { peek_at((*skb).data as usize, (*skb).data_end as usize, off) }
 }
 
 /// Offsets of a TCP segment: `(l4 offset, header length, seq)`. Headers are

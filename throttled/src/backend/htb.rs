@@ -2,12 +2,12 @@
 //! (saved to the state directory first, so a crashed run can still restore
 //! it), our root `c7:` with an unlimited default class, and one class per
 //! throttle slot. Shared by `tc_htb` (on each interface) and `ifb_tc` (on
-//! each IFB).
+//! each IFB), together with [`HtbFleet`], their common slot bookkeeping.
 use std::path::{Path, PathBuf};
 
-use throttle_common::rate::Rate;
+use throttle_common::{rate::Rate, Counters, Slot};
 
-use super::SlotId;
+use super::{BackendError, Context, Health, SlotId};
 use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, QdiscInfo};
 
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
@@ -125,5 +125,107 @@ fn write_saved(path: &Path, q: Option<&QdiscInfo>) {
         .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = ok {
         tracing::warn!(path = %path.display(), error = %e, "could not save the original root qdisc");
+    }
+}
+
+/// A device record that carries an HTB tree.
+pub trait HasHtb {
+    fn htb(&self) -> &HtbDevice;
+}
+
+impl HasHtb for HtbDevice {
+    fn htb(&self) -> &HtbDevice {
+        self
+    }
+}
+
+/// What `tc_htb` and `ifb_tc` share: the netlink handle, the live slots and
+/// one HTB tree per device, each slot a class on every tree.
+pub struct HtbFleet<D> {
+    pub name: &'static str,
+    pub nl: Option<Netlink>,
+    /// Keyed by the managed interface's ifindex.
+    pub devices: std::collections::BTreeMap<u32, D>,
+    pub slots: std::collections::BTreeMap<SlotId, Rate>,
+}
+
+impl<D: HasHtb> HtbFleet<D> {
+    pub fn new(name: &'static str) -> Self {
+        HtbFleet { name, nl: None, devices: Default::default(), slots: Default::default() }
+    }
+
+    pub fn nl(&self) -> Result<&Netlink, BackendError> {
+        self.nl.as_ref().ok_or(BackendError::Failed { name: self.name, reason: "not initialized".into() })
+    }
+
+    pub fn err(&self) -> impl Fn(NetlinkError) -> BackendError {
+        let name = self.name;
+        move |e| BackendError::Failed { name, reason: e.to_string() }
+    }
+
+    /// Adds every live slot's class to a freshly installed tree.
+    pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        self.slots.iter().try_for_each(|(&slot, &rate)| dev.add_class(nl, slot, rate).map_err(self.err()))
+    }
+
+    pub fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, rate: Rate) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            d.htb().add_class(nl, slot, rate).map_err(self.err())?;
+        }
+        ctx.datapath.set_slot(slot, &Slot::classify(classid(slot)))?;
+        self.slots.insert(slot, rate);
+        Ok(())
+    }
+
+    pub fn change(&mut self, slot: SlotId, rate: Rate) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            d.htb().change_class(nl, slot, rate).map_err(self.err())?;
+        }
+        self.slots.insert(slot, rate);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId) -> Result<(), BackendError> {
+        self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: self.name, slot })?;
+        ctx.datapath.clear_slot(slot)?;
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            if let Err(e) = d.htb().remove_class(nl, slot) {
+                tracing::warn!(backend = self.name, device = d.htb().name, error = %e, "could not delete class");
+            }
+        }
+        Ok(())
+    }
+
+    /// Class counters summed over every device: the kernel's own numbers.
+    pub fn stats(&self, slot: SlotId) -> Result<Counters, BackendError> {
+        let mut c = Counters::default();
+        for d in self.devices.values() {
+            let s = d.htb().stats(self.nl()?, slot).map_err(self.err())?;
+            c.pass_bytes += s.bytes;
+            c.pass_pkts += s.packets;
+            c.drop_pkts += s.drops;
+        }
+        Ok(c)
+    }
+
+    /// The first broken tree, checking `extra` (e.g. "is the IFB up") first.
+    pub fn health(&self, extra: impl Fn(&Netlink, &D) -> Result<(), String>) -> Health {
+        let Some(nl) = &self.nl else { return Health::Idle };
+        for d in self.devices.values() {
+            if let Err(why) = extra(nl, d).and_then(|_| d.htb().check(nl, self.slots.keys().copied())) {
+                return Health::Broken(why);
+            }
+        }
+        Health::Healthy
+    }
+
+    /// Removes every slot (before the trees go away).
+    pub fn remove_all(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        let slots: Vec<SlotId> = self.slots.keys().copied().collect();
+        slots.into_iter().try_for_each(|s| self.remove(ctx, s))
     }
 }

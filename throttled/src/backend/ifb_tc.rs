@@ -2,17 +2,15 @@
 //! create (`cti-<name>`), an HTB tree on it, and the `ct_ifb_cls` program on
 //! the interface's ingress, which redirects throttled packets to the IFB
 //! with `skb->priority` set to their class.
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::programs::tc::SchedClassifierLinkId;
-use throttle_common::{rate::Rate, Counters, Slot};
+use throttle_common::{rate::Rate, Counters};
 
 use super::{
-    htb::{classid, HtbDevice},
+    htb::{HasHtb, HtbDevice, HtbFleet},
     interfaces::{ifb_name, InterfacePolicy},
-    probe,
-    tc_htb::{add_stats, nl_err},
-    Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
+    probe, Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
 };
 use crate::kernel::netlink::Netlink;
 
@@ -24,45 +22,42 @@ struct IfbDevice {
     link: SchedClassifierLinkId,
 }
 
+impl HasHtb for IfbDevice {
+    fn htb(&self) -> &HtbDevice {
+        &self.htb
+    }
+}
+
 pub struct IfbTcBackend {
     policy: InterfacePolicy,
     state_dir: PathBuf,
-    nl: Option<Netlink>,
-    /// Keyed by the managed interface's ifindex.
-    devices: BTreeMap<u32, IfbDevice>,
-    slots: BTreeMap<SlotId, Rate>,
+    fleet: HtbFleet<IfbDevice>,
 }
 
 impl IfbTcBackend {
     pub fn new(policy: InterfacePolicy, state_dir: PathBuf) -> Self {
-        IfbTcBackend { policy, state_dir, nl: None, devices: BTreeMap::new(), slots: BTreeMap::new() }
-    }
-
-    fn nl(&self) -> Result<&Netlink, BackendError> {
-        self.nl.as_ref().ok_or(BackendError::Failed { name: NAME, reason: "not initialized".into() })
+        IfbTcBackend { policy, state_dir, fleet: HtbFleet::new(NAME) }
     }
 
     fn install(&mut self, ctx: &mut Context<'_>, ifindex: u32, iface: &str) -> Result<(), BackendError> {
-        let nl = self.nl()?.clone();
+        let nl = self.fleet.nl()?.clone();
         let name = ifb_name(iface, ifindex);
         // A device of ours left by a crashed run: replace it, never duplicate it.
-        if let Some(old) = nl.link_index(&name).map_err(nl_err(NAME))? {
+        if let Some(old) = nl.link_index(&name).map_err(self.fleet.err())? {
             tracing::info!(backend = NAME, ifb = name, "removing a leftover IFB");
-            nl.delete_link(old).map_err(nl_err(NAME))?;
+            nl.delete_link(old).map_err(self.fleet.err())?;
         }
-        let ifb = nl.create_ifb(&name).map_err(nl_err(NAME))?;
+        let ifb = nl.create_ifb(&name).map_err(self.fleet.err())?;
         let built = (|| {
-            let htb = HtbDevice::install(&nl, ifb, &name, &self.state_dir).map_err(nl_err(NAME))?;
-            for (&slot, &rate) in &self.slots {
-                htb.add_class(&nl, slot, rate).map_err(nl_err(NAME))?;
-            }
+            let htb = HtbDevice::install(&nl, ifb, &name, &self.state_dir).map_err(self.fleet.err())?;
+            self.fleet.populate(&htb)?;
             let link = ctx.datapath.attach_classifier(iface, ifindex, ifb)?;
             Ok::<_, BackendError>(IfbDevice { iface: iface.to_string(), htb, link })
         })();
         match built {
             Ok(dev) => {
                 tracing::info!(backend = NAME, interface = iface, ifb = name, "shaping interface");
-                self.devices.insert(ifindex, dev);
+                self.fleet.devices.insert(ifindex, dev);
                 Ok(())
             }
             Err(e) => {
@@ -76,7 +71,7 @@ impl IfbTcBackend {
         if let Err(e) = ctx.datapath.detach_classifier(ifindex, dev.link) {
             tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "classifier already detached");
         }
-        let Some(nl) = &self.nl else { return };
+        let Some(nl) = &self.fleet.nl else { return };
         let ifb = dev.htb.ifindex;
         let _ = dev.htb.restore(nl);
         if let Err(e) = nl.delete_link(ifb) {
@@ -106,23 +101,15 @@ impl Backend for IfbTcBackend {
         if let Availability::Unavailable(reason) = self.availability() {
             return Err(BackendError::Unavailable { name: NAME, reason });
         }
-        self.nl = Some(Netlink::new().map_err(nl_err(NAME))?);
+        self.fleet.nl = Some(Netlink::new().map_err(self.fleet.err())?);
         self.refresh_interfaces(ctx)
     }
     fn is_initialized(&self) -> bool {
-        self.nl.is_some()
+        self.fleet.nl.is_some()
     }
-
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction, rate: Rate) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for dev in self.devices.values() {
-            dev.htb.add_class(nl, slot, rate).map_err(nl_err(NAME))?;
-        }
-        ctx.datapath.set_slot(slot, &Slot::classify(classid(slot)))?;
-        self.slots.insert(slot, rate);
-        Ok(())
+        self.fleet.apply(ctx, slot, rate)
     }
-
     fn change(
         &mut self,
         _ctx: &mut Context<'_>,
@@ -130,63 +117,36 @@ impl Backend for IfbTcBackend {
         _dir: Direction,
         rate: Rate,
     ) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for dev in self.devices.values() {
-            dev.htb.change_class(nl, slot, rate).map_err(nl_err(NAME))?;
-        }
-        self.slots.insert(slot, rate);
-        Ok(())
+        self.fleet.change(slot, rate)
     }
-
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
-        self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
-        ctx.datapath.clear_slot(slot)?;
-        let nl = self.nl()?;
-        for dev in self.devices.values() {
-            if let Err(e) = dev.htb.remove_class(nl, slot) {
-                tracing::warn!(backend = NAME, interface = dev.iface, error = %e, "could not delete class");
-            }
-        }
-        Ok(())
+        self.fleet.remove(ctx, slot)
     }
-
     fn stats(&self, _ctx: &Context<'_>, slot: SlotId, _dir: Direction) -> Result<Counters, BackendError> {
-        let mut c = Counters::default();
-        for dev in self.devices.values() {
-            add_stats(&mut c, dev.htb.stats(self.nl()?, slot).map_err(nl_err(NAME))?);
-        }
-        Ok(c)
+        self.fleet.stats(slot)
     }
-
     fn active(&self) -> usize {
-        self.slots.len()
+        self.fleet.slots.len()
     }
-
     fn health(&self, _ctx: &Context<'_>) -> Health {
-        let Some(nl) = &self.nl else { return Health::Idle };
-        for dev in self.devices.values() {
-            match nl.link(dev.htb.ifindex) {
-                Ok(Some(l)) if l.up => {}
-                Ok(Some(_)) => return Health::Broken(format!("{} is down", dev.htb.name)),
-                _ => return Health::Broken(format!("{} is gone", dev.htb.name)),
-            }
-            if let Err(why) = dev.htb.check(nl, self.slots.keys().copied()) {
-                return Health::Broken(why);
-            }
-        }
-        Health::Healthy
+        self.fleet.health(|nl, d| match nl.link(d.htb.ifindex) {
+            Ok(Some(l)) if l.up => Ok(()),
+            Ok(Some(_)) => Err(format!("{} is down", d.htb.name)),
+            _ => Err(format!("{} is gone", d.htb.name)),
+        })
     }
 
     fn refresh_interfaces(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        let wanted = self.policy.resolve(self.nl()?).map_err(nl_err(NAME))?;
-        let gone: Vec<u32> = self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect();
+        let wanted = self.policy.resolve(self.fleet.nl()?).map_err(self.fleet.err())?;
+        let gone: Vec<u32> =
+            self.fleet.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect();
         for idx in gone {
-            if let Some(dev) = self.devices.remove(&idx) {
+            if let Some(dev) = self.fleet.devices.remove(&idx) {
                 tracing::info!(backend = NAME, interface = dev.iface, "interface gone");
                 self.uninstall(ctx, idx, dev);
             }
         }
-        let new: Vec<_> = wanted.into_iter().filter(|l| !self.devices.contains_key(&l.index)).collect();
+        let new: Vec<_> = wanted.into_iter().filter(|l| !self.fleet.devices.contains_key(&l.index)).collect();
         for link in new {
             self.install(ctx, link.index, &link.name)?;
         }
@@ -194,14 +154,11 @@ impl Backend for IfbTcBackend {
     }
 
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        let slots: Vec<SlotId> = self.slots.keys().copied().collect();
-        for slot in slots {
-            self.remove(ctx, slot, Direction::Down)?;
-        }
-        for (idx, dev) in std::mem::take(&mut self.devices) {
+        self.fleet.remove_all(ctx)?;
+        for (idx, dev) in std::mem::take(&mut self.fleet.devices) {
             self.uninstall(ctx, idx, dev);
         }
-        self.nl = None;
+        self.fleet.nl = None;
         Ok(())
     }
 }

@@ -113,13 +113,7 @@ impl Lab {
     pub fn client(&self, name: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
         let bin = self.client_binary(name);
         let mut cmd = Command::new(bin);
-        cmd.args(["-c", &self.server_ip, "-p", &port.to_string(), "-t", &secs.to_string(), "-J", "-i", "1"]);
-        if reverse {
-            cmd.arg("-R");
-        }
-        // 16 KiB blocks: with the default 128 KiB, the receiver's per-second
-        // counts are quantized to half a second's worth at 256 KiB/s.
-        cmd.args(["--get-server-output", "-l", "16K"]);
+        cmd.args(iperf_args(&self.server_ip, port, secs, reverse));
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
@@ -127,21 +121,34 @@ impl Lab {
     pub fn client_in_ns(&self, name: &str, ip: &str, port: u16, secs: u32) -> Iperf {
         let bin = self.client_binary(name);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns]).arg(bin);
-        cmd.args(["-c", ip, "-p", &port.to_string(), "-t", &secs.to_string(), "-J", "-i", "1"]);
+        cmd.args(["netns", "exec", &self.ns]).arg(bin).args(iperf_args(ip, port, secs, false));
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
     /// The client binary run through `sh`, so the client is a forked child.
     pub fn client_via_shell(&self, name: &str, port: u16, secs: u32, reverse: bool, delay: f32) -> Iperf {
         let bin = self.client_binary(name);
-        let r = if reverse { "-R" } else { "" };
-        let script =
-            format!("sleep {delay}; {} -c {} -p {port} -t {secs} -J -i 1 {r}; true", bin.display(), self.server_ip);
+        let args = iperf_args(&self.server_ip, port, secs, reverse).join(" ");
+        let script = format!("sleep {delay}; {} {args}; true", bin.display());
         let child =
             Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         Iperf { child: Some(child) }
     }
+}
+
+/// Client arguments: JSON with the server's own report, 1 s intervals, and
+/// 16 KiB blocks (with the default 128 KiB, the receiver's per-second counts
+/// are quantized to half a second's worth at 256 KiB/s).
+fn iperf_args(ip: &str, port: u16, secs: u32, reverse: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["-c", ip, "-p", &port.to_string(), "-t", &secs.to_string(), "-J", "-i", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(["--get-server-output", "-l", "16K"].map(String::from));
+    if reverse {
+        a.push("-R".into());
+    }
+    a
 }
 
 impl Drop for Lab {
@@ -154,6 +161,15 @@ impl Drop for Lab {
         sh_quiet(&["ip", "link", "del", &self.veth]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts a `chadthrottled` binary and waits until it prints `ready`.
+pub fn spawn_daemon(bin: &str, args: &[&str]) -> Child {
+    use std::io::{BufRead, BufReader};
+    let mut c = Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l == "ready")), "daemon did not become ready");
+    c
 }
 
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
