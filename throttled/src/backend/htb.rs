@@ -13,6 +13,8 @@ use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, Qdisc
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
 pub const HTB_MAJOR: u16 = 0xc7;
 const DEFAULT_MINOR: u16 = 0xffff;
+/// Leaf qdisc of slot N: handle (LEAF_MAJOR_BASE + N):.
+const LEAF_MAJOR_BASE: u16 = 0x1000;
 /// The default class must never slow unthrottled traffic.
 const UNLIMITED: u64 = 1 << 40;
 
@@ -61,13 +63,23 @@ impl HtbDevice {
 
     pub fn add_class(&self, nl: &Netlink, slot: SlotId, rate: Rate) -> Result<(), NetlinkError> {
         let r = rate.bytes_per_sec();
-        nl.add_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))
+        nl.add_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))?;
+        self.bound_queue(nl, slot, r)
     }
 
     /// In place: the class keeps its queue and counters.
     pub fn change_class(&self, nl: &Netlink, slot: SlotId, rate: Rate) -> Result<(), NetlinkError> {
         let r = rate.bytes_per_sec();
-        nl.change_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))
+        nl.change_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))?;
+        self.bound_queue(nl, slot, r)
+    }
+
+    /// HTB's default leaf FIFO counts packets, and GRO/GSO packets reach
+    /// 64 KiB: at 1 MiB/s it held over a second of queue. A byte FIFO of
+    /// ~50 ms at the rate (at least two super-packets) bounds the delay.
+    fn bound_queue(&self, nl: &Netlink, slot: SlotId, rate: u64) -> Result<(), NetlinkError> {
+        let limit = (rate / 20).clamp(128 << 10, u32::MAX as u64) as u32;
+        nl.set_bfifo_leaf(self.ifindex, classid(slot), tc_handle(LEAF_MAJOR_BASE + slot as u16, 0), limit)
     }
 
     pub fn remove_class(&self, nl: &Netlink, slot: SlotId) -> Result<(), NetlinkError> {

@@ -361,6 +361,13 @@ impl Netlink {
         self.ack("RTM_DELQDISC", RouteNetlinkMessage::DelQueueDiscipline(msg), 0)
     }
 
+    /// Puts a `bfifo` of `limit` bytes under class `parent` (replacing the
+    /// default FIFO of txqueuelen packets), with `handle`.
+    pub fn set_bfifo_leaf(&self, ifindex: u32, parent: u32, handle: u32, limit: u32) -> Result<()> {
+        let msg = qdisc_message(ifindex, handle, parent, "bfifo", limit.to_ne_bytes().to_vec());
+        self.ack("RTM_NEWQDISC", RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE | NLM_F_REPLACE)
+    }
+
     // ---- HTB classes ----
 
     /// Adds HTB class `classid` under `parent` (a class id, or the HTB qdisc
