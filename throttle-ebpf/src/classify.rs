@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use throttle_common::SlotMode;
 
-use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, GEN};
+use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, GEN, IPPROTO_TCP};
 
 /// Managed interface ifindex → its IFB's ifindex.
 #[map(name = "CT_IFB")]
@@ -26,7 +26,6 @@ const BPF_F_CURRENT_NETNS: u64 = u64::MAX;
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
 #[repr(C)]
