@@ -154,11 +154,11 @@ fn tree_covers_forked_child() {
     let mut lab = Lab::new(19);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
-    let parent = lab.client_via_shell("ct-client-tree", 5201, 7, true, 0.5);
+    let parent = lab.client_via_shell("ct-client-tree", 5201, 12, true, 0.5);
     let s = LimitSpec { tree: true, ..spec(Some("2M"), None) };
     let id = m.limit_pid(parent.pid(), &s).unwrap();
     let r = parent.wait();
-    assert_accurate("forked child of a tree throttle", r.mean(2, 7), 2.0 * MIB);
+    assert_accurate("forked child of a tree throttle", r.mean(2, 12), 2.0 * MIB);
     // The child exited, the parent too: the throttle is gone with them.
     wait_until(std::time::Duration::from_secs(3), || m.info(id).is_err());
     assert!(m.info(id).is_err(), "throttle of an exited process was not removed");

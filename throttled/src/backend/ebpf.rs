@@ -21,7 +21,9 @@ pub fn bucket_shape(rate: Rate, dir: Direction) -> (u64, u64) {
         Direction::Down => (96 << 10, down_ms),
     };
     let burst = (r * ms / 1000).max(floor);
-    (burst, burst * debt_pct / 100)
+    // A retransmission may arrive as one 64 KiB GRO aggregate: credit smaller
+    // than that drops it again, and TCP backs off exponentially.
+    (burst, (burst * debt_pct / 100).max(64 << 10))
 }
 
 fn tuning() -> (u64, u64, u64) {
