@@ -250,12 +250,24 @@ impl Manager {
         self.lock().datapath.proc_count()
     }
 
-    /// Removes every throttle; the programs detach when `self` drops.
+    /// Removes every throttle, reporting the first failure; the programs
+    /// detach when `self` drops.
     pub fn shutdown(mut self) -> Result<(), ManagerError> {
+        self.remove_all()
+    }
+
+    fn remove_all(&mut self) -> Result<(), ManagerError> {
         self.stop_monitor();
         let mut inner = self.lock();
         let ids: Vec<_> = inner.throttles.keys().copied().collect();
-        ids.into_iter().try_for_each(|id| inner.remove(id, RemovalReason::Requested))
+        let mut first = Ok(());
+        for id in ids {
+            if let Err(e) = inner.remove(id, RemovalReason::Requested) {
+                tracing::warn!(throttle = id, error = %e, "cleanup failed");
+                first = first.and(Err(e));
+            }
+        }
+        first
     }
 
     /// Every backend with its state, for `backends` listings and health.
@@ -285,14 +297,7 @@ impl Manager {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        self.stop_monitor();
-        let mut inner = self.lock();
-        let ids: Vec<_> = inner.throttles.keys().copied().collect();
-        for id in ids {
-            if let Err(e) = inner.remove(id, RemovalReason::Requested) {
-                tracing::warn!(throttle = id, error = %e, "cleanup failed");
-            }
-        }
+        let _ = self.remove_all();
     }
 }
 
@@ -403,7 +408,7 @@ impl Inner {
                 }
                 (_, None) => continue,
             }
-            self.recover(id, dir, rate);
+            self.retune(id, dir, rate);
         }
         let covered: Vec<u32> = self.throttles[&id].covered.iter().copied().collect();
         let slots = self.throttles[&id].slots();
@@ -414,7 +419,7 @@ impl Inner {
     }
 
     /// Re-runs per-process backend work (pacing) for every covered process.
-    fn recover(&mut self, id: ThrottleId, dir: Direction, rate: Option<Rate>) {
+    fn retune(&mut self, id: ThrottleId, dir: Direction, rate: Option<Rate>) {
         let Some(t) = self.throttles.get(&id) else {
             return;
         };
