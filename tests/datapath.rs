@@ -16,30 +16,13 @@ fn spec(down: Option<&str>, up: Option<&str>) -> LimitSpec {
     LimitSpec { down: down.map(rate), up: up.map(rate), ..Default::default() }
 }
 
-/// Limits a fresh client from its start, then checks goodput from second 2.
 fn accuracy(tag: u8, limit: &str, reverse: bool) {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
-    // Downloads are policed: a longer window evens out the sender's RTO gaps.
-    // At 1 MiB/s data arrives in ~160 KiB bursts: a longer window also keeps
-    // the quantization of the receiver's per-second counts under 2%.
-    let secs = if reverse || rate(limit).bytes_per_sec() <= 2 << 20 { 12 } else { 8 };
-    let c = lab.client(&format!("ct-client-{tag}"), 5201, secs, reverse);
     let s = if reverse { spec(Some(limit), None) } else { spec(None, Some(limit)) };
-    let id = m.limit_pid(c.pid(), &s).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(secs as u64 * 1000 - 500));
-    let info = m.info(id).unwrap();
-    let r = c.wait();
-    let dir = info.directions.values().next().unwrap();
-    eprintln!("counters: {:?}; retransmits {:?}", dir.counters, r.retransmits);
-    assert!(dir.counters.pass_pkts > 0, "the throttle saw no packets");
-    let what = format!("{} {limit}", if reverse { "download" } else { "upload" });
-    assert_accurate(&what, r.mean(2, secs as usize), rate(limit).bytes_per_sec() as f64);
+    check_accuracy(&lab, &m, tag, &s, rate(limit), reverse);
 }
 
 #[test]
@@ -64,10 +47,7 @@ fn download_10m() {
 
 /// Two throttles at different limits run concurrently, each with its own bucket.
 fn two_processes(tag: u8, reverse: bool) {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     lab.server(5202);
@@ -115,10 +95,7 @@ fn two_processes_download() {
 /// once, so the following mean is only held to ±15% (see BENCHMARKS.md).
 #[test]
 fn limit_running_transfer_started_before_daemon() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(17);
     lab.server(5201);
     let c = lab.client("ct-client-run", 5201, 12, true);
@@ -138,10 +115,7 @@ fn limit_running_transfer_started_before_daemon() {
 /// Removing the limit restores full speed.
 #[test]
 fn unlimit_restores_speed() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(18);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
@@ -159,10 +133,7 @@ fn unlimit_restores_speed() {
 /// A child forked after the limit counts for its parent's tree throttle.
 #[test]
 fn tree_covers_forked_child() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(19);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();

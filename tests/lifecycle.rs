@@ -82,10 +82,7 @@ fn daemon(args: &[&str]) -> std::process::Child {
 
 #[test]
 fn sigterm_leaves_nothing_attached() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     assert_nothing_left();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = target.id().to_string();
@@ -101,10 +98,7 @@ fn sigterm_leaves_nothing_attached() {
 
 #[test]
 fn kill_9_leaves_nothing_attached() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut d = daemon(&[]);
     assert_loaded();
     d.kill().unwrap(); // SIGKILL
@@ -114,10 +108,7 @@ fn kill_9_leaves_nothing_attached() {
 
 #[test]
 fn dropping_the_loader_leaves_nothing_attached() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     assert_loaded();
@@ -132,10 +123,7 @@ fn dropping_the_loader_leaves_nothing_attached() {
 
 #[test]
 fn bad_input_is_rejected_and_changes_nothing() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     let one = LimitSpec { down: Some("1M".parse().unwrap()), ..Default::default() };
     assert!(matches!(m.limit_pid(0, &one), Err(ManagerError::InvalidArgument(_))));
@@ -157,10 +145,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
 
 #[test]
 fn loopback_is_exempt_by_default() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(20);
     lab.server(5201);
     let m = Manager::start(&ManagerOptions::default()).unwrap();

@@ -66,27 +66,12 @@ fn root_qdisc(dev: &str) -> Option<QdiscInfo> {
 }
 
 fn accuracy(tag: u8, spec: LimitSpec, limit: &str, reverse: bool) {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let state = tempdir::Dir::new(&tag.to_string());
     let m = Manager::start(&options(&lab, &state)).unwrap();
-    // At 1 MiB/s data arrives in ~160 KiB bursts: a longer window keeps the
-    // quantization of the receiver's per-second counts under 2%.
-    let secs = if rate(limit).bytes_per_sec() <= 2 << 20 { 12 } else { 8 };
-    let c = lab.client(&format!("ct-client-{tag}"), 5201, secs, reverse);
-    let id = m.limit_pid(c.pid(), &spec).unwrap();
-    std::thread::sleep(Duration::from_millis(secs as u64 * 1000 - 500));
-    let info = m.info(id).unwrap();
-    let r = c.wait();
-    let d = info.directions.values().next().unwrap();
-    eprintln!("{} counters {:?}, retransmits {:?}", d.backend, d.counters, r.retransmits);
-    assert!(d.counters.pass_pkts > 0, "the HTB class saw no packets");
-    let what = format!("{} {limit}", d.backend);
-    assert_accurate(&what, r.mean(2, secs as usize), rate(limit).bytes_per_sec() as f64);
+    check_accuracy(&lab, &m, tag, &spec, rate(limit), reverse);
 }
 
 #[test]
@@ -110,10 +95,7 @@ fn ifb_tc_download_10m() {
 }
 
 fn two_processes(tag: u8, reverse: bool) {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     lab.server(5202);
@@ -141,10 +123,7 @@ fn ifb_tc_two_processes() {
 
 /// 2 → 8 MiB/s in place: effective within a second, the connection intact.
 fn live_change(tag: u8, reverse: bool) {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let state = tempdir::Dir::new(&tag.to_string());
@@ -177,10 +156,7 @@ fn ifb_tc_live_change() {
 /// last throttle goes; the IFB is gone; a pre-existing ifb0 is untouched.
 #[test]
 fn host_state_is_restored_exactly() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(39);
     lab.server(5201);
     sh(&[
@@ -226,10 +202,7 @@ fn host_state_is_restored_exactly() {
 /// Deleting our HTB qdisc from outside is reported by the health check.
 #[test]
 fn health_reports_deleted_qdisc() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(40);
     lab.server(5201);
     let state = tempdir::Dir::new("40");
@@ -260,10 +233,7 @@ fn daemon(args: &[&str]) -> std::process::Child {
 /// and the original root qdisc saved by the crashed run is what comes back.
 #[test]
 fn leftovers_of_a_crash_are_adopted() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(41);
     lab.server(5201);
     sh(&[
@@ -312,10 +282,7 @@ fn leftovers_of_a_crash_are_adopted() {
 /// dropped without errors (rtnetlink link events).
 #[test]
 fn interfaces_are_followed() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let state = tempdir::Dir::new("42");
     let opts = ManagerOptions {
         interfaces: InterfacePolicy { names: Some(vec!["ct-veth42".into()]) },
@@ -347,10 +314,7 @@ fn interfaces_are_followed() {
 /// Availability is true on this kernel, and probing leaves nothing on the host.
 #[test]
 fn availability_probe_is_truthful_and_private() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let before = sh(&["ip", "-o", "link", "show"]);
     let m = Manager::start(&ManagerOptions::default()).unwrap();
     for b in m.backends() {
@@ -367,10 +331,7 @@ fn availability_probe_is_truthful_and_private() {
 /// classifier passes packets of unthrottled sockets).
 #[test]
 fn unthrottled_traffic_is_not_slowed() {
-    let _g = serial();
-    if !prerequisites() {
-        return;
-    }
+    let Some(_g) = begin() else { return };
     let mut lab = Lab::new(43);
     lab.server(5201);
     let state = tempdir::Dir::new("43");
