@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use throttled::{
-    manager::{LimitSpec, Manager, ManagerOptions},
+    manager::{Event, LimitSpec, Manager, ManagerOptions, RemovalReason},
     Rate,
 };
 
@@ -145,5 +145,7 @@ fn tree_covers_forked_child() {
     // The child exited, the parent too: the throttle is gone with them.
     wait_until(std::time::Duration::from_secs(3), || m.info(id).is_err());
     assert!(m.info(id).is_err(), "throttle of an exited process was not removed");
+    let exited = Event::ThrottleRemoved { id, reason: RemovalReason::ProcessExited };
+    assert!(m.take_events().contains(&exited), "the removal was not recorded as an exit");
     assert_eq!(m.kernel_proc_entries(), 0);
 }

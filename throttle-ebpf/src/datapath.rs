@@ -156,10 +156,11 @@ fn atomic_add(p: *mut u64, v: u64) {
     unsafe { asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v) };
 }
 
-/// GCRA: conforming when the theoretical arrival time is at most `burst_ns`
-/// ahead of now. `force` charges the bucket even when it is not conforming.
+/// GCRA: conforming when the theoretical arrival time is at most
+/// `tolerance_ns` ahead of now (the burst, plus the debt a retransmission
+/// may run up).
 #[inline(always)]
-fn admit(slot: &mut Slot, len: u64, force: bool) -> bool {
+fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64) -> bool {
     let now = unsafe { bpf_ktime_get_ns() };
     let cost = slot.cost_ns(len);
     let tat = ptr::from_mut(&mut slot.tat_ns);
@@ -167,7 +168,7 @@ fn admit(slot: &mut Slot, len: u64, force: bool) -> bool {
     // Bounded retries keep the verifier happy; a lost race falls back to a plain add.
     for _ in 0..4 {
         let base = if old < now { now } else { old };
-        if base - now > slot.burst_ns && !force {
+        if base - now > tolerance_ns {
             return false;
         }
         let prev = cmpxchg(tat, old, base + cost);
@@ -178,12 +179,6 @@ fn admit(slot: &mut Slot, len: u64, force: bool) -> bool {
     }
     atomic_add(tat, cost);
     true
-}
-
-#[inline(always)]
-fn in_debt_limit(slot: &Slot) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
-    slot.tat_ns < now + slot.burst_ns + slot.debt_ns
 }
 
 #[cgroup_sock(sock_create)]
@@ -220,7 +215,7 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     if slot.mode != SlotMode::Bucket as u32 {
         return PASS;
     }
-    let ok = admit(slot, len, false);
+    let ok = admit(slot, len, slot.burst_ns);
     count(id, len, ok);
     if ok {
         PASS
@@ -313,7 +308,8 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
             }
         }
     }
-    let ok = admit(slot, len, retrans && in_debt_limit(slot));
+    let tolerance = if retrans { slot.burst_ns + slot.debt_ns } else { slot.burst_ns };
+    let ok = admit(slot, len, tolerance);
     count(id, len, ok);
     if ok {
         PASS

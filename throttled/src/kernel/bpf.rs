@@ -2,7 +2,7 @@
 //! and gives typed access to its maps. Nothing is pinned: every program is
 //! held by a link fd, so the kernel detaches everything when the daemon
 //! exits, including on `kill -9`.
-use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+use std::{fs::File, os::fd::AsRawFd};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
@@ -60,7 +60,6 @@ pub struct Datapath {
     ifbs: HashMap<MapData, u32, u32>,
     gen: u32,
     nprocs: u32,
-    cgroup_root: PathBuf,
     exempt_loopback: bool,
     // Dropped last: dropping it closes the link fds, which detaches the programs.
     ebpf: Ebpf,
@@ -118,7 +117,6 @@ impl Datapath {
             ifbs: take_map(&mut ebpf, "CT_IFB")?,
             gen: 0,
             nprocs: 0,
-            cgroup_root,
             exempt_loopback: opts.exempt_loopback,
             ebpf,
         };
@@ -136,10 +134,6 @@ impl Datapath {
 
     pub fn exempt_loopback(&self) -> bool {
         self.exempt_loopback
-    }
-
-    pub fn cgroup_root(&self) -> &std::path::Path {
-        &self.cgroup_root
     }
 
     pub fn set_proc(&mut self, tgid: u32, slots: ProcSlots) -> Result<(), BpfError> {
@@ -230,9 +224,5 @@ impl Datapath {
         let _ = self.ifbs.remove(&ifindex);
         let p: &mut SchedClassifier = program(&mut self.ebpf, CLASSIFIER)?;
         p.detach(link).map_err(prog_err(CLASSIFIER))
-    }
-
-    pub fn owner(&self, sock: &impl AsRawFd) -> Option<SockOwner> {
-        self.owners.get(sock, 0).ok()
     }
 }

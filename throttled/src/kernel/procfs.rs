@@ -1,6 +1,6 @@
 //! Process facts from /proc: identity (pid + start time), names, threads,
 //! children and socket descriptors.
-use std::{fs, io, path::PathBuf};
+use std::{fs, io};
 
 /// A process identity that survives pid reuse: a reused pid has a new start time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -13,7 +13,6 @@ pub struct ProcIdent {
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 struct Stat {
-    ppid: u32,
     flags: u64,
     start_time: u64,
 }
@@ -25,7 +24,7 @@ fn stat(pid: u32) -> io::Result<Stat> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(pid));
     // After ')': state(0) ppid(1) ... flags(6) ... starttime(19).
-    Ok(Stat { ppid: num(1)? as u32, flags: num(6)?, start_time: num(19)? })
+    Ok(Stat { flags: num(6)?, start_time: num(19)? })
 }
 
 fn bad(pid: u32) -> io::Error {
@@ -41,10 +40,6 @@ pub fn is_alive(id: &ProcIdent) -> bool {
     ident(id.pid).is_ok_and(|now| now == *id)
 }
 
-pub fn parent(pid: u32) -> io::Result<u32> {
-    Ok(stat(pid)?.ppid)
-}
-
 pub fn is_kernel_thread(pid: u32) -> io::Result<bool> {
     Ok(stat(pid)?.flags & PF_KTHREAD != 0)
 }
@@ -57,10 +52,6 @@ pub fn tgid(pid: u32) -> io::Result<u32> {
 
 pub fn comm(pid: u32) -> io::Result<String> {
     Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?.trim_end().to_string())
-}
-
-pub fn exe(pid: u32) -> io::Result<PathBuf> {
-    fs::read_link(format!("/proc/{pid}/exe"))
 }
 
 /// Direct children of every thread of `pid`.
@@ -102,13 +93,6 @@ pub fn socket_fds(pid: u32) -> io::Result<Vec<i32>> {
         }
     }
     Ok(out)
-}
-
-/// All process ids currently in /proc.
-pub fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
