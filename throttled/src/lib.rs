@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod kernel;
 pub mod manager;
+pub mod target;
 pub mod testing;
 
 pub use throttle_common::rate::{Rate, RateError};

@@ -14,6 +14,9 @@ use throttle_common::{rate::Rate, Counters};
 
 use crate::kernel::bpf::{BpfError, Datapath};
 
+/// Every backend the daemon knows, by name (config validation uses this).
+pub const NAMES: [&str; 3] = ["ebpf", "tc_htb", "ifb_tc"];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {

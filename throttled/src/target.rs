@@ -1,0 +1,275 @@
+//! What a throttle covers: a process (optionally with its descendants), every
+//! process of a name or executable, or a cgroup / systemd unit. Parsing and
+//! validation of user input, matching against a process's facts, and the
+//! precedence rule between overlapping targets.
+use std::{fmt, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::procfs::{self, ProcIdent};
+
+/// Names are matched against comm and the executable's basename, so they are
+/// bounded by NAME_MAX and cannot contain a path separator.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4096;
+const UNIT_SUFFIXES: [&str; 3] = [".service", ".scope", ".slice"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    /// One process, identified across pid reuse, and with `tree` its
+    /// descendants, present and future.
+    Pid { ident: ProcIdent, tree: bool },
+    /// Every process whose comm or executable basename is `name`.
+    Name { name: String },
+    /// Every process running this executable.
+    Exe { path: String },
+    /// Every process in this cgroup (relative to the cgroup v2 root) or below.
+    Cgroup { path: String },
+    /// Every process in this systemd unit's cgroup, wherever it sits.
+    Unit { unit: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("invalid target: {0}")]
+    Invalid(String),
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+}
+
+fn invalid(msg: impl Into<String>) -> TargetError {
+    TargetError::Invalid(msg.into())
+}
+
+/// What matching needs to know about a process, read from /proc once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcFacts {
+    pub comm: String,
+    pub exe: Option<String>,
+    /// The cgroup v2 path, e.g. `/system.slice/backup.service`.
+    pub cgroup: Option<String>,
+}
+
+impl ProcFacts {
+    /// `None` when the process is gone.
+    pub fn read(pid: u32) -> Option<ProcFacts> {
+        Some(ProcFacts { comm: procfs::comm(pid).ok()?, exe: procfs::exe(pid), cgroup: procfs::cgroup(pid) })
+    }
+}
+
+impl Target {
+    /// A live, non-kernel process; a thread id resolves to its process.
+    pub fn pid(pid: u32, tree: bool) -> Result<Target, TargetError> {
+        if pid == 0 {
+            return Err(invalid("pid 0 is not a process"));
+        }
+        let tgid = procfs::tgid(pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+        if procfs::is_kernel_thread(tgid).unwrap_or(false) {
+            return Err(invalid(format!("pid {pid} is a kernel thread")));
+        }
+        let ident = procfs::ident(tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+        Ok(Target::Pid { ident, tree })
+    }
+
+    pub fn name(name: &str) -> Result<Target, TargetError> {
+        if name.is_empty() || name.len() > NAME_MAX || name.contains(['/', '\0']) {
+            return Err(invalid(format!(
+                "process name {:?} must be 1–{NAME_MAX} bytes without '/' (use an exe target for paths)",
+                shorten(name)
+            )));
+        }
+        Ok(Target::Name { name: name.to_string() })
+    }
+
+    pub fn exe(path: &str) -> Result<Target, TargetError> {
+        Ok(Target::Exe { path: clean_path(path, "executable path")? })
+    }
+
+    /// A path under the cgroup v2 root (`/system.slice/x.service`), or the
+    /// same path with the mount point in front.
+    pub fn cgroup(path: &str) -> Result<Target, TargetError> {
+        let mut p = clean_path(path, "cgroup path")?;
+        if let Ok(root) = crate::kernel::cgroup::cgroup2_mount() {
+            if let Ok(rel) = Path::new(&p).strip_prefix(&root) {
+                p = format!("/{}", rel.display());
+            }
+        }
+        Ok(Target::Cgroup { path: p })
+    }
+
+    pub fn unit(unit: &str) -> Result<Target, TargetError> {
+        let ok_chars = unit.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+        let suffix = UNIT_SUFFIXES.iter().any(|s| unit.len() > s.len() && unit.ends_with(s));
+        if unit.len() > NAME_MAX || !ok_chars || !suffix {
+            return Err(invalid(format!(
+                "unit {:?} must be a systemd unit name ending in {}",
+                shorten(unit),
+                UNIT_SUFFIXES.join(", ")
+            )));
+        }
+        Ok(Target::Unit { unit: unit.to_string() })
+    }
+
+    pub fn is_pid(&self) -> bool {
+        matches!(self, Target::Pid { .. })
+    }
+
+    pub fn is_tree(&self) -> bool {
+        matches!(self, Target::Pid { tree: true, .. })
+    }
+
+    /// Pid targets die with their process; the others outlive every process.
+    pub fn root(&self) -> Option<ProcIdent> {
+        match self {
+            Target::Pid { ident, .. } => Some(*ident),
+            _ => None,
+        }
+    }
+
+    /// Whether a process with these facts matches (pid targets match by
+    /// identity and ancestry, which the manager tracks).
+    pub fn matches(&self, f: &ProcFacts) -> bool {
+        match self {
+            Target::Pid { .. } => false,
+            Target::Name { name } => {
+                f.comm == *name
+                    || comm_prefix(name) == Some(f.comm.as_str())
+                    || f.exe.as_deref().is_some_and(|e| basename(e) == name)
+            }
+            Target::Exe { path } => f.exe.as_deref() == Some(path.as_str()),
+            Target::Cgroup { path } => f.cgroup.as_deref().is_some_and(|c| under(c, path)),
+            Target::Unit { unit } => f.cgroup.as_deref().is_some_and(|c| c.split('/').any(|part| part == unit)),
+        }
+    }
+
+    /// Precedence between overlapping throttles: the most specific target
+    /// wins, per direction; among equals, the older throttle (lower id).
+    /// pid > descendant of a pid tree > exe > cgroup/unit > name.
+    pub fn rank(&self, tgid: u32) -> u8 {
+        match self {
+            Target::Pid { ident, .. } if ident.pid == tgid => 50,
+            Target::Pid { .. } => 40,
+            Target::Exe { .. } => 30,
+            Target::Cgroup { .. } | Target::Unit { .. } => 20,
+            Target::Name { .. } => 10,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Pid { ident, tree: false } => write!(f, "pid {}", ident.pid),
+            Target::Pid { ident, tree: true } => write!(f, "pid {} and descendants", ident.pid),
+            Target::Name { name } => write!(f, "name {name}"),
+            Target::Exe { path } => write!(f, "exe {path}"),
+            Target::Cgroup { path } => write!(f, "cgroup {path}"),
+            Target::Unit { unit } => write!(f, "unit {unit}"),
+        }
+    }
+}
+
+/// The kernel keeps 15 bytes of comm: a longer name matches its prefix.
+fn comm_prefix(name: &str) -> Option<&str> {
+    (name.len() > 15).then(|| name.get(..15)).flatten()
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// An absolute, normalized path: no `.`/`..` components, no trailing slash.
+fn clean_path(path: &str, what: &str) -> Result<String, TargetError> {
+    if !path.starts_with('/') || path.len() > PATH_MAX || path.contains('\0') {
+        return Err(invalid(format!("{what} {:?} must be absolute, at most {PATH_MAX} bytes", shorten(path))));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(invalid(format!("{what} {:?} must not contain . or ..", shorten(path))));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Error messages quote at most 64 characters of hostile input.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(comm: &str, exe: &str, cgroup: &str) -> ProcFacts {
+        ProcFacts { comm: comm.into(), exe: Some(exe.into()), cgroup: Some(cgroup.into()) }
+    }
+
+    #[test]
+    fn name_matches_comm_or_exe_basename() {
+        let t = Target::name("firefox").unwrap();
+        assert!(t.matches(&facts("firefox", "/usr/lib/firefox/firefox", "/")));
+        assert!(t.matches(&facts("Web Content", "/usr/lib/firefox/firefox", "/")));
+        assert!(t.matches(&facts("firefox", "/usr/bin/python3", "/")));
+        assert!(!t.matches(&facts("firefox-bin", "/usr/bin/firefox-bin", "/")));
+        let long = Target::name("a-very-long-process-name").unwrap();
+        assert!(long.matches(&facts("a-very-long-pro", "/x", "/")));
+    }
+
+    #[test]
+    fn exe_cgroup_and_unit_match() {
+        let f = facts("x", "/usr/bin/rsync", "/system.slice/backup.service/sub");
+        assert!(Target::exe("/usr/bin//rsync/").unwrap().matches(&f));
+        assert!(!Target::exe("/usr/bin/rsyn").unwrap().matches(&f));
+        assert!(Target::Cgroup { path: "/system.slice".into() }.matches(&f));
+        assert!(!Target::Cgroup { path: "/system.sl".into() }.matches(&f));
+        assert!(Target::unit("backup.service").unwrap().matches(&f));
+        assert!(!Target::unit("backup2.service").unwrap().matches(&f));
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        for n in ["", "a/b", &"x".repeat(10_000)] {
+            assert!(matches!(Target::name(n), Err(TargetError::Invalid(_))), "{n:.20}");
+        }
+        assert!(Target::exe("relative").is_err());
+        assert!(Target::exe("/a/../etc/shadow").is_err());
+        assert!(Target::unit("firefox").is_err());
+        assert!(Target::unit("a b.service").is_err());
+        assert!(Target::pid(0, false).is_err());
+        assert_eq!(Target::pid(u32::MAX, false), Err(TargetError::NoSuchProcess(u32::MAX)));
+        if let Ok(true) = procfs::comm(2).map(|c| c == "kthreadd") {
+            assert!(matches!(Target::pid(2, false), Err(TargetError::Invalid(_))));
+        }
+        let msg = Target::name(&"y".repeat(10_000)).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{msg}");
+    }
+
+    #[test]
+    fn precedence_is_most_specific_first() {
+        let me = procfs::ident(std::process::id()).unwrap();
+        let pid = Target::Pid { ident: me, tree: true };
+        let ranks = [
+            pid.rank(me.pid),
+            pid.rank(me.pid + 1),
+            Target::exe("/x").unwrap().rank(1),
+            Target::unit("a.scope").unwrap().rank(1),
+            Target::name("x").unwrap().rank(1),
+        ];
+        assert!(ranks.windows(2).all(|w| w[0] > w[1]), "{ranks:?}");
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let t = Target::unit("backup.service").unwrap();
+        let s = serde_json::to_string(&t).unwrap();
+        assert_eq!(s, r#"{"kind":"unit","unit":"backup.service"}"#);
+        assert_eq!(serde_json::from_str::<Target>(&s).unwrap(), t);
+    }
+}
