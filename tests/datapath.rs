@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use throttled::{
-    manager::{Event, LimitSpec, Manager, ManagerOptions, RemovalReason},
+    manager::{Event, LimitSpec, Manager, RemovalReason},
     Rate,
 };
 
@@ -20,7 +20,8 @@ fn accuracy(tag: u8, limit: &str, reverse: bool) {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let s = if reverse { spec(Some(limit), None) } else { spec(None, Some(limit)) };
     check_accuracy(&lab, &m, tag, &s, rate(limit), reverse);
 }
@@ -51,7 +52,8 @@ fn two_processes(tag: u8, reverse: bool) {
     let mut lab = Lab::new(tag);
     lab.server(5201);
     lab.server(5202);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let secs = if reverse { 16 } else { 8 };
     let a = lab.client("ct-client-a", 5201, secs, reverse);
     let b = lab.client("ct-client-b", 5202, secs, reverse);
@@ -100,7 +102,8 @@ fn limit_running_transfer_started_before_daemon() {
     lab.server(5201);
     let c = lab.client("ct-client-run", 5201, 12, true);
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     m.limit_pid(c.pid(), &spec(Some("1M"), None)).unwrap();
     let r = c.wait();
     eprintln!("intervals (MiB/s): {:?}", r.intervals.iter().map(|v| v / MIB).collect::<Vec<_>>());
@@ -118,7 +121,8 @@ fn unlimit_restores_speed() {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(18);
     lab.server(5201);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let c = lab.client("ct-client-unl", 5201, 8, false);
     let id = m.limit_pid(c.pid(), &spec(None, Some("1M"))).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
@@ -136,10 +140,11 @@ fn tree_covers_forked_child() {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(19);
     lab.server(5201);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let parent = lab.client_via_shell("ct-client-tree", 5201, 12, true, 0.5);
-    let s = LimitSpec { tree: true, ..spec(Some("2M"), None) };
-    let id = m.limit_pid(parent.pid(), &s).unwrap();
+    let tree = throttled::target::Target::pid(parent.pid(), true).unwrap();
+    let id = m.limit(tree, &spec(Some("2M"), None)).unwrap();
     let r = parent.wait();
     assert_accurate("forked child of a tree throttle", r.mean(2, 12), 2.0 * MIB);
     // The child exited, the parent too: the throttle is gone with them.

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 use common::*;
 use throttled::{
     kernel::bpf::{CGROUP_PROGRAMS, MAP_NAMES, PROGRAM_NAMES},
-    manager::{LimitSpec, Manager, ManagerError, ManagerOptions},
+    manager::{LimitSpec, Manager, ManagerError},
 };
 
 fn ct_programs() -> Vec<String> {
@@ -110,7 +110,8 @@ fn kill_9_leaves_nothing_attached() {
 fn dropping_the_loader_leaves_nothing_attached() {
     let Some(_g) = begin() else { return };
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     assert_loaded();
     let spec = LimitSpec { down: Some("2M".parse().unwrap()), ..Default::default() };
     m.limit_pid(target.id(), &spec).unwrap();
@@ -124,7 +125,8 @@ fn dropping_the_loader_leaves_nothing_attached() {
 #[test]
 fn bad_input_is_rejected_and_changes_nothing() {
     let Some(_g) = begin() else { return };
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let one = LimitSpec { down: Some("1M".parse().unwrap()), ..Default::default() };
     assert!(matches!(m.limit_pid(0, &one), Err(ManagerError::InvalidArgument(_))));
     assert!(matches!(m.limit_pid(2, &one), Err(ManagerError::InvalidArgument(_))), "kernel thread");
@@ -148,7 +150,8 @@ fn loopback_is_exempt_by_default() {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(20);
     lab.server(5201);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     let c = lab.client_in_ns("ct-client-lo", "127.0.0.1", 5201, 4);
     let spec = LimitSpec { up: Some("1M".parse().unwrap()), down: Some("1M".parse().unwrap()), ..Default::default() };
     let id = m.limit_pid(c.pid(), &spec).unwrap();

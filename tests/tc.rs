@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use common::*;
 use throttled::{
-    backend::{interfaces::InterfacePolicy, Health},
+    backend::Health,
     kernel::netlink::{Netlink, QdiscInfo},
     manager::{LimitSpec, Manager, ManagerOptions},
     Rate,
@@ -16,31 +16,8 @@ fn rate(s: &str) -> Rate {
     s.parse().unwrap()
 }
 
-fn options(lab: &Lab, state: &tempdir::Dir) -> ManagerOptions {
-    ManagerOptions {
-        interfaces: InterfacePolicy { names: Some(vec![lab.veth.clone()]) },
-        state_dir: state.path.clone(),
-        ..Default::default()
-    }
-}
-
-/// A scratch state directory, removed on drop.
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!("ct-state-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+fn options(lab: &Lab, state: &ScratchDir) -> ManagerOptions {
+    throttled::testing::options(state, &[&lab.veth])
 }
 
 fn up(r: &str) -> LimitSpec {
@@ -69,7 +46,7 @@ fn accuracy(tag: u8, spec: LimitSpec, limit: &str, reverse: bool) {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
-    let state = tempdir::Dir::new(&tag.to_string());
+    let state = ScratchDir::new(&tag.to_string());
     let m = Manager::start(&options(&lab, &state)).unwrap();
     check_accuracy(&lab, &m, tag, &spec, rate(limit), reverse);
 }
@@ -99,7 +76,7 @@ fn two_processes(tag: u8, reverse: bool) {
     let mut lab = Lab::new(tag);
     lab.server(5201);
     lab.server(5202);
-    let state = tempdir::Dir::new(&tag.to_string());
+    let state = ScratchDir::new(&tag.to_string());
     let m = Manager::start(&options(&lab, &state)).unwrap();
     let a = lab.client("ct-client-a", 5201, 8, reverse);
     let b = lab.client("ct-client-b", 5202, 8, reverse);
@@ -126,7 +103,7 @@ fn live_change(tag: u8, reverse: bool) {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
-    let state = tempdir::Dir::new(&tag.to_string());
+    let state = ScratchDir::new(&tag.to_string());
     let m = Manager::start(&options(&lab, &state)).unwrap();
     let c = lab.client("ct-client-chg", 5201, 10, reverse);
     let spec = if reverse { down } else { up };
@@ -170,7 +147,7 @@ fn host_state_is_restored_exactly() {
     let ifb0_before = sh(&["ip", "-j", "link", "show", "ifb0"]);
     let before = root_qdisc(&lab.veth).unwrap();
     assert_eq!(before.kind, "tbf");
-    let state = tempdir::Dir::new("39");
+    let state = ScratchDir::new("39");
     let m = Manager::start(&options(&lab, &state)).unwrap();
     let c = lab.client("ct-client-rest", 5201, 3, false);
     let id_up = m
@@ -205,8 +182,10 @@ fn health_reports_deleted_qdisc() {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(40);
     lab.server(5201);
-    let state = tempdir::Dir::new("40");
-    let m = Manager::start(&options(&lab, &state)).unwrap();
+    let state = ScratchDir::new("40");
+    let mut opts = options(&lab, &state);
+    opts.loaded.config.health.policy = throttled::config::FailurePolicy::None; // report, never repair
+    let m = Manager::start(&opts).unwrap();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     m.limit_pid(target.id(), &up("1M")).unwrap();
     m.limit_pid(
@@ -241,7 +220,7 @@ fn leftovers_of_a_crash_are_adopted() {
         "latency", "50ms",
     ]);
     let original = root_qdisc(&lab.veth).unwrap();
-    let state = tempdir::Dir::new("41");
+    let state = ScratchDir::new("41");
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = target.id().to_string();
     let args = [
@@ -283,12 +262,8 @@ fn leftovers_of_a_crash_are_adopted() {
 #[test]
 fn interfaces_are_followed() {
     let Some(_g) = begin() else { return };
-    let state = tempdir::Dir::new("42");
-    let opts = ManagerOptions {
-        interfaces: InterfacePolicy { names: Some(vec!["ct-veth42".into()]) },
-        state_dir: state.path.clone(),
-        ..Default::default()
-    };
+    let state = ScratchDir::new("42");
+    let opts = throttled::testing::options(&state, &["ct-veth42"]);
     let m = Manager::start(&opts).unwrap();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     m.limit_pid(target.id(), &up("3M")).unwrap();
@@ -316,7 +291,8 @@ fn interfaces_are_followed() {
 fn availability_probe_is_truthful_and_private() {
     let Some(_g) = begin() else { return };
     let before = sh(&["ip", "-o", "link", "show"]);
-    let m = Manager::start(&ManagerOptions::default()).unwrap();
+    let state = ScratchDir::new("m");
+    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
     for b in m.backends() {
         assert!(b.availability.is_available(), "{} unavailable here: {:?}", b.name, b.availability);
         assert_eq!(b.health, Health::Idle, "{} is set up before its first throttle", b.name);
@@ -334,7 +310,7 @@ fn unthrottled_traffic_is_not_slowed() {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(43);
     lab.server(5201);
-    let state = tempdir::Dir::new("43");
+    let state = ScratchDir::new("43");
     let m = Manager::start(&options(&lab, &state)).unwrap();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let spec = LimitSpec {

@@ -4,7 +4,7 @@
 
 use std::sync::MutexGuard;
 
-pub use throttled::testing::lab::*;
+pub use throttled::testing::{lab::*, ScratchDir};
 use throttled::{
     manager::{LimitSpec, Manager},
     Rate,

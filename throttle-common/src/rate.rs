@@ -92,6 +92,43 @@ impl fmt::Display for Rate {
     }
 }
 
+/// Serialized as bytes per second; read from a number of bytes per second
+/// or from the rate syntax (`down = "1M"` in TOML).
+#[cfg(feature = "user")]
+impl serde::Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(feature = "user")]
+impl<'de> serde::Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Rate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rate such as \"1M\" or a number of bytes per second")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Rate, E> {
+                Rate::from_bytes(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Rate, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("rate must be greater than zero"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Rate, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Rate, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +184,20 @@ mod tests {
                 prop_assert!(r > 0 && r <= MAX_RATE);
             }
         }
+    }
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn serde_reads_numbers_and_strings() {
+        let r: Rate = serde_json::from_str("\"1.5M\"").unwrap();
+        assert_eq!(r.bytes_per_sec(), 1572864);
+        assert_eq!(serde_json::to_string(&r).unwrap(), "1572864");
+        assert_eq!(serde_json::from_str::<Rate>("2048").unwrap().bytes_per_sec(), 2048);
+        for bad in ["0", "-5", "\"1Q\"", "\"\"", "true"] {
+            let e = serde_json::from_str::<Rate>(bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let e = serde_json::from_str::<Rate>("\"1Q\"").unwrap_err().to_string();
+        assert!(e.contains("unknown unit"), "{e}");
     }
 }

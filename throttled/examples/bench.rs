@@ -338,12 +338,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits | sender's mean RTT |");
     println!("|---|---|---|---|---|---|---|---|");
-    let state = std::env::temp_dir().join(format!("ct-bench-state-{}", std::process::id()));
-    let opts = ManagerOptions {
-        interfaces: InterfacePolicy { names: Some(vec![lab.veth.clone()]) },
-        state_dir: state.clone(),
-        ..Default::default()
-    };
+    let state = throttled::testing::ScratchDir::new("bench");
+    let opts = throttled::testing::options(&state, &[&lab.veth]);
     let m = Manager::start(&opts)?;
     let mut control = Vec::new();
     for backend in &o.backends {
@@ -422,7 +418,6 @@ fn main() -> anyhow::Result<()> {
             println!("| {which} | {name} | {:.0} MiB/s | {:.0} MiB/s | {r:.3} |", a / MIB, b / MIB);
         }
     }
-    let _ = std::fs::remove_dir_all(&state);
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! `chadthrottled`'s library: the kernel data path, the backends and the
 //! throttle manager, usable without D-Bus (tests and benchmarks drive it).
 pub mod backend;
+pub mod config;
 pub mod kernel;
 pub mod manager;
+pub mod state;
 pub mod target;
 pub mod testing;
 

@@ -5,6 +5,7 @@ pub mod ebpf;
 pub mod htb;
 pub mod ifb_tc;
 pub mod interfaces;
+pub mod leftovers;
 pub mod probe;
 pub mod tc_htb;
 
@@ -125,6 +126,14 @@ pub trait Backend: Send {
     fn refresh_interfaces(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
         Ok(())
     }
+    fn repair(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        Ok(())
+    } // STUB
+    fn prime(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        Ok(())
+    } // STUB
+    /// The managed interfaces changed (reload); `refresh_interfaces` follows.
+    fn set_interface_policy(&mut self, _policy: interfaces::InterfacePolicy) {}
     /// Releases every kernel object the backend created.
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
 }

@@ -15,3 +15,32 @@ pub fn missing(why: &str) {
     }
     eprintln!("SKIPPED: {why}");
 }
+
+/// A scratch directory (state, config), removed on drop.
+pub struct ScratchDir {
+    pub path: std::path::PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> ScratchDir {
+        let path = std::env::temp_dir().join(format!("ct-scratch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a scratch directory");
+        ScratchDir { path }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Manager options with a private state directory and, for the interface
+/// backends, only the given interfaces (never the host's).
+pub fn options(state: &ScratchDir, interfaces: &[&str]) -> crate::manager::ManagerOptions {
+    let mut o = crate::manager::ManagerOptions::default();
+    o.loaded.config.state_dir = state.path.clone();
+    o.loaded.config.interfaces = Some(interfaces.iter().map(|s| s.to_string()).collect());
+    o
+}

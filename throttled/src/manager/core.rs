@@ -1,0 +1,707 @@
+//! The manager's state and its operations: throttles and their limits, the
+//! per-process map (which throttle limits which process, per direction),
+//! process lifecycle, and make-before-break migration between backends.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    path::PathBuf,
+    sync::{atomic::AtomicBool, atomic::Ordering, Mutex},
+};
+
+use throttle_common::{rate::Rate, ProcSlots};
+
+use super::{
+    coverage::{self, Assignment, Candidate},
+    pool::Pool,
+    DirectionStats, Event, LimitSpec, ManagerError, RemovalReason, ThrottleId, ThrottleInfo,
+};
+use crate::{
+    backend::{Context, Direction, Health, SlotId},
+    config::{Config, Defaults},
+    kernel::{
+        bpf::Datapath,
+        procfs::{self, ProcIdent},
+        procmon::{ProcEvent, ProcMonitor},
+        sockets,
+    },
+    state::{InstanceLock, StateStore},
+    target::{ProcFacts, Target},
+};
+
+/// Events kept for the API when nobody reads them.
+const MAX_EVENTS: usize = 4096;
+
+/// Where a throttle came from: the API, or a file in `rules.d`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Runtime,
+    Rule(PathBuf),
+}
+
+pub struct Limit {
+    pub slot: SlotId,
+    pub rate: Rate,
+    pub backend: usize,
+}
+
+pub struct Throttle {
+    pub target: Target,
+    pub origin: Origin,
+    pub limits: BTreeMap<Direction, Limit>,
+    /// Live processes the target matches.
+    pub members: BTreeSet<u32>,
+    /// Members this throttle limits in at least one direction.
+    pub covered: BTreeSet<u32>,
+}
+
+struct ProcEntry {
+    ident: ProcIdent,
+    /// Throttles whose target matches this process.
+    matches: Vec<ThrottleId>,
+    assigned: Assignment,
+}
+
+pub struct Core {
+    pub datapath: Datapath,
+    pub pool: Pool,
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub throttles: BTreeMap<ThrottleId, Throttle>,
+    procs: HashMap<u32, ProcEntry>,
+    pub free_slots: Vec<SlotId>,
+    pub next_id: ThrottleId,
+    pub events: VecDeque<Event>,
+    pub store: StateStore,
+    /// Defaults chosen at runtime; they override the config's per direction.
+    pub runtime_defaults: Defaults,
+    pub overrides: super::Overrides,
+    pub _lock: InstanceLock,
+}
+
+impl Core {
+    pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> Self {
+        Core {
+            datapath,
+            pool: Pool::new(&config),
+            config,
+            config_path: None,
+            throttles: BTreeMap::new(),
+            procs: HashMap::new(),
+            free_slots: (1..throttle_common::MAX_SLOTS).rev().collect(),
+            next_id: 1,
+            events: VecDeque::new(),
+            store,
+            runtime_defaults: Defaults::default(),
+            overrides: Default::default(),
+            _lock: lock,
+        }
+    }
+
+    pub fn emit(&mut self, ev: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(ev);
+    }
+
+    pub fn find(&self, target: &Target) -> Option<ThrottleId> {
+        self.throttles.iter().find(|(_, t)| same_target(&t.target, target)).map(|(id, _)| *id)
+    }
+
+    pub fn limit(&mut self, target: Target, spec: &LimitSpec, origin: Origin) -> Result<ThrottleId, ManagerError> {
+        if spec.down.is_none() && spec.up.is_none() {
+            return Err(ManagerError::InvalidArgument("give a download or an upload limit".into()));
+        }
+        if let Some(id) = self.find(&target) {
+            self.set_tree(id, &target);
+            self.change(id, spec)?;
+            return Ok(id);
+        }
+        let id = self.next_id;
+        self.create(id, target, spec, origin)?;
+        self.next_id = id + 1;
+        self.persist_if_runtime(id);
+        Ok(id)
+    }
+
+    /// `limit --tree` on a process already limited without it (or the
+    /// reverse) changes the target in place.
+    fn set_tree(&mut self, id: ThrottleId, target: &Target) {
+        let Some(t) = self.throttles.get_mut(&id) else { return };
+        if t.target == *target {
+            return;
+        }
+        t.target = target.clone();
+        if target.is_tree() {
+            self.add_descendants(id);
+        }
+    }
+
+    /// Creates throttle `id`, all or nothing.
+    pub fn create(
+        &mut self,
+        id: ThrottleId,
+        target: Target,
+        spec: &LimitSpec,
+        origin: Origin,
+    ) -> Result<(), ManagerError> {
+        let mut chosen = Vec::new();
+        for dir in Direction::BOTH {
+            if let Some(rate) = spec.rate(dir) {
+                chosen.push((dir, rate, self.pool.resolve(spec.backend_for(dir), dir)?));
+            }
+        }
+        let root = target.root();
+        if root.is_some_and(|r| !procfs::is_alive(&r)) {
+            return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
+        }
+        let t =
+            Throttle { target, origin, limits: BTreeMap::new(), members: BTreeSet::new(), covered: BTreeSet::new() };
+        self.throttles.insert(id, t);
+        for (dir, rate, backend) in chosen {
+            if let Err(e) = self.add_limit(id, dir, rate, backend) {
+                let _ = self.remove(id, RemovalReason::Requested);
+                self.events.pop_back();
+                return Err(e);
+            }
+        }
+        self.add_members(id);
+        if root.is_some_and(|r| !procfs::is_alive(&r)) {
+            let _ = self.remove(id, RemovalReason::ProcessExited);
+            self.events.pop_back();
+            return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
+        }
+        let t = &self.throttles[&id];
+        tracing::info!(throttle = id, target = %t.target, down = ?spec.down, up = ?spec.up, processes = t.members.len(), "throttle added");
+        self.emit(Event::ThrottleAdded { id });
+        Ok(())
+    }
+
+    /// Puts `rate` on `backend` in a fresh slot (starting the backend if it
+    /// is idle). On failure nothing is left behind.
+    fn apply_on(&mut self, backend: usize, dir: Direction, rate: Rate) -> Result<SlotId, ManagerError> {
+        let slot = self.free_slots.pop().ok_or(ManagerError::SlotsExhausted)?;
+        let b = &mut self.pool.backends[backend];
+        let ctx = &mut Context { datapath: &mut self.datapath };
+        let res = (|| {
+            if !b.is_initialized() {
+                b.init(ctx)?;
+            }
+            b.apply(ctx, slot, dir, rate)
+        })();
+        if let Err(e) = res {
+            self.free_slots.push(slot);
+            self.release_if_idle(backend);
+            return Err(e.into());
+        }
+        Ok(slot)
+    }
+
+    fn add_limit(&mut self, id: ThrottleId, dir: Direction, rate: Rate, backend: usize) -> Result<(), ManagerError> {
+        let slot = self.apply_on(backend, dir, rate)?;
+        if let Some(t) = self.throttles.get_mut(&id) {
+            t.limits.insert(dir, Limit { slot, rate, backend });
+        }
+        Ok(())
+    }
+
+    /// Lets go of a slot on its backend; the backend stops when idle.
+    fn release(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), ManagerError> {
+        let ctx = &mut Context { datapath: &mut self.datapath };
+        let res = self.pool.backends[backend].remove(ctx, slot, dir);
+        if res.is_ok() {
+            self.free_slots.push(slot);
+        }
+        self.release_if_idle(backend);
+        Ok(res?)
+    }
+
+    pub fn release_if_idle(&mut self, backend: usize) {
+        let b = &mut self.pool.backends[backend];
+        if b.is_initialized() && b.active() == 0 {
+            if let Err(e) = b.cleanup(&mut Context { datapath: &mut self.datapath }) {
+                tracing::warn!(backend = b.name(), error = %e, "could not release an idle backend");
+            }
+            self.pool.health[backend] = Health::Idle;
+        }
+    }
+
+    /// New limits in place. Everything is validated before anything changes;
+    /// a backend named for a limited direction migrates it.
+    pub fn change(&mut self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let mut plan = Vec::new();
+        for dir in Direction::BOTH {
+            let Some(rate) = spec.rate(dir) else { continue };
+            let to = match (t.limits.get(&dir), spec.backend_for(dir)) {
+                (Some(l), None) => l.backend,
+                (Some(l), Some(name)) if self.pool.name(l.backend) == name => l.backend,
+                (_, name) => self.pool.resolve(name, dir)?,
+            };
+            plan.push((dir, rate, to));
+        }
+        let mut added = false;
+        for (dir, rate, to) in plan {
+            match self.throttles[&id].limits.get(&dir).map(|l| (l.backend, l.slot)) {
+                Some((b, slot)) if b == to => self.change_rate(id, dir, b, slot, rate)?,
+                Some(_) => self.migrate_limit(id, dir, to, Some(rate))?,
+                None => {
+                    self.add_limit(id, dir, rate, to)?;
+                    added = true;
+                }
+            }
+        }
+        if added {
+            self.members(id).into_iter().for_each(|p| self.reassign(p));
+        }
+        self.emit(Event::ThrottleChanged { id });
+        self.persist_if_runtime(id);
+        Ok(())
+    }
+
+    fn change_rate(
+        &mut self,
+        id: ThrottleId,
+        dir: Direction,
+        b: usize,
+        slot: SlotId,
+        rate: Rate,
+    ) -> Result<(), ManagerError> {
+        self.pool.backends[b].change(&mut Context { datapath: &mut self.datapath }, slot, dir, rate)?;
+        if let Some(l) = self.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
+            l.rate = rate;
+        }
+        for tgid in self.covered_in(id, dir) {
+            self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, Some(rate));
+        }
+        Ok(())
+    }
+
+    pub fn remove_persisting(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
+        let runtime = self.throttles.get(&id).is_some_and(|t| t.origin == Origin::Runtime);
+        let res = self.remove(id, RemovalReason::Requested);
+        if runtime {
+            self.persist();
+        }
+        res
+    }
+
+    /// Its processes fall back to the next matching throttle (or none)
+    /// before its slots go, so no moment is unthrottled by mistake.
+    pub fn remove(&mut self, id: ThrottleId, reason: RemovalReason) -> Result<(), ManagerError> {
+        if !self.throttles.contains_key(&id) {
+            return Err(ManagerError::NoSuchThrottle(id));
+        }
+        let members = self.members(id);
+        for tgid in members {
+            if let Some(e) = self.procs.get_mut(&tgid) {
+                e.matches.retain(|m| *m != id);
+            }
+            self.reassign(tgid);
+        }
+        let limits: Vec<_> = self.throttles[&id].limits.iter().map(|(d, l)| (*d, l.slot, l.backend)).collect();
+        let mut first_err = Ok(());
+        for (dir, slot, b) in limits {
+            first_err = first_err.and(self.release(b, slot, dir));
+        }
+        self.throttles.remove(&id);
+        self.emit(Event::ThrottleRemoved { id, reason });
+        tracing::info!(throttle = id, ?reason, "throttle removed");
+        first_err
+    }
+
+    fn members(&self, id: ThrottleId) -> Vec<u32> {
+        self.throttles.get(&id).map(|t| t.members.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Processes whose `dir` traffic this throttle limits.
+    pub fn covered_in(&self, id: ThrottleId, dir: Direction) -> Vec<u32> {
+        let Some(t) = self.throttles.get(&id) else { return Vec::new() };
+        t.covered
+            .iter()
+            .copied()
+            .filter(|p| self.procs.get(p).is_some_and(|e| e.assigned.get(dir) == Some(id)))
+            .collect()
+    }
+
+    fn add_members(&mut self, id: ThrottleId) {
+        let target = self.throttles[&id].target.clone();
+        match target {
+            Target::Pid { ident, tree } => {
+                self.add_member(id, ident);
+                if tree {
+                    self.add_descendants(id);
+                }
+            }
+            _ => {
+                for pid in procfs::all_pids() {
+                    if procfs::is_kernel_thread(pid).unwrap_or(true) {
+                        continue;
+                    }
+                    if let (Some(f), Ok(ident)) = (ProcFacts::read(pid), procfs::ident(pid)) {
+                        if target.matches(&f) {
+                            self.add_member(id, ident);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_descendants(&mut self, id: ThrottleId) {
+        let Some(root) = self.throttles.get(&id).and_then(|t| t.target.root()) else { return };
+        for pid in procfs::tree(root.pid).into_iter().skip(1) {
+            if let Ok(ident) = procfs::ident(pid) {
+                self.add_member(id, ident);
+            }
+        }
+    }
+
+    fn add_member(&mut self, id: ThrottleId, ident: ProcIdent) {
+        if self.procs.get(&ident.pid).is_some_and(|e| e.ident != ident) {
+            self.process_exited(ident.pid); // a reused pid: the exit event was lost
+        }
+        let e = self.procs.entry(ident.pid).or_insert_with(|| ProcEntry {
+            ident,
+            matches: Vec::new(),
+            assigned: Assignment::default(),
+        });
+        if !e.matches.contains(&id) {
+            e.matches.push(id);
+        }
+        if let Some(t) = self.throttles.get_mut(&id) {
+            t.members.insert(ident.pid);
+        }
+        self.reassign(ident.pid);
+    }
+
+    fn drop_member(&mut self, id: ThrottleId, tgid: u32) {
+        if let Some(e) = self.procs.get_mut(&tgid) {
+            e.matches.retain(|m| *m != id);
+        }
+        if let Some(t) = self.throttles.get_mut(&id) {
+            t.members.remove(&tgid);
+        }
+        self.reassign(tgid);
+    }
+
+    fn slots(&self, a: Assignment) -> ProcSlots {
+        let s = |d| a.get(d).and_then(|id| self.throttles.get(&id)?.limits.get(&d)).map_or(0, |l| l.slot);
+        ProcSlots { up: s(Direction::Up), down: s(Direction::Down) }
+    }
+
+    /// Recomputes which throttle limits `tgid` per direction, and applies the
+    /// difference: the kernel entry first, then per-socket backend work.
+    fn reassign(&mut self, tgid: u32) {
+        let Some(e) = self.procs.get(&tgid) else { return };
+        let cands: Vec<Candidate> = e
+            .matches
+            .iter()
+            .filter_map(|&id| {
+                let t = self.throttles.get(&id)?;
+                let has = |d| t.limits.contains_key(&d);
+                Some(Candidate { id, rank: t.target.rank(tgid), up: has(Direction::Up), down: has(Direction::Down) })
+            })
+            .collect();
+        let (old, new) = (e.assigned, coverage::choose(cands));
+        let done = e.matches.is_empty();
+        if old != new {
+            self.apply_assignment(tgid, old, new);
+        }
+        if done {
+            self.procs.remove(&tgid);
+        } else if let Some(e) = self.procs.get_mut(&tgid) {
+            e.assigned = new;
+        }
+    }
+
+    fn apply_assignment(&mut self, tgid: u32, old: Assignment, new: Assignment) {
+        let res = if new.is_empty() {
+            self.datapath.remove_proc(tgid)
+        } else {
+            if old.is_empty() {
+                self.seed_sockets(tgid);
+            }
+            self.datapath.set_proc(tgid, self.slots(new))
+        };
+        if let Err(e) = res {
+            tracing::warn!(tgid, error = %e, "could not update the process map");
+        }
+        for dir in Direction::BOTH.into_iter().filter(|d| old.get(*d) != new.get(*d)) {
+            self.cover(old.get(dir), dir, tgid, false);
+            self.cover(new.get(dir), dir, tgid, true);
+        }
+        for id in old.0.into_iter().flatten().filter(|id| !new.holds(*id)) {
+            if let Some(t) = self.throttles.get_mut(&id) {
+                t.covered.remove(&tgid);
+            }
+        }
+        for id in new.0.into_iter().flatten() {
+            if let Some(t) = self.throttles.get_mut(&id) {
+                t.covered.insert(tgid);
+            }
+        }
+    }
+
+    /// Per-socket backend work for one process joining or leaving a limit.
+    fn cover(&mut self, id: Option<ThrottleId>, dir: Direction, tgid: u32, joins: bool) {
+        let Some(l) = id.and_then(|id| self.throttles.get(&id)?.limits.get(&dir)) else { return };
+        let (slot, b, rate) = (l.slot, l.backend, joins.then_some(l.rate));
+        self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, rate);
+    }
+
+    /// Sockets opened before our programs were attached get their owner.
+    fn seed_sockets(&mut self, tgid: u32) {
+        let dp = &mut self.datapath;
+        let _ = sockets::for_each_inet_socket(tgid, |s| {
+            let _ = dp.seed_owner(&s.fd, tgid);
+        });
+    }
+
+    /// Moves one direction of a throttle to `to`, make-before-break: the new
+    /// backend enforces the limit before the processes switch to it, and the
+    /// old one lets go last. If `to` fails, nothing changed.
+    pub fn migrate_limit(
+        &mut self,
+        id: ThrottleId,
+        dir: Direction,
+        to: usize,
+        rate: Option<Rate>,
+    ) -> Result<(), ManagerError> {
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let l = t
+            .limits
+            .get(&dir)
+            .ok_or_else(|| ManagerError::InvalidArgument(format!("throttle {id} has no {dir} limit to migrate")))?;
+        let (old_slot, from, rate) = (l.slot, l.backend, rate.unwrap_or(l.rate));
+        if from == to {
+            return self.change_rate(id, dir, from, old_slot, rate);
+        }
+        self.pool.usable(to, dir)?;
+        let slot = self.apply_on(to, dir, rate)?;
+        if let Err(e) = self.pool.backends[to].prime(&mut Context { datapath: &mut self.datapath }, slot, dir) {
+            tracing::debug!(error = %e, "could not prime the new bucket");
+        }
+        let covered = self.covered_in(id, dir);
+        if let Some(l) = self.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
+            *l = Limit { slot, rate, backend: to };
+        }
+        for &tgid in &covered {
+            self.pool.backends[to].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, Some(rate));
+            let slots = self.procs.get(&tgid).map(|e| self.slots(e.assigned)).unwrap_or_default();
+            if let Err(e) = self.datapath.set_proc(tgid, slots) {
+                tracing::warn!(tgid, error = %e, "could not move a process to the new slot");
+            }
+        }
+        for &tgid in &covered {
+            self.pool.backends[from].cover(&mut Context { datapath: &mut self.datapath }, old_slot, dir, tgid, None);
+        }
+        if let Err(e) = self.release(from, old_slot, dir) {
+            tracing::warn!(throttle = id, backend = self.pool.name(from), error = %e, "old backend did not let go");
+        }
+        let (from, to) = (self.pool.name(from), self.pool.name(to));
+        tracing::info!(throttle = id, direction = %dir, from, to, "throttle migrated");
+        self.emit(Event::ThrottleMigrated { id, direction: dir, from, to });
+        Ok(())
+    }
+
+    pub fn migrate(&mut self, id: ThrottleId, dir: Option<Direction>, to: &str) -> Result<(), ManagerError> {
+        let to = self.pool.index(to)?;
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let dirs: Vec<Direction> = match dir {
+            Some(d) => vec![d],
+            None => t.limits.keys().copied().collect(),
+        };
+        for d in &dirs {
+            self.pool.usable(to, *d)?;
+        }
+        for d in dirs {
+            self.migrate_limit(id, d, to, None)?;
+        }
+        self.persist_if_runtime(id);
+        Ok(())
+    }
+
+    pub fn migrate_backend(&mut self, from: &str, to: &str) -> Result<usize, ManagerError> {
+        let (from, to) = (self.pool.index(from)?, self.pool.index(to)?);
+        let moves = self.limits_on(from);
+        for (_, dir) in &moves {
+            self.pool.usable(to, *dir)?;
+        }
+        for (id, dir) in &moves {
+            self.migrate_limit(*id, *dir, to, None)?;
+        }
+        self.persist();
+        Ok(moves.len())
+    }
+
+    /// Every (throttle, direction) held by `backend`.
+    pub fn limits_on(&self, backend: usize) -> Vec<(ThrottleId, Direction)> {
+        let on = |(id, t): (&ThrottleId, &Throttle)| {
+            t.limits.iter().filter(|(_, l)| l.backend == backend).map(|(d, _)| (*id, *d)).collect::<Vec<_>>()
+        };
+        self.throttles.iter().flat_map(on).collect()
+    }
+
+    pub fn info(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let ctx = Context { datapath: &mut self.datapath };
+        let mut directions = BTreeMap::new();
+        for (&dir, l) in &t.limits {
+            let b = &self.pool.backends[l.backend];
+            let counters = b.stats(&ctx, l.slot, dir)?;
+            directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters });
+        }
+        let covered = t.covered.iter().copied().collect();
+        Ok(ThrottleInfo { id, target: t.target.clone(), origin: t.origin.clone(), covered, directions })
+    }
+
+    pub fn list(&mut self) -> Vec<ThrottleInfo> {
+        let ids: Vec<ThrottleId> = self.throttles.keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.info(id).ok()).collect()
+    }
+
+    pub fn status(&self) -> String {
+        let mut used: Vec<&str> =
+            self.throttles.values().flat_map(|t| t.limits.values()).map(|l| self.pool.name(l.backend)).collect();
+        used.sort();
+        used.dedup();
+        match self.throttles.len() {
+            0 => "no throttles".into(),
+            n => format!("{n} throttle{} on {}", if n == 1 { "" } else { "s" }, used.join(", ")),
+        }
+    }
+
+    /// Removes every throttle (keeping the persisted state) and stops every
+    /// backend, restoring what they replaced.
+    pub fn teardown(&mut self) -> Result<(), ManagerError> {
+        let ids: Vec<_> = self.throttles.keys().copied().collect();
+        let mut first = Ok(());
+        for id in ids {
+            if let Err(e) = self.remove(id, RemovalReason::Requested) {
+                tracing::warn!(throttle = id, error = %e, "cleanup failed");
+                first = first.and(Err(e));
+            }
+        }
+        (0..self.pool.backends.len()).for_each(|i| self.release_if_idle(i));
+        first
+    }
+
+    pub fn on_event(&mut self, ev: ProcEvent) {
+        match ev {
+            ProcEvent::Fork { parent_tgid, child_tgid } => self.process_forked(parent_tgid, child_tgid),
+            ProcEvent::Exec { tgid } | ProcEvent::Comm { tgid } => self.process_renamed(tgid),
+            ProcEvent::Exit { tgid } => self.process_exited(tgid),
+            ProcEvent::Overrun => self.rescan(),
+        }
+    }
+
+    pub fn has_pattern_targets(&self) -> bool {
+        self.throttles.values().any(|t| !t.target.is_pid())
+    }
+
+    fn process_forked(&mut self, parent: u32, child: u32) {
+        let trees: Vec<ThrottleId> = match self.procs.get(&parent) {
+            Some(e) => e.matches.iter().copied().filter(|id| self.throttles[id].target.is_tree()).collect(),
+            None => Vec::new(),
+        };
+        if trees.is_empty() && !self.has_pattern_targets() {
+            return;
+        }
+        let Ok(ident) = procfs::ident(child) else { return };
+        trees.into_iter().for_each(|id| self.add_member(id, ident));
+        self.match_patterns(ident);
+    }
+
+    /// A new name, executable or cgroup can start or end pattern matches.
+    fn process_renamed(&mut self, tgid: u32) {
+        if !self.has_pattern_targets() {
+            return;
+        }
+        if let Ok(ident) = procfs::ident(tgid) {
+            self.match_patterns(ident);
+        }
+    }
+
+    /// Re-evaluates every name/exe/cgroup/unit target against one process.
+    fn match_patterns(&mut self, ident: ProcIdent) {
+        let Some(facts) = ProcFacts::read(ident.pid) else { return };
+        let verdicts: Vec<(ThrottleId, bool, bool)> = self
+            .throttles
+            .iter()
+            .filter(|(_, t)| !t.target.is_pid())
+            .map(|(id, t)| (*id, t.target.matches(&facts), t.members.contains(&ident.pid)))
+            .collect();
+        for (id, matches, member) in verdicts {
+            match (matches, member) {
+                (true, false) => self.add_member(id, ident),
+                (false, true) => self.drop_member(id, ident.pid),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn process_exited(&mut self, tgid: u32) {
+        let Some(e) = self.procs.remove(&tgid) else { return };
+        if let Err(err) = self.datapath.remove_proc(tgid) {
+            tracing::warn!(tgid, error = %err, "could not remove a process entry");
+        }
+        for id in e.matches {
+            let Some(t) = self.throttles.get_mut(&id) else { continue };
+            t.members.remove(&tgid);
+            t.covered.remove(&tgid);
+            let orphaned = t.members.is_empty() && t.target.root().is_some_and(|r| !procfs::is_alive(&r));
+            if orphaned {
+                let runtime = t.origin == Origin::Runtime;
+                let _ = self.remove(id, RemovalReason::ProcessExited);
+                if runtime {
+                    self.persist();
+                }
+            }
+        }
+    }
+
+    /// After lost events, and periodically for cgroup moves (which have no
+    /// event): drop dead processes, then match every live one again.
+    pub fn rescan(&mut self) {
+        let dead: Vec<u32> = self.procs.iter().filter(|(_, e)| !procfs::is_alive(&e.ident)).map(|(p, _)| *p).collect();
+        dead.into_iter().for_each(|p| self.process_exited(p));
+        let trees: Vec<ThrottleId> =
+            self.throttles.iter().filter(|(_, t)| t.target.is_tree()).map(|(id, _)| *id).collect();
+        trees.into_iter().for_each(|id| self.add_descendants(id));
+        if self.has_pattern_targets() {
+            for pid in procfs::all_pids() {
+                if procfs::is_kernel_thread(pid).unwrap_or(true) {
+                    continue;
+                }
+                if let Ok(ident) = procfs::ident(pid) {
+                    self.match_patterns(ident);
+                }
+            }
+        }
+    }
+}
+
+/// Pid targets are the same throttle with or without `tree`.
+fn same_target(a: &Target, b: &Target) -> bool {
+    match (a, b) {
+        (Target::Pid { ident: x, .. }, Target::Pid { ident: y, .. }) => x == y,
+        _ => a == b,
+    }
+}
+
+pub fn follow_processes(monitor: ProcMonitor, core: &Mutex<Core>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 64 << 10];
+    while !stop.load(Ordering::Relaxed) {
+        match monitor.recv(&mut buf) {
+            Ok(Some(events)) => {
+                let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                events.into_iter().for_each(|ev| core.on_event(ev));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "proc connector failed; process tracking stopped");
+                return;
+            }
+        }
+    }
+}

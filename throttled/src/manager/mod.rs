@@ -1,0 +1,351 @@
+//! The throttle manager: owns the data path and the backend pool, maps
+//! processes to throttles, follows processes and interfaces, checks health,
+//! persists runtime throttles and applies the declarative rules. The D-Bus
+//! layer and the CLI are thin clients of this.
+mod core;
+mod coverage;
+mod health;
+mod pool;
+mod restore;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use throttle_common::{rate::Rate, Counters, MAX_SLOTS};
+
+use self::core::Core;
+pub use self::core::Origin;
+use crate::{
+    backend::{Availability, BackendError, Direction, Health, Priority},
+    config::{ConfigError, FailurePolicy, Loaded},
+    kernel::{bpf::BpfError, procmon::ProcMonitor},
+    state::StateError,
+    target::{Target, TargetError},
+};
+
+pub type ThrottleId = u32;
+
+/// Limits and backend choices for one throttle. `None` leaves a direction
+/// as it is (unlimited for a new throttle).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitSpec {
+    pub down: Option<Rate>,
+    pub up: Option<Rate>,
+    /// Backend for both directions; `None` picks the default per direction.
+    pub backend: Option<String>,
+    pub up_backend: Option<String>,
+    pub down_backend: Option<String>,
+}
+
+impl LimitSpec {
+    pub fn rate(&self, dir: Direction) -> Option<Rate> {
+        match dir {
+            Direction::Up => self.up,
+            Direction::Down => self.down,
+        }
+    }
+
+    pub fn backend_for(&self, dir: Direction) -> Option<&str> {
+        match dir {
+            Direction::Up => self.up_backend.as_deref(),
+            Direction::Down => self.down_backend.as_deref(),
+        }
+        .or(self.backend.as_deref())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    #[error("no such throttle: {0}")]
+    NoSuchThrottle(ThrottleId),
+    #[error("unknown backend '{0}' (known: ebpf, tc_htb, ifb_tc)")]
+    UnknownBackend(String),
+    #[error("no {0} backend is available")]
+    NoBackend(Direction),
+    #[error("all {MAX_SLOTS} throttle slots are in use")]
+    SlotsExhausted,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error("proc connector: {0}")]
+    ProcMonitor(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("netlink: {0}")]
+    Netlink(#[from] crate::kernel::netlink::NetlinkError),
+}
+
+impl From<TargetError> for ManagerError {
+    fn from(e: TargetError) -> Self {
+        match e {
+            TargetError::Invalid(m) => ManagerError::InvalidArgument(m),
+            TargetError::NoSuchProcess(p) => ManagerError::NoSuchProcess(p),
+        }
+    }
+}
+
+/// Why a throttle went away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    Requested,
+    ProcessExited,
+    /// Its rule left `rules.d` (or changed target) on reload.
+    Reload,
+}
+
+/// What happened, in order, for the API's signals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ThrottleAdded {
+        id: ThrottleId,
+    },
+    ThrottleChanged {
+        id: ThrottleId,
+    },
+    ThrottleRemoved {
+        id: ThrottleId,
+        reason: RemovalReason,
+    },
+    ThrottleMigrated {
+        id: ThrottleId,
+        direction: Direction,
+        from: &'static str,
+        to: &'static str,
+    },
+    DefaultChanged {
+        direction: Direction,
+        backend: &'static str,
+    },
+    /// `component` is a backend name, or "datapath" for the shared programs.
+    HealthChanged {
+        component: &'static str,
+        health: Health,
+    },
+    /// The limit applies, but could not be saved for the next start.
+    PersistFailed {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectionStats {
+    pub backend: &'static str,
+    pub rate: Rate,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleInfo {
+    pub id: ThrottleId,
+    pub target: Target,
+    pub origin: Origin,
+    /// Processes this throttle limits in at least one direction.
+    pub covered: Vec<u32>,
+    pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub name: &'static str,
+    pub directions: Vec<Direction>,
+    pub priority: Priority,
+    pub availability: Availability,
+    /// The directions for which this is the default for new throttles.
+    pub default_for: Vec<Direction>,
+    pub active: usize,
+    pub pids: Vec<u32>,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    pub loaded: Loaded,
+    /// Where the config was read from (reload reads it again).
+    pub config_path: Option<PathBuf>,
+    /// Command-line settings that win over the file, also after reloads.
+    pub overrides: Overrides,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        let loaded = Loaded { config: Default::default(), rules: Vec::new() };
+        ManagerOptions { loaded, config_path: None, overrides: Overrides::default() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub interfaces: Option<Vec<String>>,
+    pub exempt_loopback: Option<bool>,
+}
+
+impl Overrides {
+    pub fn apply(&self, c: &mut crate::config::Config) {
+        if let Some(d) = &self.state_dir {
+            c.state_dir = d.clone();
+        }
+        if let Some(i) = &self.interfaces {
+            c.interfaces = Some(i.clone());
+        }
+        if let Some(e) = self.exempt_loopback {
+            c.exempt_loopback = e;
+        }
+    }
+}
+
+pub struct Manager {
+    core: Arc<Mutex<Core>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Manager {
+    /// Cleans up after a crashed run, loads the data path, restores the
+    /// persisted throttles and applies the rules.
+    pub fn start(opts: &ManagerOptions) -> Result<Self, ManagerError> {
+        let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
+        let core = Arc::new(Mutex::new(Core::start(opts)?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map_err(ManagerError::ProcMonitor)
+        };
+        let (c, s) = (core.clone(), stop.clone());
+        threads.push(spawn("procmon", Box::new(move || core::follow_processes(monitor, &c, &s)))?);
+        let (c, s) = (core.clone(), stop.clone());
+        threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
+        let (c, s) = (core.clone(), stop.clone());
+        threads.push(spawn("health", Box::new(move || health::run_checks(&c, &s)))?);
+        Ok(Manager { core, stop, threads })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Limits a target. A target that already has a throttle keeps it: its
+    /// limits (and backends, by migration) change in place.
+    pub fn limit(&self, target: Target, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
+        self.lock().limit(target, spec, Origin::Runtime)
+    }
+
+    /// Limits one process (a thread id resolves to its process).
+    pub fn limit_pid(&self, pid: u32, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
+        self.limit(Target::pid(pid, false)?, spec)
+    }
+
+    pub fn change(&self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
+        self.lock().change(id, spec)
+    }
+
+    pub fn remove(&self, id: ThrottleId) -> Result<(), ManagerError> {
+        self.lock().remove_persisting(id)
+    }
+
+    pub fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        self.lock().info(id)
+    }
+
+    pub fn list(&self) -> Vec<ThrottleInfo> {
+        self.lock().list()
+    }
+
+    pub fn find(&self, target: &Target) -> Option<ThrottleId> {
+        self.lock().find(target)
+    }
+
+    /// Every backend with its state, for `backends` listings.
+    pub fn backends(&self) -> Vec<BackendInfo> {
+        self.lock().backend_infos()
+    }
+
+    /// Sets the default backend for new throttles in `dir`; existing
+    /// throttles stay where they are.
+    pub fn set_default(&self, dir: Direction, backend: &str) -> Result<(), ManagerError> {
+        self.lock().set_default(dir, backend)
+    }
+
+    /// The backend new throttles get in `dir`, after fallbacks.
+    pub fn default_backend(&self, dir: Direction) -> Result<&'static str, ManagerError> {
+        self.lock().default_backend(dir)
+    }
+
+    /// Moves a throttle (one direction, or both) to `to`, make-before-break.
+    pub fn migrate(&self, id: ThrottleId, dir: Option<Direction>, to: &str) -> Result<(), ManagerError> {
+        self.lock().migrate(id, dir, to)
+    }
+
+    /// Moves every throttle of `from` to `to`; returns how many moved.
+    pub fn migrate_backend(&self, from: &str, to: &str) -> Result<usize, ManagerError> {
+        self.lock().migrate_backend(from, to)
+    }
+
+    /// Runs the health checks now (they also run periodically).
+    pub fn check_health(&self) {
+        self.lock().check_health();
+    }
+
+    pub fn set_failure_policy(&self, policy: FailurePolicy) {
+        self.lock().config.health.policy = policy;
+    }
+
+    /// Re-reads the config and rules and applies the difference. On any
+    /// error the running configuration is kept untouched.
+    pub fn reload(&self) -> Result<(), ManagerError> {
+        self.lock().reload()
+    }
+
+    pub fn take_events(&self) -> Vec<Event> {
+        self.lock().events.drain(..).collect()
+    }
+
+    /// Number of processes in the kernel's process map (for leak checks).
+    pub fn kernel_proc_entries(&self) -> usize {
+        self.lock().datapath.proc_count()
+    }
+
+    /// The kernel's slots for a process (tests check precedence with this).
+    pub fn kernel_proc(&self, tgid: u32) -> Option<throttle_common::ProcSlots> {
+        self.lock().datapath.proc(tgid)
+    }
+
+    /// One line for status displays: "3 throttles on ebpf, tc_htb".
+    pub fn status(&self) -> String {
+        self.lock().status()
+    }
+
+    /// Removes every throttle and restores what the backends replaced; the
+    /// programs detach when `self` drops. Persisted state is kept.
+    pub fn shutdown(mut self) -> Result<(), ManagerError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), ManagerError> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.lock().teardown()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
