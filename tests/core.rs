@@ -479,11 +479,13 @@ fn health_repairs_external_damage() {
     let broke = ev.iter().any(|e| matches!(e, Event::HealthChanged { component: "tc_htb", health: Health::Broken(_) }));
     assert!(broke, "{ev:?}");
     assert!(ev.contains(&Event::HealthChanged { component: "tc_htb", health: Health::Healthy }), "{ev:?}");
-    let c = lab.client("ct-client-123", 5201, 8, false);
-    m.limit_pid(c.pid(), &spec(None, Some("2M"), Some("tc_htb"))).unwrap();
     let link = egress_link_id();
     sh(&["bpftool", "link", "detach", "id", &link.to_string()]);
+    assert!(!attached("ct_egress"), "bpftool did not detach ct_egress (test is void)");
     assert!(wait_until(Duration::from_secs(10), || attached("ct_egress")), "ct_egress was not re-attached");
+    // Both repairs hold: HTB classifies what the re-attached program marks.
+    let c = lab.client("ct-client-123", 5201, 8, false);
+    m.limit_pid(c.pid(), &spec(None, Some("2M"), Some("tc_htb"))).unwrap();
     let r = c.wait();
     assert_accurate("after repairs", r.mean(2, 8), 2.0 * MIB);
     let ev = m.take_events();

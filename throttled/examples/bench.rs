@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use throttled::{
-    backend::{interfaces::InterfacePolicy, Direction},
+    backend::Direction,
     manager::{LimitSpec, Manager, ManagerOptions},
     testing::lab::{Lab, MIB},
     Rate,

@@ -151,6 +151,25 @@ impl Backend for EbpfBackend {
         Health::Healthy
     }
 
+    /// Rewrites lost buckets; a bucket that still has its parameters keeps
+    /// its state.
+    fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        for (&(slot, dir), &rate) in &self.slots {
+            let want = Self::slot(rate, dir);
+            match ctx.datapath.slot(slot) {
+                Ok(s) if s.mode == want.mode && s.rate == want.rate => {}
+                _ => ctx.datapath.set_slot(slot, &want)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn prime(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        let mut s = ctx.datapath.slot(slot)?;
+        s.tat_ns = monotonic_ns() + s.burst_ns;
+        Ok(ctx.datapath.set_slot(slot, &s)?)
+    }
+
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
         let slots: Vec<_> = self.slots.keys().copied().collect();
         for (slot, dir) in slots {
@@ -159,4 +178,12 @@ impl Backend for EbpfBackend {
         self.initialized = false;
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

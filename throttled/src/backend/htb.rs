@@ -35,7 +35,7 @@ pub struct HtbDevice {
     state_file: PathBuf,
 }
 
-fn is_ours(q: &QdiscInfo) -> bool {
+pub fn is_ours(q: &QdiscInfo) -> bool {
     q.kind == "htb" && q.handle >> 16 == HTB_MAJOR as u32
 }
 
@@ -44,7 +44,7 @@ impl HtbDevice {
     /// a crashed run is recognised by its handle and replaced, and the
     /// original root it had saved is the one restored later.
     pub fn install(nl: &Netlink, ifindex: u32, name: &str, state_dir: &Path) -> Result<Self, NetlinkError> {
-        let state_file = state_dir.join(format!("qdisc-{name}.json"));
+        let state_file = saved_path(state_dir, name);
         let root = nl.root_qdisc(ifindex)?;
         let saved = match root {
             Some(q) if is_ours(&q) => {
@@ -59,6 +59,29 @@ impl HtbDevice {
         let parent = tc_handle(HTB_MAJOR, 0);
         nl.add_htb_class(ifindex, tc_handle(HTB_MAJOR, DEFAULT_MINOR), parent, UNLIMITED, UNLIMITED, burst(UNLIMITED))?;
         Ok(HtbDevice { ifindex, name: name.to_string(), saved, state_file })
+    }
+
+    /// Puts our root back after someone removed it, keeping the original
+    /// root saved at install time. A foreign root is left alone: it is not
+    /// ours to replace.
+    pub fn reinstall(&self, nl: &Netlink) -> Result<(), NetlinkError> {
+        match nl.root_qdisc(self.ifindex)? {
+            Some(q) if is_ours(&q) => nl.delete_root_qdisc(self.ifindex)?,
+            Some(q) if !q.is_default_root() => {
+                return Err(NetlinkError::Foreign(format!("{} now has a foreign root qdisc ({})", self.name, q.kind)))
+            }
+            _ => {}
+        }
+        nl.add_htb_root(self.ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
+        let parent = tc_handle(HTB_MAJOR, 0);
+        nl.add_htb_class(
+            self.ifindex,
+            tc_handle(HTB_MAJOR, DEFAULT_MINOR),
+            parent,
+            UNLIMITED,
+            UNLIMITED,
+            burst(UNLIMITED),
+        )
     }
 
     pub fn add_class(&self, nl: &Netlink, slot: SlotId, rate: Rate) -> Result<(), NetlinkError> {
@@ -120,7 +143,14 @@ impl HtbDevice {
     }
 }
 
-fn read_saved(path: &Path) -> Option<QdiscInfo> {
+/// Where the root qdisc replaced on device `name` is saved.
+pub fn saved_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("{SAVED_PREFIX}{name}.json"))
+}
+
+pub const SAVED_PREFIX: &str = "qdisc-";
+
+pub fn read_saved(path: &Path) -> Option<QdiscInfo> {
     std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
@@ -233,6 +263,19 @@ impl<D: HasHtb> HtbFleet<D> {
             }
         }
         Health::Healthy
+    }
+
+    /// Rebuilds every tree that `check` finds broken (devices still present).
+    pub fn repair_trees(&self) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        for d in self.devices.values().map(HasHtb::htb) {
+            if d.check(nl, self.slots.keys().copied()).is_err() {
+                tracing::info!(backend = self.name, device = d.name, "rebuilding the HTB tree");
+                d.reinstall(nl).map_err(self.err())?;
+                self.populate(d)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes every slot (before the trees go away).

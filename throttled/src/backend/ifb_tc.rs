@@ -67,6 +67,22 @@ impl IfbTcBackend {
         }
     }
 
+    /// What is wrong with a device's IFB or classifier (the tree is checked
+    /// by the fleet).
+    fn device_problem(&self, ctx: &Context<'_>, d: &IfbDevice) -> Option<String> {
+        let nl = self.fleet.nl.as_ref()?;
+        let htb = &d.htb;
+        match nl.link(htb.ifindex) {
+            Ok(Some(l)) if l.up => {}
+            Ok(Some(_)) => return Some(format!("{} is down", htb.name)),
+            _ => return Some(format!("{} is gone", htb.name)),
+        }
+        if !ctx.datapath.classifier_attached(&d.iface) {
+            return Some(format!("the classifier on {} was detached", d.iface));
+        }
+        htb.check(nl, self.fleet.slots.keys().copied()).err()
+    }
+
     fn uninstall(&self, ctx: &mut Context<'_>, ifindex: u32, dev: IfbDevice) {
         if let Err(e) = ctx.datapath.detach_classifier(ifindex, dev.link) {
             tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "classifier already detached");
@@ -128,12 +144,11 @@ impl Backend for IfbTcBackend {
     fn active(&self) -> usize {
         self.fleet.slots.len()
     }
-    fn health(&self, _ctx: &Context<'_>) -> Health {
-        self.fleet.health(|nl, d| match nl.link(d.htb.ifindex) {
-            Ok(Some(l)) if l.up => Ok(()),
-            Ok(Some(_)) => Err(format!("{} is down", d.htb.name)),
-            _ => Err(format!("{} is gone", d.htb.name)),
-        })
+    fn health(&self, ctx: &Context<'_>) -> Health {
+        match self.fleet.devices.values().find_map(|d| self.device_problem(ctx, d)) {
+            Some(why) => Health::Broken(why),
+            None => self.fleet.health(|_, _| Ok(())),
+        }
     }
 
     fn refresh_interfaces(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
@@ -151,6 +166,30 @@ impl Backend for IfbTcBackend {
             self.install(ctx, link.index, &link.name)?;
         }
         Ok(())
+    }
+
+    /// A device whose IFB, tree or classifier broke is rebuilt whole: the
+    /// IFB is ours, so nothing of the host's is lost.
+    fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        if !self.is_initialized() {
+            return Ok(());
+        }
+        self.refresh_interfaces(ctx)?;
+        let broken: Vec<u32> =
+            self.fleet.devices.iter().filter(|(_, d)| self.device_problem(ctx, d).is_some()).map(|(i, _)| *i).collect();
+        for idx in broken {
+            if let Some(dev) = self.fleet.devices.remove(&idx) {
+                let iface = dev.iface.clone();
+                tracing::info!(backend = NAME, interface = iface, "rebuilding the IFB");
+                self.uninstall(ctx, idx, dev);
+                self.install(ctx, idx, &iface)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_interface_policy(&mut self, policy: InterfacePolicy) {
+        self.policy = policy;
     }
 
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {

@@ -126,12 +126,14 @@ pub trait Backend: Send {
     fn refresh_interfaces(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
         Ok(())
     }
-    fn repair(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        Ok(())
-    } // STUB
+    /// Re-creates whatever `health` finds missing or broken, keeping every
+    /// live slot's limit and the original qdiscs saved at install time.
+    fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError>;
+    /// A slot is taking over a limit from another backend (migration): start
+    /// it without burst credit, since the old backend already spent it.
     fn prime(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
         Ok(())
-    } // STUB
+    }
     /// The managed interfaces changed (reload); `refresh_interfaces` follows.
     fn set_interface_policy(&mut self, _policy: interfaces::InterfacePolicy) {}
     /// Releases every kernel object the backend created.

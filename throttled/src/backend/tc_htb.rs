@@ -101,6 +101,18 @@ impl Backend for TcHtbBackend {
         Ok(())
     }
 
+    fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        if !self.is_initialized() {
+            return Ok(());
+        }
+        self.refresh_interfaces(ctx)?;
+        self.fleet.repair_trees()
+    }
+
+    fn set_interface_policy(&mut self, policy: InterfacePolicy) {
+        self.policy = policy;
+    }
+
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
         self.fleet.remove_all(ctx)?;
         let Some(nl) = self.fleet.nl.take() else { return Ok(()) };

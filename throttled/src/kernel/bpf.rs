@@ -7,8 +7,9 @@ use std::{fs::File, os::fd::AsRawFd};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
     programs::{
-        tc::SchedClassifierLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError,
-        SchedClassifier, SockOps, TcAttachType,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SchedClassifier, SockOps,
+        TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -61,6 +62,9 @@ pub struct Datapath {
     gen: u32,
     nprocs: u32,
     exempt_loopback: bool,
+    cgroup: File,
+    /// The link of each program in `CGROUP_PROGRAMS`, to detach on repair.
+    links: Vec<(&'static str, CgroupLink)>,
     // Dropped last: dropping it closes the link fds, which detaches the programs.
     ebpf: Ebpf,
 }
@@ -93,17 +97,11 @@ impl Datapath {
         let exempt = u32::from(opts.exempt_loopback);
         let mut ebpf = EbpfLoader::new().override_global("CT_EXEMPT_LOOPBACK", &exempt, true).load(OBJECT)?;
 
-        let p: &mut CgroupSock = program(&mut ebpf, "ct_sock_create")?;
-        p.load().map_err(prog_err("ct_sock_create"))?;
-        p.attach(&cg, CgroupAttachMode::Single).map_err(prog_err("ct_sock_create"))?;
-        for (name, kind) in [("ct_egress", CgroupSkbAttachType::Egress), ("ct_ingress", CgroupSkbAttachType::Ingress)] {
-            let p: &mut CgroupSkb = program(&mut ebpf, name)?;
-            p.load().map_err(prog_err(name))?;
-            p.attach(&cg, kind, CgroupAttachMode::Single).map_err(prog_err(name))?;
+        let mut links = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            load_program(&mut ebpf, name)?;
+            links.push((name, attach(&mut ebpf, &cg, name)?));
         }
-        let p: &mut SockOps = program(&mut ebpf, "ct_sockops")?;
-        p.load().map_err(prog_err("ct_sockops"))?;
-        p.attach(&cg, CgroupAttachMode::Single).map_err(prog_err("ct_sockops"))?;
         // Attached per interface by the ifb_tc backend.
         let p: &mut SchedClassifier = program(&mut ebpf, CLASSIFIER)?;
         p.load().map_err(prog_err(CLASSIFIER))?;
@@ -118,6 +116,8 @@ impl Datapath {
             gen: 0,
             nprocs: 0,
             exempt_loopback: opts.exempt_loopback,
+            cgroup: cg,
+            links,
             ebpf,
         };
         dp.bump_generation()?;
@@ -132,12 +132,58 @@ impl Datapath {
         self.gen_map.set(1, self.nprocs, 0).map_err(map_err("CT_GEN"))
     }
 
+    /// Every cgroup program is still attached at the root (an admin may
+    /// have detached a link with `bpftool link detach`).
     pub fn check(&self) -> Result<(), String> {
-        Ok(())
-    } // STUB
+        match self.missing_programs() {
+            Ok(m) if m.is_empty() => Ok(()),
+            Ok(m) => Err(format!("{} detached from the cgroup root", m.join(", "))),
+            Err(e) => Err(format!("cannot query the cgroup root: {e}")),
+        }
+    }
+
+    fn missing_programs(&self) -> std::io::Result<Vec<&'static str>> {
+        let mut missing = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            let id = self.program_id(name).map_err(std::io::Error::other)?;
+            if !query_cgroup(&self.cgroup, attach_type(name))?.contains(&id) {
+                missing.push(name);
+            }
+        }
+        Ok(missing)
+    }
+
+    fn program_id(&self, name: &'static str) -> Result<u32, BpfError> {
+        let p = self.ebpf.program(name).ok_or(BpfError::Program { name, source: ProgramError::NotLoaded })?;
+        Ok(p.info().map_err(prog_err(name))?.id())
+    }
+
+    /// Re-attaches whatever was detached; the maps, and so every throttle,
+    /// are untouched.
     pub fn repair(&mut self) -> Result<(), BpfError> {
+        let missing = self.missing_programs().map_err(BpfError::NoCgroup2)?;
+        for name in missing {
+            if let Some(pos) = self.links.iter().position(|(n, _)| *n == name) {
+                let (_, old) = self.links.remove(pos);
+                detach(&mut self.ebpf, name, old);
+            }
+            let link = attach(&mut self.ebpf, &self.cgroup, name)?;
+            self.links.push((name, link));
+            tracing::info!(program = name, "re-attached");
+        }
         Ok(())
-    } // STUB
+    }
+
+    /// Whether the IFB classifier is on `ifname`'s TCX ingress. Kernels
+    /// without TCX cannot be asked this way: assumed attached.
+    pub fn classifier_attached(&self, ifname: &str) -> bool {
+        let Ok(id) = self.program_id(CLASSIFIER) else { return false };
+        match SchedClassifier::query_tcx(ifname, TcAttachType::Ingress) {
+            Ok((_, progs)) => progs.iter().any(|p| p.id() == id),
+            Err(_) => true,
+        }
+    }
+
     pub fn exempt_loopback(&self) -> bool {
         self.exempt_loopback
     }
@@ -231,4 +277,90 @@ impl Datapath {
         let p: &mut SchedClassifier = program(&mut self.ebpf, CLASSIFIER)?;
         p.detach(link).map_err(prog_err(CLASSIFIER))
     }
+}
+
+/// A cgroup program's link, by program kind.
+enum CgroupLink {
+    Sock(CgroupSockLinkId),
+    Skb(CgroupSkbLinkId),
+    Ops(SockOpsLinkId),
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
+    match name {
+        "ct_sock_create" => program::<CgroupSock>(ebpf, name)?.load(),
+        "ct_sockops" => program::<SockOps>(ebpf, name)?.load(),
+        _ => program::<CgroupSkb>(ebpf, name)?.load(),
+    }
+    .map_err(prog_err(name))
+}
+
+fn attach(ebpf: &mut Ebpf, cg: &File, name: &'static str) -> Result<CgroupLink, BpfError> {
+    let mode = CgroupAttachMode::Single;
+    let skb = |ebpf: &mut Ebpf, kind| program::<CgroupSkb>(ebpf, name).map(|p| p.attach(cg, kind, mode));
+    let link = match name {
+        "ct_sock_create" => program::<CgroupSock>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Sock),
+        "ct_sockops" => program::<SockOps>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Ops),
+        "ct_egress" => skb(ebpf, CgroupSkbAttachType::Egress)?.map(CgroupLink::Skb),
+        _ => skb(ebpf, CgroupSkbAttachType::Ingress)?.map(CgroupLink::Skb),
+    };
+    link.map_err(prog_err(name))
+}
+
+/// Best effort: a link detached from outside may refuse a second detach.
+fn detach(ebpf: &mut Ebpf, name: &'static str, link: CgroupLink) {
+    let res = match link {
+        CgroupLink::Sock(l) => program::<CgroupSock>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
+        CgroupLink::Skb(l) => program::<CgroupSkb>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
+        CgroupLink::Ops(l) => program::<SockOps>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
+    };
+    if let Err(e) = res.and_then(|r| r) {
+        tracing::debug!(program = name, error = %e, "stale link");
+    }
+}
+
+/// The kernel's BPF_CGROUP_* attach type of each cgroup program.
+fn attach_type(name: &str) -> u32 {
+    match name {
+        "ct_ingress" => 0,
+        "ct_egress" => 1,
+        "ct_sock_create" => 2,
+        _ => 3, // sock_ops
+    }
+}
+
+/// Program ids attached to `cg` for one attach type (BPF_PROG_QUERY).
+fn query_cgroup(cg: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: cg.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` and `ids` outlive the call, and sizes match the kernel ABI.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut attr as *mut QueryAttr, std::mem::size_of::<QueryAttr>())
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ids[..attr.prog_cnt.min(64) as usize].to_vec())
 }

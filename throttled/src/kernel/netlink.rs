@@ -73,6 +73,9 @@ pub enum NetlinkError {
     Invalid(String),
     #[error("netlink: {0}")]
     Io(#[from] io::Error),
+    /// Something that is not ours is in the way; we leave it alone.
+    #[error("{0}")]
+    Foreign(String),
 }
 
 impl NetlinkError {
@@ -83,6 +86,7 @@ impl NetlinkError {
             Self::NotFound(_) => Some(libc::ENOENT),
             Self::Invalid(_) => Some(libc::EINVAL),
             Self::Io(e) => e.raw_os_error(),
+            Self::Foreign(_) => Some(libc::EEXIST),
         }
     }
 }

@@ -168,6 +168,9 @@ mod tests {
         fn health(&self, _: &Context<'_>) -> Health {
             Health::Idle
         }
+        fn repair(&mut self, _: &mut Context<'_>) -> Result<(), BackendError> {
+            Ok(())
+        }
         fn cleanup(&mut self, _: &mut Context<'_>) -> Result<(), BackendError> {
             Ok(())
         }
