@@ -1,28 +1,48 @@
 #!/usr/bin/env bash
-# Reproduces the data-path tables of docs/BENCHMARKS.md (root; about 5 minutes).
-#   scripts/bench.sh            print the tables
-#   scripts/bench.sh --write    also splice them into docs/BENCHMARKS.md
-# Other arguments go to the benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
+# Reproduces the tables of docs/BENCHMARKS.md (root; about 12 minutes).
+#   scripts/bench.sh                  print every table
+#   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
+#   scripts/bench.sh --only data|core one benchmark: the data path (accuracy,
+#                                     control plane, cost, overhead) or the
+#                                     daemon core (migration, process churn)
+# Other arguments go to the data-path benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || exec sudo -E env "PATH=$PATH" "$0" "$@"
-write=false
-if [ "${1:-}" = "--write" ]; then write=true; shift; fi
+write=false only=all
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --write) write=true; shift ;;
+    --only) only="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
 bash scripts/bootstrap.sh
-cargo build --release -p throttled --example bench
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-./target/release/examples/bench "$@" | tee "$out"
+cargo build --release -p throttled --example bench --example bench_core
+data=$(mktemp) core=$(mktemp)
+trap 'rm -f "$data" "$core"' EXIT
+if [ "$only" != core ]; then ./target/release/examples/bench "$@" | tee "$data"; fi
+if [ "$only" != data ]; then ./target/release/examples/bench_core | tee "$core"; fi
 $write || exit 0
-python3 - "$out" docs/BENCHMARKS.md <<'PY'
+python3 - "$data" "$core" docs/BENCHMARKS.md <<'PY'
 import re, sys, datetime
-tables = open(sys.argv[1]).read().strip().split("\n\n")
-head, tables = tables[0], tables[1:]
-doc = open(sys.argv[2]).read()
-stamp = f"{head} Measured {datetime.date.today()}."
-for name, body in zip(["ACCURACY", "CONTROL", "COST", "OVERHEAD"], [stamp + "\n\n" + tables[0]] + tables[1:]):
-    doc = re.sub(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->",
-                 f"<!-- BEGIN {name} -->\n{body}\n<!-- END {name} -->", doc, flags=re.S)
-open(sys.argv[2], "w").write(doc)
+def splice(doc, names, tables):
+    for name, body in zip(names, tables):
+        doc = re.sub(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->",
+                     f"<!-- BEGIN {name} -->\n{body}\n<!-- END {name} -->", doc, flags=re.S)
+    return doc
+doc = open(sys.argv[3]).read()
+today = datetime.date.today()
+data = open(sys.argv[1]).read().strip()
+if data:
+    head, *tables = data.split("\n\n")
+    tables[0] = f"{head} Measured {today}.\n\n{tables[0]}"
+    doc = splice(doc, ["ACCURACY", "CONTROL", "COST", "OVERHEAD"], tables)
+core = open(sys.argv[2]).read().strip()
+if core:
+    tables = core.split("\n\n")
+    tables[0] = f"Measured {today}.\n\n{tables[0]}"
+    doc = splice(doc, ["MIGRATION", "CHURN"], tables)
+open(sys.argv[3], "w").write(doc)
 PY
 echo "bench.sh: docs/BENCHMARKS.md updated"
