@@ -8,7 +8,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 apt_pkgs=(iperf3 dbus-daemon dbus-bin polkitd pkexec libxml2-utils iproute2 bpftool
-          tmux util-linux libcap2-bin clang llvm procps python3 systemd)
+          tmux util-linux libcap2-bin clang llvm procps python3 systemd libglib2.0-bin)
 need_apt=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_apt+=("$p")

@@ -314,7 +314,7 @@ fn five_thousand_short_processes_leave_nothing() {
     let Some(_g) = begin() else { return };
     let dir = ScratchDir::new("5000");
     let conf = write_config(&dir, "", &[("short.toml", "[[rule]]\nname = \"ct-short\"\ndown = \"1M\"\n")]);
-    let mut d = Daemon::start(&conf, &dir);
+    let mut d = daemon(&conf);
     let short = named_binary(&dir.path, "ct-short", "true");
     let run = |n: usize| {
         for _ in 0..n {
@@ -333,6 +333,10 @@ fn five_thousand_short_processes_leave_nothing() {
     d.stop();
 }
 
+fn daemon(conf: &Path) -> Daemon {
+    Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap(), "--no-dbus"], &[])
+}
+
 fn write_config(dir: &ScratchDir, config: &str, rules: &[(&str, &str)]) -> PathBuf {
     let conf = dir.path.join("chadthrottled.toml");
     let state = dir.path.join("state");
@@ -347,47 +351,6 @@ fn write_rules(dir: &ScratchDir, rules: &[(&str, &str)]) {
     std::fs::create_dir_all(&rd).unwrap();
     for (name, text) in rules {
         std::fs::write(rd.join(name), text).unwrap();
-    }
-}
-
-/// The real daemon binary, killed on drop.
-struct Daemon {
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(conf: &Path, _dir: &ScratchDir) -> Daemon {
-        let c = spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()]);
-        Daemon { child: Some(c) }
-    }
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-    fn signal(&self, sig: &str) {
-        sh(&["kill", sig, &self.pid().to_string()]);
-    }
-    /// SIGTERM, and it must exit cleanly.
-    fn stop(&mut self) {
-        self.signal("-TERM");
-        let st = self.child.take().unwrap().wait().unwrap();
-        assert!(st.success(), "daemon exited with {st}");
-    }
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            if !wait_until(Duration::from_secs(5), || c.try_wait().is_ok_and(|s| s.is_some())) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
     }
 }
 
@@ -548,11 +511,11 @@ fn kill_9_then_restart_leaves_exactly_one_set() {
         "[[rule]]\nname = \"ct-k9\"\nup = \"1M\"\ndown = \"1M\"\nup_backend = \"tc_htb\"\ndown_backend = \"ifb_tc\"\n",
     )];
     let conf = write_config(&dir, &format!("interfaces = [{:?}]\n", lab.veth), &rules);
-    let mut d = Daemon::start(&conf, &dir);
+    let mut d = daemon(&conf);
     d.kill9();
     let ifb = format!("cti-{}", lab.veth);
     assert!(sh(&["ip", "link", "show"]).contains(&ifb), "nothing was left to clean up (test is void)");
-    let mut d = Daemon::start(&conf, &dir);
+    let mut d = daemon(&conf);
     let root = throttled::kernel::cgroup::cgroup2_mount().unwrap();
     let cg = sh(&["bpftool", "cgroup", "show", root.to_str().unwrap()]);
     for prog in throttled::kernel::bpf::CGROUP_PROGRAMS {

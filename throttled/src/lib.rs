@@ -2,6 +2,7 @@
 //! throttle manager, usable without D-Bus (tests and benchmarks drive it).
 pub mod backend;
 pub mod config;
+pub mod dbus;
 pub mod kernel;
 pub mod manager;
 pub mod state;

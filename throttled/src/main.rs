@@ -1,17 +1,18 @@
 //! chadthrottled: reads the config and rules, cleans up after a crashed run,
 //! restores the saved throttles, and runs until SIGTERM/SIGINT, then removes
 //! every kernel object it made. SIGHUP reloads the config and rules.
-//! (The D-Bus service arrives with the D-Bus API issue.)
-use std::path::PathBuf;
+//! The API is served on the system bus as `org.chadthrottle`.
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
 use throttled::{
-    config,
+    config, dbus,
     manager::{LimitSpec, Manager, ManagerOptions, Overrides},
     target::Target,
     Rate,
 };
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
 #[command(name = "chadthrottled", version, about = "Per-process bandwidth limiting daemon")]
@@ -47,35 +48,9 @@ struct Args {
     /// Police loopback traffic too (it is exempt by default).
     #[arg(long)]
     throttle_loopback: bool,
-}
-
-/// Signals are blocked in every thread and taken synchronously here.
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: plain libc calls on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-fn block_signals() {
-    let set = signal_set();
-    // SAFETY: `set` is a valid, initialised signal set.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
-fn next_signal() -> anyhow::Result<i32> {
-    let set = signal_set();
-    let mut sig = 0;
-    // SAFETY: `set` and `sig` outlive the call.
-    if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-        anyhow::bail!("sigwait failed");
-    }
-    Ok(sig)
+    /// Do not serve the D-Bus API (rules and config still apply).
+    #[arg(long)]
+    no_dbus: bool,
 }
 
 fn init_logging(config_filter: Option<&str>) {
@@ -119,24 +94,50 @@ fn main() -> anyhow::Result<()> {
         }
     };
     init_logging(opts.loaded.config.log.as_deref());
-    block_signals(); // before any thread starts, so they inherit the mask
-    let manager = Manager::start(&opts).context("starting")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(args, opts))
+}
+
+async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
     if let Some(pid) = args.pid {
         limit_from_args(&manager, &args, pid)?;
     }
+    let bus = if args.no_dbus { None } else { serve_bus(&manager).await };
     println!("ready");
     loop {
-        match next_signal()? {
-            libc::SIGHUP => match manager.reload() {
-                Ok(()) => tracing::info!(status = manager.status(), "reloaded"),
-                Err(e) => tracing::error!(error = %e, "reload failed; the running configuration is kept"),
-            },
-            sig => {
-                tracing::info!(signal = sig, "shutting down");
-                break;
+        tokio::select! {
+            _ = hup.recv() => {
+                let m = manager.clone();
+                match tokio::task::spawn_blocking(move || m.reload().map(|_| m.status())).await? {
+                    Ok(status) => tracing::info!(status, "reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload failed; the running configuration is kept"),
+                }
             }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
         }
     }
-    manager.shutdown().context("removing throttles")?;
+    tracing::info!("shutting down");
+    drop(bus);
+    tokio::task::spawn_blocking(move || manager.teardown()).await?.context("removing throttles")?;
     Ok(())
+}
+
+/// Without a system bus the daemon still enforces its rules; the API is
+/// simply absent (and said so).
+async fn serve_bus(manager: &Arc<Manager>) -> Option<zbus::Connection> {
+    match dbus::serve(manager.clone()).await {
+        Ok(c) => {
+            tracing::info!(name = dbus::BUS_NAME, "serving the D-Bus API");
+            Some(c)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no D-Bus API: cannot serve on the system bus");
+            None
+        }
+    }
 }

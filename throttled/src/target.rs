@@ -68,6 +68,9 @@ impl Target {
         if procfs::is_kernel_thread(tgid).unwrap_or(false) {
             return Err(invalid(format!("pid {pid} is a kernel thread")));
         }
+        if tgid == 1 {
+            return Err(invalid("pid 1 is init: limiting it would limit the system (use a name, exe or unit)"));
+        }
         let ident = procfs::ident(tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
         Ok(Target::Pid { ident, tree })
     }
@@ -109,6 +112,18 @@ impl Target {
             )));
         }
         Ok(Target::Unit { unit: unit.to_string() })
+    }
+
+    /// The kind and value as the API spells them: ("name", "firefox").
+    pub fn parts(&self) -> (&'static str, String) {
+        match self {
+            Target::Pid { ident, tree: false } => ("pid", ident.pid.to_string()),
+            Target::Pid { ident, tree: true } => ("tree", ident.pid.to_string()),
+            Target::Name { name } => ("name", name.clone()),
+            Target::Exe { path } => ("exe", path.clone()),
+            Target::Cgroup { path } => ("cgroup", path.clone()),
+            Target::Unit { unit } => ("unit", unit.clone()),
+        }
     }
 
     pub fn is_pid(&self) -> bool {
@@ -243,6 +258,7 @@ mod tests {
         assert!(Target::unit("firefox").is_err());
         assert!(Target::unit("a b.service").is_err());
         assert!(Target::pid(0, false).is_err());
+        assert!(matches!(Target::pid(1, true), Err(TargetError::Invalid(_))));
         assert_eq!(Target::pid(u32::MAX, false), Err(TargetError::NoSuchProcess(u32::MAX)));
         if let Ok(true) = procfs::comm(2).map(|c| c == "kthreadd") {
             assert!(matches!(Target::pid(2, false), Err(TargetError::Invalid(_))));

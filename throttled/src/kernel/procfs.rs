@@ -50,6 +50,13 @@ pub fn tgid(pid: u32) -> io::Result<u32> {
     text.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or_else(|| bad(pid))
 }
 
+/// The real uid owning `pid` (who may limit it with `limit-own`).
+pub fn uid(pid: u32) -> io::Result<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:")).ok_or_else(|| bad(pid))?;
+    line.split_whitespace().next().and_then(|v| v.parse().ok()).ok_or_else(|| bad(pid))
+}
+
 pub fn comm(pid: u32) -> io::Result<String> {
     Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?.trim_end().to_string())
 }

@@ -74,6 +74,8 @@ pub struct Core {
     /// Defaults chosen at runtime; they override the config's per direction.
     pub runtime_defaults: Defaults,
     pub overrides: super::Overrides,
+    /// Live listeners (the D-Bus layer turns events into signals).
+    pub subscribers: Vec<std::sync::mpsc::Sender<Event>>,
     pub _lock: InstanceLock,
 }
 
@@ -92,11 +94,13 @@ impl Core {
             store,
             runtime_defaults: Defaults::default(),
             overrides: Default::default(),
+            subscribers: Vec::new(),
             _lock: lock,
         }
     }
 
     pub fn emit(&mut self, ev: Event) {
+        self.subscribers.retain(|s| s.send(ev.clone()).is_ok());
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
         }

@@ -211,7 +211,7 @@ impl Overrides {
 pub struct Manager {
     core: Arc<Mutex<Core>>,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Manager {
@@ -231,7 +231,7 @@ impl Manager {
         threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
         threads.push(spawn("health", Box::new(move || health::run_checks(&c, &s)))?);
-        Ok(Manager { core, stop, threads })
+        Ok(Manager { core, stop, threads: Mutex::new(threads) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -310,6 +310,13 @@ impl Manager {
         self.lock().reload()
     }
 
+    /// Every event from now on, in order.
+    pub fn subscribe(&self) -> std::sync::mpsc::Receiver<Event> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.lock().subscribers.push(tx);
+        rx
+    }
+
     pub fn take_events(&self) -> Vec<Event> {
         self.lock().events.drain(..).collect()
     }
@@ -331,13 +338,15 @@ impl Manager {
 
     /// Removes every throttle and restores what the backends replaced; the
     /// programs detach when `self` drops. Persisted state is kept.
-    pub fn shutdown(mut self) -> Result<(), ManagerError> {
+    pub fn shutdown(self) -> Result<(), ManagerError> {
         self.teardown()
     }
 
-    fn teardown(&mut self) -> Result<(), ManagerError> {
+    /// As `shutdown`, for a manager that is shared; idempotent.
+    pub fn teardown(&self) -> Result<(), ManagerError> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        let threads: Vec<_> = self.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for t in threads {
             let _ = t.join();
         }
         self.lock().teardown()

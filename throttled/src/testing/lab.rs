@@ -257,3 +257,62 @@ pub fn assert_accurate(what: &str, goodput: f64, limit: f64) {
     eprintln!("{what}: goodput {:.3} MiB/s for a {:.3} MiB/s limit = {ratio:.3}", goodput / MIB, limit / MIB);
     assert!((0.93..=1.02).contains(&ratio), "{what}: goodput/limit = {ratio:.3}, outside 0.93–1.02");
 }
+
+/// A running `chadthrottled`, stopped on drop (SIGTERM, then SIGKILL).
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `bin` with `args` and extra environment, and waits for `ready`.
+    pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(bin);
+        cmd.args(args).envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut c = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+        assert!(lines.any(|l| l.is_ok_and(|l| l == "ready")), "daemon did not become ready");
+        Daemon { child: Some(c) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGTERM; the daemon must exit cleanly.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let st = self.child.take().unwrap().wait().unwrap();
+        assert!(st.success(), "daemon exited with {st}");
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if !wait_until(Duration::from_secs(5), || c.try_wait().is_ok_and(|s| s.is_some())) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}

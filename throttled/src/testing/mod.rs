@@ -1,4 +1,5 @@
 //! Support shared by unit tests, integration tests and benchmarks.
+pub mod bus;
 pub mod lab;
 
 /// A prerequisite is missing. Under `CI=true` that fails the test; locally

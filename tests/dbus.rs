@@ -1,0 +1,266 @@
+//! The D-Bus API against a real dbus-daemon (system-like policy, our bus
+//! policy file) and the real daemon, driven with busctl and gdbus as
+//! independent clients. Root callers are authorized without polkit.
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use throttled::testing::bus::{dbus_dir, PrivateBus};
+
+const MGR: &str = "org.chadthrottle.Manager";
+
+/// A private bus with the daemon on it; interface backends get an
+/// interface that does not exist, so no host interface is ever shaped.
+struct Api {
+    daemon: Daemon,
+    bus: PrivateBus,
+    _dir: ScratchDir,
+}
+
+impl Api {
+    fn start(tag: &str) -> Option<Api> {
+        if which("gdbus").is_none() || which("busctl").is_none() {
+            throttled::testing::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
+            return None;
+        }
+        let bus = PrivateBus::start(tag)?;
+        let dir = ScratchDir::new(&format!("api-{tag}"));
+        let conf = dir.path.join("chadthrottled.toml");
+        let state = dir.path.join("state");
+        std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", state.display().to_string()))
+            .unwrap();
+        let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())];
+        let daemon = Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env);
+        Some(Api { daemon, bus, _dir: dir })
+    }
+
+    /// `gdbus call` on the daemon: Ok(stdout) or Err(the error text, with its name).
+    fn call(&self, path: &str, method: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("gdbus")
+            .args(["call", "--address", self.bus.address(), "--dest", "org.chadthrottle", "--object-path", path])
+            .args(["--method", method])
+            .args(args)
+            .output()
+            .unwrap();
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        }
+    }
+
+    fn manager(&self, method: &str, args: &[&str]) -> Result<String, String> {
+        self.call("/org/chadthrottle", &format!("{MGR}.{method}"), args)
+    }
+
+    fn limit(&self, kind: &str, target: &str, opts: &str) -> Result<String, String> {
+        self.manager("Limit", &[kind, target, opts])
+    }
+
+    fn prop(&self, path: &str, iface: &str, name: &str) -> String {
+        self.bus.busctl(&["get-property", "org.chadthrottle", path, iface, name]).unwrap().trim().to_string()
+    }
+}
+
+/// The object path in gdbus's `(objectpath '/x',)`.
+fn object_path(reply: &str) -> String {
+    reply.split('\'').nth(1).unwrap_or_default().to_string()
+}
+
+struct Sleeper(Child);
+
+impl Sleeper {
+    fn new() -> Sleeper {
+        Sleeper(Command::new("sleep").arg("60").spawn().unwrap())
+    }
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn every_manager_method_over_the_bus() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("methods") else { return };
+    let s = Sleeper::new();
+    let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
+    assert_eq!(path, "/org/chadthrottle/throttles/1");
+    let t = "org.chadthrottle.Throttle";
+    assert_eq!(api.prop(&path, t, "DownLimit"), "t 1048576");
+    assert_eq!(api.prop(&path, t, "DownBackend"), "s \"ebpf\"");
+    assert_eq!(api.prop(&path, t, "Kind"), "s \"pid\"");
+    assert_eq!(api.prop(&path, t, "Pids"), format!("au 1 {}", s.pid()));
+    // Limiting again changes in place: same path.
+    assert_eq!(object_path(&api.limit("pid", &s.pid(), "{'down': <uint64 2097152>}").unwrap()), path);
+    assert_eq!(api.prop(&path, t, "DownLimit"), "t 2097152");
+    api.call(&path, &format!("{t}.SetLimits"), &["{'up': <'512K'>}"]).unwrap();
+    assert_eq!(api.prop(&path, t, "UpLimit"), "t 524288");
+    assert!(api.manager("ListThrottles", &[]).unwrap().contains(&path));
+    let backends = api.manager("ListBackends", &[]).unwrap();
+    for name in ["ebpf", "tc_htb", "ifb_tc"] {
+        assert!(backends.contains(&format!("'name': <'{name}'>")), "{backends}");
+    }
+    assert_eq!(api.prop("/org/chadthrottle", MGR, "DefaultUploadBackend"), "s \"ebpf\"");
+    api.manager("SetDefaultBackend", &["up", "tc_htb"]).unwrap();
+    assert_eq!(api.prop("/org/chadthrottle", MGR, "DefaultUploadBackend"), "s \"tc_htb\"");
+    assert_eq!(api.prop(&path, t, "UpBackend"), "s \"ebpf\"", "an existing throttle moved with the default");
+    api.manager("Migrate", &[&path, "down", "ebpf"]).unwrap();
+    assert_eq!(api.manager("MigrateBackend", &["ifb_tc", "ebpf"]).unwrap(), "(uint32 0,)");
+    let stats = api.manager("GetStats", &[]).unwrap();
+    assert!(stats.contains("'throttles': <uint32 1>") && stats.contains("'processes': <uint32 1>"), "{stats}");
+    api.manager("Reload", &[]).unwrap();
+    let managed = api
+        .bus
+        .busctl(&[
+            "call",
+            "org.chadthrottle",
+            "/org/chadthrottle",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+        ])
+        .unwrap();
+    assert!(managed.contains(&path), "{managed}");
+    api.manager("Remove", &[&path]).unwrap();
+    assert_eq!(api.manager("ListThrottles", &[]).unwrap(), "(@ao [],)");
+    assert!(api.bus.busctl(&["introspect", "org.chadthrottle", &path]).is_err(), "the object outlived its throttle");
+}
+
+#[test]
+fn bad_input_gets_named_errors_and_changes_nothing() {
+    let Some(_g) = begin() else { return };
+    let Some(mut api) = Api::start("errors") else { return };
+    let s = Sleeper::new();
+    let kthread = "2";
+    let long = "x".repeat(10_000);
+    let e = "org.chadthrottle.Error.";
+    let cases: Vec<(&str, &str, String, String)> = vec![
+        ("rate 0", "name", "ct-e".into(), "{'down': <'0'>}".into()),
+        ("rate -1", "name", "ct-e".into(), "{'down': <'-1'>}".into()),
+        ("rate 1Q", "name", "ct-e".into(), "{'down': <'1Q'>}".into()),
+        ("rate overflow", "name", "ct-e".into(), "{'down': <'99999999999G'>}".into()),
+        ("rate empty", "name", "ct-e".into(), "{'down': <''>}".into()),
+        ("rate zero bytes", "name", "ct-e".into(), "{'down': <uint64 0>}".into()),
+        ("no limit", "name", "ct-e".into(), "@a{sv} {}".into()),
+        ("unknown option", "name", "ct-e".into(), "{'speed': <'1M'>}".into()),
+        ("pid 0", "pid", "0".into(), "{'down': <'1M'>}".into()),
+        ("pid 1", "pid", "1".into(), "{'down': <'1M'>}".into()),
+        ("kernel thread", "pid", kthread.into(), "{'down': <'1M'>}".into()),
+        ("pid not a number", "pid", "abc".into(), "{'down': <'1M'>}".into()),
+        ("empty name", "name", "".into(), "{'down': <'1M'>}".into()),
+        ("10 KB name", "name", long, "{'down': <'1M'>}".into()),
+        ("name with /", "name", "a/b".into(), "{'down': <'1M'>}".into()),
+        ("unknown kind", "planet", "x".into(), "{'down': <'1M'>}".into()),
+    ];
+    for (what, kind, target, opts) in &cases {
+        let err = api.limit(kind, target, opts).unwrap_err();
+        assert!(err.contains(&format!("{e}InvalidArgument")), "{what}: {err}");
+    }
+    let named = |kind: &str, target: &str, opts: &str, name: &str| {
+        let err = api.limit(kind, target, opts).unwrap_err();
+        assert!(err.contains(&format!("{e}{name}")), "{kind} {target} {opts}: {err}");
+    };
+    named("pid", "4194304", "{'down': <'1M'>}", "NoSuchProcess");
+    named("pid", &s.pid(), "{'down': <'1M'>, 'backend': <'nope'>}", "UnknownBackend");
+    named("pid", &s.pid(), "{'down': <'1M'>, 'backend': <'tc_htb'>}", "BackendUnavailable");
+    let err = api.manager("Remove", &["/org/chadthrottle/throttles/999"]).unwrap_err();
+    assert!(err.contains(&format!("{e}NoSuchThrottle")), "{err}");
+    let err = api.manager("SetDefaultBackend", &["sideways", "ebpf"]).unwrap_err();
+    assert!(err.contains(&format!("{e}InvalidArgument")), "{err}");
+    let err = api.bus.busctl(&["call", "org.chadthrottle", "/org/chadthrottle", MGR, "Limit", "s", "pid"]).unwrap_err();
+    assert!(err.contains("Signature") || err.contains("InvalidArgs"), "{err}");
+    assert!(api.daemon.alive(), "the daemon died on bad input");
+    assert_eq!(api.manager("ListThrottles", &[]).unwrap(), "(@ao [],)", "bad input changed state");
+}
+
+#[test]
+fn signals_reach_clients() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("signals") else { return };
+    let mut mon = Command::new("gdbus")
+        .args(["monitor", "--address", api.bus.address(), "--dest", "org.chadthrottle"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = Sleeper::new();
+    let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
+    api.manager("SetDefaultBackend", &["down", "ifb_tc"]).unwrap();
+    api.manager("Migrate", &[&path, "", "ebpf"]).unwrap();
+    let _ = s.0.kill();
+    let _ = s.0.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = mon.kill();
+    let out = String::from_utf8_lossy(&mon.wait_with_output().unwrap().stdout).into_owned();
+    for want in [
+        format!("{MGR}.ThrottleAdded (objectpath '{path}',)"),
+        format!("{MGR}.DefaultBackendChanged ('down', 'ifb_tc')"),
+        format!("{MGR}.ThrottleRemoved (objectpath '{path}', 'process-exited')"),
+        "DefaultDownloadBackend".to_string(),
+        "org.freedesktop.DBus.ObjectManager.InterfacesAdded".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want} in:\n{out}");
+    }
+}
+
+/// The shipped interface XML is what the running daemon says it serves.
+#[test]
+fn interface_xml_matches_the_running_daemon() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("xml") else { return };
+    let s = Sleeper::new();
+    let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
+    for (obj, iface) in
+        [("/org/chadthrottle", "org.chadthrottle.Manager"), (path.as_str(), "org.chadthrottle.Throttle")]
+    {
+        let live = api.bus.busctl(&["introspect", "--xml-interface", "org.chadthrottle", obj]).unwrap();
+        let live = interface_block(&live, iface).expect("live interface");
+        let file = dbus_dir().join(format!("{iface}.xml"));
+        if std::env::var("CT_WRITE_XML").is_ok() {
+            std::fs::write(&file, format!("{DOCTYPE}<node>\n  {live}\n</node>\n")).unwrap();
+        }
+        let shipped = std::fs::read_to_string(&file).unwrap();
+        let shipped = interface_block(&shipped, iface).expect("shipped interface");
+        assert_eq!(
+            norm(&shipped),
+            norm(&live),
+            "{} drifted from the daemon (CT_WRITE_XML=1 rewrites it)",
+            file.display()
+        );
+    }
+}
+
+const DOCTYPE: &str = "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- Generated from the running daemon (CT_WRITE_XML=1 and the dbus test);\n     tests/dbus.rs fails when it drifts. The comments are the documentation. -->\n";
+
+fn interface_block(xml: &str, iface: &str) -> Option<String> {
+    let start = xml.find(&format!("<interface name=\"{iface}\">"))?;
+    let end = start + xml[start..].find("</interface>")? + "</interface>".len();
+    Some(xml[start..end].to_string())
+}
+
+fn norm(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn shipped_bus_files_are_valid() {
+    let Some(xmllint) = which("xmllint") else {
+        throttled::testing::missing("xmllint is not installed (run scripts/bootstrap.sh)");
+        return;
+    };
+    for f in ["org.chadthrottle.conf", "org.chadthrottle.Manager.xml", "org.chadthrottle.Throttle.xml"] {
+        let st = Command::new(&xmllint).arg("--noout").arg(dbus_dir().join(f)).status().unwrap();
+        assert!(st.success(), "{f} is not well-formed XML");
+    }
+    let svc = std::fs::read_to_string(dbus_dir().join("org.chadthrottle.service")).unwrap();
+    assert!(svc.contains("Name=org.chadthrottle") && svc.contains("SystemdService=chadthrottled.service"));
+}

@@ -1,0 +1,110 @@
+//! The D-Bus API on the system bus: `org.chadthrottle.Manager` at
+//! `/org/chadthrottle` (with ObjectManager), one `org.chadthrottle.Throttle`
+//! object per throttle, and the manager's events as signals. A thin layer:
+//! it translates and authorizes; the manager does the work.
+pub mod args;
+pub mod errors;
+pub mod polkit;
+pub mod service;
+pub mod throttle;
+
+use std::sync::Arc;
+
+use zbus::{fdo::ObjectManager, object_server::SignalEmitter, zvariant::ObjectPath, Connection};
+
+use self::{
+    service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
+    throttle::ThrottleIface,
+};
+use crate::manager::{Event, Manager, RemovalReason, ThrottleId};
+
+pub const BUS_NAME: &str = "org.chadthrottle";
+
+/// Serves every object, then owns the name (so no client sees a half-served
+/// daemon), then turns events into signals until the connection drops.
+pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Connection> {
+    let events = mgr.subscribe(); // before listing, so nothing falls between
+    let conn = zbus::connection::Builder::system()?
+        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
+        .serve_at(MANAGER_PATH, ObjectManager)?
+        .build()
+        .await?;
+    for t in mgr.list() {
+        add_throttle(&conn, &mgr, t.id).await?;
+    }
+    conn.request_name(BUS_NAME).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("dbus-events".into())
+        .spawn(move || events.iter().try_for_each(|e| tx.send(e)).unwrap_or(()))
+        .map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    let c = conn.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Err(e) = signal(&c, &mgr, ev).await {
+                tracing::warn!(error = %e, "could not emit a signal");
+            }
+        }
+    });
+    Ok(conn)
+}
+
+async fn add_throttle(conn: &Connection, mgr: &Arc<Manager>, id: ThrottleId) -> zbus::Result<bool> {
+    conn.object_server().at(args::throttle_path(id), ThrottleIface { mgr: mgr.clone(), id }).await
+}
+
+fn reason(r: RemovalReason) -> &'static str {
+    match r {
+        RemovalReason::Requested => "requested",
+        RemovalReason::ProcessExited => "process-exited",
+        RemovalReason::Reload => "reload",
+    }
+}
+
+async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Result<()> {
+    let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
+    let path = |id| ObjectPath::try_from(args::throttle_path(id)).map(|p| p.into_owned());
+    match ev {
+        Event::ThrottleAdded { id } => {
+            add_throttle(conn, mgr, id).await?;
+            emitter.throttle_added(path(id)?).await
+        }
+        Event::ThrottleRemoved { id, reason: r } => {
+            conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await?;
+            emitter.throttle_removed(path(id)?, reason(r)).await
+        }
+        Event::ThrottleChanged { id } => throttle_changed(conn, id).await,
+        Event::ThrottleMigrated { id, direction, from, to } => {
+            throttle_changed(conn, id).await?;
+            emitter.throttle_migrated(path(id)?, direction_name(direction), from, to).await
+        }
+        Event::DefaultChanged { direction, backend } => {
+            let iface = conn.object_server().interface::<_, ManagerIface>(MANAGER_PATH).await?;
+            let m = iface.get().await;
+            m.default_upload_backend_changed(&emitter).await?;
+            m.default_download_backend_changed(&emitter).await?;
+            emitter.default_backend_changed(direction_name(direction), backend).await
+        }
+        Event::HealthChanged { component, health } => {
+            let (h, detail) = health_parts(&health);
+            emitter.backend_health_changed(component, h, &detail).await
+        }
+        Event::PersistFailed { reason } => {
+            tracing::warn!(reason, "persistence failed");
+            Ok(())
+        }
+    }
+}
+
+/// Limits or backends changed: tell watchers of the throttle's properties.
+async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()> {
+    let Ok(iface) = conn.object_server().interface::<_, ThrottleIface>(args::throttle_path(id)).await else {
+        return Ok(());
+    };
+    let t = iface.get().await;
+    let e = iface.signal_emitter();
+    t.down_limit_changed(e).await?;
+    t.up_limit_changed(e).await?;
+    t.down_backend_changed(e).await?;
+    t.up_backend_changed(e).await
+}

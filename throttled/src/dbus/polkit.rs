@@ -1,0 +1,73 @@
+//! Authorization: every mutating call asks polkit about the caller's bus
+//! name (never about our own pid) before any state changes. Root is always
+//! allowed; without polkit, only root is.
+use std::collections::HashMap;
+
+use zbus::{
+    message::{Flags, Header},
+    zvariant::Value,
+    Connection,
+};
+
+use super::errors::{Error, Result};
+
+pub const OBSERVE: &str = "org.chadthrottle.observe";
+pub const LIMIT_OWN: &str = "org.chadthrottle.limit-own";
+pub const LIMIT_ANY: &str = "org.chadthrottle.limit-any";
+pub const CONFIGURE: &str = "org.chadthrottle.configure";
+/// Every action the daemon asks about (a test checks the .policy has each).
+pub const ACTIONS: [&str; 4] = [OBSERVE, LIMIT_OWN, LIMIT_ANY, CONFIGURE];
+
+const ALLOW_USER_INTERACTION: u32 = 1;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.PolicyKit1.Authority",
+    default_service = "org.freedesktop.PolicyKit1",
+    default_path = "/org/freedesktop/PolicyKit1/Authority"
+)]
+trait Authority {
+    #[allow(clippy::type_complexity)]
+    fn check_authorization(
+        &self,
+        subject: &(&str, HashMap<&str, Value<'_>>),
+        action_id: &str,
+        details: HashMap<&str, &str>,
+        flags: u32,
+        cancellation_id: &str,
+    ) -> zbus::Result<(bool, bool, HashMap<String, String>)>;
+}
+
+/// The caller's uid, from the bus (not from anything the caller says).
+pub async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32> {
+    let sender = hdr.sender().ok_or_else(|| Error::NotAuthorized("the call has no sender".into()))?;
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    Ok(dbus.get_connection_unix_user(sender.clone().into()).await?)
+}
+
+/// Ok if the caller may perform `action`.
+pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Result<()> {
+    if caller_uid(conn, hdr).await? == 0 {
+        return Ok(());
+    }
+    let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let polkit_name = zbus::names::BusName::try_from("org.freedesktop.PolicyKit1").map_err(zbus::Error::from)?;
+    if !dbus.name_has_owner(polkit_name).await? {
+        return Err(Error::NotAuthorized(format!("{action}: polkit is unavailable, so only root is allowed")));
+    }
+    let subject = ("system-bus-name", HashMap::from([("name", Value::from(sender.as_str()))]));
+    let interactive = hdr.primary().flags().contains(Flags::AllowInteractiveAuth);
+    let flags = if interactive { ALLOW_USER_INTERACTION } else { 0 };
+    let authority = AuthorityProxy::new(conn).await?;
+    let (ok, challenge, _) = authority
+        .check_authorization(&subject, action, HashMap::new(), flags, "")
+        .await
+        .map_err(|e| Error::NotAuthorized(format!("{action}: polkit failed: {e}")))?;
+    match (ok, challenge) {
+        (true, _) => Ok(()),
+        (false, true) => Err(Error::NotAuthorized(format!(
+            "{action} needs authentication; retry allowing interactive authorization"
+        ))),
+        (false, false) => Err(Error::NotAuthorized(format!("not authorized for {action}"))),
+    }
+}

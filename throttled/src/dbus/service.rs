@@ -1,0 +1,272 @@
+//! `org.chadthrottle.Manager` at `/org/chadthrottle`: translates calls,
+//! authorizes them with polkit before anything changes, and hands them to
+//! the manager. No logic of its own.
+use std::{collections::HashMap, sync::Arc};
+
+use zbus::{
+    interface,
+    message::Header,
+    object_server::SignalEmitter,
+    zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value},
+    Connection,
+};
+
+use super::{
+    args,
+    errors::{Error, Result},
+    polkit::{self, CONFIGURE, LIMIT_ANY, LIMIT_OWN, OBSERVE},
+};
+use crate::{
+    backend::{Availability, Direction, Health},
+    kernel::procfs,
+    manager::{BackendInfo, Manager, ManagerError, ThrottleId},
+    target::Target,
+};
+
+pub const MANAGER_PATH: &str = "/org/chadthrottle";
+
+/// Runs a manager call off the async threads (it takes a mutex and may
+/// talk to the kernel).
+pub async fn blocking<T: Send + 'static>(
+    mgr: &Arc<Manager>,
+    f: impl FnOnce(&Manager) -> std::result::Result<T, ManagerError> + Send + 'static,
+) -> Result<T> {
+    let m = mgr.clone();
+    tokio::task::spawn_blocking(move || f(&m)).await.map_err(|e| Error::Internal(e.to_string()))?.map_err(Error::from)
+}
+
+/// Limiting one's own process needs `limit-own`; anything else `limit-any`.
+pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Target) -> Result<()> {
+    let own = match target.root() {
+        Some(r) => procfs::uid(r.pid).ok() == Some(polkit::caller_uid(conn, hdr).await?),
+        None => false,
+    };
+    polkit::authorize(conn, hdr, if own { LIMIT_OWN } else { LIMIT_ANY }).await
+}
+
+pub struct ManagerIface {
+    pub mgr: Arc<Manager>,
+}
+
+#[interface(name = "org.chadthrottle.Manager")]
+impl ManagerIface {
+    /// Limits a target; returns the throttle's object path. A target that
+    /// already has a throttle changes in place (same path).
+    async fn limit(
+        &self,
+        kind: &str,
+        target: &str,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath> {
+        let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
+        authorize_target(conn, &hdr, &target).await?;
+        let id = blocking(&self.mgr, move |m| m.limit(target, &spec)).await?;
+        path(id)
+    }
+
+    /// Removes a throttle.
+    async fn remove(
+        &self,
+        throttle: ObjectPath<'_>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let id = args::throttle_id(throttle.as_str())?;
+        let info = blocking(&self.mgr, move |m| m.info(id)).await?;
+        authorize_target(conn, &hdr, &info.target).await?;
+        blocking(&self.mgr, move |m| m.remove(id)).await
+    }
+
+    /// Object paths of every throttle.
+    async fn list_throttles(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<OwnedObjectPath>> {
+        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        let list = blocking(&self.mgr, |m| Ok(m.list())).await?;
+        list.into_iter().map(|t| path(t.id)).collect()
+    }
+
+    /// Every backend: name, directions, priority, available, reason,
+    /// default_for, active, pids, health, health_detail.
+    async fn list_backends(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
+        infos.iter().map(backend_dict).collect()
+    }
+
+    /// Sets the backend for new throttles in a direction ("up" or "down").
+    async fn set_default_backend(
+        &self,
+        direction: &str,
+        backend: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let dir =
+            args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
+        polkit::authorize(conn, &hdr, CONFIGURE).await?;
+        blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
+    }
+
+    /// Moves a throttle (one direction, or both with "") to a backend.
+    async fn migrate(
+        &self,
+        throttle: ObjectPath<'_>,
+        direction: &str,
+        backend: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
+        polkit::authorize(conn, &hdr, CONFIGURE).await?;
+        blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
+    }
+
+    /// Moves every throttle of one backend to another; returns how many moved.
+    async fn migrate_backend(
+        &self,
+        from: String,
+        to: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<u32> {
+        polkit::authorize(conn, &hdr, CONFIGURE).await?;
+        Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
+    }
+
+    /// Daemon-wide numbers: throttles, processes (kernel map entries), status.
+    async fn get_stats(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<HashMap<String, OwnedValue>> {
+        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        let (n, procs, status) =
+            blocking(&self.mgr, |m| Ok((m.list().len() as u32, m.kernel_proc_entries() as u32, m.status()))).await?;
+        dict([("throttles", Value::from(n)), ("processes", Value::from(procs)), ("status", Value::from(status))])
+    }
+
+    /// Re-reads the config and rules; on error nothing changes.
+    async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
+        polkit::authorize(conn, &hdr, CONFIGURE).await?;
+        blocking(&self.mgr, |m| m.reload()).await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+
+    /// Target kinds and abilities this daemon has.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn features(&self) -> Vec<String> {
+        ["target-pid", "target-tree", "target-name", "target-exe", "target-cgroup", "target-unit", "migrate", "reload"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[zbus(property)]
+    async fn default_upload_backend(&self) -> String {
+        default_backend(&self.mgr, Direction::Up).await
+    }
+
+    #[zbus(property)]
+    async fn default_download_backend(&self) -> String {
+        default_backend(&self.mgr, Direction::Down).await
+    }
+
+    #[zbus(signal)]
+    pub async fn throttle_added(emitter: &SignalEmitter<'_>, throttle: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// `reason`: requested, process-exited or reload.
+    #[zbus(signal)]
+    pub async fn throttle_removed(
+        emitter: &SignalEmitter<'_>,
+        throttle: ObjectPath<'_>,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn default_backend_changed(
+        emitter: &SignalEmitter<'_>,
+        direction: &str,
+        backend: &str,
+    ) -> zbus::Result<()>;
+
+    /// `health`: healthy, idle or broken, with the reason in `detail`.
+    #[zbus(signal)]
+    pub async fn backend_health_changed(
+        emitter: &SignalEmitter<'_>,
+        backend: &str,
+        health: &str,
+        detail: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn throttle_migrated(
+        emitter: &SignalEmitter<'_>,
+        throttle: ObjectPath<'_>,
+        direction: &str,
+        from: &str,
+        to: &str,
+    ) -> zbus::Result<()>;
+}
+
+async fn default_backend(mgr: &Arc<Manager>, dir: Direction) -> String {
+    blocking(mgr, move |m| m.default_backend(dir)).await.map(String::from).unwrap_or_default()
+}
+
+pub fn path(id: ThrottleId) -> Result<OwnedObjectPath> {
+    OwnedObjectPath::try_from(args::throttle_path(id)).map_err(|e| Error::Internal(e.to_string()))
+}
+
+pub fn dict<'a>(pairs: impl IntoIterator<Item = (&'a str, Value<'a>)>) -> Result<HashMap<String, OwnedValue>> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| OwnedValue::try_from(v).map(|v| (k.to_string(), v)).map_err(|e| Error::Internal(e.to_string())))
+        .collect()
+}
+
+pub fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Up => "up",
+        Direction::Down => "down",
+    }
+}
+
+pub fn health_parts(h: &Health) -> (&'static str, String) {
+    match h {
+        Health::Healthy => ("healthy", String::new()),
+        Health::Idle => ("idle", String::new()),
+        Health::Broken(why) => ("broken", why.clone()),
+    }
+}
+
+fn backend_dict(b: &BackendInfo) -> Result<HashMap<String, OwnedValue>> {
+    let names = |d: &[Direction]| d.iter().map(|d| direction_name(*d)).collect::<Vec<_>>();
+    let (available, reason) = match &b.availability {
+        Availability::Available => (true, String::new()),
+        Availability::Unavailable(r) => (false, r.clone()),
+    };
+    let (health, detail) = health_parts(&b.health);
+    dict([
+        ("name", Value::from(b.name)),
+        ("directions", Value::from(names(&b.directions))),
+        ("priority", Value::from(format!("{:?}", b.priority))),
+        ("available", Value::from(available)),
+        ("reason", Value::from(reason)),
+        ("default_for", Value::from(names(&b.default_for))),
+        ("active", Value::from(b.active as u32)),
+        ("pids", Value::from(b.pids.clone())),
+        ("health", Value::from(health)),
+        ("health_detail", Value::from(detail)),
+    ])
+}

@@ -1,0 +1,133 @@
+//! `org.chadthrottle.Throttle`, one object per throttle under
+//! `/org/chadthrottle/throttles/<id>`. Properties are read from the manager
+//! on demand; counters are pull-only (no PropertiesChanged).
+use std::{collections::HashMap, sync::Arc};
+
+use zbus::{interface, message::Header, zvariant::OwnedValue, zvariant::Value, Connection};
+
+use super::{
+    args,
+    errors::{Error, Result},
+    service::{authorize_target, blocking, dict},
+};
+use crate::{
+    backend::Direction,
+    manager::{Manager, Origin, ThrottleId, ThrottleInfo},
+};
+
+pub struct ThrottleIface {
+    pub mgr: Arc<Manager>,
+    pub id: ThrottleId,
+}
+
+impl ThrottleIface {
+    async fn info(&self) -> Result<ThrottleInfo> {
+        let id = self.id;
+        blocking(&self.mgr, move |m| m.info(id)).await
+    }
+
+    async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
+        let info = self.info().await.map_err(fdo)?;
+        Ok(info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string())))
+    }
+}
+
+fn fdo(e: Error) -> zbus::fdo::Error {
+    zbus::fdo::Error::Failed(format!("{e:?}"))
+}
+
+#[interface(name = "org.chadthrottle.Throttle")]
+impl ThrottleIface {
+    /// Removes this throttle.
+    async fn remove(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
+        let info = self.info().await?;
+        authorize_target(conn, &hdr, &info.target).await?;
+        let id = self.id;
+        blocking(&self.mgr, move |m| m.remove(id)).await
+    }
+
+    /// Changes limits in place (the same options as Manager.Limit).
+    async fn set_limits(
+        &self,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let spec = args::limits(&options)?;
+        let info = self.info().await?;
+        authorize_target(conn, &hdr, &info.target).await?;
+        let id = self.id;
+        blocking(&self.mgr, move |m| m.change(id, &spec)).await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// pid, tree, name, exe, cgroup or unit.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn kind(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await.map_err(fdo)?.target.parts().0.into())
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn target(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await.map_err(fdo)?.target.parts().1)
+    }
+
+    /// "runtime", or the rules file it came from.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn origin(&self) -> zbus::fdo::Result<String> {
+        Ok(match self.info().await.map_err(fdo)?.origin {
+            Origin::Runtime => "runtime".into(),
+            Origin::Rule(p) => p.display().to_string(),
+        })
+    }
+
+    /// Bytes per second at the IP layer; 0 means unlimited.
+    #[zbus(property)]
+    async fn down_limit(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.direction(Direction::Down).await?.0)
+    }
+
+    #[zbus(property)]
+    async fn up_limit(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.direction(Direction::Up).await?.0)
+    }
+
+    /// The backend holding the download limit ("" if none).
+    #[zbus(property)]
+    async fn down_backend(&self) -> zbus::fdo::Result<String> {
+        Ok(self.direction(Direction::Down).await?.1)
+    }
+
+    #[zbus(property)]
+    async fn up_backend(&self) -> zbus::fdo::Result<String> {
+        Ok(self.direction(Direction::Up).await?.1)
+    }
+
+    /// Processes this throttle limits now.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn pids(&self) -> zbus::fdo::Result<Vec<u32>> {
+        Ok(self.info().await.map_err(fdo)?.covered)
+    }
+
+    /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets}.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn counters(&self) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
+        let info = self.info().await.map_err(fdo)?;
+        let mut pairs = Vec::new();
+        for (d, s) in &info.directions {
+            let p = super::service::direction_name(*d);
+            let c = &s.counters;
+            pairs.extend([
+                (format!("{p}_bytes"), c.pass_bytes),
+                (format!("{p}_packets"), c.pass_pkts),
+                (format!("{p}_dropped_bytes"), c.drop_bytes),
+                (format!("{p}_dropped_packets"), c.drop_pkts),
+            ]);
+        }
+        dict(pairs.iter().map(|(k, v)| (k.as_str(), Value::from(*v)))).map_err(fdo)
+    }
+}
