@@ -11,6 +11,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The D-Bus tests drive the throttlectl binary too: build every binary first.
+cargo build --workspace
 # Kernel tests share the cgroup root and namespaces: run them one at a time.
 cargo test --workspace -- --test-threads=1
 

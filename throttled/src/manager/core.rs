@@ -653,7 +653,9 @@ impl Core {
             let Some(t) = self.throttles.get_mut(&id) else { continue };
             t.members.remove(&tgid);
             t.covered.remove(&tgid);
-            let orphaned = t.members.is_empty() && t.target.root().is_some_and(|r| !procfs::is_alive(&r));
+            // At the exit event the process may still be a zombie with its
+            // identity intact: membership, not /proc, says it is gone.
+            let orphaned = t.target.is_pid() && t.members.is_empty();
             if orphaned {
                 let runtime = t.origin == Origin::Runtime;
                 let _ = self.remove(id, RemovalReason::ProcessExited);

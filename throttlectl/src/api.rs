@@ -1,0 +1,215 @@
+//! The daemon's API as seen from the client: proxies, lookups and the
+//! failures a user sees, each with a distinct exit code.
+use std::{collections::HashMap, process::ExitCode};
+
+use futures_util::StreamExt;
+use zbus::{
+    zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value},
+    Connection,
+};
+
+#[zbus::proxy(
+    interface = "org.chadthrottle.Manager",
+    default_service = "org.chadthrottle",
+    default_path = "/org/chadthrottle"
+)]
+pub trait Manager {
+    fn limit(&self, kind: &str, target: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn remove(&self, throttle: &ObjectPath<'_>) -> zbus::Result<()>;
+    fn list_throttles(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+    fn list_backends(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    fn set_default_backend(&self, direction: &str, backend: &str) -> zbus::Result<()>;
+    fn migrate(&self, throttle: &ObjectPath<'_>, direction: &str, backend: &str) -> zbus::Result<()>;
+    fn migrate_backend(&self, from: &str, to: &str) -> zbus::Result<u32>;
+    fn get_stats(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+    fn reload(&self) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn default_upload_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn default_download_backend(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(interface = "org.chadthrottle.Throttle", default_service = "org.chadthrottle")]
+pub trait Throttle {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn target(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn down_limit(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn up_limit(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn down_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn up_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn pids(&self) -> zbus::Result<Vec<u32>>;
+}
+
+/// One throttle as the CLI shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ThrottleView {
+    #[serde(skip)]
+    pub path: OwnedObjectPath,
+    pub id: u32,
+    pub kind: String,
+    pub target: String,
+    /// Bytes per second; 0 = unlimited.
+    pub down: u64,
+    pub up: u64,
+    pub down_backend: String,
+    pub up_backend: String,
+    pub pids: Vec<u32>,
+}
+
+pub struct Client {
+    pub conn: Connection,
+    pub manager: ManagerProxy<'static>,
+}
+
+impl Client {
+    pub async fn connect(bus: &str) -> Result<Client, Failure> {
+        let conn = match bus {
+            "system" => Connection::system().await,
+            "session" => Connection::session().await,
+            addr => match zbus::connection::Builder::address(addr) {
+                Ok(b) => b.build().await,
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| Failure::unreachable(format!("cannot reach the {bus} bus: {e}")))?;
+        let manager = ManagerProxy::new(&conn).await.map_err(Failure::from)?;
+        Ok(Client { conn, manager })
+    }
+
+    pub async fn throttle(&self, path: &OwnedObjectPath) -> Result<ThrottleView, Failure> {
+        let p = ThrottleProxy::builder(&self.conn).path(path.clone())?.build().await?;
+        Ok(ThrottleView {
+            path: path.clone(),
+            id: p.id().await?,
+            kind: p.kind().await?,
+            target: p.target().await?,
+            down: p.down_limit().await?,
+            up: p.up_limit().await?,
+            down_backend: p.down_backend().await?,
+            up_backend: p.up_backend().await?,
+            pids: p.pids().await?,
+        })
+    }
+
+    pub async fn throttles(&self) -> Result<Vec<ThrottleView>, Failure> {
+        let mut out = Vec::new();
+        for path in self.manager.list_throttles().await? {
+            // A throttle may vanish between the listing and the read.
+            if let Ok(t) = self.throttle(&path).await {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A throttle id, the pid a pid throttle limits, or a name target.
+    pub async fn find(&self, what: &str) -> Result<ThrottleView, Failure> {
+        let all = self.throttles().await?;
+        let by_pid = |t: &&ThrottleView| matches!(t.kind.as_str(), "pid" | "tree") && t.target == what;
+        let by_id = |t: &&ThrottleView| what.parse::<u32>().is_ok_and(|id| t.id == id);
+        let by_value = |t: &&ThrottleView| t.target == what;
+        let hit = all.iter().find(by_pid).or_else(|| all.iter().find(by_id)).or_else(|| all.iter().find(by_value));
+        hit.cloned().ok_or_else(|| Failure::not_found(format!("no throttle matches '{what}' (see: throttlectl list)")))
+    }
+
+    /// Streams the manager's signals as lines (or JSON lines).
+    pub async fn monitor(&self, json: bool) -> Result<(), Failure> {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.chadthrottle")?
+            .interface("org.chadthrottle.Manager")?
+            .build();
+        let mut stream = zbus::MessageStream::for_match_rule(rule, &self.conn, None).await?;
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            let member = msg.header().member().map(|m| m.to_string()).unwrap_or_default();
+            let raw = msg.body();
+            let body: Option<zbus::zvariant::Structure<'_>> = raw.deserialize().ok();
+            let fields: Vec<String> =
+                body.map(|b| b.fields().iter().map(|f| f.to_string()).collect()).unwrap_or_default();
+            if json {
+                println!("{}", serde_json::json!({ "signal": member, "args": fields }));
+            } else {
+                println!("{member} {}", fields.join(" "));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong, for the user, with a distinct exit code.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    msg: String,
+    hint: Option<&'static str>,
+}
+
+/// Exit codes (documented in README): 1 other, 2 usage or invalid input,
+/// 3 not authorized, 4 not found, 5 daemon unreachable.
+impl Failure {
+    pub fn usage(msg: impl Into<String>) -> Failure {
+        Failure { code: 2, msg: msg.into(), hint: None }
+    }
+    pub fn not_found(msg: impl Into<String>) -> Failure {
+        Failure { code: 4, msg: msg.into(), hint: None }
+    }
+    pub fn unreachable(msg: impl Into<String>) -> Failure {
+        Failure { code: 5, msg: msg.into(), hint: Some("is chadthrottled running? try: systemctl start chadthrottled") }
+    }
+    pub fn other(e: impl std::fmt::Display) -> Failure {
+        Failure { code: 1, msg: e.to_string(), hint: None }
+    }
+
+    pub fn report(self) -> ExitCode {
+        eprintln!("throttlectl: {}", self.msg);
+        if let Some(h) = self.hint {
+            eprintln!("hint: {h}");
+        }
+        ExitCode::from(self.code)
+    }
+}
+
+impl From<zbus::Error> for Failure {
+    fn from(e: zbus::Error) -> Failure {
+        let zbus::Error::MethodError(name, msg, _) = &e else {
+            return Failure::other(e);
+        };
+        let text = msg.clone().unwrap_or_else(|| name.to_string());
+        match name.as_str() {
+            "org.chadthrottle.Error.NotAuthorized" => Failure {
+                code: 3,
+                msg: text,
+                hint: Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
+            },
+            "org.chadthrottle.Error.NoSuchProcess" | "org.chadthrottle.Error.NoSuchThrottle" => {
+                Failure::not_found(text)
+            }
+            "org.chadthrottle.Error.InvalidArgument"
+            | "org.chadthrottle.Error.UnknownBackend"
+            | "org.chadthrottle.Error.BackendUnavailable"
+            | "org.freedesktop.DBus.Error.InvalidArgs" => Failure::usage(text),
+            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                Failure::unreachable(format!("chadthrottled is not on the bus ({text})"))
+            }
+            _ => Failure::other(text),
+        }
+    }
+}
+
+impl From<zbus::fdo::Error> for Failure {
+    fn from(e: zbus::fdo::Error) -> Failure {
+        Failure::from(zbus::Error::from(e))
+    }
+}
