@@ -9,7 +9,10 @@ use std::{
 };
 
 use common::*;
-use throttled::testing::bus::{dbus_dir, PrivateBus};
+use throttled::{
+    dbus::polkit::ACTIONS,
+    testing::bus::{dbus_dir, test_user, Polkit, PrivateBus},
+};
 
 const MGR: &str = "org.chadthrottle.Manager";
 
@@ -17,17 +20,27 @@ const MGR: &str = "org.chadthrottle.Manager";
 /// interface that does not exist, so no host interface is ever shaped.
 struct Api {
     daemon: Daemon,
+    _polkit: Option<Polkit>,
     bus: PrivateBus,
     _dir: ScratchDir,
 }
 
 impl Api {
     fn start(tag: &str) -> Option<Api> {
+        Self::start_with(tag, None)
+    }
+
+    /// With `rules`, a real polkitd with those JS rules decides for non-root callers.
+    fn start_with(tag: &str, rules: Option<&str>) -> Option<Api> {
         if which("gdbus").is_none() || which("busctl").is_none() {
             throttled::testing::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
             return None;
         }
         let bus = PrivateBus::start(tag)?;
+        let polkit = match rules {
+            Some(r) => Some(Polkit::start(&bus, r)?),
+            None => None,
+        };
         let dir = ScratchDir::new(&format!("api-{tag}"));
         let conf = dir.path.join("chadthrottled.toml");
         let state = dir.path.join("state");
@@ -35,7 +48,7 @@ impl Api {
             .unwrap();
         let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())];
         let daemon = Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env);
-        Some(Api { daemon, bus, _dir: dir })
+        Some(Api { daemon, _polkit: polkit, bus, _dir: dir })
     }
 
     /// `gdbus call` on the daemon: Ok(stdout) or Err(the error text, with its name).
@@ -263,4 +276,150 @@ fn shipped_bus_files_are_valid() {
     }
     let svc = std::fs::read_to_string(dbus_dir().join("org.chadthrottle.service")).unwrap();
     assert!(svc.contains("Name=org.chadthrottle") && svc.contains("SystemdService=chadthrottled.service"));
+}
+
+/// test users: one polkit allows to limit its own processes, one it denies.
+const RULES: &str = r#"polkit.addRule(function(action, subject) {
+  if (action.id == "org.chadthrottle.limit-own" && subject.user == "ct-test-allow") return polkit.Result.YES;
+  if (action.id.indexOf("org.chadthrottle.") == 0 && action.id != "org.chadthrottle.observe"
+      && subject.user == "ct-test-deny") return polkit.Result.NO;
+});"#;
+
+fn throttlectl() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_chadthrottled")).with_file_name("throttlectl");
+    assert!(p.exists(), "{} is not built (scripts/test.sh builds the workspace first)", p.display());
+    p
+}
+
+/// Runs a command as `uid` (setpriv, no supplementary groups); returns
+/// (exit code, stdout + stderr).
+fn as_user<S: AsRef<str>>(uid: (u32, u32), bus: &PrivateBus, prog: &std::path::Path, args: &[S]) -> (i32, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid", &uid.0.to_string(), "--regid", &uid.1.to_string(), "--clear-groups"])
+        .arg(prog)
+        .args(args.iter().map(AsRef::as_ref))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn sleeper_as(uid: (u32, u32)) -> Sleeper {
+    let ids = [uid.0.to_string(), uid.1.to_string()];
+    let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "sleep", "60"];
+    Sleeper(Command::new("setpriv").args(args).spawn().unwrap())
+}
+
+/// A real polkitd decides: a user may limit their own process but not
+/// root's; a denied user gets NotAuthorized; nothing changes on denial;
+/// busctl as the same users gets the same answers.
+#[test]
+fn polkit_decides_for_unprivileged_callers() {
+    let Some(_g) = begin() else { return };
+    let (allow, deny) = (test_user("ct-test-allow"), test_user("ct-test-deny"));
+    let Some(api) = Api::start_with("polkit", Some(RULES)) else { return };
+    let (own, theirs, roots) = (sleeper_as(allow), sleeper_as(deny), Sleeper::new());
+    let ctl = throttlectl();
+    let (code, out) = as_user(allow, &api.bus, &ctl, &["limit", &own.pid(), "--down", "1M"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = as_user(allow, &api.bus, &ctl, &["limit", &roots.pid(), "--down", "1M"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("limit-any"), "{out}");
+    let (code, out) = as_user(deny, &api.bus, &ctl, &["limit", &theirs.pid(), "--down", "1M"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("not authorized for org.chadthrottle.limit-own"), "{out}");
+    let busctl = which("busctl").unwrap();
+    let addr = format!("--address={}", api.bus.address());
+    let run = |uid, pid: &str| {
+        let call = [&addr, "call", "org.chadthrottle", "/org/chadthrottle", MGR, "Limit", "ssa{sv}", "pid", pid];
+        let args: Vec<&str> = call.into_iter().chain(["1", "down", "s", "2M"]).collect();
+        as_user(uid, &api.bus, &busctl, &args)
+    };
+    let (code, out) = run(allow, &own.pid());
+    assert_eq!(code, 0, "busctl as the allowed user on its own process: {out}");
+    let (code, out) = run(allow, &roots.pid());
+    assert_ne!(code, 0, "busctl as the allowed user on root's process: {out}");
+    assert!(out.contains("limit-any"), "{out}");
+    let (code, out) = run(deny, &theirs.pid());
+    assert_ne!(code, 0, "{out}");
+    let list = api.manager("ListThrottles", &[]).unwrap();
+    assert_eq!(list.matches("/org/chadthrottle/throttles/").count(), 1, "a denied call changed state: {list}");
+    let (code, out) = as_user(deny, &api.bus, &ctl, &["list"]);
+    assert_eq!(code, 0, "observe is open to everyone: {out}");
+    let (code, out) = as_user(deny, &api.bus, &ctl, &["reload"]);
+    assert_eq!(code, 3, "{out}");
+    let _ = theirs;
+}
+
+/// Without polkit on the bus only root is allowed, and the error says why.
+#[test]
+fn without_polkit_only_root_is_allowed() {
+    let Some(_g) = begin() else { return };
+    let allow = test_user("ct-test-allow");
+    let Some(api) = Api::start("nopolkit") else { return };
+    let own = sleeper_as(allow);
+    let (code, out) = as_user(allow, &api.bus, &throttlectl(), &["limit", &own.pid(), "--down", "1M"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("polkit is unavailable"), "{out}");
+    assert!(api.limit("pid", &own.pid(), "{'down': <'1M'>}").is_ok(), "root is always allowed");
+}
+
+/// The bus policy lets only root own org.chadthrottle.
+#[test]
+fn only_root_may_own_the_name() {
+    let Some(_g) = begin() else { return };
+    let deny = test_user("ct-test-deny");
+    let Some(bus) = PrivateBus::start("own") else { return };
+    let gdbus = which("gdbus").unwrap();
+    let req = [
+        "call",
+        "--address",
+        bus.address(),
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+    ];
+    let method = ["--method", "org.freedesktop.DBus.RequestName", "org.chadthrottle", "0"];
+    let args: Vec<&str> = req.iter().chain(method.iter()).copied().collect();
+    let (code, out) = as_user(deny, &bus, &gdbus, &args);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("AccessDenied"), "{out}");
+    let (code, out) = as_user((0, 0), &bus, &gdbus, &args);
+    assert_eq!(code, 0, "root may own it: {out}");
+}
+
+/// Every action the daemon asks polkit about is declared in the policy,
+/// and the policy is valid against polkit's DTD.
+#[test]
+fn polkit_actions_are_declared_and_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let policy = std::fs::read_to_string(dir.join("../polkit/org.chadthrottle.policy")).unwrap();
+    let mut used: Vec<String> = Vec::new();
+    for f in ["src/dbus/polkit.rs", "src/dbus/service.rs", "src/dbus/throttle.rs"] {
+        let src = std::fs::read_to_string(dir.join(f)).unwrap();
+        for (i, _) in src.match_indices("\"org.chadthrottle.") {
+            let id: String = src[i + 1..].chars().take_while(|c| *c != '"').collect();
+            if !id.contains("Error") && id.chars().nth(17).is_some_and(|c| c.is_ascii_lowercase()) {
+                used.push(id);
+            }
+        }
+    }
+    used.extend(ACTIONS.iter().map(|s| s.to_string()));
+    assert!(used.len() >= 4, "{used:?}");
+    for id in used {
+        assert!(policy.contains(&format!("<action id=\"{id}\">")), "{id} is used but not in the .policy file");
+    }
+    let Some(xmllint) = which("xmllint") else {
+        throttled::testing::missing("xmllint is not installed (run scripts/bootstrap.sh)");
+        return;
+    };
+    let dtd = "/usr/share/polkit-1/policyconfig-1.dtd";
+    let mut cmd = Command::new(xmllint);
+    cmd.arg("--noout");
+    if std::path::Path::new(dtd).exists() {
+        cmd.args(["--dtdvalid", dtd]);
+    }
+    assert!(cmd.arg(dir.join("../polkit/org.chadthrottle.policy")).status().unwrap().success());
 }

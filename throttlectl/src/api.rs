@@ -14,14 +14,20 @@ use zbus::{
     default_path = "/org/chadthrottle"
 )]
 pub trait Manager {
+    #[zbus(allow_interactive_auth)]
     fn limit(&self, kind: &str, target: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(allow_interactive_auth)]
     fn remove(&self, throttle: &ObjectPath<'_>) -> zbus::Result<()>;
     fn list_throttles(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
     fn list_backends(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    #[zbus(allow_interactive_auth)]
     fn set_default_backend(&self, direction: &str, backend: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
     fn migrate(&self, throttle: &ObjectPath<'_>, direction: &str, backend: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
     fn migrate_backend(&self, from: &str, to: &str) -> zbus::Result<u32>;
     fn get_stats(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+    #[zbus(allow_interactive_auth)]
     fn reload(&self) -> zbus::Result<()>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

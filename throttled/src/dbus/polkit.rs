@@ -65,8 +65,11 @@ pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Res
         .map_err(|e| Error::NotAuthorized(format!("{action}: polkit failed: {e}")))?;
     match (ok, challenge) {
         (true, _) => Ok(()),
+        (false, true) if interactive => Err(Error::NotAuthorized(format!(
+            "{action} needs authentication, and no polkit authentication agent answered"
+        ))),
         (false, true) => Err(Error::NotAuthorized(format!(
-            "{action} needs authentication; retry allowing interactive authorization"
+            "{action} needs authentication; call again allowing interactive authorization"
         ))),
         (false, false) => Err(Error::NotAuthorized(format!("not authorized for {action}"))),
     }

@@ -9,7 +9,7 @@ use std::{
 use super::{lab::which, missing, ScratchDir};
 
 pub struct PrivateBus {
-    pid: u32,
+    child: std::process::Child,
     address: String,
     _dir: ScratchDir,
 }
@@ -63,17 +63,19 @@ impl PrivateBus {
         }
         let conf = dir.path.join("bus.conf");
         std::fs::write(&conf, CONFIG.replace("@DIR@", &d)).unwrap();
-        let out = Command::new(daemon)
+        // In the foreground, so that dropping it also reaps it.
+        let mut child = Command::new(daemon)
             .arg(format!("--config-file={}", conf.display()))
-            .args(["--fork", "--print-address=1", "--print-pid=1"])
-            .output()
+            .args(["--nofork", "--print-address=1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(out.status.success(), "dbus-daemon: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        let address = lines.next().unwrap_or_default().trim().to_string();
-        let pid = lines.next().and_then(|p| p.trim().parse().ok()).expect("dbus-daemon pid");
-        Some(PrivateBus { pid, address, _dir: dir })
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let address = line.trim().to_string();
+        assert!(!address.is_empty(), "dbus-daemon printed no address");
+        Some(PrivateBus { child, address, _dir: dir })
     }
 
     pub fn address(&self) -> &str {
@@ -92,7 +94,79 @@ impl PrivateBus {
 
 impl Drop for PrivateBus {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) on the daemon we started.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// A real polkitd on a private bus, with our actions and the given JS
+/// rules. It starts as root and drops to its own user by itself. It runs
+/// in its own mount namespace, where a scratch directory is
+/// bind-mounted over the actions and rules directories; the host's are
+/// never touched.
+pub struct Polkit {
+    child: std::process::Child,
+    _dir: ScratchDir,
+}
+
+const POLKITD: &str = "/usr/lib/polkit-1/polkitd";
+
+impl Polkit {
+    pub fn start(bus: &PrivateBus, rules_js: &str) -> Option<Polkit> {
+        if !Path::new(POLKITD).exists() || which("unshare").is_none() {
+            missing("polkitd and unshare are needed (run scripts/bootstrap.sh)");
+            return None;
+        }
+        let dir = ScratchDir::new("polkit");
+        let (actions, rules) = (dir.path.join("actions"), dir.path.join("rules"));
+        std::fs::create_dir_all(&actions).unwrap();
+        std::fs::create_dir_all(&rules).unwrap();
+        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../polkit/org.chadthrottle.policy");
+        std::fs::copy(policy, actions.join("org.chadthrottle.policy")).unwrap();
+        std::fs::write(rules.join("10-chadthrottle-test.rules"), rules_js).unwrap();
+        let script = format!(
+            "mount --make-rprivate / && mount --bind {a} /usr/share/polkit-1/actions && \
+             mount --bind {r} /etc/polkit-1/rules.d && \
+             exec {POLKITD} --no-debug",
+            a = actions.display(),
+            r = rules.display()
+        );
+        let child = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Polkit { child, _dir: dir };
+        let owned = super::lab::wait_until(std::time::Duration::from_secs(10), || {
+            bus.busctl(&["status", "org.freedesktop.PolicyKit1"]).is_ok()
+        });
+        assert!(owned, "polkitd did not appear on the private bus");
+        Some(p)
+    }
+}
+
+impl Drop for Polkit {
+    fn drop(&mut self) {
+        // polkitd is the exec'd child (same pid); the mounts die with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A system user for tests (created once; no home, no login).
+pub fn test_user(name: &str) -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok()
+    };
+    if id("-u").is_none() {
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "useradd {name} failed");
+    }
+    (id("-u").unwrap(), id("-g").unwrap())
 }
