@@ -8,10 +8,21 @@ cd "$(dirname "$0")/.."
 PREFIX="${PREFIX:-/usr/local}"
 DESTDIR="${DESTDIR:-}"
 bash scripts/bootstrap.sh
-cargo build --release --workspace
+gen="$PWD/target/release/generated"
+THROTTLECTL_GEN_DIR="$gen" cargo build --release --workspace
 install -Dm755 target/release/chadthrottled "$DESTDIR$PREFIX/sbin/chadthrottled"
 install -Dm755 target/release/throttlectl "$DESTDIR$PREFIX/bin/throttlectl"
-echo "install: binaries in $DESTDIR$PREFIX/sbin and $DESTDIR$PREFIX/bin"
+share="$DESTDIR$PREFIX/share"
+install -Dm644 dbus/org.chadthrottle.conf "$share/dbus-1/system.d/org.chadthrottle.conf"
+install -Dm644 dbus/org.chadthrottle.service "$share/dbus-1/system-services/org.chadthrottle.service"
+install -Dm644 dbus/org.chadthrottle.Manager.xml "$share/dbus-1/interfaces/org.chadthrottle.Manager.xml"
+install -Dm644 dbus/org.chadthrottle.Throttle.xml "$share/dbus-1/interfaces/org.chadthrottle.Throttle.xml"
+install -Dm644 polkit/org.chadthrottle.policy "$share/polkit-1/actions/org.chadthrottle.policy"
+install -Dm644 "$gen/throttlectl.1" "$share/man/man1/throttlectl.1"
+install -Dm644 "$gen/throttlectl.bash" "$share/bash-completion/completions/throttlectl"
+install -Dm644 "$gen/_throttlectl" "$share/zsh/site-functions/_throttlectl"
+install -Dm644 "$gen/throttlectl.fish" "$share/fish/vendor_completions.d/throttlectl.fish"
+echo "install: binaries in $DESTDIR$PREFIX/sbin and $DESTDIR$PREFIX/bin; bus, polkit, man and completion files in $share"
 [ -z "$DESTDIR" ] || exit 0
 
 if [ -f /run/chadthrottled.pid ] && kill -0 "$(cat /run/chadthrottled.pid)" 2>/dev/null; then

@@ -103,8 +103,13 @@ fn name_target_limits_a_new_client_from_the_start() {
     lab.server(5201);
     let dir = ScratchDir::new("name-traffic");
     let m = start(&dir, &[]);
-    m.limit(Target::name("ct-client-120").unwrap(), &spec(None, Some("2M"), Some("ebpf"))).unwrap();
-    let r = lab.client("ct-client-120", 5201, 6, false).wait();
+    let id = m.limit(Target::name("ct-client-120").unwrap(), &spec(None, Some("2M"), Some("ebpf"))).unwrap();
+    let c = lab.client("ct-client-120", 5201, 6, false);
+    std::thread::sleep(Duration::from_secs(5));
+    let current = m.info(id).unwrap().directions[&Direction::Up].current as f64 / (2.0 * MIB);
+    let r = c.wait();
+    eprintln!("rolling rate / limit: {current:.3}");
+    assert!((0.9..=1.1).contains(&current), "the rolling rate says {current:.3} of the limit");
     eprintln!("per second: {:?}", r.intervals.iter().map(|b| b / MIB).collect::<Vec<_>>());
     assert!(r.intervals[0] <= 2.0 * MIB * 1.10, "the first second ran at {:.2} MiB/s", r.intervals[0] / MIB);
     assert_accurate("name throttle, new client", r.mean(1, 6), 2.0 * MIB);

@@ -112,6 +112,7 @@ fn every_manager_method_over_the_bus() {
     assert_eq!(api.prop(&path, t, "DownLimit"), "t 1048576");
     assert_eq!(api.prop(&path, t, "DownBackend"), "s \"ebpf\"");
     assert_eq!(api.prop(&path, t, "Kind"), "s \"pid\"");
+    assert_eq!(api.prop(&path, t, "DownRate"), "t 0", "an idle process passes nothing");
     assert_eq!(api.prop(&path, t, "Pids"), format!("au 1 {}", s.pid()));
     // Limiting again changes in place: same path.
     assert_eq!(object_path(&api.limit("pid", &s.pid(), "{'down': <uint64 2097152>}").unwrap()), path);

@@ -1,97 +1,19 @@
 //! throttlectl: a thin client of chadthrottled's D-Bus API. No kernel
 //! access of its own; every decision is the daemon's.
 mod api;
+mod cli;
 mod output;
 
 use std::{collections::HashMap, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use throttle_common::rate::Rate;
 use zbus::zvariant::Value;
 
-use crate::api::{Client, Failure};
-
-#[derive(Parser)]
-#[command(name = "throttlectl", version, about = "Control chadthrottled, the per-process bandwidth limiter")]
-struct Cli {
-    /// Machine-readable output (JSON).
-    #[arg(long, global = true)]
-    json: bool,
-    /// Which bus: system (default), session, or a D-Bus address.
-    #[arg(long, global = true, default_value = "system")]
-    bus: String,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Limit a process (a number is a pid) or every process of a name.
-    Limit {
-        /// pid or process name (optional with --exe, --unit or --cgroup)
-        target: Option<String>,
-        /// Download limit, e.g. 1M, 512K, 10mbit.
-        #[arg(long)]
-        down: Option<Rate>,
-        /// Upload limit.
-        #[arg(long)]
-        up: Option<Rate>,
-        /// Backend for both directions (ebpf, tc_htb, ifb_tc).
-        #[arg(long, conflicts_with_all = ["down_backend", "up_backend"])]
-        backend: Option<String>,
-        #[arg(long)]
-        down_backend: Option<String>,
-        #[arg(long)]
-        up_backend: Option<String>,
-        /// With a pid: also its descendants, present and future.
-        #[arg(long)]
-        tree: bool,
-        /// Every process running this executable.
-        #[arg(long, conflicts_with_all = ["unit", "cgroup"])]
-        exe: Option<String>,
-        /// Every process in this systemd unit.
-        #[arg(long, conflicts_with = "cgroup")]
-        unit: Option<String>,
-        /// Every process in this cgroup (v2 path).
-        #[arg(long)]
-        cgroup: Option<String>,
-    },
-    /// Remove a throttle: by throttle id, by the pid it limits, or by name.
-    Unlimit { target: String },
-    /// List throttles.
-    List,
-    /// List backends: ⭐ default, ✅/❌ availability, priority, active count.
-    Backends,
-    /// Set the default backend for new throttles.
-    Default {
-        #[arg(long)]
-        up: Option<String>,
-        #[arg(long)]
-        down: Option<String>,
-    },
-    /// Move a throttle (or, with --from, every throttle of a backend) to a backend.
-    Migrate {
-        /// Throttle id (omit with --from).
-        id: Option<u32>,
-        #[arg(long)]
-        to: String,
-        #[arg(long)]
-        from: Option<String>,
-        /// up or down (default: both).
-        #[arg(long)]
-        direction: Option<String>,
-    },
-    /// Daemon-wide numbers.
-    Stats,
-    /// Print the daemon's signals as lines, until interrupted.
-    Monitor,
-    /// Whether the daemon runs, its version and defaults.
-    Status,
-    /// Re-read the config and rules.
-    Reload,
-    /// Parse a rate the way the daemon does and print it in bytes per second.
-    Rate { rate: String },
-}
+use crate::{
+    api::{Client, Failure},
+    cli::{Cli, Cmd},
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -194,5 +116,38 @@ fn target_of(
         (None, Some(_)) if tree => Err(Failure::usage("--tree needs a pid")),
         (None, Some(t)) => Ok(("name", t)),
         (None, None) => Err(Failure::usage("give a pid or a process name (or --exe/--unit/--cgroup)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_pids_and_words_are_names() {
+        let t = |s: &str, tree| target_of(Some(s.into()), tree, None, None, None).map_err(|_| ());
+        assert_eq!(t("1234", false), Ok(("pid", "1234".into())));
+        assert_eq!(t("1234", true), Ok(("tree", "1234".into())));
+        assert_eq!(t("firefox", false), Ok(("name", "firefox".into())));
+        assert!(t("firefox", true).is_err());
+        let unit = target_of(None, false, None, Some("backup.service".into()), None).map_err(|_| ());
+        assert_eq!(unit, Ok(("unit", "backup.service".into())));
+        assert!(target_of(Some("x".into()), false, Some("/bin/x".into()), None, None).is_err());
+        assert!(target_of(None, false, None, None, None).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_page_are_generated_at_build_time() {
+        let dir = env!("OUT_DIR");
+        for f in ["throttlectl.bash", "_throttlectl", "throttlectl.fish", "throttlectl.1"] {
+            let text = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+            assert!(text.contains("limit") && text.contains("backends"), "{f}");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -26,6 +26,10 @@ impl ThrottleIface {
         blocking(&self.mgr, move |m| m.info(id)).await
     }
 
+    async fn current(&self, d: Direction) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await.map_err(fdo)?.directions.get(&d).map_or(0, |s| s.current))
+    }
+
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
         let info = self.info().await.map_err(fdo)?;
         Ok(info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string())))
@@ -105,6 +109,19 @@ impl ThrottleIface {
     #[zbus(property)]
     async fn up_backend(&self) -> zbus::fdo::Result<String> {
         Ok(self.direction(Direction::Up).await?.1)
+    }
+
+    /// Bytes per second passed for download over the last 5 s (pull-only:
+    /// read it when you need it; no PropertiesChanged).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn down_rate(&self) -> zbus::fdo::Result<u64> {
+        self.current(Direction::Down).await
+    }
+
+    /// As DownRate, for upload.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn up_rate(&self) -> zbus::fdo::Result<u64> {
+        self.current(Direction::Up).await
     }
 
     /// Processes this throttle limits now.

@@ -76,6 +76,8 @@ pub struct Core {
     pub overrides: super::Overrides,
     /// Live listeners (the D-Bus layer turns events into signals).
     pub subscribers: Vec<std::sync::mpsc::Sender<Event>>,
+    /// Rolling rate per throttle and direction.
+    pub rates: HashMap<(ThrottleId, Direction), super::rates::RateWindow>,
     pub _lock: InstanceLock,
 }
 
@@ -95,6 +97,7 @@ impl Core {
             runtime_defaults: Defaults::default(),
             overrides: Default::default(),
             subscribers: Vec::new(),
+            rates: HashMap::new(),
             _lock: lock,
         }
     }
@@ -308,6 +311,7 @@ impl Core {
             first_err = first_err.and(self.release(b, slot, dir));
         }
         self.throttles.remove(&id);
+        self.rates.retain(|(t, _), _| *t != id);
         self.emit(Event::ThrottleRemoved { id, reason });
         tracing::info!(throttle = id, ?reason, "throttle removed");
         first_err
@@ -546,6 +550,19 @@ impl Core {
         self.throttles.iter().flat_map(on).collect()
     }
 
+    /// Reads every limit's byte counter into its rolling window.
+    pub fn sample_rates(&mut self) {
+        let now = std::time::Instant::now();
+        let ctx = Context { datapath: &mut self.datapath };
+        for (&id, t) in &self.throttles {
+            for (&dir, l) in &t.limits {
+                if let Ok(c) = self.pool.backends[l.backend].stats(&ctx, l.slot, dir) {
+                    self.rates.entry((id, dir)).or_default().push(now, c.pass_bytes, super::rates::WINDOW);
+                }
+            }
+        }
+    }
+
     pub fn info(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let ctx = Context { datapath: &mut self.datapath };
@@ -553,7 +570,8 @@ impl Core {
         for (&dir, l) in &t.limits {
             let b = &self.pool.backends[l.backend];
             let counters = b.stats(&ctx, l.slot, dir)?;
-            directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters });
+            let current = self.rates.get(&(id, dir)).map_or(0, |w| w.rate());
+            directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters, current });
         }
         let covered = t.covered.iter().copied().collect();
         Ok(ThrottleInfo { id, target: t.target.clone(), origin: t.origin.clone(), covered, directions })

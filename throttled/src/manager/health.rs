@@ -101,9 +101,13 @@ fn lock(core: &Mutex<Core>) -> std::sync::MutexGuard<'_, Core> {
 }
 
 pub fn run_checks(core: &Mutex<Core>, stop: &AtomicBool) {
-    let mut last = Instant::now();
+    let (mut last, mut sampled) = (Instant::now(), Instant::now());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
+        if sampled.elapsed() >= Duration::from_secs(1) {
+            lock(core).sample_rates();
+            sampled = Instant::now();
+        }
         let interval = lock(core).config.health.interval;
         if last.elapsed() >= interval {
             lock(core).periodic();

@@ -6,6 +6,7 @@ mod core;
 mod coverage;
 mod health;
 mod pool;
+mod rates;
 mod restore;
 
 use std::{
@@ -146,6 +147,8 @@ pub struct DirectionStats {
     pub backend: &'static str,
     pub rate: Rate,
     pub counters: Counters,
+    /// Bytes per second passed over the last few seconds (rolling window).
+    pub current: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
