@@ -209,6 +209,9 @@ fn signals_reach_clients() {
     let mut s = Sleeper::new();
     let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
     api.manager("SetDefaultBackend", &["down", "ifb_tc"]).unwrap();
+    api.manager("Migrate", &[&path, "down", "ifb_tc"]).unwrap();
+    // The next health check (every 5 s) reports ifb_tc running.
+    std::thread::sleep(Duration::from_millis(5500));
     api.manager("Migrate", &[&path, "", "ebpf"]).unwrap();
     let _ = s.0.kill();
     let _ = s.0.wait();
@@ -220,6 +223,9 @@ fn signals_reach_clients() {
         format!("{MGR}.DefaultBackendChanged ('down', 'ifb_tc')"),
         format!("{MGR}.ThrottleRemoved (objectpath '{path}', 'process-exited')"),
         "DefaultDownloadBackend".to_string(),
+        format!("{MGR}.ThrottleMigrated (objectpath '{path}', 'down', 'ebpf', 'ifb_tc')"),
+        format!("{MGR}.ThrottleMigrated (objectpath '{path}', 'down', 'ifb_tc', 'ebpf')"),
+        format!("{MGR}.BackendHealthChanged ('ifb_tc', 'healthy', '')"),
         "org.freedesktop.DBus.ObjectManager.InterfacesAdded".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want} in:\n{out}");
@@ -350,6 +356,13 @@ fn polkit_decides_for_unprivileged_callers() {
     assert_eq!(code, 0, "observe is open to everyone: {out}");
     let (code, out) = as_user(deny, &api.bus, &ctl, &["reload"]);
     assert_eq!(code, 3, "{out}");
+    // A name can catch anyone's processes: limit-any, so root only here.
+    let name = ["limit", "ct-polkit-name", "--down", "1M", "--backend", "ebpf"];
+    let (code, out) = as_user(allow, &api.bus, &ctl, &name);
+    assert_eq!(code, 3, "{out}");
+    let (code, out) = as_user((0, 0), &api.bus, &ctl, &name);
+    assert_eq!(code, 0, "root with polkit running: {out}");
+    assert!(out.contains("name ct-polkit-name"), "{out}");
     let _ = theirs;
 }
 
@@ -423,4 +436,44 @@ fn polkit_actions_are_declared_and_valid() {
         cmd.args(["--dtdvalid", dtd]);
     }
     assert!(cmd.arg(dir.join("../polkit/org.chadthrottle.policy")).status().unwrap().success());
+}
+
+/// Every throttlectl command as root, human and JSON, with exit codes.
+#[test]
+fn throttlectl_commands_end_to_end() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("ctl") else { return };
+    let dir = ScratchDir::new("ctl-bin");
+    let bin = dir.path.join("ct-ctl-app");
+    std::fs::copy(which("sleep").unwrap(), &bin).unwrap();
+    let mut app = Command::new(&bin).arg("60").spawn().unwrap();
+    let ctl = throttlectl();
+    let run = |args: &[&str]| as_user((0, 0), &api.bus, &ctl, args);
+    let ok = |args: &[&str]| {
+        let (code, out) = run(args);
+        assert_eq!(code, 0, "throttlectl {args:?}: {out}");
+        out
+    };
+    assert!(ok(&["limit", "ct-ctl-app", "--down", "1M", "--backend", "ebpf"]).contains("throttle 1: name ct-ctl-app"));
+    let list: serde_json::Value = serde_json::from_str(&ok(&["--json", "list"])).unwrap();
+    assert_eq!(list[0]["down"], 1048576);
+    assert_eq!(list[0]["pids"][0], app.id());
+    let backends: serde_json::Value = serde_json::from_str(&ok(&["--json", "backends"])).unwrap();
+    assert_eq!(backends.as_array().unwrap().len(), 3);
+    assert!(ok(&["backends"]).contains("⭐ ebpf"));
+    assert!(ok(&["default", "--down", "ifb_tc"]).contains("New throttles will use 'ifb_tc' for download"));
+    assert!(ok(&["migrate", "1", "--to", "ifb_tc"]).contains("now on 'ifb_tc'"));
+    assert!(ok(&["migrate", "--from", "ifb_tc", "--to", "ebpf"]).contains("moved 1 throttle"));
+    assert!(ok(&["stats"]).contains("throttles: 1"));
+    assert!(ok(&["status"]).contains("is running: 1 throttle on ebpf"));
+    ok(&["reload"]);
+    assert_eq!(run(&["limit", "ct-ctl-app", "--down", "1Q"]).0, 2, "bad rate");
+    assert_eq!(run(&["limit", "ct-ctl-app", "--down", "1M", "--backend", "nope"]).0, 2, "unknown backend");
+    assert_eq!(run(&["limit", "4194304", "--down", "1M"]).0, 4, "no such process");
+    assert_eq!(run(&["unlimit", "nothing"]).0, 4, "no such throttle");
+    assert_eq!(run(&["--bus", "unix:path=/nonexistent", "status"]).0, 5, "unreachable");
+    assert!(ok(&["unlimit", "ct-ctl-app"]).contains("removed throttle 1"));
+    assert_eq!(ok(&["list"]).trim(), "no throttles");
+    let _ = app.kill();
+    let _ = app.wait();
 }

@@ -75,8 +75,8 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Resul
         }
         Event::ThrottleChanged { id } => throttle_changed(conn, id).await,
         Event::ThrottleMigrated { id, direction, from, to } => {
-            throttle_changed(conn, id).await?;
-            emitter.throttle_migrated(path(id)?, direction_name(direction), from, to).await
+            emitter.throttle_migrated(path(id)?, direction_name(direction), from, to).await?;
+            throttle_changed(conn, id).await
         }
         Event::DefaultChanged { direction, backend } => {
             let iface = conn.object_server().interface::<_, ManagerIface>(MANAGER_PATH).await?;
@@ -97,14 +97,22 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Resul
 }
 
 /// Limits or backends changed: tell watchers of the throttle's properties.
+/// The throttle may be gone by now (its process exited): then there is
+/// nothing left to tell, and that is not an error.
 async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()> {
     let Ok(iface) = conn.object_server().interface::<_, ThrottleIface>(args::throttle_path(id)).await else {
         return Ok(());
     };
     let t = iface.get().await;
     let e = iface.signal_emitter();
-    t.down_limit_changed(e).await?;
-    t.up_limit_changed(e).await?;
-    t.down_backend_changed(e).await?;
-    t.up_backend_changed(e).await
+    let sent = [
+        t.down_limit_changed(e).await,
+        t.up_limit_changed(e).await,
+        t.down_backend_changed(e).await,
+        t.up_backend_changed(e).await,
+    ];
+    if let Some(Err(err)) = sent.into_iter().find(Result::is_err) {
+        tracing::debug!(throttle = id, error = %err, "property change not sent");
+    }
+    Ok(())
 }
