@@ -27,11 +27,12 @@ struct Api {
 
 impl Api {
     fn start(tag: &str) -> Option<Api> {
-        Self::start_with(tag, None)
+        Self::start_with(tag, None, &[])
     }
 
-    /// With `rules`, a real polkitd with those JS rules decides for non-root callers.
-    fn start_with(tag: &str, rules: Option<&str>) -> Option<Api> {
+    /// With `rules`, a real polkitd with those JS rules decides for non-root
+    /// callers; `env` goes to the daemon.
+    fn start_with(tag: &str, rules: Option<&str>, env: &[(&str, &str)]) -> Option<Api> {
         if which("gdbus").is_none() || which("busctl").is_none() {
             throttled::testing::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
             return None;
@@ -42,12 +43,7 @@ impl Api {
             None => None,
         };
         let dir = ScratchDir::new(&format!("api-{tag}"));
-        let conf = dir.path.join("chadthrottled.toml");
-        let state = dir.path.join("state");
-        std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", state.display().to_string()))
-            .unwrap();
-        let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())];
-        let daemon = Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env);
+        let daemon = daemon_on(&bus, &dir, env);
         Some(Api { daemon, _polkit: polkit, bus, _dir: dir })
     }
 
@@ -76,6 +72,18 @@ impl Api {
     fn prop(&self, path: &str, iface: &str, name: &str) -> String {
         self.bus.busctl(&["get-property", "org.chadthrottle", path, iface, name]).unwrap().trim().to_string()
     }
+}
+
+/// The daemon on `bus`, with its state in `dir`; interface backends get an
+/// interface that does not exist, so no host interface is ever shaped.
+fn daemon_on(bus: &PrivateBus, dir: &ScratchDir, env: &[(&str, &str)]) -> Daemon {
+    let conf = dir.path.join("chadthrottled.toml");
+    let state = dir.path.join("state");
+    std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", state.display().to_string()))
+        .unwrap();
+    let env: Vec<(&str, &str)> =
+        [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())].into_iter().chain(env.iter().copied()).collect();
+    Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env)
 }
 
 /// The object path in gdbus's `(objectpath '/x',)`.
@@ -325,7 +333,7 @@ fn sleeper_as(uid: (u32, u32)) -> Sleeper {
 fn polkit_decides_for_unprivileged_callers() {
     let Some(_g) = begin() else { return };
     let (allow, deny) = (test_user("ct-test-allow"), test_user("ct-test-deny"));
-    let Some(api) = Api::start_with("polkit", Some(RULES)) else { return };
+    let Some(api) = Api::start_with("polkit", Some(RULES), &[]) else { return };
     let (own, theirs, roots) = (sleeper_as(allow), sleeper_as(deny), Sleeper::new());
     let ctl = throttlectl();
     let (code, out) = as_user(allow, &api.bus, &ctl, &["limit", &own.pid(), "--down", "1M"]);
@@ -476,4 +484,45 @@ fn throttlectl_commands_end_to_end() {
     assert_eq!(ok(&["list"]).trim(), "no throttles");
     let _ = app.kill();
     let _ = app.wait();
+}
+
+/// The sd_notify protocol: READY=1 (only once the name is owned) with a
+/// STATUS=, WATCHDOG=1 at half the requested interval, STOPPING=1 on SIGTERM.
+#[test]
+fn notifies_the_service_manager() {
+    let Some(_g) = begin() else { return };
+    let Some(bus) = PrivateBus::start("notify") else { return };
+    let dir = ScratchDir::new("notify");
+    let sock = dir.path.join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let addr = format!("--address={}", bus.address());
+    // Records every message; at READY=1 asks the bus whether the name is owned.
+    let reader = std::thread::spawn(move || {
+        let (mut msgs, mut owned_at_ready) = (Vec::new(), None);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rx.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("READY=1") && owned_at_ready.is_none() {
+                let st = Command::new("busctl").args([addr.as_str(), "status", "org.chadthrottle"]).output().unwrap();
+                owned_at_ready = Some(st.status.success());
+            }
+            let stop = m == "STOPPING=1";
+            msgs.push(m);
+            if stop {
+                break;
+            }
+        }
+        (msgs, owned_at_ready)
+    });
+    let sock_s = sock.to_str().unwrap().to_string();
+    let mut d = daemon_on(&bus, &dir, &[("NOTIFY_SOCKET", sock_s.as_str()), ("WATCHDOG_USEC", "1000000")]);
+    std::thread::sleep(Duration::from_millis(2600));
+    d.stop();
+    let (msgs, owned_at_ready) = reader.join().unwrap();
+    assert!(msgs[0].starts_with("READY=1\nSTATUS=no throttles"), "{msgs:?}");
+    assert_eq!(owned_at_ready, Some(true), "READY=1 came before the bus name was owned");
+    let pings = msgs.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 4, "{pings} watchdog pings in 2.6 s at a 0.5 s period: {msgs:?}");
+    assert_eq!(msgs.last().map(String::as_str), Some("STOPPING=1"), "{msgs:?}");
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dbus;
 pub mod kernel;
 pub mod manager;
+pub mod notify;
 pub mod state;
 pub mod target;
 pub mod testing;

@@ -2,13 +2,14 @@
 //! restores the saved throttles, and runs until SIGTERM/SIGINT, then removes
 //! every kernel object it made. SIGHUP reloads the config and rules.
 //! The API is served on the system bus as `org.chadthrottle`.
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use throttled::{
     config, dbus,
     manager::{LimitSpec, Manager, ManagerOptions, Overrides},
+    notify::Notifier,
     target::Target,
     Rate,
 };
@@ -102,29 +103,60 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let notify = Notifier::from_env();
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
+    let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
-        limit_from_args(&manager, &args, pid)?;
+        // Backends talk netlink synchronously: never on the async threads.
+        let m = manager.clone();
+        tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
-    let bus = if args.no_dbus { None } else { serve_bus(&manager).await };
+    let bus = if no_dbus { None } else { serve_bus(&manager).await };
+    // Ready only now: the name is owned and the saved throttles are back.
+    let mut status = manager.status();
+    notify.ready(&status);
     println!("ready");
+    let period = Notifier::watchdog_period().unwrap_or(Duration::from_secs(3600));
+    let mut watchdog = tokio::time::interval(period);
+    let mut refresh = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
+            _ = watchdog.tick() => {
+                // Pinged only when the core answers: a hung core gets restarted.
+                if core_answers(&manager, period).await {
+                    notify.watchdog();
+                }
+            }
+            _ = refresh.tick() => {
+                let now = manager.status();
+                if now != status {
+                    notify.status(&now);
+                    status = now;
+                }
+            }
             _ = hup.recv() => {
+                notify.reloading();
                 let m = manager.clone();
                 match tokio::task::spawn_blocking(move || m.reload().map(|_| m.status())).await? {
-                    Ok(status) => tracing::info!(status, "reloaded"),
+                    Ok(s) => tracing::info!(status = s, "reloaded"),
                     Err(e) => tracing::error!(error = %e, "reload failed; the running configuration is kept"),
                 }
+                notify.ready(&manager.status());
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down");
+    notify.stopping();
     drop(bus);
     tokio::task::spawn_blocking(move || manager.teardown()).await?.context("removing throttles")?;
     Ok(())
+}
+
+async fn core_answers(manager: &Arc<Manager>, within: Duration) -> bool {
+    let m = manager.clone();
+    matches!(tokio::time::timeout(within, tokio::task::spawn_blocking(move || m.status())).await, Ok(Ok(_)))
 }
 
 /// Without a system bus the daemon still enforces its rules; the API is

@@ -29,8 +29,13 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Connection> {
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;
-    for t in mgr.list() {
-        add_throttle(&conn, &mgr, t.id).await?;
+    // Listing reads backend counters (netlink): off the async threads.
+    let m = mgr.clone();
+    let ids = tokio::task::spawn_blocking(move || m.list().into_iter().map(|t| t.id).collect::<Vec<_>>())
+        .await
+        .map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    for id in ids {
+        add_throttle(&conn, &mgr, id).await?;
     }
     conn.request_name(BUS_NAME).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
