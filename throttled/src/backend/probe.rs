@@ -24,7 +24,8 @@ pub fn tc_features() -> &'static TcFeatures {
 fn probe_in_private_netns() -> TcFeatures {
     // This thread alone moves to a new, empty namespace, gone when it ends.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        let e = Err(format!("cannot create a probe namespace: {}", std::io::Error::last_os_error()));
+        let e =
+            Err(format!("cannot create a probe namespace (needs CAP_SYS_ADMIN): {}", std::io::Error::last_os_error()));
         return TcFeatures { htb: e.clone(), clsact: e.clone(), ifb: e };
     }
     let nl = match Netlink::new() {
@@ -36,7 +37,11 @@ fn probe_in_private_netns() -> TcFeatures {
     };
     let lo = nl.link_index("lo").ok().flatten().unwrap_or(1);
     let _ = nl.set_link_up(lo);
-    let why = |what: &str, e: crate::kernel::netlink::NetlinkError| format!("the kernel has no {what} ({e})");
+    // EPERM says nothing about the kernel: tell the truth about which it is.
+    let why = |what: &str, e: crate::kernel::netlink::NetlinkError| match e.errno() {
+        Some(libc::EPERM) | Some(libc::EACCES) => format!("not permitted to use {what}: needs CAP_NET_ADMIN ({e})"),
+        _ => format!("the kernel has no {what} ({e})"),
+    };
     TcFeatures {
         htb: nl.add_htb_root(lo, 1, 1).map_err(|e| why("HTB qdisc (sch_htb)", e)).and_then(|_| {
             nl.add_htb_class(lo, tc_handle(1, 1), tc_handle(1, 0), 1 << 20, 1 << 20, 1 << 16)
