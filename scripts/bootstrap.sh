@@ -7,7 +7,7 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-apt_pkgs=(iperf3 dbus-daemon dbus-bin polkitd pkexec libxml2-utils iproute2 bpftool
+apt_pkgs=(make curl ca-certificates gcc iperf3 dbus-daemon dbus-bin polkitd pkexec libxml2-utils iproute2 bpftool
           tmux util-linux libcap2-bin clang llvm procps python3 systemd libglib2.0-bin)
 need_apt=()
 for p in "${apt_pkgs[@]}"; do
@@ -24,7 +24,12 @@ fi
 # Debian hides bpftool under /usr/sbin; make sure it is on PATH for tests.
 command -v bpftool >/dev/null || { [ -x /usr/sbin/bpftool ] && export PATH="$PATH:/usr/sbin"; }
 
-command -v rustup >/dev/null || { log "rustup is required"; exit 1; }
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if ! command -v rustup >/dev/null; then
+  log "installing rustup and the stable toolchain"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain stable
+  . "$HOME/.cargo/env"
+fi
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "installing nightly toolchain"; rustup toolchain install nightly --profile minimal
 fi

@@ -65,3 +65,78 @@ fn unit_has_what_the_bus_and_manager_expect() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dbus/org.chadthrottle.service")).unwrap();
     assert!(svc.contains("SystemdService=chadthrottled.service"));
 }
+
+/// Fields of one journal native-protocol datagram (`KEY=value\n`, or
+/// `KEY\n` + little-endian u64 length + value + `\n` for binary values).
+fn journal_fields(mut d: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    while let Some(nl) = d.iter().position(|&b| b == b'\n') {
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.insert(String::from_utf8_lossy(&line[..eq]).into(), String::from_utf8_lossy(&line[eq + 1..]).into());
+            d = &d[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            let value = &d[nl + 9..nl + 9 + len];
+            out.insert(String::from_utf8_lossy(line).into(), String::from_utf8_lossy(value).into());
+            d = &d[(nl + 10 + len).min(d.len())..];
+        }
+    }
+    out
+}
+
+/// Under systemd (JOURNAL_STREAM names our stderr) the daemon logs to
+/// journald with structured fields. The test owns the "journald" socket,
+/// mounted over /run/systemd/journal in a private mount namespace.
+#[test]
+fn logs_reach_journald_with_structured_fields() {
+    use std::os::unix::{fs::MetadataExt as _, net::UnixDatagram};
+    let Some(_guard) = begin() else { return };
+    let dir = ScratchDir::new("journald");
+    let jdir = dir.path.join("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let sock = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let stderr = dir.path.join("stderr");
+    let meta = std::fs::File::create(&stderr).unwrap().metadata().unwrap();
+    let conf = dir.path.join("chadthrottled.toml");
+    std::fs::write(&conf, format!("state_dir = {:?}\n", dir.path.join("state").display().to_string())).unwrap();
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = target.id().to_string();
+    let script = r#"mount -t tmpfs ct-run /run && mkdir -p /run/systemd/journal &&
+        mount --bind "$0" /run/systemd/journal && exec "$@" 2>>"$CT_STDERR""#;
+    let daemon = env!("CARGO_BIN_EXE_chadthrottled");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut d = Daemon::start(
+        "unshare",
+        &["-m", "--propagation", "private", "sh", "-c", script, jdir.to_str().unwrap(), daemon]
+            .into_iter()
+            .chain(["--config", conf.to_str().unwrap(), "--no-dbus", "--pid", &pid, "--down", "1M"])
+            .chain(["--backend", "ebpf"])
+            .collect::<Vec<_>>(),
+        &[
+            ("JOURNAL_STREAM", stream.as_str()),
+            ("CT_STDERR", stderr.to_str().unwrap()),
+            ("RUST_LOG", "info,throttled::manager=debug"),
+        ],
+    );
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = sock.recv(&mut buf) {
+        entries.push(journal_fields(&buf[..n]));
+    }
+    d.stop();
+    let _ = target.kill();
+    let _ = target.wait();
+    let find = |msg: &str| entries.iter().find(|e| e.get("MESSAGE").is_some_and(|m| m == msg)).cloned();
+    let applied = find("limit applied").unwrap_or_else(|| panic!("no 'limit applied' entry in {entries:#?}"));
+    assert_eq!(applied.get("BACKEND").map(String::as_str), Some("ebpf"));
+    assert!(applied.contains_key("THROTTLE_ID"));
+    assert_eq!(applied.get("SYSLOG_IDENTIFIER").map(String::as_str), Some("chadthrottled"));
+    assert_eq!(applied.get("PRIORITY").map(String::as_str), Some("6"));
+    let covered = find("process covered").expect("no 'process covered' entry");
+    assert_eq!(covered.get("PID"), Some(&pid));
+    assert_eq!(covered.get("THROTTLE_ID"), applied.get("THROTTLE_ID"));
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!text.contains("limit applied"), "logs also went to stderr: {text}");
+}

@@ -1,5 +1,5 @@
-// The command line, shared with build.rs (completions and the man page
-// are generated from it at build time).
+// The command line. Completions and the man page are generated from it
+// at run time (`throttlectl completions`, `throttlectl manpage`).
 use clap::{Parser, Subcommand};
 use throttle_common::rate::Rate;
 
@@ -83,4 +83,9 @@ pub enum Cmd {
     Reload,
     /// Parse a rate the way the daemon does and print it in bytes per second.
     Rate { rate: String },
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
 }

@@ -6,7 +6,7 @@ mod output;
 
 use std::{collections::HashMap, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use throttle_common::rate::Rate;
 use zbus::zvariant::Value;
 
@@ -27,11 +27,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Commands that need no daemon.
+fn offline(cmd: &Cmd) -> Option<Result<(), Failure>> {
+    Some(match cmd {
+        Cmd::Rate { rate } => match rate.parse::<Rate>() {
+            Ok(r) => {
+                println!("{} B/s ({r})", r.bytes_per_sec());
+                Ok(())
+            }
+            Err(e) => Err(Failure::usage(format!("invalid rate '{rate}': {e}"))),
+        },
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "throttlectl", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Manpage => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Failure::other),
+        _ => return None,
+    })
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
-    if let Cmd::Rate { rate } = &cli.cmd {
-        let r: Rate = rate.parse().map_err(|e| Failure::usage(format!("invalid rate '{rate}': {e}")))?;
-        println!("{} B/s ({r})", r.bytes_per_sec());
-        return Ok(());
+    if let Some(done) = offline(&cli.cmd) {
+        return done;
     }
     let c = Client::connect(&cli.bus).await?;
     let json = cli.json;
@@ -95,7 +112,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             c.manager.reload().await.map_err(Failure::from)?;
             println!("reloaded");
         }
-        Cmd::Rate { .. } => unreachable!("handled above"),
+        Cmd::Rate { .. } | Cmd::Completions { .. } | Cmd::Manpage => unreachable!("handled offline"),
     }
     Ok(())
 }
@@ -134,15 +151,6 @@ mod tests {
         assert_eq!(unit, Ok(("unit", "backup.service".into())));
         assert!(target_of(Some("x".into()), false, Some("/bin/x".into()), None, None).is_err());
         assert!(target_of(None, false, None, None, None).is_err());
-    }
-
-    #[test]
-    fn completions_and_man_page_are_generated_at_build_time() {
-        let dir = env!("OUT_DIR");
-        for f in ["throttlectl.bash", "_throttlectl", "throttlectl.fish", "throttlectl.1"] {
-            let text = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
-            assert!(text.contains("limit") && text.contains("backends"), "{f}");
-        }
     }
 
     #[test]

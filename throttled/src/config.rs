@@ -341,6 +341,31 @@ fn rate(src: &Source<'_>, v: Option<&Spanned<toml::Value>>, field: &str) -> Resu
 mod tests {
     use super::*;
 
+    const SHIPPED: &str = include_str!("../../config/chadthrottled.toml");
+
+    #[test]
+    fn shipped_config_is_the_defaults() {
+        assert_eq!(parse_config(Path::new("shipped.toml"), SHIPPED).unwrap(), Config::default());
+    }
+
+    /// Every commented-out key is valid, and the documented defaults are the real ones.
+    #[test]
+    fn shipped_config_documents_the_real_defaults() {
+        let uncommented: String =
+            SHIPPED.lines().map(|l| if is_commented_key(l) { &l[1..] } else { l }).flat_map(|l| [l, "\n"]).collect();
+        let c = parse_config(Path::new("uncommented.toml"), &uncommented).unwrap();
+        let d = Config::default();
+        assert_eq!((c.state_dir, c.exempt_loopback, c.health), (d.state_dir, d.exempt_loopback, d.health));
+        assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
+    }
+
+    /// `#name = value` lines (not prose, not the indented rule example).
+    fn is_commented_key(l: &str) -> bool {
+        l.strip_prefix('#')
+            .and_then(|r| r.split_once(" = "))
+            .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    }
+
     struct Tmp(PathBuf);
 
     impl Tmp {

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod config;
 pub mod dbus;
 pub mod kernel;
+pub mod logging;
 pub mod manager;
 pub mod notify;
 pub mod state;

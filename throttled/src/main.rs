@@ -5,9 +5,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use throttled::{
     config, dbus,
+    logging::{self, LogTarget},
     manager::{LimitSpec, Manager, ManagerOptions, Overrides},
     notify::Notifier,
     target::Target,
@@ -16,7 +17,18 @@ use throttled::{
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
-#[command(name = "chadthrottled", version, about = "Per-process bandwidth limiting daemon")]
+#[command(
+    name = "chadthrottled",
+    version,
+    about = "Per-process bandwidth limiting daemon",
+    long_about = "Per-process bandwidth limiting daemon.\n\n\
+        chadthrottled limits the download and upload rate of processes, chosen by pid, name, \
+        executable, cgroup or systemd unit, with eBPF programs and HTB/IFB qdiscs it manages \
+        over netlink. It serves org.chadthrottle.Manager on the system bus, where throttlectl \
+        and desktop applets reach it; polkit decides who may do what. It normally runs under \
+        systemd (chadthrottled.service, Type=notify) and logs to journald; by hand it runs in \
+        the foreground and logs to stderr."
+)]
 struct Args {
     /// Config file; rules are read from rules.d/ next to it.
     #[arg(long, default_value = config::DEFAULT_CONFIG)]
@@ -36,8 +48,10 @@ struct Args {
     /// Backend for both directions (ebpf, tc_htb, ifb_tc); default: the configured or best available.
     #[arg(long)]
     backend: Option<String>,
+    /// Backend for the upload limit.
     #[arg(long)]
     up_backend: Option<String>,
+    /// Backend for the download limit.
     #[arg(long)]
     down_backend: Option<String>,
     /// Interface for tc_htb/ifb_tc to manage (repeatable); overrides the config.
@@ -52,13 +66,51 @@ struct Args {
     /// Do not serve the D-Bus API (rules and config still apply).
     #[arg(long)]
     no_dbus: bool,
+    /// Where logs go.
+    #[arg(long, value_enum, default_value = "auto")]
+    log_target: LogTarget,
+    /// Print the man page (roff) and exit.
+    #[arg(long, hide = true)]
+    manpage: bool,
 }
 
-fn init_logging(config_filter: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(config_filter.unwrap_or("info")))
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+/// Sections clap cannot derive: what a packager and an admin need to know.
+const MAN_EXTRA: &str = r#".SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Remove every throttle's kernel objects and exit. Throttles are saved and come back at the next start.
+.TP
+\fBSIGHUP\fR
+Reload the config and rules.d; a bad file keeps the running configuration.
+.SH FILES
+.TP
+\fI/etc/chadthrottle/chadthrottled.toml\fR
+The config: defaults per direction, interfaces, health policy, log filter.
+.TP
+\fI/etc/chadthrottle/rules.d/*.toml\fR
+Standing limits by name, executable, unit or cgroup.
+.TP
+\fI/var/lib/chadthrottle/\fR
+Saved throttles, saved root qdiscs, and the instance lock.
+.SH ENVIRONMENT
+.TP
+\fBRUST_LOG\fR
+Log filter; it wins over the config's \fIlog\fR.
+.TP
+\fBNOTIFY_SOCKET\fR, \fBWATCHDOG_USEC\fR, \fBJOURNAL_STREAM\fR
+Set by systemd: readiness and watchdog pings, and structured logs to journald.
+.SH EXIT STATUS
+0 after a clean shutdown, 78 for a bad config, 1 for any other failure to start.
+.SH SEE ALSO
+\fBthrottlectl\fR(1), \fBsystemd.exec\fR(5), \fBtc-htb\fR(8)
+"#;
+
+fn print_man_page() -> anyhow::Result<()> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Args::command()).section("8").render(&mut page)?;
+    page.extend_from_slice(MAN_EXTRA.as_bytes());
+    std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+    Ok(())
 }
 
 fn options(args: &Args) -> anyhow::Result<ManagerOptions> {
@@ -87,6 +139,9 @@ fn limit_from_args(manager: &Manager, args: &Args, pid: u32) -> anyhow::Result<(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.manpage {
+        return print_man_page();
+    }
     let opts = match options(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -94,7 +149,8 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(78); // EX_CONFIG
         }
     };
-    init_logging(opts.loaded.config.log.as_deref());
+    let sink = logging::init(args.log_target, opts.loaded.config.log.as_deref());
+    tracing::debug!(sink, "logging");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run(args, opts))
 }

@@ -118,11 +118,11 @@ impl Backend for EbpfBackend {
                 }
             };
             if let Err(e) = r {
-                tracing::debug!(tgid, error = %e, "could not tune an existing socket");
+                tracing::debug!(pid = tgid, error = %e, "could not tune an existing socket");
             }
         });
         if let Err(e) = res {
-            tracing::debug!(tgid, error = %e, "could not reach existing sockets");
+            tracing::debug!(pid = tgid, error = %e, "could not reach existing sockets");
         }
     }
 

@@ -117,7 +117,7 @@ async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()>
         t.up_backend_changed(e).await,
     ];
     if let Some(Err(err)) = sent.into_iter().find(Result::is_err) {
-        tracing::debug!(throttle = id, error = %err, "property change not sent");
+        tracing::debug!(throttle_id = id, error = %err, "property change not sent");
     }
     Ok(())
 }

@@ -178,7 +178,7 @@ impl Core {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
         let t = &self.throttles[&id];
-        tracing::info!(throttle = id, target = %t.target, down = ?spec.down, up = ?spec.up, processes = t.members.len(), "throttle added");
+        tracing::info!(throttle_id = id, target = %t.target, down = ?spec.down, up = ?spec.up, processes = t.members.len(), "throttle added");
         self.emit(Event::ThrottleAdded { id });
         Ok(())
     }
@@ -208,6 +208,7 @@ impl Core {
         if let Some(t) = self.throttles.get_mut(&id) {
             t.limits.insert(dir, Limit { slot, rate, backend });
         }
+        tracing::info!(throttle_id = id, direction = %dir, backend = self.pool.name(backend), %rate, "limit applied");
         Ok(())
     }
 
@@ -313,7 +314,7 @@ impl Core {
         self.throttles.remove(&id);
         self.rates.retain(|(t, _), _| *t != id);
         self.emit(Event::ThrottleRemoved { id, reason });
-        tracing::info!(throttle = id, ?reason, "throttle removed");
+        tracing::info!(throttle_id = id, ?reason, "throttle removed");
         first_err
     }
 
@@ -432,7 +433,7 @@ impl Core {
             self.datapath.set_proc(tgid, self.slots(new))
         };
         if let Err(e) = res {
-            tracing::warn!(tgid, error = %e, "could not update the process map");
+            tracing::warn!(pid = tgid, error = %e, "could not update the process map");
         }
         for dir in Direction::BOTH.into_iter().filter(|d| old.get(*d) != new.get(*d)) {
             self.cover(old.get(dir), dir, tgid, false);
@@ -454,6 +455,8 @@ impl Core {
     fn cover(&mut self, id: Option<ThrottleId>, dir: Direction, tgid: u32, joins: bool) {
         let Some(l) = id.and_then(|id| self.throttles.get(&id)?.limits.get(&dir)) else { return };
         let (slot, b, rate) = (l.slot, l.backend, joins.then_some(l.rate));
+        let what = if joins { "process covered" } else { "process released" };
+        tracing::debug!(throttle_id = id, pid = tgid, backend = self.pool.name(b), direction = %dir, "{what}");
         self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, rate);
     }
 
@@ -497,17 +500,17 @@ impl Core {
             self.pool.backends[to].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, Some(rate));
             let slots = self.procs.get(&tgid).map(|e| self.slots(e.assigned)).unwrap_or_default();
             if let Err(e) = self.datapath.set_proc(tgid, slots) {
-                tracing::warn!(tgid, error = %e, "could not move a process to the new slot");
+                tracing::warn!(pid = tgid, error = %e, "could not move a process to the new slot");
             }
         }
         for &tgid in &covered {
             self.pool.backends[from].cover(&mut Context { datapath: &mut self.datapath }, old_slot, dir, tgid, None);
         }
         if let Err(e) = self.release(from, old_slot, dir) {
-            tracing::warn!(throttle = id, backend = self.pool.name(from), error = %e, "old backend did not let go");
+            tracing::warn!(throttle_id = id, backend = self.pool.name(from), error = %e, "old backend did not let go");
         }
         let (from, to) = (self.pool.name(from), self.pool.name(to));
-        tracing::info!(throttle = id, direction = %dir, from, to, "throttle migrated");
+        tracing::info!(throttle_id = id, direction = %dir, from, to, "throttle migrated");
         self.emit(Event::ThrottleMigrated { id, direction: dir, from, to });
         Ok(())
     }
@@ -600,7 +603,7 @@ impl Core {
         let mut first = Ok(());
         for id in ids {
             if let Err(e) = self.remove(id, RemovalReason::Requested) {
-                tracing::warn!(throttle = id, error = %e, "cleanup failed");
+                tracing::warn!(throttle_id = id, error = %e, "cleanup failed");
                 first = first.and(Err(e));
             }
         }
@@ -665,7 +668,7 @@ impl Core {
     pub fn process_exited(&mut self, tgid: u32) {
         let Some(e) = self.procs.remove(&tgid) else { return };
         if let Err(err) = self.datapath.remove_proc(tgid) {
-            tracing::warn!(tgid, error = %err, "could not remove a process entry");
+            tracing::warn!(pid = tgid, error = %err, "could not remove a process entry");
         }
         for id in e.matches {
             let Some(t) = self.throttles.get_mut(&id) else { continue };

@@ -76,7 +76,7 @@ impl Core {
         for (id, dir) in self.limits_on(i) {
             let Some(to) = self.pool.best(dir, Some(i)) else { continue };
             if let Err(e) = self.migrate_limit(id, dir, to, None) {
-                tracing::error!(throttle = id, to = self.pool.name(to), error = %e, "failover failed");
+                tracing::error!(throttle_id = id, to = self.pool.name(to), error = %e, "failover failed");
             }
         }
         self.persist();

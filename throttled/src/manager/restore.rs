@@ -56,7 +56,7 @@ impl Core {
         for p in state.throttles {
             self.next_id = self.next_id.max(p.id + 1);
             if p.target.root().is_some_and(|r| !procfs::is_alive(&r)) {
-                tracing::info!(throttle = p.id, target = %p.target, "not restored: the process is gone");
+                tracing::info!(throttle_id = p.id, target = %p.target, "not restored: the process is gone");
                 continue;
             }
             let spec = LimitSpec {
@@ -67,7 +67,7 @@ impl Core {
                 backend: None,
             };
             let res = self.create(p.id, p.target.clone(), &spec, Origin::Runtime).or_else(|e| {
-                tracing::warn!(throttle = p.id, error = %e, "saved backend unusable; using the defaults");
+                tracing::warn!(throttle_id = p.id, error = %e, "saved backend unusable; using the defaults");
                 self.create(
                     p.id,
                     p.target.clone(),
@@ -76,8 +76,8 @@ impl Core {
                 )
             });
             match res {
-                Ok(()) => tracing::info!(throttle = p.id, target = %p.target, "restored"),
-                Err(e) => tracing::error!(throttle = p.id, target = %p.target, error = %e, "could not restore"),
+                Ok(()) => tracing::info!(throttle_id = p.id, target = %p.target, "restored"),
+                Err(e) => tracing::error!(throttle_id = p.id, target = %p.target, error = %e, "could not restore"),
             }
         }
     }
