@@ -79,7 +79,11 @@ stop_plain() {
   rm -f "$DAEMON_PID"
   [ "${1:-}" = quiet ] && return
   if alive "$BUS_PID"; then
-    kill "$(cat "$BUS_PID")"
+    local bus; bus=$(cat "$BUS_PID")
+    kill "$bus"
+    for _ in $(seq 1 20); do kill -0 "$bus" 2>/dev/null || break; sleep 0.25; done
+    # dbus-daemon leaves its socket and pid file behind; they were ours.
+    rm -f /run/dbus/system_bus_socket /run/dbus/pid
     say "stopped the system dbus-daemon this install had started"
   fi
   rm -f "$BUS_PID"

@@ -12,6 +12,7 @@ fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
 for f in /etc/chadthrottle /var/lib/chadthrottle; do
   [ ! -e "$f" ] || fail "$f exists (a real install?); refusing to touch it"
 done
+bus_before=$(ls /run/dbus/system_bus_socket 2>/dev/null || true)
 target=""
 cleanup() {
   [ -z "$target" ] || kill "$target" 2>/dev/null || true
@@ -48,5 +49,8 @@ for f in /etc/chadthrottle /var/lib/chadthrottle /var/log/chadthrottled.log /etc
   [ ! -e "$f" ] || fail "uninstall left $f"
 done
 ! pgrep -x chadthrottled >/dev/null || fail "chadthrottled still runs"
+if [ -z "$bus_before" ]; then
+  [ ! -e /run/dbus/system_bus_socket ] || fail "the system bus this install started left its socket"
+fi
 ! bpftool prog show 2>/dev/null | grep -q 'name ct_' || fail "eBPF programs left loaded"
 echo "smoke: ok"

@@ -14,7 +14,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The D-Bus tests drive the throttlectl binary too: build every binary first.
 cargo build --workspace
 # Kernel tests share the cgroup root and namespaces: run them one at a time.
+host_state_before=$(ls -d /var/lib/chadthrottle /etc/chadthrottle 2>/dev/null || true)
 cargo test --workspace -- --test-threads=1
+host_state_after=$(ls -d /var/lib/chadthrottle /etc/chadthrottle 2>/dev/null || true)
+if [ "$host_state_before" != "$host_state_after" ]; then
+  echo "test.sh: tests created host state (use a scratch --config and --state-dir): $host_state_after" >&2
+  exit 1
+fi
 
 # Every test must clean up after itself, even on failure.
 leftovers=$( { ip netns list | grep -E '^ct-' || true; ip -o link show | grep -oE '(ct-(veth|peer)[0-9]+|cti-[^:@]+)' || true;

@@ -76,17 +76,14 @@ fn assert_loaded() {
     }
 }
 
-fn daemon(args: &[&str]) -> std::process::Child {
-    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), args)
-}
-
 #[test]
 fn sigterm_leaves_nothing_attached() {
     let Some(_g) = begin() else { return };
     assert_nothing_left();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = target.id().to_string();
-    let mut d = daemon(&["--pid", &pid, "--down", "1M", "--up", "1M"]);
+    let state = ScratchDir::new("sigterm");
+    let mut d = isolated_daemon(&state, &["--pid", &pid, "--down", "1M", "--up", "1M"]);
     assert_loaded();
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     let status = d.wait().unwrap();
@@ -99,7 +96,8 @@ fn sigterm_leaves_nothing_attached() {
 #[test]
 fn kill_9_leaves_nothing_attached() {
     let Some(_g) = begin() else { return };
-    let mut d = daemon(&[]);
+    let state = ScratchDir::new("kill9");
+    let mut d = isolated_daemon(&state, &[]);
     assert_loaded();
     d.kill().unwrap(); // SIGKILL
     d.wait().unwrap();

@@ -204,10 +204,6 @@ fn health_reports_deleted_qdisc() {
     let _ = target.wait();
 }
 
-fn daemon(args: &[&str]) -> std::process::Child {
-    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), args)
-}
-
 /// A crashed run's HTB and IFB are recognised and replaced, not duplicated,
 /// and the original root qdisc saved by the crashed run is what comes back.
 #[test]
@@ -236,14 +232,12 @@ fn leftovers_of_a_crash_are_adopted() {
         "ifb_tc",
         "--interface",
         &lab.veth,
-        "--state-dir",
-        state.path.to_str().unwrap(),
     ];
-    let mut crashed = daemon(&args);
+    let mut crashed = isolated_daemon(&state, &args);
     crashed.kill().unwrap(); // SIGKILL: no cleanup at all
     crashed.wait().unwrap();
     assert_eq!(root_qdisc(&lab.veth).unwrap().kind, "htb", "the crash should leave our HTB behind");
-    let mut second = daemon(&args);
+    let mut second = isolated_daemon(&state, &args);
     let nl = Netlink::new().unwrap();
     let veth = nl.link_index(&lab.veth).unwrap().unwrap();
     assert_eq!(nl.qdiscs(veth).unwrap().iter().filter(|q| q.kind == "htb").count(), 1);

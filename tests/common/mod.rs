@@ -35,3 +35,12 @@ pub fn check_accuracy(lab: &Lab, m: &Manager, tag: u8, spec: &LimitSpec, limit: 
     let what = format!("{} {} {limit}", d.backend, if reverse { "download" } else { "upload" });
     assert_accurate(&what, r.mean(2, secs as usize), limit.bytes_per_sec() as f64);
 }
+
+/// The daemon with a scratch config path (absent, so the defaults) and
+/// state directory: no host config is read and no host state is written.
+pub fn isolated_daemon(state: &ScratchDir, args: &[&str]) -> std::process::Child {
+    let conf = state.path.join("chadthrottled.toml");
+    let dirs = ["--config", conf.to_str().unwrap(), "--state-dir", state.path.to_str().unwrap()];
+    let all: Vec<&str> = dirs.into_iter().chain(args.iter().copied()).collect();
+    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &all)
+}

@@ -33,7 +33,7 @@ struct Args {
     /// Config file; rules are read from rules.d/ next to it.
     #[arg(long, default_value = config::DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Limit this process right away (not saved).
+    /// Limit this process right away (saved like any runtime limit; it comes back only while that process lives).
     #[arg(long)]
     pid: Option<u32>,
     /// Download limit (e.g. 1M, 512K, 10mbit).
