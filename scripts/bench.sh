@@ -2,9 +2,12 @@
 # Reproduces the tables of docs/BENCHMARKS.md (root; about 12 minutes).
 #   scripts/bench.sh                  print every table
 #   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
-#   scripts/bench.sh --only data|core one benchmark: the data path (accuracy,
-#                                     control plane, cost, overhead) or the
-#                                     daemon core (migration, process churn)
+#   scripts/bench.sh --only data|core|monitor
+#                                     one benchmark: the data path (accuracy,
+#                                     control plane, cost with the monitor off
+#                                     and on, overhead), the daemon core
+#                                     (migration, process churn), or the
+#                                     monitor's daemon CPU with 500 processes
 # Other arguments go to the data-path benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +21,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/bootstrap.sh
-cargo build --release -p throttled --example bench --example bench_core
-data=$(mktemp) core=$(mktemp)
-trap 'rm -f "$data" "$core"' EXIT
-if [ "$only" != core ]; then ./target/release/examples/bench "$@" | tee "$data"; fi
-if [ "$only" != data ]; then ./target/release/examples/bench_core | tee "$core"; fi
+cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --bin chadthrottled
+data=$(mktemp) core=$(mktemp) mon=$(mktemp)
+trap 'rm -f "$data" "$core" "$mon"' EXIT
+case "$only" in all|data) ./target/release/examples/bench "$@" | tee "$data" ;; esac
+case "$only" in all|core) ./target/release/examples/bench_core | tee "$core" ;; esac
+case "$only" in all|monitor) ./target/release/examples/bench_monitor | tee "$mon" ;; esac
 $write || exit 0
-python3 - "$data" "$core" docs/BENCHMARKS.md <<'PY'
+python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):
     for name, body in zip(names, tables):
@@ -43,6 +47,9 @@ if core:
     tables = core.split("\n\n")
     tables[0] = f"Measured {today}.\n\n{tables[0]}"
     doc = splice(doc, ["MIGRATION", "CHURN"], tables)
+mon = open(sys.argv[4]).read().strip()
+if mon:
+    doc = splice(doc, ["MONITOR"], [f"Measured {today}.\n\n{mon}"])
 open(sys.argv[3], "w").write(doc)
 PY
 echo "bench.sh: docs/BENCHMARKS.md updated"

@@ -526,3 +526,49 @@ fn notifies_the_service_manager() {
     assert!(pings >= 4, "{pings} watchdog pings in 2.6 s at a 0.5 s period: {msgs:?}");
     assert_eq!(msgs.last().map(String::as_str), Some("STOPPING=1"), "{msgs:?}");
 }
+
+/// GetTopProcesses and GetHistory through busctl, for an iperf3 client the
+/// daemon has never been told about, before and after it is limited.
+#[test]
+fn monitor_over_the_bus() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("monitor") else { return };
+    let mut lab = Lab::new(64);
+    lab.server(5201);
+    let c = lab.client("ct-bus-top", 5201, 8, false);
+    let pid = c.pid();
+    let find = |api: &Api| -> Option<serde_json::Value> {
+        let call = ["call", "org.chadthrottle", "/org/chadthrottle", MGR, "GetTopProcesses"];
+        let args = ["--json=short"].into_iter().chain(call).chain(["uss", "100", "up", "all"]);
+        let out = api.bus.busctl(&args.collect::<Vec<_>>()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["data"][0].as_array()?.iter().find(|r| r["pid"]["data"] == pid).cloned()
+    };
+    let top = |api: &Api| find(api).unwrap_or_else(|| panic!("pid {pid} is not in GetTopProcesses"));
+    let busy = || find(&api).is_some_and(|r| r["up_rate"]["data"].as_u64() > Some(0));
+    assert!(wait_until(Duration::from_secs(4), busy), "the client's upload never showed");
+    let row = top(&api);
+    assert_eq!(row["name"]["data"], "ct-bus-top");
+    assert_eq!(row["throttled"]["data"], false);
+    let path = object_path(&api.limit("pid", &pid.to_string(), "{'up': <'4M'>}").unwrap());
+    let row = top(&api);
+    assert_eq!(row["throttled"]["data"], true);
+    assert_eq!(row["backends"]["data"], serde_json::json!(["ebpf"]));
+    assert_eq!(row["up_limit"]["data"], 4 << 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let hist = api.manager("GetHistory", &["process", &pid.to_string()]).unwrap();
+    assert!(hist.starts_with("([(uint64 "), "{hist}");
+    let id = path.rsplit('/').next().unwrap();
+    assert!(api.manager("GetHistory", &["throttle", id]).unwrap().starts_with("([(uint64 "));
+    let bad = api.manager("GetTopProcesses", &["10", "sideways", "all"]).unwrap_err();
+    assert!(bad.contains("org.chadthrottle.Error.InvalidArgument") && bad.contains("sideways"), "{bad}");
+    let bad = api.manager("GetHistory", &["planet", "1"]).unwrap_err();
+    assert!(bad.contains("InvalidArgument"), "{bad}");
+    let gone = api.manager("GetHistory", &["throttle", "999"]).unwrap_err();
+    assert!(gone.contains("NoSuchThrottle"), "{gone}");
+    assert_eq!(api.prop("/org/chadthrottle", MGR, "MonitorEnabled"), "b true");
+    let accuracy = api.prop(&path, "org.chadthrottle.Throttle", "UpAccuracy");
+    let a: f64 = accuracy.trim_start_matches("d ").parse().unwrap();
+    assert!((0.9..=1.1).contains(&a), "UpAccuracy {accuracy} for a saturated 4M upload");
+    drop(c);
+}

@@ -88,6 +88,50 @@ impl Counters {
     }
 }
 
+/// One process's traffic in one class (internet or local), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub up_bytes: u64,
+    pub up_pkts: u64,
+    pub down_bytes: u64,
+    pub down_pkts: u64,
+}
+
+impl Traffic {
+    pub fn add(&mut self, o: &Traffic) {
+        self.up_bytes += o.up_bytes;
+        self.up_pkts += o.up_pkts;
+        self.down_bytes += o.down_bytes;
+        self.down_pkts += o.down_pkts;
+    }
+}
+
+/// Every process's traffic, throttled or not, kept by the monitor: local
+/// is loopback and link-local peers, internet is everything else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcTraffic {
+    pub internet: Traffic,
+    pub local: Traffic,
+}
+
+/// Processes the monitor keeps counters for at once (least recently used
+/// ones fall out first; the daemon removes exited ones).
+pub const MAX_MONITORED: u32 = 16384;
+
+/// Whether a peer address is link-local: 169.254/16, or fe80::/10 (the
+/// first u32 word of an IPv6 address, in network byte order).
+#[inline(always)]
+pub fn is_link_local(v6: bool, first_word_be: u32) -> bool {
+    let w = u32::from_be(first_word_be);
+    if v6 {
+        w >> 22 == 0xfe80 >> 6
+    } else {
+        w >> 16 == 0xa9fe
+    }
+}
+
 impl Slot {
     /// A bucket policing `rate` bytes/s with `burst` bytes of tolerance and
     /// `debt` bytes of overdraft for retransmissions.
@@ -159,6 +203,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProcSlots {}
     unsafe impl aya::Pod for super::Slot {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::ProcTraffic {}
 }
 
 #[cfg(test)]
@@ -181,6 +226,18 @@ mod tests {
         let mapped = [0, 0, u32::from_be(0xffff), v4([127, 0, 0, 1])];
         assert!(is_local_connection(true, [0; 4], mapped));
         assert!(!is_local_connection(true, [0; 4], [0, 0, u32::from_be(0xffff), v4([8, 8, 8, 8])]));
+    }
+
+    #[test]
+    fn link_local_peers() {
+        let w = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert!(is_link_local(false, w([169, 254, 1, 2])));
+        assert!(!is_link_local(false, w([169, 253, 1, 2])));
+        assert!(!is_link_local(false, w([10, 0, 0, 1])));
+        assert!(is_link_local(true, w([0xfe, 0x80, 0, 0])));
+        assert!(is_link_local(true, w([0xfe, 0xbf, 0xff, 0xff])));
+        assert!(!is_link_local(true, w([0xfe, 0xc0, 0, 0])));
+        assert!(!is_link_local(true, w([0x20, 0x01, 0x0d, 0xb8])));
     }
 
     #[test]

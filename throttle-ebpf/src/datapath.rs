@@ -6,12 +6,12 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get, bpf_tcp_sock,
     },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use throttle_common::{
-    is_local_connection, pacing_rate, window_clamp, Counters, ProcSlots, Slot, SlotMode, SockOwner, MAX_PROCS,
-    MAX_SLOTS, OWNER_SEQ_VALID,
+    is_link_local, is_local_connection, pacing_rate, window_clamp, Counters, ProcSlots, ProcTraffic, Slot, SlotMode,
+    SockOwner, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_SEQ_VALID,
 };
 
 /// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
@@ -50,9 +50,16 @@ pub(crate) static GEN: Array<u32> = Array::with_max_entries(2, 0);
 #[map(name = "CT_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
+/// Every process's traffic, for the monitor.
+#[map(name = "CT_PROC_TRAFFIC")]
+static PROC_TRAFFIC: LruPerCpuHashMap<u32, ProcTraffic> = LruPerCpuHashMap::with_max_entries(MAX_MONITORED, 0);
+
 /// Set at load time by the daemon (config `exempt_loopback`).
 #[unsafe(no_mangle)]
 static CT_EXEMPT_LOOPBACK: u32 = 1;
+/// Set at load time by the daemon (config `monitor.enabled`).
+#[unsafe(no_mangle)]
+static CT_MONITOR: u32 = 1;
 
 const LOOPBACK_IFINDEX: u32 = 1;
 const PASS: i32 = 1;
@@ -80,16 +87,80 @@ pub(crate) fn owner_of(sk: *mut bpf_sock) -> Option<&'static mut SockOwner> {
 }
 
 #[inline(always)]
-fn skb_owner(ctx: &SkBuffContext) -> Option<&'static mut SockOwner> {
-    if GEN.get(1).copied().unwrap_or(0) == 0 {
+fn monitoring() -> bool {
+    (unsafe { ptr::read_volatile(&CT_MONITOR) }) != 0
+}
+
+#[inline(always)]
+fn exempt_loopback() -> bool {
+    (unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) }) != 0
+}
+
+#[inline(always)]
+fn throttling() -> bool {
+    GEN.get(1).copied().unwrap_or(0) != 0
+}
+
+/// The packet's owner and whether it is on the loopback device; `None` when
+/// neither the monitor nor a throttle could want the packet.
+#[inline(always)]
+fn skb_owner(ctx: &SkBuffContext) -> Option<(&'static mut SockOwner, bool)> {
+    let monitor = monitoring();
+    if !monitor && !throttling() {
         return None;
     }
-    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0 && unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX
-    {
+    let lo = unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX;
+    if !monitor && lo && exempt_loopback() {
         return None;
     }
     // sk_storage_get accepts a sock_common and checks for a full socket itself.
-    owner_of(skb_sock(ctx))
+    owner_of(skb_sock(ctx)).map(|o| (o, lo))
+}
+
+/// Whether the peer is this host or its link: the loopback device, or a
+/// link-local peer address (`dst` on egress, source on ingress).
+#[inline(always)]
+fn is_local(ctx: &SkBuffContext, lo: bool, egress: bool) -> bool {
+    if lo {
+        return true;
+    }
+    let Some(head) = peek::<[u8; 4]>(ctx, 0) else { return false };
+    let (v6, off) = match (head[0] >> 4, egress) {
+        (4, true) => (false, 16),
+        (4, false) => (false, 12),
+        (6, true) => (true, 24),
+        (6, false) => (true, 8),
+        _ => return false,
+    };
+    peek::<u32>(ctx, off).is_some_and(|w| is_link_local(v6, w))
+}
+
+/// Counts one packet for its owner in the monitor's per-CPU map.
+#[inline(always)]
+fn account(tgid: u32, egress: bool, local: bool, len: u64) {
+    let mut p = PROC_TRAFFIC.get_ptr_mut(&tgid);
+    if p.is_none() {
+        let _ = PROC_TRAFFIC.insert(&tgid, &ProcTraffic::default(), 0);
+        p = PROC_TRAFFIC.get_ptr_mut(&tgid);
+    }
+    let Some(t) = p.and_then(|p| unsafe { p.as_mut() }) else { return };
+    let t = if local { &mut t.local } else { &mut t.internet };
+    if egress {
+        t.up_bytes += len;
+        t.up_pkts += 1;
+    } else {
+        t.down_bytes += len;
+        t.down_pkts += 1;
+    }
+}
+
+/// Monitor accounting; true when throttling should look at the packet too.
+#[inline(always)]
+fn monitor_then_throttle(ctx: &SkBuffContext, tgid: u32, lo: bool, egress: bool, len: u64) -> bool {
+    if monitoring() {
+        account(tgid, egress, is_local(ctx, lo, egress), len);
+    }
+    throttling() && !(lo && exempt_loopback())
 }
 
 #[inline(always)]
@@ -197,16 +268,18 @@ pub fn ct_sock_create(ctx: SockContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn ct_egress(ctx: SkBuffContext) -> i32 {
-    let Some(owner) = skb_owner(&ctx) else {
+    let Some((owner, lo)) = skb_owner(&ctx) else {
         return PASS;
     };
+    let len = wire_len(&ctx);
+    if !monitor_then_throttle(&ctx, owner.tgid, lo, true, len) {
+        return PASS;
+    }
     let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
         return PASS;
     };
     let id = procs.up;
     let Some(slot) = slot_of(id) else { return PASS };
-    let gso = unsafe { (*ctx.skb.skb).gso_segs } > 1;
-    let len = wire_len(&ctx, if gso { tcp_header(&ctx) } else { None });
     if slot.mode == SlotMode::Classify as u32 {
         unsafe { (*ctx.skb.skb).priority = slot.classid };
         count(id, len, true);
@@ -263,20 +336,27 @@ fn tcp_header(ctx: &SkBuffContext) -> Option<(u32, u32, u32)> {
 /// Bytes on the wire, as HTB counts them: a GSO super-packet carries its
 /// headers once but leaves as `gso_segs` packets.
 #[inline(always)]
-fn wire_len(ctx: &SkBuffContext, hdr: Option<(u32, u32, u32)>) -> u64 {
+fn wire_len(ctx: &SkBuffContext) -> u64 {
     let len = ctx.len() as u64;
     let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
-    match hdr {
-        Some((_, h, _)) if segs > 1 => len + (segs - 1) * h as u64,
-        _ => len,
+    if segs <= 1 {
+        return len;
     }
+    // A plain integer, not the Option: LLVM may leave the None arm's tuple
+    // registers undefined, which the verifier refuses to read.
+    let h = tcp_header(ctx).map_or(0, |(_, h, _)| h) as u64;
+    len + (segs - 1) * h
 }
 
 #[cgroup_skb(ingress)]
 pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
-    let Some(owner) = skb_owner(&ctx) else {
+    let Some((owner, lo)) = skb_owner(&ctx) else {
         return PASS;
     };
+    let len = wire_len(&ctx);
+    if !monitor_then_throttle(&ctx, owner.tgid, lo, false, len) {
+        return PASS;
+    }
     let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
         return PASS;
     };
@@ -285,10 +365,9 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
     if slot.mode != SlotMode::Bucket as u32 {
         return PASS;
     }
+    let hdr = tcp_header(&ctx);
     // A retransmission of a segment we dropped passes on credit: dropping it
     // again is what sends TCP into back-to-back RTOs on a policed path.
-    let hdr = tcp_header(&ctx);
-    let len = wire_len(&ctx, hdr);
     let mut retrans = false;
     if let Some((_, h, seq)) = hdr {
         let payload = ctx.len().saturating_sub(h);
@@ -332,7 +411,7 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
         return 1;
     }
     // Loopback traffic is never policed, so its connections are not tuned either.
-    if unsafe { ptr::read_volatile(&CT_EXEMPT_LOOPBACK) } != 0 {
+    if exempt_loopback() {
         let v6 = ctx.family() == AF_INET6;
         let (local, remote) = if v6 {
             (ctx.local_ip6(), ctx.remote_ip6())

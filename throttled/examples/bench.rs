@@ -22,6 +22,8 @@ struct Opts {
     backends: Vec<String>,
     secs: u32,
     overhead: bool,
+    /// Only the per-packet cost table.
+    cost_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -31,6 +33,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         backends: ["ebpf", "tc_htb", "ifb_tc", "tc-script"].map(String::from).to_vec(),
         secs: 10,
         overhead: true,
+        cost_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -41,6 +44,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--backends" => o.backends = val()?.split(',').map(String::from).collect(),
             "--secs" => o.secs = val()?.parse()?,
             "--skip-overhead" => o.overhead = false,
+            "--cost-only" => o.cost_only = true,
             _ => bail!("unknown argument {a}"),
         }
     }
@@ -336,10 +340,13 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism()?,
         std::env::var("CT_TUNE").ok()
     );
-    println!("| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits | sender's mean RTT |");
-    println!("|---|---|---|---|---|---|---|---|");
     let state = throttled::testing::ScratchDir::new("bench");
     let opts = throttled::testing::options(&state, &[&lab.veth]);
+    if o.cost_only {
+        return print_cost(&lab, &opts);
+    }
+    println!("| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits | sender's mean RTT |");
+    println!("|---|---|---|---|---|---|---|---|");
     let m = Manager::start(&opts)?;
     let mut control = Vec::new();
     for backend in &o.backends {
@@ -374,41 +381,8 @@ fn main() -> anyhow::Result<()> {
     if !o.overhead {
         return Ok(());
     }
-    let mut ns = BTreeMap::new();
-    let floor = ns_per_packet(|| {
-        lab.client_in_ns("ct-bench-lo", "127.0.0.1", 5201, 3).wait();
-    })?;
-    ns.insert("1. loopback: returns at the first check (measurement floor)", floor);
-    let idle = ns_per_packet(|| {
-        unthrottled(&lab, false);
-        unthrottled(&lab, true);
-    })?;
-    ns.insert("2. unthrottled, no throttle active (idle daemon)", idle);
-    let mut other = std::process::Command::new("sleep").arg("60").spawn()?;
-    let id = m.limit_pid(
-        other.id(),
-        &LimitSpec { down: Some("1M".parse()?), up: Some("1M".parse()?), ..Default::default() },
-    )?;
-    let busy = ns_per_packet(|| {
-        unthrottled(&lab, false);
-        unthrottled(&lab, true);
-    })?;
-    m.remove(id)?;
-    let _ = other.kill();
-    let _ = other.wait();
-    ns.insert("3. unthrottled, another process throttled", busy);
-    let limited = ns_per_packet(|| {
-        let l = Limiter::Backend(&m, "ebpf");
-        let _ = accuracy(&lab, &l, "10M".parse().unwrap(), false, 5);
-        let _ = accuracy(&lab, &l, "10M".parse().unwrap(), true, 5);
-    })?;
-    ns.insert("4. throttled at 10M (ebpf bucket)", limited);
     drop(m);
-    println!("\n| traffic | ct_egress ns/packet | ct_ingress ns/packet |");
-    println!("|---|---|---|");
-    for (what, v) in &ns {
-        println!("| {what} | {:.0} | {:.0} |", v.get("ct_egress").unwrap_or(&0.0), v.get("ct_ingress").unwrap_or(&0.0));
-    }
+    print_cost(&lab, &opts)?;
     println!("\n| another process throttled with | direction | without our objects | with them | ratio (median of 5 rounds) |");
     println!("|---|---|---|---|---|");
     for backends in [("ebpf", "ebpf"), ("tc_htb", "ifb_tc")] {
@@ -419,6 +393,66 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The per-packet cost table: four kinds of traffic, with the monitor off
+/// and then on.
+fn print_cost(lab: &Lab, opts: &ManagerOptions) -> anyhow::Result<()> {
+    // The same four kinds of traffic with the monitor off, then on.
+    let mut cost = Vec::new();
+    for monitor in [false, true] {
+        let mut o = opts.clone();
+        o.loaded.config.monitor.enabled = monitor;
+        cost.push(cost_rows(lab, &Manager::start(&o)?)?);
+    }
+    println!("\n| traffic | ct_egress ns/packet, monitor off | on | ct_ingress ns/packet, monitor off | on |");
+    println!("|---|---|---|---|---|");
+    for (what, off) in &cost[0] {
+        let on = &cost[1][what];
+        let v = |m: &BTreeMap<String, f64>, p: &str| m.get(p).copied().unwrap_or(0.0);
+        println!(
+            "| {what} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            v(off, "ct_egress"),
+            v(on, "ct_egress"),
+            v(off, "ct_ingress"),
+            v(on, "ct_ingress")
+        );
+    }
+    Ok(())
+}
+
+/// ns/packet of four kinds of traffic under one daemon configuration.
+fn cost_rows(lab: &Lab, m: &Manager) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, f64>>> {
+    let mut ns = BTreeMap::new();
+    let lo = ns_per_packet(|| {
+        lab.client_in_ns("ct-bench-lo", "127.0.0.1", 5201, 3).wait();
+    })?;
+    ns.insert("1. loopback (exempt from limits; the floor when the monitor is off)", lo);
+    let idle = ns_per_packet(|| {
+        unthrottled(lab, false);
+        unthrottled(lab, true);
+    })?;
+    ns.insert("2. unthrottled, no throttle active", idle);
+    let mut other = std::process::Command::new("sleep").arg("60").spawn()?;
+    let id = m.limit_pid(
+        other.id(),
+        &LimitSpec { down: Some("1M".parse()?), up: Some("1M".parse()?), ..Default::default() },
+    )?;
+    let busy = ns_per_packet(|| {
+        unthrottled(lab, false);
+        unthrottled(lab, true);
+    })?;
+    m.remove(id)?;
+    let _ = other.kill();
+    let _ = other.wait();
+    ns.insert("3. unthrottled, another process throttled", busy);
+    let limited = ns_per_packet(|| {
+        let l = Limiter::Backend(m, "ebpf");
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), false, 5);
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), true, 5);
+    })?;
+    ns.insert("4. throttled at 10M (ebpf bucket)", limited);
+    Ok(ns)
 }
 
 fn uname() -> String {

@@ -25,6 +25,24 @@ pub struct Config {
     pub log: Option<String>,
     pub defaults: Defaults,
     pub health: HealthConfig,
+    pub monitor: MonitorConfig,
+}
+
+/// Per-process traffic accounting for every process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Count in the kernel at all (takes effect at the next start).
+    pub enabled: bool,
+    /// The rolling window of a rate.
+    pub window: Duration,
+    /// One-second samples kept for graphs.
+    pub history: usize,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { enabled: true, window: Duration::from_secs(5), history: 120 }
+    }
 }
 
 /// Backend names for new throttles, per direction.
@@ -62,6 +80,7 @@ impl Default for Config {
             log: None,
             defaults: Defaults::default(),
             health: HealthConfig { interval: Duration::from_secs(5), policy: FailurePolicy::Repair },
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -156,6 +175,15 @@ struct RawConfig {
     log: Option<Spanned<String>>,
     defaults: Option<RawDefaults>,
     health: Option<RawHealth>,
+    monitor: Option<RawMonitor>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    enabled: Option<bool>,
+    window_secs: Option<Spanned<i64>>,
+    history: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +235,26 @@ fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigError> {
             c.health.interval = Duration::from_secs(*i.get_ref() as u64);
         }
         c.health.policy = h.policy.unwrap_or_default();
+    }
+    if let Some(m) = raw.monitor {
+        c.monitor = monitor(&src, m)?;
+    }
+    Ok(c)
+}
+
+fn monitor(src: &Source<'_>, m: RawMonitor) -> Result<MonitorConfig, ConfigError> {
+    let mut c = MonitorConfig { enabled: m.enabled.unwrap_or(true), ..Default::default() };
+    if let Some(w) = m.window_secs {
+        if !(1..=60).contains(w.get_ref()) {
+            return Err(src.field(&w, "monitor.window_secs", "must be 1–60"));
+        }
+        c.window = Duration::from_secs(*w.get_ref() as u64);
+    }
+    if let Some(h) = m.history {
+        if !(60..=3600).contains(h.get_ref()) {
+            return Err(src.field(&h, "monitor.history", "must be 60–3600 samples"));
+        }
+        c.history = *h.get_ref() as usize;
     }
     Ok(c)
 }
@@ -356,6 +404,7 @@ mod tests {
         let c = parse_config(Path::new("uncommented.toml"), &uncommented).unwrap();
         let d = Config::default();
         assert_eq!((c.state_dir, c.exempt_loopback, c.health), (d.state_dir, d.exempt_loopback, d.health));
+        assert_eq!(c.monitor, d.monitor);
         assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
     }
 
@@ -429,6 +478,9 @@ mod tests {
             ("statedir = \"/x\"\n", "unknown field `statedir`"),
             ("[defaults]\nup = \"fast\"\n", "defaults.up: unknown backend"),
             ("[health]\ninterval_secs = 0\n", "health.interval_secs"),
+            ("[monitor]\nwindow_secs = 0\n", "monitor.window_secs"),
+            ("[monitor]\nhistory = 10\n", "monitor.history"),
+            ("[monitor]\nenable = true\n", "unknown field"),
             ("[health]\npolicy = \"reboot\"\n", "unknown variant `reboot`"),
             ("state_dir = \"relative\"\n", "state_dir: must be an absolute path"),
             ("interfaces = [\"a b\"]\n", "interfaces"),

@@ -19,7 +19,10 @@ use super::{
 use crate::{
     backend::{Availability, Direction, Health},
     kernel::procfs,
-    manager::{BackendInfo, Manager, ManagerError, ThrottleId},
+    manager::{
+        monitor::{Scope, SortBy},
+        BackendInfo, Manager, ManagerError, ThrottleId, TopEntry,
+    },
     target::Target,
 };
 
@@ -154,6 +157,45 @@ impl ManagerIface {
         dict([("throttles", Value::from(n)), ("processes", Value::from(procs)), ("status", Value::from(status))])
     }
 
+    /// The busiest processes, throttled or not, busiest first. `sort`: down,
+    /// up or total; `scope`: all, internet or local (loopback and
+    /// link-local). Each: pid, name, exe, down_rate, up_rate (bytes/s over
+    /// the monitor's window), down_total, up_total (bytes), throttled,
+    /// throttle_ids, backends, down_limit, up_limit (bytes/s, 0 = none).
+    async fn get_top_processes(
+        &self,
+        count: u32,
+        sort: &str,
+        scope: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+        let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
+        let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
+        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        let count = count.min(MAX_TOP) as usize;
+        let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope))).await?;
+        top.iter().map(top_dict).collect()
+    }
+
+    /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
+    /// process (`id` is a pid) or throttle (`id` is a throttle id).
+    async fn get_history(
+        &self,
+        kind: &str,
+        id: u32,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<(u64, u64)>> {
+        let process = match kind {
+            "process" => true,
+            "throttle" => false,
+            _ => return Err(Error::InvalidArgument(format!("unknown history kind {kind:?} (process or throttle)"))),
+        };
+        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        blocking(&self.mgr, move |m| if process { m.process_history(id) } else { m.throttle_history(id) }).await
+    }
+
     /// Re-reads the config and rules; on error nothing changes.
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
@@ -168,9 +210,25 @@ impl ManagerIface {
     /// Target kinds and abilities this daemon has.
     #[zbus(property(emits_changed_signal = "const"))]
     fn features(&self) -> Vec<String> {
-        ["target-pid", "target-tree", "target-name", "target-exe", "target-cgroup", "target-unit", "migrate", "reload"]
-            .map(String::from)
-            .to_vec()
+        [
+            "target-pid",
+            "target-tree",
+            "target-name",
+            "target-exe",
+            "target-cgroup",
+            "target-unit",
+            "migrate",
+            "reload",
+            "monitor",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Whether every process's traffic is counted (config `monitor.enabled`).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn monitor_enabled(&self) -> bool {
+        blocking(&self.mgr, |m| Ok(m.monitoring())).await.unwrap_or(false)
     }
 
     #[zbus(property)]
@@ -248,6 +306,27 @@ pub fn health_parts(h: &Health) -> (&'static str, String) {
         Health::Idle => ("idle", String::new()),
         Health::Broken(why) => ("broken", why.clone()),
     }
+}
+
+/// Longest answer GetTopProcesses gives.
+const MAX_TOP: u32 = 1000;
+
+fn top_dict(e: &TopEntry) -> Result<HashMap<String, OwnedValue>> {
+    let t = &e.traffic;
+    dict([
+        ("pid", Value::from(t.pid)),
+        ("name", Value::from(t.name.as_str())),
+        ("exe", Value::from(t.exe.as_str())),
+        ("down_rate", Value::from(t.down_rate)),
+        ("up_rate", Value::from(t.up_rate)),
+        ("down_total", Value::from(t.down_total)),
+        ("up_total", Value::from(t.up_total)),
+        ("throttled", Value::from(!e.throttles.is_empty())),
+        ("throttle_ids", Value::from(e.throttles.clone())),
+        ("backends", Value::from(e.backends.clone())),
+        ("down_limit", Value::from(e.down_limit)),
+        ("up_limit", Value::from(e.up_limit)),
+    ])
 }
 
 fn backend_dict(b: &BackendInfo) -> Result<HashMap<String, OwnedValue>> {

@@ -30,6 +30,10 @@ impl ThrottleIface {
         Ok(self.info().await.map_err(fdo)?.directions.get(&d).map_or(0, |s| s.current))
     }
 
+    async fn accuracy(&self, d: Direction) -> zbus::fdo::Result<f64> {
+        Ok(self.info().await.map_err(fdo)?.directions.get(&d).and_then(|s| s.accuracy).unwrap_or(0.0))
+    }
+
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
         let info = self.info().await.map_err(fdo)?;
         Ok(info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string())))
@@ -122,6 +126,20 @@ impl ThrottleIface {
     #[zbus(property(emits_changed_signal = "false"))]
     async fn up_rate(&self) -> zbus::fdo::Result<u64> {
         self.current(Direction::Up).await
+    }
+
+    /// Achieved download rate over the limit, averaged over the seconds in
+    /// which the limit was binding (drops, or at least 90% of the limit),
+    /// across the monitor's history; 0 until it has bound. Pull-only.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn down_accuracy(&self) -> zbus::fdo::Result<f64> {
+        self.accuracy(Direction::Down).await
+    }
+
+    /// As DownAccuracy, for upload.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn up_accuracy(&self) -> zbus::fdo::Result<f64> {
+        self.accuracy(Direction::Up).await
     }
 
     /// Processes this throttle limits now.

@@ -5,7 +5,7 @@
 use std::{fs::File, os::fd::AsRawFd};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, SkStorage},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, SkStorage},
     programs::{
         cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId,
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SchedClassifier, SockOps,
@@ -13,7 +13,7 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use throttle_common::{Counters, ProcSlots, Slot, SockOwner};
+use throttle_common::{Counters, ProcSlots, ProcTraffic, Slot, SockOwner};
 
 use super::cgroup;
 
@@ -24,7 +24,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 pub const PROGRAM_NAMES: [&str; 5] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_ifb_cls"];
 /// The programs attached at the cgroup v2 root for the daemon's lifetime.
 pub const CGROUP_PROGRAMS: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
-pub const MAP_NAMES: [&str; 6] = ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN", "CT_IFB"];
+pub const MAP_NAMES: [&str; 7] =
+    ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN", "CT_IFB", "CT_PROC_TRAFFIC"];
 const CLASSIFIER: &str = "ct_ifb_cls";
 
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +44,13 @@ pub enum BpfError {
 pub struct DatapathOptions {
     /// Never police traffic on the loopback device.
     pub exempt_loopback: bool,
+    /// Count every process's traffic (the monitor).
+    pub monitor: bool,
 }
 
 impl Default for DatapathOptions {
     fn default() -> Self {
-        Self { exempt_loopback: true }
+        Self { exempt_loopback: true, monitor: true }
     }
 }
 
@@ -59,6 +62,8 @@ pub struct Datapath {
     owners: SkStorage<MapData, SockOwner>,
     gen_map: Array<MapData, u32>,
     ifbs: HashMap<MapData, u32, u32>,
+    traffic: PerCpuHashMap<MapData, u32, ProcTraffic>,
+    monitor: bool,
     gen: u32,
     nprocs: u32,
     exempt_loopback: bool,
@@ -95,7 +100,11 @@ impl Datapath {
         let cgroup_root = cgroup::cgroup2_mount().map_err(BpfError::NoCgroup2)?;
         let cg = File::open(&cgroup_root).map_err(BpfError::NoCgroup2)?;
         let exempt = u32::from(opts.exempt_loopback);
-        let mut ebpf = EbpfLoader::new().override_global("CT_EXEMPT_LOOPBACK", &exempt, true).load(OBJECT)?;
+        let monitor = u32::from(opts.monitor);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CT_EXEMPT_LOOPBACK", &exempt, true)
+            .override_global("CT_MONITOR", &monitor, true)
+            .load(OBJECT)?;
 
         let mut links = Vec::new();
         for name in CGROUP_PROGRAMS {
@@ -113,6 +122,8 @@ impl Datapath {
             owners: take_map(&mut ebpf, "CT_SK_OWNER")?,
             gen_map: take_map(&mut ebpf, "CT_GEN")?,
             ifbs: take_map(&mut ebpf, "CT_IFB")?,
+            traffic: take_map(&mut ebpf, "CT_PROC_TRAFFIC")?,
+            monitor: opts.monitor,
             gen: 0,
             nprocs: 0,
             exempt_loopback: opts.exempt_loopback,
@@ -246,6 +257,28 @@ impl Datapath {
         let mut sum = Counters::default();
         per_cpu.iter().for_each(|c| sum.add(c));
         Ok(sum)
+    }
+
+    pub fn monitoring(&self) -> bool {
+        self.monitor
+    }
+
+    /// Every monitored process's traffic, summed over CPUs.
+    pub fn proc_traffic(&self) -> Vec<(u32, ProcTraffic)> {
+        let sum = |per_cpu: aya::maps::PerCpuValues<ProcTraffic>| {
+            let mut t = ProcTraffic::default();
+            for c in per_cpu.iter() {
+                t.internet.add(&c.internet);
+                t.local.add(&c.local);
+            }
+            t
+        };
+        self.traffic.iter().filter_map(Result::ok).map(|(tgid, v)| (tgid, sum(v))).collect()
+    }
+
+    /// Drops an exited process's counters; a missing entry is not an error.
+    pub fn forget_traffic(&mut self, tgid: u32) {
+        let _ = self.traffic.remove(&tgid);
     }
 
     /// Records `tgid` as the owner of a socket created before our programs

@@ -11,8 +11,9 @@ use throttle_common::{rate::Rate, ProcSlots};
 
 use super::{
     coverage::{self, Assignment, Candidate},
+    monitor::{ProcessTraffic, Scope, SortBy},
     pool::Pool,
-    DirectionStats, Event, LimitSpec, ManagerError, RemovalReason, ThrottleId, ThrottleInfo,
+    DirectionStats, Event, LimitSpec, ManagerError, RemovalReason, ThrottleId, ThrottleInfo, TopEntry,
 };
 use crate::{
     backend::{Context, Direction, Health, SlotId},
@@ -76,8 +77,10 @@ pub struct Core {
     pub overrides: super::Overrides,
     /// Live listeners (the D-Bus layer turns events into signals).
     pub subscribers: Vec<std::sync::mpsc::Sender<Event>>,
-    /// Rolling rate per throttle and direction.
-    pub rates: HashMap<(ThrottleId, Direction), super::rates::RateWindow>,
+    /// Rolling rate and history per throttle and direction.
+    pub rates: HashMap<(ThrottleId, Direction), super::rates::LimitSeries>,
+    /// Every process's traffic (empty when the monitor is off).
+    pub monitor: super::monitor::Monitor,
     pub _lock: InstanceLock,
 }
 
@@ -86,6 +89,7 @@ impl Core {
         Core {
             datapath,
             pool: Pool::new(&config),
+            monitor: super::monitor::Monitor::new(&config.monitor),
             config,
             config_path: None,
             throttles: BTreeMap::new(),
@@ -460,6 +464,16 @@ impl Core {
         self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, rate);
     }
 
+    /// With the monitor on, every process's older sockets get their owner
+    /// too, so their traffic counts from the start.
+    pub fn seed_all_sockets(&mut self) {
+        for pid in procfs::all_pids() {
+            if !procfs::is_kernel_thread(pid).unwrap_or(true) {
+                self.seed_sockets(pid);
+            }
+        }
+    }
+
     /// Sockets opened before our programs were attached get their owner.
     fn seed_sockets(&mut self, tgid: u32) {
         let dp = &mut self.datapath;
@@ -554,14 +568,63 @@ impl Core {
     }
 
     /// Reads every limit's byte counter into its rolling window.
+    pub fn top(&self, count: usize, sort: SortBy, scope: Scope) -> Vec<TopEntry> {
+        self.monitor.top(count, sort, scope).into_iter().map(|t| self.top_entry(t)).collect()
+    }
+
+    fn top_entry(&self, traffic: ProcessTraffic) -> TopEntry {
+        let assigned = self.procs.get(&traffic.pid).map(|e| e.assigned).unwrap_or_default();
+        let mut e = TopEntry { traffic, ..Default::default() };
+        for dir in Direction::BOTH {
+            let Some(id) = assigned.get(dir) else { continue };
+            let Some(l) = self.throttles.get(&id).and_then(|t| t.limits.get(&dir)) else { continue };
+            if !e.throttles.contains(&id) {
+                e.throttles.push(id);
+            }
+            let name = self.pool.name(l.backend);
+            if !e.backends.contains(&name) {
+                e.backends.push(name);
+            }
+            match dir {
+                Direction::Up => e.up_limit = l.rate.bytes_per_sec(),
+                Direction::Down => e.down_limit = l.rate.bytes_per_sec(),
+            }
+        }
+        e
+    }
+
+    /// (up, down) per second, oldest first; a direction without a limit is 0.
+    pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {
+        if !self.throttles.contains_key(&id) {
+            return Err(ManagerError::NoSuchThrottle(id));
+        }
+        let rates = |dir| -> Vec<u64> {
+            self.rates.get(&(id, dir)).map(|s| s.history.iter().map(|x| x.rate).collect()).unwrap_or_default()
+        };
+        let (up, down) = (rates(Direction::Up), rates(Direction::Down));
+        let n = up.len().max(down.len());
+        // Newest seconds line up: pad the shorter series at the front.
+        let at = |v: &[u64], i: usize| (i + v.len()).checked_sub(n).map_or(0, |j| v[j]);
+        Ok((0..n).map(|i| (at(&up, i), at(&down, i))).collect())
+    }
+
+    /// Once a second: every throttle's counters, and every process's.
     pub fn sample_rates(&mut self) {
         let now = std::time::Instant::now();
+        let span = (self.config.monitor.window, self.config.monitor.history);
         let ctx = Context { datapath: &mut self.datapath };
         for (&id, t) in &self.throttles {
             for (&dir, l) in &t.limits {
                 if let Ok(c) = self.pool.backends[l.backend].stats(&ctx, l.slot, dir) {
-                    self.rates.entry((id, dir)).or_default().push(now, c.pass_bytes, super::rates::WINDOW);
+                    let series = self.rates.entry((id, dir)).or_default();
+                    series.push(now, c.pass_bytes, c.drop_pkts, l.rate.bytes_per_sec(), span);
                 }
+            }
+        }
+        if self.datapath.monitoring() {
+            let readings = self.datapath.proc_traffic();
+            for pid in self.monitor.sample(now, &readings) {
+                self.datapath.forget_traffic(pid);
             }
         }
     }
@@ -573,8 +636,10 @@ impl Core {
         for (&dir, l) in &t.limits {
             let b = &self.pool.backends[l.backend];
             let counters = b.stats(&ctx, l.slot, dir)?;
-            let current = self.rates.get(&(id, dir)).map_or(0, |w| w.rate());
-            directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters, current });
+            let series = self.rates.get(&(id, dir));
+            let current = series.map_or(0, |s| s.rate());
+            let accuracy = series.and_then(|s| s.accuracy(l.rate.bytes_per_sec()));
+            directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters, current, accuracy });
         }
         let covered = t.covered.iter().copied().collect();
         Ok(ThrottleInfo { id, target: t.target.clone(), origin: t.origin.clone(), covered, directions })
@@ -666,6 +731,8 @@ impl Core {
     }
 
     pub fn process_exited(&mut self, tgid: u32) {
+        self.monitor.exited(tgid);
+        self.datapath.forget_traffic(tgid);
         let Some(e) = self.procs.remove(&tgid) else { return };
         if let Err(err) = self.datapath.remove_proc(tgid) {
             tracing::warn!(pid = tgid, error = %err, "could not remove a process entry");

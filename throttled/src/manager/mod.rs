@@ -5,6 +5,7 @@
 mod core;
 mod coverage;
 mod health;
+pub mod monitor;
 mod pool;
 mod rates;
 mod restore;
@@ -142,16 +143,30 @@ pub enum Event {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DirectionStats {
     pub backend: &'static str,
     pub rate: Rate,
     pub counters: Counters,
     /// Bytes per second passed over the last few seconds (rolling window).
     pub current: u64,
+    /// Achieved rate over the limit while the limit was binding (`None`
+    /// until it has been).
+    pub accuracy: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A process in the monitor, with what limits it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopEntry {
+    pub traffic: monitor::ProcessTraffic,
+    pub throttles: Vec<ThrottleId>,
+    pub backends: Vec<&'static str>,
+    /// Bytes/s, 0 when that direction is not limited.
+    pub down_limit: u64,
+    pub up_limit: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct ThrottleInfo {
     pub id: ThrottleId,
     pub target: Target,
@@ -311,6 +326,36 @@ impl Manager {
     /// error the running configuration is kept untouched.
     pub fn reload(&self) -> Result<(), ManagerError> {
         self.lock().reload()
+    }
+
+    /// The `count` busiest processes (every process, throttled or not).
+    pub fn top(&self, count: usize, sort: monitor::SortBy, scope: monitor::Scope) -> Vec<TopEntry> {
+        self.lock().top(count, sort, scope)
+    }
+
+    /// A process's (up, down) bytes/s, one per second, oldest first; empty
+    /// for a live process that has sent nothing yet.
+    pub fn process_history(&self, pid: u32) -> Result<Vec<(u64, u64)>, ManagerError> {
+        match self.lock().monitor.history(pid) {
+            Some(h) => Ok(h),
+            None if std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != 0 => Ok(Vec::new()),
+            None => Err(ManagerError::NoSuchProcess(pid)),
+        }
+    }
+
+    /// A throttle's (up, down) bytes/s, one per second, oldest first.
+    pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {
+        self.lock().throttle_history(id)
+    }
+
+    /// Whether the kernel counts every process's traffic.
+    pub fn monitoring(&self) -> bool {
+        self.lock().datapath.monitoring()
+    }
+
+    /// Samples rates now (they are also sampled every second).
+    pub fn sample_rates(&self) {
+        self.lock().sample_rates();
     }
 
     /// Every event from now on, in order.

@@ -28,11 +28,19 @@ impl Core {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not look for a previous run's leftovers"),
         }
-        let datapath = Datapath::load(&DatapathOptions { exempt_loopback: config.exempt_loopback })?;
+        let datapath = Datapath::load(&DatapathOptions {
+            exempt_loopback: config.exempt_loopback,
+            monitor: config.monitor.enabled,
+        })?;
         let store = StateStore::new(&config.state_dir);
         let mut core = Core::new(datapath, config, store, lock);
         core.config_path = opts.config_path.clone();
         core.overrides = opts.overrides.clone();
+        if core.datapath.monitoring() {
+            let t = std::time::Instant::now();
+            core.seed_all_sockets();
+            tracing::debug!(took = ?t.elapsed(), "owners recorded for existing sockets");
+        }
         match core.store.load() {
             Ok(Some(state)) => core.restore(state),
             Ok(None) => {}

@@ -1,0 +1,294 @@
+//! Every process's traffic, throttled or not, from the kernel's per-process
+//! counters: rolling rates per scope, totals, and a per-second history.
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use throttle_common::{ProcTraffic, Traffic};
+
+use super::rates::{History, RateWindow};
+use crate::config::MonitorConfig;
+
+/// Which traffic counts: local is loopback and link-local peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Internet,
+    Local,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" | "" => Ok(Scope::All),
+            "internet" => Ok(Scope::Internet),
+            "local" => Ok(Scope::Local),
+            _ => Err(format!("unknown scope {s:?} (all, internet or local)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Down,
+    Up,
+    Total,
+}
+
+impl FromStr for SortBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "down" => Ok(SortBy::Down),
+            "up" => Ok(SortBy::Up),
+            "total" | "" => Ok(SortBy::Total),
+            _ => Err(format!("unknown sort {s:?} (down, up or total)")),
+        }
+    }
+}
+
+/// One process as the monitor reports it; rates in bytes/s, totals in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessTraffic {
+    pub pid: u32,
+    pub name: String,
+    pub exe: String,
+    pub up_rate: u64,
+    pub down_rate: u64,
+    pub up_total: u64,
+    pub down_total: u64,
+}
+
+/// (up, down) rolling windows of one scope.
+#[derive(Debug, Default)]
+struct ScopeRates {
+    up: RateWindow,
+    down: RateWindow,
+}
+
+#[derive(Debug)]
+struct Series {
+    name: String,
+    exe: String,
+    last: Option<(Instant, Traffic)>,
+    rates: [ScopeRates; 3],
+    totals: [Traffic; 3],
+    history: History<(u64, u64)>,
+}
+
+fn scoped(t: &ProcTraffic) -> [Traffic; 3] {
+    let mut all = t.internet;
+    all.add(&t.local);
+    [all, t.internet, t.local]
+}
+
+fn index(scope: Scope) -> usize {
+    match scope {
+        Scope::All => 0,
+        Scope::Internet => 1,
+        Scope::Local => 2,
+    }
+}
+
+impl Series {
+    fn new(name: String, exe: String) -> Series {
+        Series {
+            name,
+            exe,
+            last: None,
+            rates: Default::default(),
+            totals: Default::default(),
+            history: History::default(),
+        }
+    }
+
+    fn push(&mut self, at: Instant, t: &ProcTraffic, window: Duration, cap: usize) {
+        let scopes = scoped(t);
+        for (r, s) in self.rates.iter_mut().zip(&scopes) {
+            r.up.push(at, s.up_bytes, window);
+            r.down.push(at, s.down_bytes, window);
+        }
+        if let Some((t0, prev)) = self.last {
+            let secs = at.duration_since(t0).as_secs_f64().max(1e-3);
+            let per_sec = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs).round() as u64;
+            let all = &scopes[0];
+            self.history.push((per_sec(all.up_bytes, prev.up_bytes), per_sec(all.down_bytes, prev.down_bytes)), cap);
+        }
+        self.last = Some((at, scopes[0]));
+        self.totals = scopes;
+    }
+
+    fn report(&self, pid: u32, scope: Scope) -> ProcessTraffic {
+        let (r, t) = (&self.rates[index(scope)], &self.totals[index(scope)]);
+        ProcessTraffic {
+            pid,
+            name: self.name.clone(),
+            exe: self.exe.clone(),
+            up_rate: r.up.rate(),
+            down_rate: r.down.rate(),
+            up_total: t.up_bytes,
+            down_total: t.down_bytes,
+        }
+    }
+}
+
+/// What a process is called, or `None` when it is gone.
+pub type Namer = fn(u32) -> Option<(String, String)>;
+
+pub struct Monitor {
+    window: Duration,
+    history: usize,
+    series: HashMap<u32, Series>,
+    namer: Namer,
+}
+
+fn proc_names(pid: u32) -> Option<(String, String)> {
+    let f = crate::target::ProcFacts::read(pid)?;
+    Some((f.comm, f.exe.unwrap_or_default()))
+}
+
+impl Monitor {
+    pub fn new(cfg: &MonitorConfig) -> Monitor {
+        Monitor::with_namer(cfg, proc_names)
+    }
+
+    pub fn with_namer(cfg: &MonitorConfig, namer: Namer) -> Monitor {
+        Monitor { window: cfg.window, history: cfg.history, series: HashMap::new(), namer }
+    }
+
+    /// One reading of the kernel's counters. Returns the pids whose process
+    /// is gone (late packets after the exit), for the caller to forget.
+    pub fn sample(&mut self, at: Instant, readings: &[(u32, ProcTraffic)]) -> Vec<u32> {
+        let mut gone = Vec::new();
+        for (pid, t) in readings {
+            if !self.series.contains_key(pid) {
+                match (self.namer)(*pid) {
+                    Some((name, exe)) => {
+                        self.series.insert(*pid, Series::new(name, exe));
+                    }
+                    None => {
+                        gone.push(*pid);
+                        continue;
+                    }
+                }
+            }
+            if let Some(s) = self.series.get_mut(pid) {
+                s.push(at, t, self.window, self.history);
+            }
+        }
+        // Evicted from the kernel's LRU map: nothing more will come.
+        let seen: HashSet<u32> = readings.iter().map(|(p, _)| *p).collect();
+        self.series.retain(|p, _| seen.contains(p));
+        gone
+    }
+
+    pub fn exited(&mut self, pid: u32) {
+        self.series.remove(&pid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// The `count` busiest processes in `scope`, busiest first; ties by pid.
+    pub fn top(&self, count: usize, sort: SortBy, scope: Scope) -> Vec<ProcessTraffic> {
+        let mut all: Vec<ProcessTraffic> = self.series.iter().map(|(pid, s)| s.report(*pid, scope)).collect();
+        let key = |p: &ProcessTraffic| match sort {
+            SortBy::Down => (p.down_rate, p.down_total),
+            SortBy::Up => (p.up_rate, p.up_total),
+            SortBy::Total => (p.up_rate + p.down_rate, p.up_total + p.down_total),
+        };
+        all.sort_by(|a, b| key(b).cmp(&key(a)).then(a.pid.cmp(&b.pid)));
+        all.truncate(count);
+        all
+    }
+
+    pub fn process(&self, pid: u32, scope: Scope) -> Option<ProcessTraffic> {
+        self.series.get(&pid).map(|s| s.report(pid, scope))
+    }
+
+    /// (up, down) bytes/s, one per second, oldest first.
+    pub fn history(&self, pid: u32) -> Option<Vec<(u64, u64)>> {
+        self.series.get(&pid).map(|s| s.history.iter().copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(pid: u32) -> Option<(String, String)> {
+        (pid < 1000).then(|| (format!("p{pid}"), format!("/bin/p{pid}")))
+    }
+
+    fn reading(pid: u32, up: u64, down: u64, local_down: u64) -> (u32, ProcTraffic) {
+        let mut t = ProcTraffic::default();
+        t.internet.up_bytes = up;
+        t.internet.down_bytes = down;
+        t.local.down_bytes = local_down;
+        (pid, t)
+    }
+
+    fn monitor() -> Monitor {
+        Monitor::with_namer(&MonitorConfig { enabled: true, window: Duration::from_secs(5), history: 60 }, named)
+    }
+
+    #[test]
+    fn rates_totals_scopes_and_order() {
+        let mut m = monitor();
+        let t = Instant::now();
+        for s in 0..=10u64 {
+            let at = t + Duration::from_secs(s);
+            m.sample(at, &[reading(1, s * 100, s * 1000, s * 50), reading(2, s * 5000, 0, 0)]);
+        }
+        let top = m.top(10, SortBy::Down, Scope::All);
+        assert_eq!(top.iter().map(|p| p.pid).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((top[0].down_rate, top[0].up_rate, top[0].down_total), (1050, 100, 10_500));
+        assert_eq!(top[0].name, "p1");
+        assert_eq!(m.top(1, SortBy::Up, Scope::All)[0].pid, 2);
+        assert_eq!(m.process(1, Scope::Local).unwrap().down_rate, 50);
+        assert_eq!(m.process(1, Scope::Internet).unwrap().down_rate, 1000);
+        let h = m.history(1).unwrap();
+        assert_eq!(h.len(), 10);
+        assert!(h.iter().all(|&(u, d)| u == 100 && d == 1050));
+    }
+
+    #[test]
+    fn history_is_capped() {
+        let mut m = monitor();
+        let t = Instant::now();
+        for s in 0..200u64 {
+            m.sample(t + Duration::from_secs(s), &[reading(1, s, s, 0)]);
+        }
+        assert_eq!(m.history(1).unwrap().len(), 60);
+    }
+
+    #[test]
+    fn gone_and_evicted_processes_leave() {
+        let mut m = monitor();
+        let t = Instant::now();
+        // pid 5000 has no /proc entry: reported back to be forgotten.
+        let gone = m.sample(t, &[reading(1, 1, 1, 0), reading(5000, 1, 1, 0)]);
+        assert_eq!(gone, [5000]);
+        assert_eq!(m.len(), 1);
+        m.sample(t + Duration::from_secs(1), &[]);
+        assert!(m.is_empty());
+        m.sample(t + Duration::from_secs(2), &[reading(3, 1, 1, 0)]);
+        m.exited(3);
+        assert!(m.history(3).is_none());
+    }
+
+    #[test]
+    fn bad_sort_and_scope_are_named() {
+        assert!("sideways".parse::<SortBy>().unwrap_err().contains("sideways"));
+        assert!("lan".parse::<Scope>().unwrap_err().contains("internet"));
+        assert_eq!("".parse::<Scope>(), Ok(Scope::All));
+    }
+}
