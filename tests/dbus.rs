@@ -572,3 +572,22 @@ fn monitor_over_the_bus() {
     assert!((0.9..=1.1).contains(&a), "UpAccuracy {accuracy} for a saturated 4M upload");
     drop(c);
 }
+
+/// `systemctl restart dbus`: the daemon connects again, re-claims its name
+/// and serves every throttle again; the throttle was enforced throughout.
+#[test]
+fn survives_a_bus_restart() {
+    let Some(_g) = begin() else { return };
+    let Some(mut api) = Api::start("restart") else { return };
+    let s = Sleeper::new();
+    let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
+    api.bus.restart();
+    let back =
+        wait_until(Duration::from_secs(10), || api.manager("ListThrottles", &[]).is_ok_and(|l| l.contains(&path)));
+    assert!(back, "the daemon did not come back on the restarted bus");
+    assert!(api.daemon.alive());
+    assert_eq!(api.prop(&path, "org.chadthrottle.Throttle", "DownLimit"), "t 1048576");
+    // Still usable: a new limit and its signal path work on the new connection.
+    let s2 = Sleeper::new();
+    assert!(api.limit("pid", &s2.pid(), "{'up': <'2M'>}").is_ok());
+}

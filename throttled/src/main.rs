@@ -167,7 +167,8 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         let m = manager.clone();
         tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
-    let bus = if no_dbus { None } else { serve_bus(&manager).await };
+    let first = if no_dbus { None } else { serve_bus(&manager).await };
+    let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), first)));
     // Ready only now: the name is owned and the saved throttles are back.
     let mut status = manager.status();
     notify.ready(&status);
@@ -205,7 +206,11 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     notify.stopping();
-    drop(bus);
+    if let Some(task) = bus {
+        // The connection goes (and the name with it) before the throttles do.
+        task.abort();
+        let _ = task.await;
+    }
     tokio::task::spawn_blocking(move || manager.teardown()).await?.context("removing throttles")?;
     Ok(())
 }
@@ -216,15 +221,15 @@ async fn core_answers(manager: &Arc<Manager>, within: Duration) -> bool {
 }
 
 /// Without a system bus the daemon still enforces its rules; the API is
-/// simply absent (and said so).
-async fn serve_bus(manager: &Arc<Manager>) -> Option<zbus::Connection> {
+/// absent (and said so) until the bus appears.
+async fn serve_bus(manager: &Arc<Manager>) -> Option<dbus::Served> {
     match dbus::serve(manager.clone()).await {
-        Ok(c) => {
+        Ok(s) => {
             tracing::info!(name = dbus::BUS_NAME, "serving the D-Bus API");
-            Some(c)
+            Some(s)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "no D-Bus API: cannot serve on the system bus");
+            tracing::warn!(error = %e, "no D-Bus API yet: cannot serve on the system bus; retrying in the background");
             None
         }
     }

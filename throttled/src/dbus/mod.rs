@@ -8,7 +8,7 @@ pub mod polkit;
 pub mod service;
 pub mod throttle;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use zbus::{fdo::ObjectManager, object_server::SignalEmitter, zvariant::ObjectPath, Connection};
 
@@ -20,9 +20,49 @@ use crate::manager::{Event, Manager, RemovalReason, ThrottleId};
 
 pub const BUS_NAME: &str = "org.chadthrottle";
 
+/// The API on one bus connection. Dropping it stops its signals.
+pub struct Served {
+    pub conn: Connection,
+    signals: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.signals.abort();
+    }
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Keeps the API on the bus for as long as the daemon runs: when the
+/// connection drops (dbus-daemon restarted), it connects again, serves every
+/// object again and re-claims the name. Throttles are untouched throughout.
+pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
+    let mut delay = RETRY_MIN;
+    loop {
+        if let Some(s) = served.take() {
+            s.conn.closed().await;
+            tracing::warn!("lost the system bus; reconnecting");
+            delay = RETRY_MIN;
+        }
+        tokio::time::sleep(delay).await;
+        match serve(mgr.clone()).await {
+            Ok(s) => {
+                tracing::info!(name = BUS_NAME, "serving the D-Bus API");
+                served = Some(s);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the system bus is not back yet");
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// Serves every object, then owns the name (so no client sees a half-served
 /// daemon), then turns events into signals until the connection drops.
-pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Connection> {
+pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
         .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
@@ -44,14 +84,14 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Connection> {
         .spawn(move || events.iter().try_for_each(|e| tx.send(e)).unwrap_or(()))
         .map_err(|e| zbus::Error::Failure(e.to_string()))?;
     let c = conn.clone();
-    tokio::spawn(async move {
+    let signals = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             if let Err(e) = signal(&c, &mgr, ev).await {
                 tracing::warn!(error = %e, "could not emit a signal");
             }
         }
     });
-    Ok(conn)
+    Ok(Served { conn, signals })
 }
 
 async fn add_throttle(conn: &Connection, mgr: &Arc<Manager>, id: ThrottleId) -> zbus::Result<bool> {

@@ -11,6 +11,7 @@ use super::{lab::which, missing, ScratchDir};
 pub struct PrivateBus {
     child: std::process::Child,
     address: String,
+    conf: PathBuf,
     _dir: ScratchDir,
 }
 
@@ -40,6 +41,24 @@ const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
 </busconfig>
 "#;
 
+/// A dbus-daemon in the foreground (so that dropping it also reaps it), and
+/// its address without the per-run guid, so that clients can reconnect to
+/// a restarted bus.
+fn spawn_bus(daemon: &Path, conf: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(daemon)
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let address = line.trim().split(",guid=").next().unwrap_or_default().to_string();
+    assert!(!address.is_empty(), "dbus-daemon printed no address");
+    (child, address)
+}
+
 /// The repository's `dbus/` directory.
 pub fn dbus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus")
@@ -63,19 +82,18 @@ impl PrivateBus {
         }
         let conf = dir.path.join("bus.conf");
         std::fs::write(&conf, CONFIG.replace("@DIR@", &d)).unwrap();
-        // In the foreground, so that dropping it also reaps it.
-        let mut child = Command::new(daemon)
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let address = line.trim().to_string();
-        assert!(!address.is_empty(), "dbus-daemon printed no address");
-        Some(PrivateBus { child, address, _dir: dir })
+        let (child, address) = spawn_bus(&daemon, &conf);
+        Some(PrivateBus { child, address, conf, _dir: dir })
+    }
+
+    /// Kills the bus and starts a new one at the same address, as a
+    /// `systemctl restart dbus` would.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, address) = spawn_bus(&which("dbus-daemon").unwrap(), &self.conf);
+        assert_eq!(address, self.address, "the restarted bus moved");
+        self.child = child;
     }
 
     pub fn address(&self) -> &str {
