@@ -2,12 +2,13 @@
 # Reproduces the tables of docs/BENCHMARKS.md (root; about 12 minutes).
 #   scripts/bench.sh                  print every table
 #   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
-#   scripts/bench.sh --only data|core|monitor
+#   scripts/bench.sh --only data|core|monitor|load
 #                                     one benchmark: the data path (accuracy,
 #                                     control plane, cost with the monitor off
 #                                     and on, overhead), the daemon core
 #                                     (migration, process churn), or the
-#                                     monitor's daemon CPU with 500 processes
+#                                     monitor's daemon CPU with 500 processes,
+#                                     or the control plane under D-Bus load
 # Other arguments go to the data-path benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +22,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/bootstrap.sh
-cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --bin chadthrottled
-data=$(mktemp) core=$(mktemp) mon=$(mktemp)
-trap 'rm -f "$data" "$core" "$mon"' EXIT
+cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --example bench_load --bin chadthrottled
+data=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp)
+trap 'rm -f "$data" "$core" "$mon" "$load"' EXIT
 case "$only" in all|data) ./target/release/examples/bench "$@" | tee "$data" ;; esac
 case "$only" in all|core) ./target/release/examples/bench_core | tee "$core" ;; esac
 case "$only" in all|monitor) ./target/release/examples/bench_monitor | tee "$mon" ;; esac
+case "$only" in all|load) ./target/release/examples/bench_load | tee "$load" ;; esac
 $write || exit 0
-python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" <<'PY'
+python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):
     for name, body in zip(names, tables):
@@ -50,6 +52,9 @@ if core:
 mon = open(sys.argv[4]).read().strip()
 if mon:
     doc = splice(doc, ["MONITOR"], [f"Measured {today}.\n\n{mon}"])
+load = open(sys.argv[5]).read().strip()
+if load:
+    doc = splice(doc, ["LOAD"], [f"Measured {today}.\n\n{load}"])
 open(sys.argv[3], "w").write(doc)
 PY
 echo "bench.sh: docs/BENCHMARKS.md updated"

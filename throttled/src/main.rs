@@ -151,7 +151,9 @@ fn main() -> anyhow::Result<()> {
     };
     let sink = logging::init(args.log_target, opts.loaded.config.log.as_deref());
     tracing::debug!(sink, "logging");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Manager calls serialize on one lock: more blocking threads only cost memory.
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(4).enable_all().build()?;
     rt.block_on(run(args, opts))
 }
 

@@ -47,6 +47,7 @@ pub enum StateError {
     Io { path: PathBuf, source: io::Error },
 }
 
+#[derive(Clone, Debug)]
 pub struct StateStore {
     path: PathBuf,
 }

@@ -34,7 +34,7 @@ impl From<ManagerError> for Error {
                 _ => Error::BackendFailed(msg),
             },
             ManagerError::Bpf(_) | ManagerError::Netlink(_) => Error::BackendFailed(msg),
-            ManagerError::ProcMonitor(_) | ManagerError::State(_) => Error::Internal(msg),
+            ManagerError::ProcMonitor(_) | ManagerError::State(_) | ManagerError::Io(_) => Error::Internal(msg),
         }
     }
 }

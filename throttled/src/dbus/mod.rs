@@ -71,9 +71,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
         .await?;
     // Listing reads backend counters (netlink): off the async threads.
     let m = mgr.clone();
-    let ids = tokio::task::spawn_blocking(move || m.list().into_iter().map(|t| t.id).collect::<Vec<_>>())
-        .await
-        .map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    let ids = tokio::task::spawn_blocking(move || m.ids()).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
         add_throttle(&conn, &mgr, id).await?;
     }

@@ -89,8 +89,8 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<OwnedObjectPath>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let list = blocking(&self.mgr, |m| Ok(m.list())).await?;
-        list.into_iter().map(|t| path(t.id)).collect()
+        let ids = blocking(&self.mgr, |m| Ok(m.ids())).await?;
+        ids.into_iter().map(path).collect()
     }
 
     /// Every backend: name, directions, priority, available, reason,
@@ -152,9 +152,12 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<HashMap<String, OwnedValue>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let (n, procs, status) =
-            blocking(&self.mgr, |m| Ok((m.list().len() as u32, m.kernel_proc_entries() as u32, m.status()))).await?;
-        dict([("throttles", Value::from(n)), ("processes", Value::from(procs)), ("status", Value::from(status))])
+        let (n, procs, status) = blocking(&self.mgr, |m| Ok(m.stats())).await?;
+        dict([
+            ("throttles", Value::from(n as u32)),
+            ("processes", Value::from(procs as u32)),
+            ("status", Value::from(status)),
+        ])
     }
 
     /// The busiest processes, throttled or not, busiest first. `sort`: down,

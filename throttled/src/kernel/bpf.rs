@@ -223,6 +223,12 @@ impl Datapath {
         }
     }
 
+    /// Entries this daemon put in CT_PROCS (no syscall).
+    pub fn tracked_procs(&self) -> usize {
+        self.nprocs as usize
+    }
+
+    /// Entries in CT_PROCS as the kernel lists them.
     pub fn proc_count(&self) -> usize {
         self.procs.keys().filter(Result::is_ok).count()
     }

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     path::PathBuf,
-    sync::{atomic::AtomicBool, atomic::Ordering, Mutex},
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc, Mutex, OnceLock, Weak},
 };
 
 use throttle_common::{rate::Rate, ProcSlots};
@@ -72,6 +72,10 @@ pub struct Core {
     pub next_id: ThrottleId,
     pub events: VecDeque<Event>,
     pub store: StateStore,
+    /// Writes the saved state off this lock (see `persist`).
+    pub persister: super::persist::Persister,
+    /// The core itself, for the persister to report failures as events.
+    pub self_ref: Arc<OnceLock<Weak<Mutex<Core>>>>,
     /// Defaults chosen at runtime; they override the config's per direction.
     pub runtime_defaults: Defaults,
     pub overrides: super::Overrides,
@@ -85,8 +89,16 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> Self {
-        Core {
+    pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
+        let self_ref: Arc<OnceLock<Weak<Mutex<Core>>>> = Arc::default();
+        let sink = self_ref.clone();
+        let on_error = Box::new(move |reason: String| {
+            if let Some(core) = sink.get().and_then(Weak::upgrade) {
+                core.lock().unwrap_or_else(|p| p.into_inner()).emit(Event::PersistFailed { reason });
+            }
+        });
+        let persister = super::persist::Persister::new(store.clone(), on_error)?;
+        Ok(Core {
             datapath,
             pool: Pool::new(&config),
             monitor: super::monitor::Monitor::new(&config.monitor),
@@ -98,12 +110,14 @@ impl Core {
             next_id: 1,
             events: VecDeque::new(),
             store,
+            persister,
+            self_ref,
             runtime_defaults: Defaults::default(),
             overrides: Default::default(),
             subscribers: Vec::new(),
             rates: HashMap::new(),
             _lock: lock,
-        }
+        })
     }
 
     pub fn emit(&mut self, ev: Event) {

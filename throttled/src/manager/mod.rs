@@ -6,6 +6,7 @@ mod core;
 mod coverage;
 mod health;
 pub mod monitor;
+mod persist;
 mod pool;
 mod rates;
 mod restore;
@@ -89,6 +90,8 @@ pub enum ManagerError {
     State(#[from] StateError),
     #[error("netlink: {0}")]
     Netlink(#[from] crate::kernel::netlink::NetlinkError),
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
 }
 
 impl From<TargetError> for ManagerError {
@@ -230,6 +233,7 @@ pub struct Manager {
     core: Arc<Mutex<Core>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    persisted: persist::Waiter,
 }
 
 impl Manager {
@@ -238,28 +242,41 @@ impl Manager {
     pub fn start(opts: &ManagerOptions) -> Result<Self, ManagerError> {
         let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
         let core = Arc::new(Mutex::new(Core::start(opts)?));
+        let (self_ref, persisted) = {
+            let c = core.lock().unwrap_or_else(|p| p.into_inner());
+            (c.self_ref.clone(), c.persister.waiter())
+        };
+        let _ = self_ref.set(Arc::downgrade(&core));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name.into()).spawn(f).map_err(ManagerError::ProcMonitor)
-        };
         let (c, s) = (core.clone(), stop.clone());
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map_err(ManagerError::Io)
+        };
         threads.push(spawn("procmon", Box::new(move || core::follow_processes(monitor, &c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
         threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
         threads.push(spawn("health", Box::new(move || health::run_checks(&c, &s)))?);
-        Ok(Manager { core, stop, threads: Mutex::new(threads) })
+        Ok(Manager { core, stop, threads: Mutex::new(threads), persisted })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A change: runs under the lock, then, without it, waits until the
+    /// saved state includes the change, so an answered call survives a crash.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Core) -> T) -> T {
+        let out = f(&mut self.lock());
+        self.persisted.wait(self.persisted.submitted());
+        out
+    }
+
     /// Limits a target. A target that already has a throttle keeps it: its
     /// limits (and backends, by migration) change in place.
     pub fn limit(&self, target: Target, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
-        self.lock().limit(target, spec, Origin::Runtime)
+        self.mutate(|c| c.limit(target, spec, Origin::Runtime))
     }
 
     /// Limits one process (a thread id resolves to its process).
@@ -268,11 +285,11 @@ impl Manager {
     }
 
     pub fn change(&self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
-        self.lock().change(id, spec)
+        self.mutate(|c| c.change(id, spec))
     }
 
     pub fn remove(&self, id: ThrottleId) -> Result<(), ManagerError> {
-        self.lock().remove_persisting(id)
+        self.mutate(|c| c.remove_persisting(id))
     }
 
     pub fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
@@ -281,6 +298,18 @@ impl Manager {
 
     pub fn list(&self) -> Vec<ThrottleInfo> {
         self.lock().list()
+    }
+
+    /// Every throttle's id, without reading counters.
+    pub fn ids(&self) -> Vec<ThrottleId> {
+        self.lock().throttles.keys().copied().collect()
+    }
+
+    /// (throttles, processes in the kernel's map, status line), from the
+    /// daemon's own bookkeeping: cheap enough to poll.
+    pub fn stats(&self) -> (usize, usize, String) {
+        let c = self.lock();
+        (c.throttles.len(), c.datapath.tracked_procs(), c.status())
     }
 
     pub fn find(&self, target: &Target) -> Option<ThrottleId> {
@@ -295,7 +324,7 @@ impl Manager {
     /// Sets the default backend for new throttles in `dir`; existing
     /// throttles stay where they are.
     pub fn set_default(&self, dir: Direction, backend: &str) -> Result<(), ManagerError> {
-        self.lock().set_default(dir, backend)
+        self.mutate(|c| c.set_default(dir, backend))
     }
 
     /// The backend new throttles get in `dir`, after fallbacks.
@@ -305,12 +334,12 @@ impl Manager {
 
     /// Moves a throttle (one direction, or both) to `to`, make-before-break.
     pub fn migrate(&self, id: ThrottleId, dir: Option<Direction>, to: &str) -> Result<(), ManagerError> {
-        self.lock().migrate(id, dir, to)
+        self.mutate(|c| c.migrate(id, dir, to))
     }
 
     /// Moves every throttle of `from` to `to`; returns how many moved.
     pub fn migrate_backend(&self, from: &str, to: &str) -> Result<usize, ManagerError> {
-        self.lock().migrate_backend(from, to)
+        self.mutate(|c| c.migrate_backend(from, to))
     }
 
     /// Runs the health checks now (they also run periodically).
@@ -325,7 +354,7 @@ impl Manager {
     /// Re-reads the config and rules and applies the difference. On any
     /// error the running configuration is kept untouched.
     pub fn reload(&self) -> Result<(), ManagerError> {
-        self.lock().reload()
+        self.mutate(|c| c.reload())
     }
 
     /// The `count` busiest processes (every process, throttled or not).

@@ -33,7 +33,7 @@ impl Core {
             monitor: config.monitor.enabled,
         })?;
         let store = StateStore::new(&config.state_dir);
-        let mut core = Core::new(datapath, config, store, lock);
+        let mut core = Core::new(datapath, config, store, lock).map_err(ManagerError::Io)?;
         core.config_path = opts.config_path.clone();
         core.overrides = opts.overrides.clone();
         if core.datapath.monitoring() {
@@ -109,10 +109,9 @@ impl Core {
             })
             .collect();
         let state = State { version: 1, next_id: self.next_id, defaults: self.runtime_defaults.clone(), throttles };
-        if let Err(e) = self.store.save(&state) {
-            tracing::error!(error = %e, "throttles apply but were not saved for the next start");
-            self.emit(Event::PersistFailed { reason: e.to_string() });
-        }
+        // Written by the persister thread; `Manager` calls wait for it
+        // after letting go of the lock.
+        self.persister.submit(state);
     }
 
     pub fn persist_if_runtime(&mut self, id: ThrottleId) {

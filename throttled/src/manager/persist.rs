@@ -1,0 +1,147 @@
+//! Writes the saved state off the core's lock, with group commit: callers
+//! hand over the newest state and wait until a write at least that new is
+//! on disk, so a burst of changes costs one write, not one each, and a slow
+//! disk never stalls calls that read.
+use std::{
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread::JoinHandle,
+};
+
+use crate::state::{State, StateStore};
+
+/// Told of a failed write (the daemon turns it into an event).
+pub type OnError = Box<dyn Fn(String) + Send + Sync>;
+
+#[derive(Default)]
+struct Shared {
+    latest: Option<(u64, State)>,
+    submitted: u64,
+    /// Every state up to this sequence number is on disk (or failed).
+    done: u64,
+    stop: bool,
+}
+
+pub struct Persister {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Persister {
+    pub fn new(store: StateStore, on_error: OnError) -> std::io::Result<Persister> {
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_error))?;
+        Ok(Persister { shared, thread: Some(thread) })
+    }
+
+    /// Queues `state` (replacing any older one not yet written); returns
+    /// its sequence number for `wait`.
+    pub fn submit(&self, state: State) -> u64 {
+        let (m, cv) = &*self.shared;
+        let mut s = lock(m);
+        s.submitted += 1;
+        let seq = s.submitted;
+        s.latest = Some((seq, state));
+        cv.notify_all();
+        seq
+    }
+
+    /// A handle to wait on writes without holding whatever owns `self`.
+    pub fn waiter(&self) -> Waiter {
+        Waiter(self.shared.clone())
+    }
+}
+
+#[derive(Clone)]
+pub struct Waiter(Arc<(Mutex<Shared>, Condvar)>);
+
+impl Waiter {
+    pub fn submitted(&self) -> u64 {
+        lock(&self.0 .0).submitted
+    }
+
+    /// Returns once everything up to `seq` has been written (or failed).
+    pub fn wait(&self, seq: u64) {
+        let (m, cv) = &*self.0;
+        let mut s = lock(m);
+        while s.done < seq && !s.stop {
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_error: &OnError) {
+    let (m, cv) = shared;
+    loop {
+        let (seq, state) = {
+            let mut s = lock(m);
+            while s.latest.is_none() && !s.stop {
+                s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            match s.latest.take() {
+                Some(job) => job,
+                None => return, // stopping, nothing left to write
+            }
+        };
+        if let Err(e) = store.save(&state) {
+            tracing::error!(error = %e, "throttles apply but were not saved for the next start");
+            on_error(e.to_string());
+        }
+        lock(m).done = seq;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Persister {
+    /// Writes what is pending, then stops.
+    fn drop(&mut self) {
+        let (m, cv) = &*self.shared;
+        lock(m).stop = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(next_id: u32) -> State {
+        State { version: 1, next_id, defaults: Default::default(), throttles: vec![] }
+    }
+
+    #[test]
+    fn the_newest_state_wins_and_waiters_return() {
+        let dir = std::env::temp_dir().join(format!("ct-persist-{}", std::process::id()));
+        let p = Persister::new(StateStore::new(&dir), Box::new(|_| {})).unwrap();
+        let mut last = 0;
+        for i in 1..=50 {
+            last = p.submit(state(i));
+        }
+        p.waiter().wait(last);
+        assert_eq!(StateStore::new(&dir).load().unwrap().unwrap().next_id, 50);
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failures_are_reported_and_do_not_block() {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let e = errors.clone();
+        // A state directory under a file cannot be created.
+        let p = Persister::new(
+            StateStore::new(std::path::Path::new("/proc/version/x")),
+            Box::new(move |m| e.lock().unwrap().push(m)),
+        )
+        .unwrap();
+        let seq = p.submit(state(1));
+        p.waiter().wait(seq);
+        assert_eq!(errors.lock().unwrap().len(), 1);
+    }
+}
