@@ -24,7 +24,8 @@ fi
 
 # Every test must clean up after itself, even on failure.
 leftovers=$( { ip netns list | grep -E '^ct-' || true; ip -o link show | grep -oE '(ct-(veth|peer)[0-9]+|cti-[^:@]+)' || true;
-  find /sys/fs/cgroup -maxdepth 3 -name 'ct-test*' 2>/dev/null || true; } )
+  find /sys/fs/cgroup -maxdepth 3 -name 'ct-test*' 2>/dev/null || true;
+  grep -E '^ct-' /proc/mounts || true; } )
 if [ -n "$leftovers" ]; then
   echo "test.sh: tests left network objects behind: $leftovers" >&2
   exit 1

@@ -247,6 +247,7 @@ impl Manager {
             (c.self_ref.clone(), c.persister.waiter())
         };
         let _ = self_ref.set(Arc::downgrade(&core));
+        persisted.wait(persisted.submitted());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (c, s) = (core.clone(), stop.clone());
