@@ -166,7 +166,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        // CT_FUZZ_CASES scales every fuzz test up (scripts/fuzz.sh).
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("CT_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(20_000)
+        ))]
         #[test]
         fn never_panics(s in "\\PC{0,24}") {
             let _ = p(&s);

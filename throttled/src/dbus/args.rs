@@ -141,4 +141,51 @@ mod tests {
         assert_eq!(direction("").unwrap(), None);
         assert!(direction("sideways").is_err());
     }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Value<'static>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(Value::U64),
+            any::<u32>().prop_map(Value::U32),
+            any::<i64>().prop_map(Value::I64),
+            any::<f64>().prop_map(Value::F64),
+            any::<bool>().prop_map(Value::Bool),
+            "\\PC{0,16}".prop_map(Value::from),
+            "[0-9.]{0,6}(K|M|G|kbit|mbit|KiB|MB)?".prop_map(Value::from),
+            proptest::collection::vec(any::<u32>(), 0..3).prop_map(Value::from),
+        ]
+    }
+
+    // Decoding never panics: every input is accepted or an InvalidArgument
+    // (or, for a well-formed pid, NoSuchProcess).
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testing::fuzz_cases(5_000)))]
+        #[test]
+        fn limits_decoding_never_panics(
+            pairs in proptest::collection::vec(
+                ("(down|up|backend|up_backend|down_backend|[a-z]{0,8})", value()), 0..5)
+        ) {
+            let options: HashMap<String, OwnedValue> =
+                pairs.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect();
+            match limits(&options) {
+                Ok(_) | Err(Error::InvalidArgument(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+        }
+
+        #[test]
+        fn target_and_path_decoding_never_panics(
+            kind in "(pid|tree|name|exe|cgroup|unit|\\PC{0,6})",
+            target_text in "\\PC{0,40}",
+            path in "(/org/chadthrottle/throttles/)?\\PC{0,12}",
+            dir in "\\PC{0,6}",
+        ) {
+            match target(&kind, &target_text) {
+                Ok(_) | Err(Error::InvalidArgument(_)) | Err(Error::NoSuchProcess(_)) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),
+            }
+            let _ = throttle_id(&path);
+            let _ = direction(&dir);
+        }
+    }
 }

@@ -18,6 +18,11 @@ pub fn missing(why: &str) {
 }
 
 /// A scratch directory (state, config), removed on drop.
+/// Cases per fuzz (proptest) test: `default`, or CT_FUZZ_CASES for long runs.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("CT_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
+}
+
 pub struct ScratchDir {
     pub path: std::path::PathBuf,
 }
