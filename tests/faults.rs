@@ -1,12 +1,19 @@
-//! Faults in the daemon's own storage: a full state directory and a
-//! corrupted state file. Limits must keep working and the failure must be
-//! said clearly.
+//! Faults: the daemon's own storage (a full state directory, a corrupted
+//! state file), and kernel objects broken under running traffic (the IFB
+//! deleted, the interface down and up). Limits must come back within 10 s,
+//! the health change must be reported, nothing may be left twice, and a
+//! storage failure must be said clearly.
 mod common;
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use common::*;
 use throttled::{
+    backend::Health,
     config,
     manager::{Event, LimitSpec, Manager, ManagerOptions},
     target::Target,
@@ -89,4 +96,94 @@ fn a_corrupt_state_file_is_moved_aside_and_rules_still_apply() {
     let saved = std::fs::read_to_string(state.join("throttles.json")).unwrap();
     assert!(serde_json::from_str::<serde_json::Value>(&saved).is_ok(), "a fresh, valid state was not written");
     drop(m);
+}
+
+const LIMIT: f64 = 2.0 * 1048576.0;
+
+/// Runs a throttled iperf3 flow for 20 s on `backend`, breaks something
+/// at second 4, and checks: the backend's health went broken (or degraded,
+/// for an interface that is only down) and back, the
+/// limit holds again within 10 s of the fault, and `count()` of our objects
+/// ends at exactly one.
+fn fault_under_traffic(tag: u8, backend: &str, fault: impl FnOnce(&Lab), count: impl Fn(&Lab) -> usize) {
+    let mut lab = Lab::new(tag);
+    lab.server(5201);
+    let state = ScratchDir::new(&format!("fault-{tag}"));
+    let m = Manager::start(&throttled::testing::options(&state, &[&lab.veth])).unwrap();
+    let events = m.subscribe();
+    let t0 = Instant::now();
+    // ifb_tc shapes downloads, tc_htb uploads.
+    let reverse = backend == "ifb_tc";
+    let c = lab.client(&format!("ct-fault-{tag}"), 5201, 20, reverse);
+    let two = Some("2M".parse().unwrap());
+    let spec = if reverse {
+        LimitSpec { down: two, ..Default::default() }
+    } else {
+        LimitSpec { up: two, ..Default::default() }
+    };
+    let spec = LimitSpec { backend: Some(backend.into()), ..spec };
+    m.limit_pid(c.pid(), &spec).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    fault(&lab);
+    let broke = t0.elapsed().as_secs_f64();
+    let healthy = || m.backends().into_iter().find(|b| b.name == backend).is_some_and(|b| b.health == Health::Healthy);
+    assert!(wait_until(Duration::from_secs(10), || count(&lab) == 1 && healthy()), "{backend} not repaired in 10 s");
+    let repaired = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    // While the flow still runs (its throttle, and our objects, end with it).
+    assert_eq!(count(&lab), 1, "{backend}: objects duplicated or lost");
+    let r = c.wait();
+    eprintln!("{backend}: broken at {broke:.1} s, repaired at {repaired:.1} s, per second: {:?}", r.intervals);
+    let from = (broke + 10.0).ceil() as usize;
+    let after = r.mean(from.min(18), 20);
+    assert!(after <= LIMIT * 1.1, "{backend}: {after:.0} B/s after the repair, over the limit");
+    assert!(after >= LIMIT * 0.5, "{backend}: {after:.0} B/s after the repair: the flow stalled");
+    let changes: Vec<(String, Health)> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::HealthChanged { component, health } => Some((component.to_string(), health)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        changes.iter().any(|(c, h)| c == backend && matches!(h, Health::Broken(_) | Health::Degraded(_))),
+        "no health event for the fault: {changes:?}"
+    );
+}
+
+fn ifbs(lab: &Lab) -> usize {
+    let links = sh(&["ip", "-o", "link", "show"]);
+    links.lines().filter(|l| l.contains(&format!("cti-{}", lab.veth))).count()
+}
+
+fn htb_roots(lab: &Lab) -> usize {
+    sh(&["tc", "qdisc", "show", "dev", &lab.veth]).lines().filter(|l| l.contains("htb c7:")).count()
+}
+
+#[test]
+fn the_ifb_deleted_under_traffic_is_rebuilt() {
+    let Some(_g) = begin() else { return };
+    fault_under_traffic(
+        71,
+        "ifb_tc",
+        |lab| {
+            sh(&["ip", "link", "del", &format!("cti-{}", lab.veth)]);
+        },
+        ifbs,
+    );
+}
+
+#[test]
+fn the_interface_down_and_up_under_traffic() {
+    let Some(_g) = begin() else { return };
+    fault_under_traffic(
+        72,
+        "tc_htb",
+        |lab| {
+            sh(&["ip", "link", "set", &lab.veth, "down"]);
+            std::thread::sleep(Duration::from_millis(500));
+            sh(&["ip", "link", "set", &lab.veth, "up"]);
+        },
+        htb_roots,
+    );
 }

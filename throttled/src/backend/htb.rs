@@ -173,6 +173,10 @@ fn write_saved(path: &Path, q: Option<&QdiscInfo>) {
 /// A device record that carries an HTB tree.
 pub trait HasHtb {
     fn htb(&self) -> &HtbDevice;
+    /// The managed interface's name.
+    fn iface(&self) -> &str {
+        &self.htb().name
+    }
 }
 
 impl HasHtb for HtbDevice {
@@ -262,7 +266,11 @@ impl<D: HasHtb> HtbFleet<D> {
                 return Health::Broken(why);
             }
         }
-        Health::Healthy
+        // Keyed by the managed interface's index.
+        match self.devices.iter().find(|(idx, _)| nl.link(**idx).is_ok_and(|l| l.is_some_and(|l| !l.up))) {
+            Some((_, d)) => Health::Degraded(format!("{} is down", d.iface())),
+            None => Health::Healthy,
+        }
     }
 
     /// Rebuilds every tree that `check` finds broken (devices still present).

@@ -26,6 +26,9 @@ impl HasHtb for IfbDevice {
     fn htb(&self) -> &HtbDevice {
         &self.htb
     }
+    fn iface(&self) -> &str {
+        &self.iface
+    }
 }
 
 pub struct IfbTcBackend {

@@ -76,6 +76,9 @@ pub enum Health {
     Healthy,
     /// Not set up (no throttles yet).
     Idle,
+    /// Intact, but unable to act for now (a managed interface is down):
+    /// reported, never repaired or failed over.
+    Degraded(String),
     Broken(String),
 }
 

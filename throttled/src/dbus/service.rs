@@ -262,7 +262,8 @@ impl ManagerIface {
         backend: &str,
     ) -> zbus::Result<()>;
 
-    /// `health`: healthy, idle or broken, with the reason in `detail`.
+    /// `health`: healthy, idle, degraded (intact but unable to act, e.g. an
+    /// interface is down) or broken, with the reason in `detail`.
     #[zbus(signal)]
     pub async fn backend_health_changed(
         emitter: &SignalEmitter<'_>,
@@ -307,6 +308,7 @@ pub fn health_parts(h: &Health) -> (&'static str, String) {
     match h {
         Health::Healthy => ("healthy", String::new()),
         Health::Idle => ("idle", String::new()),
+        Health::Degraded(why) => ("degraded", why.clone()),
         Health::Broken(why) => ("broken", why.clone()),
     }
 }
