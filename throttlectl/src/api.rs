@@ -27,6 +27,10 @@ pub trait Manager {
     #[zbus(allow_interactive_auth)]
     fn migrate_backend(&self, from: &str, to: &str) -> zbus::Result<u32>;
     fn get_stats(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+    /// sort: down, up or total; scope: all, internet or local.
+    fn get_top_processes(&self, count: u32, sort: &str, scope: &str) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
+    /// kind: process (id = pid) or throttle; (up, down) bytes/s, one a second, oldest first.
+    fn get_history(&self, kind: &str, id: u32) -> zbus::Result<Vec<(u64, u64)>>;
     #[zbus(allow_interactive_auth)]
     fn reload(&self) -> zbus::Result<()>;
     #[zbus(property)]
@@ -178,12 +182,22 @@ impl Failure {
         Failure { code: 1, msg: e.to_string(), hint: None }
     }
 
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+
     pub fn report(self) -> ExitCode {
         eprintln!("throttlectl: {}", self.msg);
         if let Some(h) = self.hint {
             eprintln!("hint: {h}");
         }
         ExitCode::from(self.code)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
     }
 }
 

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use throttle_common::rate::Rate;
 
+use crate::top::{Scope, Sort};
+
 #[derive(Parser)]
 #[command(name = "throttlectl", version, about = "Control chadthrottled, the per-process bandwidth limiter")]
 pub struct Cli {
@@ -81,6 +83,21 @@ pub enum Cmd {
     Status,
     /// Re-read the config and rules.
     Reload,
+    /// Full-screen view of processes by bandwidth; throttle, graph, pick backends (? for keys).
+    Top {
+        /// Print one sample and exit: a table, or JSON with --json.
+        #[arg(long)]
+        once: bool,
+        /// How many processes --once prints.
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+        /// Order by down, up or total rate (largest first).
+        #[arg(long, value_enum, default_value_t)]
+        sort: Sort,
+        /// Which traffic counts: all, internet or local.
+        #[arg(long, value_enum, default_value_t)]
+        scope: Scope,
+    },
     /// Parse a rate the way the daemon does and print it in bytes per second.
     Rate { rate: String },
     /// Print a shell completion script (bash, zsh or fish).

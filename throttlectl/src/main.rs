@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod output;
+mod top;
 
 use std::{collections::HashMap, process::ExitCode};
 
@@ -49,6 +50,10 @@ fn offline(cmd: &Cmd) -> Option<Result<(), Failure>> {
 async fn run(cli: Cli) -> Result<(), Failure> {
     if let Some(done) = offline(&cli.cmd) {
         return done;
+    }
+    // top connects (and reconnects) by itself.
+    if let Cmd::Top { once, count, sort, scope } = cli.cmd {
+        return top::run(&cli.bus, top::Options { once, count, sort, scope, json: cli.json }).await;
     }
     let c = Client::connect(&cli.bus).await?;
     let json = cli.json;
@@ -113,6 +118,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("reloaded");
         }
         Cmd::Rate { .. } | Cmd::Completions { .. } | Cmd::Manpage => unreachable!("handled offline"),
+        Cmd::Top { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
 }
@@ -151,6 +157,16 @@ mod tests {
         assert_eq!(unit, Ok(("unit", "backup.service".into())));
         assert!(target_of(Some("x".into()), false, Some("/bin/x".into()), None, None).is_err());
         assert!(target_of(None, false, None, None, None).is_err());
+    }
+
+    #[test]
+    fn top_options_parse() {
+        let cli =
+            Cli::try_parse_from(["throttlectl", "--json", "top", "--once", "--count", "5", "--sort", "up"]).unwrap();
+        let Cmd::Top { once, count, sort, scope } = cli.cmd else { panic!("not top") };
+        assert!(once && cli.json);
+        assert_eq!((count, sort, scope), (5, top::Sort::Up, top::Scope::All));
+        assert!(Cli::try_parse_from(["throttlectl", "top", "--scope", "lan"]).is_err());
     }
 
     #[test]

@@ -1,0 +1,69 @@
+//! `top --once`: one sample, as a table or JSON, for scripts.
+use super::{human, model::Proc};
+
+pub fn print(procs: &[Proc], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(procs).unwrap_or_default());
+    } else {
+        print!("{}", table(procs));
+    }
+}
+
+pub fn table(procs: &[Proc]) -> String {
+    let mut out = format!(
+        "   {:>7} {:<16} {:>11} {:>11} {:>10} {:>10} BACKENDS\n",
+        "PID", "NAME", "DOWN", "UP", "TOTAL↓", "TOTAL↑"
+    );
+    for p in procs {
+        let line = format!(
+            "{} {:>7} {:<16} {:>11} {:>11} {:>10} {:>10} {}",
+            if p.throttled { "⚡" } else { "  " },
+            p.pid,
+            p.name,
+            human::rate(p.down_rate),
+            human::rate(p.up_rate),
+            human::bytes(p.down_total),
+            human::bytes(p.up_total),
+            p.backends.join(",")
+        );
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_marks_throttled_rows() {
+        let p = Proc {
+            pid: 42,
+            name: "curl".into(),
+            down_rate: 1536,
+            throttled: true,
+            backends: vec!["ebpf".into()],
+            ..Proc::default()
+        };
+        let t = table(&[p, Proc { pid: 7, name: "sshd".into(), ..Proc::default() }]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("PID") && lines[0].ends_with("BACKENDS"));
+        assert!(
+            lines[1].starts_with("⚡      42 curl") && lines[1].contains("1.5 KiB/s") && lines[1].ends_with("ebpf")
+        );
+        assert!(lines[2].starts_with("         7 sshd") && lines[2].ends_with("0 B"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn json_uses_the_api_field_names() {
+        let v = serde_json::to_value([Proc { pid: 1, throttle_ids: vec![2], ..Proc::default() }]).unwrap();
+        for k in ["pid", "name", "exe", "down_rate", "up_rate", "down_total", "up_total", "throttled"] {
+            assert!(v[0].get(k).is_some(), "{k}");
+        }
+        for k in ["throttle_ids", "backends", "down_limit", "up_limit"] {
+            assert!(v[0].get(k).is_some(), "{k}");
+        }
+    }
+}

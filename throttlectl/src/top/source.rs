@@ -1,0 +1,226 @@
+//! Where the TUI's data comes from: a trait, and the daemon over D-Bus.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use super::model::{Backend, Dir, Proc, Sample, Scope, Sort};
+use crate::api::{Client, Failure, ThrottleView};
+
+/// What the TUI asks of the daemon. Errors with code 5 mean it is gone.
+#[allow(async_fn_in_trait)]
+pub trait Source {
+    async fn top(&mut self, count: u32, sort: Sort, scope: Scope) -> Result<Vec<Proc>, Failure>;
+    async fn history(&mut self, pid: u32) -> Result<Vec<Sample>, Failure>;
+    async fn backends(&mut self) -> Result<Vec<Backend>, Failure>;
+    async fn throttles(&mut self) -> Result<Vec<ThrottleView>, Failure>;
+    async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure>;
+    async fn remove(&mut self, t: &ThrottleView) -> Result<(), Failure>;
+    async fn set_default(&mut self, dir: Dir, backend: &str) -> Result<(), Failure>;
+}
+
+/// How long between connection attempts once the daemon is gone.
+const RETRY: Duration = Duration::from_secs(2);
+/// Reads must be quick; changes may wait for a polkit agent.
+const READ: Duration = Duration::from_secs(5);
+const WRITE: Duration = Duration::from_secs(120);
+
+/// The daemon on a bus. A lost connection is dropped and a new one made,
+/// at most every `RETRY`.
+pub struct Dbus {
+    bus: String,
+    client: Option<Client>,
+    last_try: Option<Instant>,
+    last_error: String,
+}
+
+impl Dbus {
+    pub fn new(bus: &str) -> Dbus {
+        Dbus { bus: bus.into(), client: None, last_try: None, last_error: String::new() }
+    }
+
+    async fn client(&mut self) -> Result<&Client, Failure> {
+        if self.client.is_none() {
+            if self.last_try.is_some_and(|t| t.elapsed() < RETRY) {
+                return Err(Failure::unreachable(self.last_error.clone()));
+            }
+            self.last_try = Some(Instant::now());
+            match Client::connect(&self.bus).await {
+                Ok(c) => self.client = Some(c),
+                Err(f) => return Err(self.lose(f)),
+            }
+        }
+        self.client.as_ref().ok_or_else(|| Failure::unreachable("not connected"))
+    }
+
+    fn lose(&mut self, f: Failure) -> Failure {
+        self.client = None;
+        self.last_error = f.to_string();
+        f
+    }
+
+    async fn call<T>(
+        &mut self,
+        wait: Duration,
+        f: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let c = self.client().await?;
+        let r = tokio::time::timeout(wait, f(c)).await.unwrap_or_else(|_| {
+            Err(Failure::unreachable(format!("chadthrottled did not answer within {} s", wait.as_secs())))
+        });
+        match r {
+            Err(f) if f.code() == 5 => Err(self.lose(f)),
+            r => r,
+        }
+    }
+}
+
+/// Errors after which the connection is not worth keeping.
+fn fail(e: zbus::Error) -> Failure {
+    let lost = match &e {
+        zbus::Error::InputOutput(_) | zbus::Error::Connection(..) | zbus::Error::Handshake(_) => true,
+        zbus::Error::MethodError(name, ..) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.NoReply"
+                | "org.freedesktop.DBus.Error.Disconnected"
+                | "org.freedesktop.DBus.Error.Timeout"
+                | "org.freedesktop.DBus.Error.TimedOut"
+        ),
+        _ => false,
+    };
+    if lost {
+        Failure::unreachable(format!("lost chadthrottled: {e}"))
+    } else {
+        Failure::from(e)
+    }
+}
+
+impl Source for Dbus {
+    async fn top(&mut self, count: u32, sort: Sort, scope: Scope) -> Result<Vec<Proc>, Failure> {
+        let (sort, scope) = (sort.as_str(), scope.as_str());
+        let dicts =
+            self.call(READ, async |c| c.manager.get_top_processes(count, sort, scope).await.map_err(fail)).await?;
+        Ok(dicts.iter().map(proc_of).collect())
+    }
+
+    async fn history(&mut self, pid: u32) -> Result<Vec<Sample>, Failure> {
+        let h = self.call(READ, async |c| c.manager.get_history("process", pid).await.map_err(fail)).await?;
+        Ok(h.into_iter().map(|(up, down)| Sample { up, down }).collect())
+    }
+
+    async fn backends(&mut self) -> Result<Vec<Backend>, Failure> {
+        let dicts = self.call(READ, async |c| c.manager.list_backends().await.map_err(fail)).await?;
+        Ok(dicts.iter().map(backend_of).collect())
+    }
+
+    async fn throttles(&mut self) -> Result<Vec<ThrottleView>, Failure> {
+        self.call(READ, async |c| c.throttles().await).await
+    }
+
+    async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure> {
+        let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
+        down.map(|b| opts.insert("down", Value::U64(b)));
+        up.map(|b| opts.insert("up", Value::U64(b)));
+        let pid = pid.to_string();
+        self.call(WRITE, async |c| c.manager.limit("pid", &pid, opts).await.map(drop).map_err(fail)).await
+    }
+
+    async fn remove(&mut self, t: &ThrottleView) -> Result<(), Failure> {
+        self.call(WRITE, async |c| c.manager.remove(&t.path.as_ref()).await.map_err(fail)).await
+    }
+
+    async fn set_default(&mut self, dir: Dir, backend: &str) -> Result<(), Failure> {
+        self.call(WRITE, async |c| c.manager.set_default_backend(dir.as_str(), backend).await.map_err(fail)).await
+    }
+}
+
+fn get<T: TryFrom<OwnedValue>>(d: &HashMap<String, OwnedValue>, k: &str) -> Option<T> {
+    d.get(k).and_then(|v| v.try_clone().ok()).and_then(|v| T::try_from(v).ok())
+}
+
+/// Missing or mistyped keys read as empty: an older daemon still shows.
+pub fn proc_of(d: &HashMap<String, OwnedValue>) -> Proc {
+    let n = |k| get::<u64>(d, k).unwrap_or(0);
+    Proc {
+        pid: get(d, "pid").unwrap_or(0),
+        name: get(d, "name").unwrap_or_default(),
+        exe: get(d, "exe").unwrap_or_default(),
+        down_rate: n("down_rate"),
+        up_rate: n("up_rate"),
+        down_total: n("down_total"),
+        up_total: n("up_total"),
+        throttled: get(d, "throttled").unwrap_or(false),
+        throttle_ids: get(d, "throttle_ids").unwrap_or_default(),
+        backends: get(d, "backends").unwrap_or_default(),
+        down_limit: n("down_limit"),
+        up_limit: n("up_limit"),
+    }
+}
+
+pub fn backend_of(d: &HashMap<String, OwnedValue>) -> Backend {
+    Backend {
+        name: get(d, "name").unwrap_or_default(),
+        directions: get(d, "directions").unwrap_or_default(),
+        priority: get(d, "priority").unwrap_or_default(),
+        available: get(d, "available").unwrap_or(false),
+        reason: get(d, "reason").unwrap_or_default(),
+        default_for: get(d, "default_for").unwrap_or_default(),
+        active: get(d, "active").unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict(pairs: Vec<(&str, Value<'_>)>) -> HashMap<String, OwnedValue> {
+        pairs.into_iter().map(|(k, v)| (k.to_string(), OwnedValue::try_from(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn reads_a_process_dict() {
+        let d = dict(vec![
+            ("pid", Value::U32(42)),
+            ("name", Value::from("curl")),
+            ("down_rate", Value::U64(1024)),
+            ("throttled", Value::Bool(true)),
+            ("throttle_ids", Value::from(vec![3u32])),
+            ("backends", Value::from(vec!["ebpf"])),
+            ("up_limit", Value::U64(2048)),
+            ("exe", Value::U32(7)),
+        ]);
+        let p = proc_of(&d);
+        assert_eq!((p.pid, p.name.as_str(), p.down_rate, p.up_rate), (42, "curl", 1024, 0));
+        assert!(p.throttled);
+        assert_eq!((p.throttle_ids, p.backends, p.up_limit), (vec![3], vec!["ebpf".to_string()], 2048));
+        assert_eq!(p.exe, "", "a mistyped key reads as empty");
+    }
+
+    #[test]
+    fn reads_a_backend_dict() {
+        let d = dict(vec![
+            ("name", Value::from("tc_htb")),
+            ("directions", Value::from(vec!["up"])),
+            ("available", Value::Bool(false)),
+            ("reason", Value::from("no sch_htb")),
+            ("default_for", Value::from(Vec::<String>::new())),
+            ("active", Value::U32(2)),
+        ]);
+        let b = backend_of(&d);
+        assert_eq!(b.why_not(Dir::Up).as_deref(), Some("unavailable: no sch_htb"));
+        assert_eq!(b.active, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_bus_is_retried_no_more_than_every_two_seconds() {
+        let mut s = Dbus::new("unix:path=/nonexistent/bus");
+        let first = s.top(1, Sort::Total, Scope::All).await.unwrap_err();
+        assert_eq!(first.code(), 5);
+        let t = s.last_try;
+        let again = s.top(1, Sort::Total, Scope::All).await.unwrap_err();
+        assert_eq!((again.code(), again.to_string()), (5, first.to_string()));
+        assert_eq!(s.last_try, t, "no new attempt within 2 s");
+    }
+}
