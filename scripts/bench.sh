@@ -23,13 +23,31 @@ while [ $# -gt 0 ]; do
 done
 bash scripts/bootstrap.sh
 cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --example bench_load --bin chadthrottled
-data=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp)
-trap 'rm -f "$data" "$core" "$mon" "$load"' EXIT
-case "$only" in all|data) ./target/release/examples/bench "$@" | tee "$data" ;; esac
+data=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp)
+trap 'rm -f "$data" "$core" "$mon" "$load" "$series"' EXIT
+case "$only" in all|data) ./target/release/examples/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
 case "$only" in all|core) ./target/release/examples/bench_core | tee "$core" ;; esac
 case "$only" in all|monitor) ./target/release/examples/bench_monitor | tee "$mon" ;; esac
 case "$only" in all|load) ./target/release/examples/bench_load | tee "$load" ;; esac
 $write || exit 0
+# The per-second plot of every backend at 10 MiB/s (gnuplot, no X).
+if [ -s "$series" ]; then
+  command -v gnuplot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox
+  cols=$(head -1 "$series" | tr ',' '\n' | wc -l)
+  gnuplot <<GP
+set terminal pngcairo size 1000,560 font ",10" noenhanced
+set output "docs/bench-per-second-10M.png"
+set datafile separator ","
+set key outside right autotitle columnhead
+set title "IP-layer rate per second under a 10 MiB/s limit (one iperf3 flow each)"
+set xlabel "second of the run"
+set ylabel "MiB/s"
+set yrange [0:14]
+set grid
+plot for [i=2:$cols] "$series" using 1:i with linespoints pointsize 0.6, 10 title "limit" dashtype 2 lc "black"
+GP
+  echo "bench.sh: docs/bench-per-second-10M.png written"
+fi
 python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):

@@ -24,6 +24,8 @@ struct Opts {
     overhead: bool,
     /// Only the per-packet cost table.
     cost_only: bool,
+    /// Where to write the per-second series of the 10M runs (for the plot).
+    plot_csv: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -34,6 +36,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         secs: 10,
         overhead: true,
         cost_only: false,
+        plot_csv: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -45,6 +48,7 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--secs" => o.secs = val()?.parse()?,
             "--skip-overhead" => o.overhead = false,
             "--cost-only" => o.cost_only = true,
+            "--plot-csv" => o.plot_csv = Some(val()?),
             _ => bail!("unknown argument {a}"),
         }
     }
@@ -62,6 +66,8 @@ struct Accuracy {
     retrans: Option<u64>,
     segments: f64,
     rtt_ms: Option<f64>,
+    /// IP-layer bytes per second, every second of the run.
+    per_sec: Vec<f64>,
 }
 
 /// How a limit is put in place: one of our backends, or the hand-written
@@ -115,10 +121,18 @@ fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32) -> a
     let mut samples = Vec::new();
     for s in 1..secs {
         std::thread::sleep((start + Duration::from_secs(s as u64)).saturating_duration_since(Instant::now()));
-        samples.push(applied.passed()? as f64);
+        // The throttle ends with its process: a client that finished a
+        // moment early ends the sampling, not the benchmark.
+        match applied.passed() {
+            Ok(b) => samples.push(b as f64),
+            Err(_) => break,
+        }
     }
     let r = c.wait();
     drop(applied);
+    // A slow shaper's queue may still be draining into the server, which
+    // refuses the next client until its test ends.
+    std::thread::sleep(Duration::from_secs(2));
     let per_sec: Vec<f64> = samples.windows(2).map(|w| w[1] - w[0]).collect();
     let k = |v: &[f64]| v.iter().map(|x| (x / 1024.0).round() as i64).collect::<Vec<_>>();
     eprintln!("{limit} down={down}: goodput KiB/s {:?}; IP-layer KiB/s {:?}", k(&r.intervals), k(&per_sec));
@@ -133,6 +147,7 @@ fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32) -> a
         retrans: r.retransmits,
         segments: r.sent_bytes / 1448.0,
         rtt_ms: r.mean_rtt_us.map(|u| u / 1000.0),
+        per_sec,
     })
 }
 
@@ -349,6 +364,7 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     let m = Manager::start(&opts)?;
     let mut control = Vec::new();
+    let mut series = Vec::new();
     for backend in &o.backends {
         for dir in &o.dirs {
             let down = dir == "down";
@@ -369,9 +385,15 @@ fn main() -> anyhow::Result<()> {
                     "| {backend} | {dir} | {rate} | {:.3} | {:.3} | {:.2}–{:.2} | {rt} | {rtt} |",
                     a.goodput, a.ip_rate, a.ip_min, a.ip_max
                 );
+                if rate == "10M" {
+                    series.push((format!("{backend} {dir}"), a.per_sec.clone()));
+                }
             }
             control.push((backend.clone(), dir.clone(), apply_time(&l, down)?));
         }
+    }
+    if let Some(path) = &o.plot_csv {
+        write_series(path, &series)?;
     }
     println!("\n| backend | direction | time to apply one more limit (median of 20) |");
     println!("|---|---|---|");
@@ -392,6 +414,26 @@ fn main() -> anyhow::Result<()> {
             println!("| {which} | {name} | {:.0} MiB/s | {:.0} MiB/s | {r:.3} |", a / MIB, b / MIB);
         }
     }
+    Ok(())
+}
+
+/// One row per second, one column per run, in MiB/s (ragged runs leave gaps).
+fn write_series(path: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    let mut out = String::from("second");
+    for (name, _) in series {
+        out.push_str(&format!(",{name}"));
+    }
+    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    for i in 0..n {
+        out.push_str(&format!("\n{}", i + 1));
+        for (_, v) in series {
+            out.push(',');
+            if let Some(x) = v.get(i) {
+                out.push_str(&format!("{:.4}", x / MIB));
+            }
+        }
+    }
+    std::fs::write(path, out + "\n")?;
     Ok(())
 }
 
