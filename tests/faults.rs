@@ -187,3 +187,37 @@ fn the_interface_down_and_up_under_traffic() {
         htb_roots,
     );
 }
+
+/// `kill -9` of the daemon under a throttled upload, then a restart: the
+/// next run removes what the killed one left, restores the saved throttle
+/// on its backend, and the flow is held to its limit again, with exactly one
+/// HTB root on the interface.
+#[test]
+fn kill_9_under_traffic_then_restart() {
+    let Some(_g) = begin() else { return };
+    let mut lab = Lab::new(75);
+    lab.server(5201);
+    let state = ScratchDir::new("fault-kill9");
+    let t0 = Instant::now();
+    let c = lab.client("ct-fault-kill9", 5201, 20, false);
+    let pid = c.pid().to_string();
+    let args = ["--no-dbus", "--interface", &lab.veth];
+    let limit = ["--pid", &pid, "--up", "2M", "--up-backend", "tc_htb"];
+    let mut first = isolated_daemon(&state, &[&args[..], &limit[..]].concat());
+    std::thread::sleep(Duration::from_secs(4));
+    first.kill().unwrap(); // SIGKILL: no cleanup at all
+    first.wait().unwrap();
+    let killed = t0.elapsed().as_secs_f64();
+    let mut second = isolated_daemon(&state, &args);
+    let restarted = t0.elapsed().as_secs_f64();
+    assert_eq!(htb_roots(&lab), 1, "the restart left two HTB roots or none");
+    let r = c.wait();
+    eprintln!("killed at {killed:.1} s, restarted at {restarted:.1} s, per second: {:?}", r.intervals);
+    let from = (restarted + 3.0).ceil() as usize;
+    let after = r.mean(from.min(18), 20);
+    assert!(after <= LIMIT * 1.1, "{after:.0} B/s after the restart: the saved throttle is not enforced");
+    assert!(after >= LIMIT * 0.5, "{after:.0} B/s after the restart: the flow stalled");
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert!(second.wait().unwrap().success());
+    assert_eq!(htb_roots(&lab), 0, "the clean stop left our HTB behind");
+}
