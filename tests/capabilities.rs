@@ -14,6 +14,14 @@ fn bounded(caps: &str) -> String {
     format!("-all,{}", caps.split(',').map(|c| format!("+{c}")).collect::<Vec<_>>().join(","))
 }
 
+/// setpriv's arguments for the daemon under `bounding`, with scratch config
+/// and state, no bus, and `extra`.
+fn under<'a>(bounding: &'a str, state: &'a ScratchDir, extra: &[&'a str]) -> Vec<&'a str> {
+    let daemon = env!("CARGO_BIN_EXE_chadthrottled");
+    let dirs = ["--config", "/nonexistent/chadthrottled.toml", "--state-dir", state.path.to_str().unwrap()];
+    [&["--bounding-set", bounding, daemon][..], &dirs[..], &["--no-dbus"][..], extra].concat()
+}
+
 fn setpriv() -> Option<std::path::PathBuf> {
     let p = which("setpriv");
     if p.is_none() {
@@ -33,34 +41,21 @@ fn every_backend_works_with_the_units_capabilities() {
     let state = ScratchDir::new("caps-unit");
     let client = lab.client("ct-caps", 5201, 10, false);
     let pid = client.pid().to_string();
-    let conf = state.path.join("chadthrottled.toml");
-    let (sp, daemon) = (setpriv.to_str().unwrap(), env!("CARGO_BIN_EXE_chadthrottled"));
-    let caps = bounded(UNIT_CAPS);
-    let mut d = spawn_daemon(
-        sp,
-        &[
-            "--bounding-set",
-            &caps,
-            daemon,
-            "--config",
-            conf.to_str().unwrap(),
-            "--state-dir",
-            state.path.to_str().unwrap(),
-            "--no-dbus",
-            "--pid",
-            &pid,
-            "--up",
-            "2M",
-            "--down",
-            "2M",
-            "--up-backend",
-            "tc_htb",
-            "--down-backend",
-            "ifb_tc",
-            "--interface",
-            &lab.veth,
-        ],
-    );
+    let limit = [
+        "--pid",
+        &pid,
+        "--up",
+        "2M",
+        "--down",
+        "2M",
+        "--up-backend",
+        "tc_htb",
+        "--down-backend",
+        "ifb_tc",
+        "--interface",
+        &lab.veth,
+    ];
+    let mut d = spawn_daemon(setpriv.to_str().unwrap(), &under(&bounded(UNIT_CAPS), &state, &limit));
     let qdisc = sh(&["tc", "qdisc", "show", "dev", &lab.veth]);
     assert!(qdisc.contains("htb c7:"), "no HTB root under the unit's capabilities: {qdisc}");
     let links = sh(&["ip", "-o", "link", "show"]);
@@ -82,25 +77,9 @@ fn a_missing_capability_is_named() {
     let state = ScratchDir::new("caps-missing");
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = target.id().to_string();
-    let conf = state.path.join("chadthrottled.toml");
     let caps = bounded("bpf,perfmon,net_admin,sys_ptrace");
-    let args = [
-        "--bounding-set",
-        &caps,
-        env!("CARGO_BIN_EXE_chadthrottled"),
-        "--config",
-        conf.to_str().unwrap(),
-        "--state-dir",
-        state.path.to_str().unwrap(),
-        "--no-dbus",
-        "--pid",
-        &pid,
-        "--up",
-        "1M",
-        "--up-backend",
-        "tc_htb",
-    ];
-    let out = Command::new(&setpriv).args(args).stdin(Stdio::null()).output().unwrap();
+    let args = under(&caps, &state, &["--pid", &pid, "--up", "1M", "--up-backend", "tc_htb"]);
+    let out = Command::new(&setpriv).args(&args).stdin(Stdio::null()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "tc_htb worked without CAP_SYS_ADMIN?");
     assert!(err.contains("needs CAP_SYS_ADMIN"), "the missing capability is not named: {err}");

@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::*;
+use throttled::testing::rss_kib;
 use throttled::{
     backend::{Direction, Health},
     config::FailurePolicy,
@@ -64,11 +65,6 @@ fn kernel_procs_entries() -> usize {
     let out = sh(&["bpftool", "-j", "map", "dump", "name", "CT_PROCS"]);
     let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
     v.as_array().map_or(0, Vec::len)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
 }
 
 fn start(state: &ScratchDir, ifaces: &[&str]) -> Manager {

@@ -134,10 +134,7 @@ fn fault_under_traffic(tag: u8, backend: &str, fault: impl FnOnce(&Lab), count: 
     assert_eq!(count(&lab), 1, "{backend}: objects duplicated or lost");
     let r = c.wait();
     eprintln!("{backend}: broken at {broke:.1} s, repaired at {repaired:.1} s, per second: {:?}", r.intervals);
-    let from = (broke + 10.0).ceil() as usize;
-    let after = r.mean(from.min(18), 20);
-    assert!(after <= LIMIT * 1.1, "{backend}: {after:.0} B/s after the repair, over the limit");
-    assert!(after >= LIMIT * 0.5, "{backend}: {after:.0} B/s after the repair: the flow stalled");
+    assert_held_from(backend, &r, broke + 10.0);
     let changes: Vec<(String, Health)> = events
         .try_iter()
         .filter_map(|e| match e {
@@ -149,6 +146,15 @@ fn fault_under_traffic(tag: u8, backend: &str, fault: impl FnOnce(&Lab), count: 
         changes.iter().any(|(c, h)| c == backend && matches!(h, Health::Broken(_) | Health::Degraded(_))),
         "no health event for the fault: {changes:?}"
     );
+}
+
+/// From second `from` of a 20 s run on, the flow is held to its limit and
+/// not stalled.
+#[track_caller]
+fn assert_held_from(what: &str, r: &IperfResult, from: f64) {
+    let after = r.mean((from.ceil() as usize).min(18), 20);
+    assert!(after <= LIMIT * 1.1, "{what}: {after:.0} B/s from second {from:.0}, over the limit");
+    assert!(after >= LIMIT * 0.5, "{what}: {after:.0} B/s from second {from:.0}: the flow stalled");
 }
 
 fn ifbs(lab: &Lab) -> usize {
@@ -213,10 +219,7 @@ fn kill_9_under_traffic_then_restart() {
     assert_eq!(htb_roots(&lab), 1, "the restart left two HTB roots or none");
     let r = c.wait();
     eprintln!("killed at {killed:.1} s, restarted at {restarted:.1} s, per second: {:?}", r.intervals);
-    let from = (restarted + 3.0).ceil() as usize;
-    let after = r.mean(from.min(18), 20);
-    assert!(after <= LIMIT * 1.1, "{after:.0} B/s after the restart: the saved throttle is not enforced");
-    assert!(after >= LIMIT * 0.5, "{after:.0} B/s after the restart: the flow stalled");
+    assert_held_from("the restored throttle", &r, restarted + 3.0);
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     assert!(second.wait().unwrap().success());
     assert_eq!(htb_roots(&lab), 0, "the clean stop left our HTB behind");

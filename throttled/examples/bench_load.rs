@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use throttled::testing::{bus::PrivateBus, lab::Daemon, ScratchDir};
+use throttled::testing::{bus::PrivateBus, cpu_secs, lab::Daemon, rss_kib, ScratchDir};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 const MGR: &str = "org.chadthrottle.Manager";
@@ -41,22 +41,6 @@ impl Drop for Sleepers {
             let _ = c.wait();
         }
     }
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 async fn limit(c: &zbus::Connection, pid: u32, down: u64) -> zbus::Result<OwnedObjectPath> {
@@ -167,7 +151,7 @@ async fn main() {
         .unwrap();
     let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address()), ("RUST_LOG", "warn")];
     let d = Daemon::start(bin, &["--config", conf.to_str().unwrap()], &env);
-    let rss0 = status_kib(d.pid(), "VmRSS:");
+    let rss0 = rss_kib(d.pid());
 
     // 1,000 throttles, one after another, then 1,000 hand-run tc commands.
     let sleepers = Sleepers::spawn(1000 + CLIENTS * 20);
@@ -179,7 +163,7 @@ async fn main() {
         paths.push(limit(&c, pid, 1 << 20).await.expect("limit"));
     }
     let apply = t.elapsed();
-    let rss1000 = status_kib(d.pid(), "VmRSS:");
+    let rss1000 = rss_kib(d.pid());
     let tc = tc_baseline(1000);
     println!("| 1,000 limits | time | per limit |");
     println!("|---|---|---|");
@@ -198,7 +182,7 @@ async fn main() {
     let cpu0 = cpu_secs(d.pid());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = (cpu_secs(d.pid()) - cpu0) / 10.0 * 100.0;
-    let rss_before = status_kib(d.pid(), "VmRSS:");
+    let rss_before = rss_kib(d.pid());
     let own: Vec<Vec<u32>> = pids[1000..].chunks(20).take(clients()).map(<[u32]>::to_vec).collect();
     let t = Instant::now();
     let tasks: Vec<_> = own.into_iter().map(|p| tokio::spawn(client(bus.address().to_string(), p))).collect();
@@ -209,7 +193,7 @@ async fn main() {
         errors += e;
     }
     let wall = t.elapsed();
-    let rss_after = status_kib(d.pid(), "VmRSS:");
+    let rss_after = rss_kib(d.pid());
     lat.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\n| load | calls | unexpected errors | calls/s | p50 | p99 | max | daemon RSS before → after |");

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use throttled::testing::{bus::PrivateBus, lab::Daemon, ScratchDir};
+use throttled::testing::{bus::PrivateBus, cpu_secs, lab::Daemon, rss_kib, ScratchDir};
 
 /// Forks `n` children that each send a 200-byte UDP datagram to a local
 /// discard port every 100 ms, and stay alive until killed.
@@ -52,22 +52,6 @@ impl Drop for Senders {
 
 use std::os::unix::process::CommandExt as _;
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn top(bus: &PrivateBus) -> usize {
     let out = bus
         .busctl(&[
@@ -88,14 +72,13 @@ fn top(bus: &PrivateBus) -> usize {
 /// CPU % of one core and RSS of the daemon over `secs`, polling the top
 /// list once a second; also how many processes the monitor listed.
 fn measure(bus: &PrivateBus, pid: u32, secs: u64) -> (f64, u64, usize) {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    let (t0, c0) = (Instant::now(), cpu_secs(pid));
     let mut seen = 0;
     for _ in 0..secs {
         std::thread::sleep(Duration::from_secs(1));
         seen = seen.max(top(bus));
     }
-    let cpu = (cpu_ticks(pid) - c0) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
     (cpu, rss_kib(pid), seen)
 }
 

@@ -71,7 +71,6 @@ pub struct Core {
     pub free_slots: Vec<SlotId>,
     pub next_id: ThrottleId,
     pub events: VecDeque<Event>,
-    pub store: StateStore,
     /// Writes the saved state off this lock (see `persist`).
     pub persister: super::persist::Persister,
     /// The core itself, for the persister to report failures as events.
@@ -97,7 +96,7 @@ impl Core {
                 core.lock().unwrap_or_else(|p| p.into_inner()).emit(Event::PersistFailed { reason });
             }
         });
-        let persister = super::persist::Persister::new(store.clone(), on_error)?;
+        let persister = super::persist::Persister::new(store, on_error)?;
         Ok(Core {
             datapath,
             pool: Pool::new(&config),
@@ -109,7 +108,6 @@ impl Core {
             free_slots: (1..throttle_common::MAX_SLOTS).rev().collect(),
             next_id: 1,
             events: VecDeque::new(),
-            store,
             persister,
             self_ref,
             runtime_defaults: Defaults::default(),

@@ -368,7 +368,7 @@ impl Manager {
     pub fn process_history(&self, pid: u32) -> Result<Vec<(u64, u64)>, ManagerError> {
         match self.lock().monitor.history(pid) {
             Some(h) => Ok(h),
-            None if std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != 0 => Ok(Vec::new()),
+            None if crate::kernel::procfs::comm(pid).is_ok() => Ok(Vec::new()),
             None => Err(ManagerError::NoSuchProcess(pid)),
         }
     }

@@ -33,6 +33,7 @@ impl Core {
             monitor: config.monitor.enabled,
         })?;
         let store = StateStore::new(&config.state_dir);
+        let saved = store.load();
         let mut core = Core::new(datapath, config, store, lock).map_err(ManagerError::Io)?;
         core.config_path = opts.config_path.clone();
         core.overrides = opts.overrides.clone();
@@ -41,7 +42,7 @@ impl Core {
             core.seed_all_sockets();
             tracing::debug!(took = ?t.elapsed(), "owners recorded for existing sockets");
         }
-        match core.store.load() {
+        match saved {
             Ok(Some(state)) => core.restore(state),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring the saved throttles; the rules still apply"),

@@ -18,6 +18,25 @@ pub fn missing(why: &str) {
 }
 
 /// A scratch directory (state, config), removed on drop.
+/// A process's resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A process's user + system CPU time in seconds (0 once it is gone).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(end) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<u64> = stat[end + 2..].split(' ').skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    f.iter().sum::<u64>() as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// Cases per fuzz (proptest) test: `default`, or CT_FUZZ_CASES for long runs.
 pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("CT_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
