@@ -218,7 +218,8 @@ fn signals_reach_clients() {
     let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
     api.manager("SetDefaultBackend", &["down", "ifb_tc"]).unwrap();
     api.manager("Migrate", &[&path, "down", "ifb_tc"]).unwrap();
-    // The next health check (every 5 s) reports ifb_tc running.
+    // The next health check (every 5 s) reports ifb_tc running, but with
+    // nothing to shape: its only interface, ct-none0, does not exist.
     std::thread::sleep(Duration::from_millis(5500));
     api.manager("Migrate", &[&path, "", "ebpf"]).unwrap();
     let _ = s.0.kill();
@@ -233,7 +234,7 @@ fn signals_reach_clients() {
         "DefaultDownloadBackend".to_string(),
         format!("{MGR}.ThrottleMigrated (objectpath '{path}', 'down', 'ebpf', 'ifb_tc')"),
         format!("{MGR}.ThrottleMigrated (objectpath '{path}', 'down', 'ifb_tc', 'ebpf')"),
-        format!("{MGR}.BackendHealthChanged ('ifb_tc', 'healthy', '')"),
+        format!("{MGR}.BackendHealthChanged ('ifb_tc', 'degraded', 'no managed interface is present (ct-none0)')"),
         "org.freedesktop.DBus.ObjectManager.InterfacesAdded".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want} in:\n{out}");
@@ -590,4 +591,100 @@ fn survives_a_bus_restart() {
     // Still usable: a new limit and its signal path work on the new connection.
     let s2 = Sleeper::new();
     assert!(api.limit("pid", &s2.pid(), "{'up': <'2M'>}").is_ok());
+}
+
+/// One user may see everyone's traffic by rule; others only their own.
+const OBSERVE_RULES: &str = r#"polkit.addRule(function(action, subject) {
+  if (action.id == "org.chadthrottle.observe-all" && subject.user == "ct-test-watch") return polkit.Result.YES;
+});"#;
+
+/// Sends a small UDP datagram to loopback every 50 ms, as `uid`.
+fn chatter_as(uid: (u32, u32)) -> Sleeper {
+    let ids = [uid.0.to_string(), uid.1.to_string()];
+    let script = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                  while True:\n s.sendto(b'x'*200,('127.0.0.1',9)); time.sleep(0.05)";
+    let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "/usr/bin/python3", "-c", script];
+    Sleeper(Command::new("setpriv").args(args).spawn().unwrap())
+}
+
+/// GetTopProcesses as `uid` through busctl: (pid, uid) of every entry.
+fn top_as(api: &Api, uid: (u32, u32)) -> Vec<(u64, u64)> {
+    let addr = format!("--address={}", api.bus.address());
+    let call = [&addr, "--json=short", "call", "org.chadthrottle", "/org/chadthrottle", MGR, "GetTopProcesses"];
+    let args: Vec<&str> = call.into_iter().chain(["uss", "1000", "total", "all"]).collect();
+    let (code, out) = as_user(uid, &api.bus, &which("busctl").unwrap(), &args);
+    assert_eq!(code, 0, "GetTopProcesses as {uid:?}: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["data"][0].as_array().cloned().unwrap_or_default();
+    rows.iter().map(|r| (r["pid"]["data"].as_u64().unwrap(), r["uid"]["data"].as_u64().unwrap())).collect()
+}
+
+/// Other users' traffic is theirs, as their /proc/PID/io is: without
+/// org.chadthrottle.observe-all the monitor lists only the caller's own
+/// processes and refuses another user's history; a user granted it by
+/// rule, and root, see everyone. Throttles stay visible to all (observe).
+#[test]
+fn other_users_traffic_needs_observe_all() {
+    let Some(_g) = begin() else { return };
+    let (user, watcher) = (test_user("ct-test-allow"), test_user("ct-test-watch"));
+    let Some(api) = Api::start_with("observe", Some(OBSERVE_RULES), &[]) else { return };
+    let (mine, roots) = (chatter_as(user), chatter_as((0, 0)));
+    let (mine_pid, root_pid): (u64, u64) = (mine.pid().parse().unwrap(), roots.pid().parse().unwrap());
+    let both = |rows: &[(u64, u64)]| [mine_pid, root_pid].iter().all(|p| rows.iter().any(|(q, _)| q == p));
+    assert!(wait_until(Duration::from_secs(5), || both(&top_as(&api, (0, 0)))), "the senders never showed");
+    let own = top_as(&api, user);
+    assert!(own.iter().any(|(p, _)| *p == mine_pid), "the user does not see their own process: {own:?}");
+    assert!(own.iter().all(|(_, u)| *u == u64::from(user.0)), "the user sees other users' processes: {own:?}");
+    assert!(both(&top_as(&api, watcher)), "observe-all by rule did not show everyone");
+    let history = |uid, pid: u64| {
+        let addr = format!("--address={}", api.bus.address());
+        let pid = pid.to_string();
+        let args = [&addr, "call", "org.chadthrottle", "/org/chadthrottle", MGR, "GetHistory", "su", "process", &pid];
+        as_user(uid, &api.bus, &which("busctl").unwrap(), &args)
+    };
+    let (code, out) = history(user, root_pid);
+    assert_ne!(code, 0, "another user's history was readable: {out}");
+    assert!(out.contains("observe-all"), "{out}");
+    assert_eq!(history(user, mine_pid).0, 0, "the user's own history");
+    assert_eq!(history(watcher, root_pid).0, 0, "observe-all reads anyone's history");
+    let (code, out) = as_user(user, &api.bus, &throttlectl(), &["top", "--once", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(&format!("\"pid\":{root_pid}")), "throttlectl top showed root's process: {out}");
+}
+
+/// Crafted names never reach the filesystem: path-like names are refused
+/// or matched as patterns, nothing is written outside the state directory,
+/// and the state directory holds only the daemon's own fixed files.
+#[test]
+fn crafted_names_write_nothing_outside_the_state_directory() {
+    let Some(_g) = begin() else { return };
+    let Some(api) = Api::start("crafted") else { return };
+    let bait = std::env::temp_dir().join(format!("ct-crafted-{}", std::process::id()));
+    let b = bait.display().to_string();
+    let up = format!("/../../../..{b}");
+    let cases = [
+        ("name", format!("../../../..{b}")),
+        ("exe", format!("../../../..{b}")),
+        ("name", "..".to_string()),
+        ("name", format!("x\n{b}")),
+        ("exe", up.clone()),
+        ("cgroup", up.clone()),
+        ("cgroup", format!("{up}/../..")),
+        ("unit", format!("..{b}.service")),
+        ("unit", "../../x.service".to_string()),
+    ];
+    for (kind, target) in &cases {
+        let r = api.limit(kind, target, "{'down': <'1M'>}");
+        eprintln!("{kind} {target:?}: {r:?}");
+        if let Err(e) = &r {
+            assert!(e.contains("org.chadthrottle.Error.InvalidArgument"), "{kind} {target:?}: {e}");
+        }
+    }
+    assert!(!bait.exists(), "a crafted name created {b}");
+    let state = api._dir.path.join("state");
+    let files: Vec<String> =
+        std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(files.iter().all(|f| ["throttles.json", "lock"].contains(&f.as_str())), "unexpected files: {files:?}");
+    let saved = std::fs::read_to_string(state.join("throttles.json")).unwrap();
+    assert!(serde_json::from_str::<serde_json::Value>(&saved).is_ok(), "the saved state is not valid JSON");
 }

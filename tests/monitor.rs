@@ -24,7 +24,7 @@ struct Span {
 }
 
 fn traffic(m: &Manager, pid: u32, scope: Scope) -> Option<ProcessTraffic> {
-    m.top(10_000, SortBy::Total, scope).into_iter().find(|p| p.traffic.pid == pid).map(|p| p.traffic)
+    m.top(10_000, SortBy::Total, scope, None).into_iter().find(|p| p.traffic.pid == pid).map(|p| p.traffic)
 }
 
 fn measure(m: &Manager, pid: u32, scope: Scope, secs: u64) -> Span {
@@ -46,14 +46,17 @@ fn iperf_rate(intervals: &[f64], from: f64, to: f64) -> f64 {
 
 /// The daemon counts IP-layer bytes, iperf3 application bytes: with full
 /// 1500-byte segments that is 1500/1448 more, on loopback (64 KiB MTU)
-/// almost nothing. The ratio is checked against ±5% around 1.
-fn check(what: &str, daemon: f64, iperf: f64) {
+/// almost nothing. Totals over the same span must agree within 4% of that;
+/// the rolling rate within 8%, since its window ends at the daemon's last
+/// once-a-second sample and an unthrottled flow swings ±15% per second here.
+fn check(what: &str, daemon: f64, iperf: f64, expected: f64, tolerance: f64) {
     let ratio = daemon / iperf;
-    eprintln!("{what}: daemon {:.0} B/s, iperf3 {:.0} B/s, ratio {ratio:.4}", daemon, iperf);
-    assert!((0.95..=1.05).contains(&ratio), "{what}: daemon/iperf3 = {ratio:.4}");
+    eprintln!("{what}: daemon {daemon:.0} B/s, iperf3 {iperf:.0} B/s, ratio {ratio:.4} (expected {expected:.4})");
+    assert!((ratio / expected - 1.0).abs() <= tolerance, "{what}: daemon/iperf3 = {ratio:.4}, expected {expected:.4}");
 }
 
 fn compare(m: &Manager, c: Iperf, t0: Instant, reverse: bool, scope: Scope, what: &str) {
+    let headers = if scope == Scope::Local { 1.0 } else { 1500.0 / 1448.0 };
     std::thread::sleep(Duration::from_secs(2));
     let s = measure(m, c.pid(), scope, 6);
     // The rolling rate the API reports, read while the flow still runs.
@@ -62,9 +65,9 @@ fn compare(m: &Manager, c: Iperf, t0: Instant, reverse: bool, scope: Scope, what
     let (from, to) = (s.start.duration_since(t0).as_secs_f64(), s.end.duration_since(t0).as_secs_f64());
     let daemon = if reverse { s.down } else { s.up } as f64 / (to - from);
     let iperf = iperf_rate(&r.intervals, from, to);
-    check(what, daemon, iperf);
+    check(what, daemon, iperf, headers, 0.04);
     let roll = if reverse { rolling.down_rate } else { rolling.up_rate } as f64;
-    check(&format!("{what} (rolling rate)"), roll, iperf_rate(&r.intervals, to - 5.0, to));
+    check(&format!("{what} (rolling rate)"), roll, iperf_rate(&r.intervals, to - 5.0, to), headers, 0.08);
 }
 
 fn manager(state: &ScratchDir, ifaces: &[&str]) -> Manager {

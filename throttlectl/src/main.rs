@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             let path = c.manager.limit(kind, &value, opts).await.map_err(Failure::from)?;
             output::throttle(&c.throttle(&path).await?, json);
+            warn_if_unsaved(&c).await;
         }
         Cmd::Unlimit { target } => {
             let t = c.find(&target).await?;
@@ -121,6 +122,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Top { .. } => unreachable!("handled before connecting"),
     }
     Ok(())
+}
+
+/// The limit applies either way; say so when the daemon could not save it.
+async fn warn_if_unsaved(c: &Client) {
+    if let Some(w) = c.manager.get_stats().await.ok().as_ref().and_then(output::state_warning) {
+        eprintln!("throttlectl: warning: {w}");
+    }
 }
 
 /// A numeric argument is a pid, anything else a name; --exe/--unit/--cgroup win.

@@ -110,26 +110,39 @@ pub fn backends(bs: &[HashMap<String, OwnedValue>], json: bool) {
 
 pub fn stats(d: &HashMap<String, OwnedValue>, json: bool) {
     let (n, p, s) = (get::<u32>(d, "throttles"), get::<u32>(d, "processes"), get::<String>(d, "status"));
+    let (state, detail) = (get::<String>(d, "state"), get::<String>(d, "state_detail"));
     if json {
-        println!("{}", serde_json::json!({ "throttles": n, "processes": p, "status": s }));
+        let v =
+            serde_json::json!({ "throttles": n, "processes": p, "status": s, "state": state, "state_detail": detail });
+        println!("{v}");
     } else {
         println!(
-            "throttles: {}\nprocesses limited: {}\nstatus: {}",
+            "throttles: {}\nprocesses limited: {}\nstatus: {}\nsaved state: {}",
             n.unwrap_or(0),
             p.unwrap_or(0),
-            s.unwrap_or_default()
+            s.unwrap_or_default(),
+            [state.unwrap_or_default(), detail.unwrap_or_default()].join(" ").trim_end()
         );
     }
 }
 
+/// The daemon's warning when the saved state cannot be written, if any.
+pub fn state_warning(d: &HashMap<String, OwnedValue>) -> Option<String> {
+    (get::<String>(d, "state").as_deref() == Some("broken"))
+        .then(|| get::<String>(d, "state_detail").unwrap_or_default())
+}
+
 pub fn status(version: &str, d: &HashMap<String, OwnedValue>, up: String, down: String, json: bool) {
     let s = get::<String>(d, "status").unwrap_or_default();
+    let warning = state_warning(d);
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "running": true, "version": version, "status": s, "default_up": up, "default_down": down })
-        );
+        let v = serde_json::json!({ "running": true, "version": version, "status": s, "default_up": up,
+            "default_down": down, "warning": warning });
+        println!("{v}");
     } else {
         println!("chadthrottled {version} is running: {s}\ndefault backends: upload {up}, download {down}");
+        if let Some(w) = warning {
+            println!("warning: {w}");
+        }
     }
 }

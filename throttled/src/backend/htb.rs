@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use throttle_common::{rate::Rate, Counters, Slot};
 
-use super::{BackendError, Context, Health, SlotId};
+use super::{interfaces::InterfacePolicy, BackendError, Context, Health, SlotId};
 use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, QdiscInfo};
 
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
@@ -259,8 +259,12 @@ impl<D: HasHtb> HtbFleet<D> {
     }
 
     /// The first broken tree, checking `extra` (e.g. "is the IFB up") first.
-    pub fn health(&self, extra: impl Fn(&Netlink, &D) -> Result<(), String>) -> Health {
+    /// With no interface to manage, throttles hold nothing: degraded.
+    pub fn health(&self, policy: &InterfacePolicy, extra: impl Fn(&Netlink, &D) -> Result<(), String>) -> Health {
         let Some(nl) = &self.nl else { return Health::Idle };
+        if self.devices.is_empty() {
+            return Health::Degraded(policy.none_present());
+        }
         for d in self.devices.values() {
             if let Err(why) = extra(nl, d).and_then(|_| d.htb().check(nl, self.slots.keys().copied())) {
                 return Health::Broken(why);

@@ -150,7 +150,7 @@ impl Backend for IfbTcBackend {
     fn health(&self, ctx: &Context<'_>) -> Health {
         match self.fleet.devices.values().find_map(|d| self.device_problem(ctx, d)) {
             Some(why) => Health::Broken(why),
-            None => self.fleet.health(|_, _| Ok(())),
+            None => self.fleet.health(&self.policy, |_, _| Ok(())),
         }
     }
 

@@ -23,6 +23,14 @@ impl InterfacePolicy {
         };
         Ok(wanted.into_iter().filter(|l| l.name != "lo" && !l.name.starts_with(IFB_PREFIX)).collect())
     }
+
+    /// Why a backend with no interface to manage enforces nothing.
+    pub fn none_present(&self) -> String {
+        match &self.names {
+            Some(names) => format!("no managed interface is present ({})", names.join(", ")),
+            None => "no interface has a default route".into(),
+        }
+    }
 }
 
 /// The IFB name for an interface: `cti-<name>`, cut to IFNAMSIZ-1 with the

@@ -82,18 +82,21 @@ impl Backend for TcHtbBackend {
         self.fleet.slots.len()
     }
     fn health(&self, _ctx: &Context<'_>) -> Health {
-        self.fleet.health(|_, _| Ok(()))
+        self.fleet.health(&self.policy, |_, _| Ok(()))
     }
 
     fn refresh_interfaces(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        let wanted = self.policy.resolve(self.fleet.nl()?).map_err(self.fleet.err())?;
-        self.fleet.devices.retain(|idx, dev| {
-            let keep = wanted.iter().any(|l| l.index == *idx);
-            if !keep {
-                tracing::info!(backend = NAME, interface = dev.name, "interface gone");
+        let nl = self.fleet.nl()?.clone();
+        let wanted = self.policy.resolve(&nl).map_err(self.fleet.err())?;
+        let gone: Vec<u32> =
+            self.fleet.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect();
+        for dev in gone.iter().filter_map(|i| self.fleet.devices.remove(i)) {
+            tracing::info!(backend = NAME, interface = dev.name, "interface gone");
+            // Vanished, or no longer managed: either way, put its root back.
+            if let Err(e) = dev.restore(&nl) {
+                tracing::warn!(backend = NAME, error = %e, "could not restore the root qdisc");
             }
-            keep
-        });
+        }
         let new: Vec<_> = wanted.into_iter().filter(|l| !self.fleet.devices.contains_key(&l.index)).collect();
         for link in new {
             self.install(link.index, &link.name)?;

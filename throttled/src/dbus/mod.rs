@@ -64,8 +64,9 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
 /// daemon), then turns events into signals until the connection drops.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let events = mgr.subscribe(); // before listing, so nothing falls between
+    let (published, watch) = tokio::sync::watch::channel(0u64);
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
+        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone(), published: watch })?
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;
@@ -87,6 +88,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
             if let Err(e) = signal(&c, &mgr, ev).await {
                 tracing::warn!(error = %e, "could not emit a signal");
             }
+            published.send_modify(|n| *n += 1);
         }
     });
     Ok(Served { conn, signals })
@@ -131,10 +133,6 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Resul
         Event::HealthChanged { component, health } => {
             let (h, detail) = health_parts(&health);
             emitter.backend_health_changed(component, h, &detail).await
-        }
-        Event::PersistFailed { reason } => {
-            tracing::warn!(reason, "persistence failed");
-            Ok(())
         }
     }
 }

@@ -12,11 +12,14 @@ use zbus::{
 use super::errors::{Error, Result};
 
 pub const OBSERVE: &str = "org.chadthrottle.observe";
+/// Other users' processes in the monitor (their traffic, like their
+/// /proc/PID/io, is theirs to see).
+pub const OBSERVE_ALL: &str = "org.chadthrottle.observe-all";
 pub const LIMIT_OWN: &str = "org.chadthrottle.limit-own";
 pub const LIMIT_ANY: &str = "org.chadthrottle.limit-any";
 pub const CONFIGURE: &str = "org.chadthrottle.configure";
 /// Every action the daemon asks about (a test checks the .policy has each).
-pub const ACTIONS: [&str; 4] = [OBSERVE, LIMIT_OWN, LIMIT_ANY, CONFIGURE];
+pub const ACTIONS: [&str; 5] = [OBSERVE, OBSERVE_ALL, LIMIT_OWN, LIMIT_ANY, CONFIGURE];
 
 const ALLOW_USER_INTERACTION: u32 = 1;
 
@@ -44,8 +47,24 @@ pub async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32> {
     Ok(dbus.get_connection_unix_user(sender.clone().into()).await?)
 }
 
-/// Ok if the caller may perform `action`.
+/// Ok if the caller may perform `action`; it may ask the caller to
+/// authenticate if the call allows interactive authorization.
 pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Result<()> {
+    let interactive = hdr.primary().flags().contains(Flags::AllowInteractiveAuth);
+    check(conn, hdr, action, interactive).await
+}
+
+/// Whether the caller may perform `action`, never asking for a password:
+/// for what only widens a reply.
+pub async fn allowed(conn: &Connection, hdr: &Header<'_>, action: &str) -> Result<bool> {
+    match check(conn, hdr, action, false).await {
+        Ok(()) => Ok(true),
+        Err(Error::NotAuthorized(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn check(conn: &Connection, hdr: &Header<'_>, action: &str, interactive: bool) -> Result<()> {
     if caller_uid(conn, hdr).await? == 0 {
         return Ok(());
     }
@@ -56,7 +75,6 @@ pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Res
         return Err(Error::NotAuthorized(format!("{action}: polkit is unavailable, so only root is allowed")));
     }
     let subject = ("system-bus-name", HashMap::from([("name", Value::from(sender.as_str()))]));
-    let interactive = hdr.primary().flags().contains(Flags::AllowInteractiveAuth);
     let flags = if interactive { ALLOW_USER_INTERACTION } else { 0 };
     let authority = AuthorityProxy::new(conn).await?;
     let (ok, challenge, _) = authority

@@ -14,7 +14,8 @@ use zbus::{
 use super::{
     args,
     errors::{Error, Result},
-    polkit::{self, CONFIGURE, LIMIT_ANY, LIMIT_OWN, OBSERVE},
+    polkit::{self, CONFIGURE, LIMIT_ANY, LIMIT_OWN, OBSERVE, OBSERVE_ALL},
+    throttle::ThrottleIface,
 };
 use crate::{
     backend::{Availability, Direction, Health},
@@ -38,6 +39,16 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&m)).await.map_err(|e| Error::Internal(e.to_string()))?.map_err(Error::from)
 }
 
+/// Whose processes the monitor shows the caller: everyone's with
+/// `observe-all`, otherwise only the caller's own.
+async fn visible_owner(conn: &Connection, hdr: &Header<'_>) -> Result<Option<u32>> {
+    polkit::authorize(conn, hdr, OBSERVE).await?;
+    match polkit::allowed(conn, hdr, OBSERVE_ALL).await? {
+        true => Ok(None),
+        false => Ok(Some(polkit::caller_uid(conn, hdr).await?)),
+    }
+}
+
 /// Limiting one's own process needs `limit-own`; anything else `limit-any`.
 pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Target) -> Result<()> {
     let own = match target.root() {
@@ -49,6 +60,26 @@ pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Targ
 
 pub struct ManagerIface {
     pub mgr: Arc<Manager>,
+    /// Counts events turned into objects and signals.
+    pub published: tokio::sync::watch::Receiver<u64>,
+}
+
+impl ManagerIface {
+    /// A client may use the returned path at once: wait (briefly) until the
+    /// throttle's object is served, or the throttle is already gone.
+    async fn until_served(&self, conn: &Connection, id: ThrottleId) {
+        let mut changes = self.published.clone();
+        let path = args::throttle_path(id);
+        let served = async {
+            while conn.object_server().interface::<_, ThrottleIface>(path.as_str()).await.is_err() {
+                if changes.changed().await.is_err() || !blocking(&self.mgr, move |m| Ok(m.exists(id))).await? {
+                    break;
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), served).await;
+    }
 }
 
 #[interface(name = "org.chadthrottle.Manager")]
@@ -66,6 +97,7 @@ impl ManagerIface {
         let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
         authorize_target(conn, &hdr, &target).await?;
         let id = blocking(&self.mgr, move |m| m.limit(target, &spec)).await?;
+        self.until_served(conn, id).await;
         path(id)
     }
 
@@ -145,26 +177,33 @@ impl ManagerIface {
         Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
     }
 
-    /// Daemon-wide numbers: throttles, processes (kernel map entries), status.
+    /// Daemon-wide numbers: throttles, processes (kernel map entries),
+    /// status, and state / state_detail: whether the throttles can be saved
+    /// for the next start ("broken" while the disk refuses; they still apply).
     async fn get_stats(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<HashMap<String, OwnedValue>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let (n, procs, status) = blocking(&self.mgr, |m| Ok(m.stats())).await?;
+        let s = blocking(&self.mgr, |m| Ok(m.stats())).await?;
+        let (state, detail) = health_parts(&s.state);
         dict([
-            ("throttles", Value::from(n as u32)),
-            ("processes", Value::from(procs as u32)),
-            ("status", Value::from(status)),
+            ("throttles", Value::from(s.throttles as u32)),
+            ("processes", Value::from(s.processes as u32)),
+            ("status", Value::from(s.status)),
+            ("state", Value::from(state)),
+            ("state_detail", Value::from(detail)),
         ])
     }
 
-    /// The busiest processes, throttled or not, busiest first. `sort`: down,
-    /// up or total; `scope`: all, internet or local (loopback and
-    /// link-local). Each: pid, name, exe, down_rate, up_rate (bytes/s over
-    /// the monitor's window), down_total, up_total (bytes), throttled,
-    /// throttle_ids, backends, down_limit, up_limit (bytes/s, 0 = none).
+    /// The busiest processes, throttled or not, busiest first: every
+    /// user's with org.chadthrottle.observe-all, otherwise the caller's own.
+    /// `sort`: down, up or total; `scope`: all, internet or local (loopback
+    /// and link-local). Each: pid, uid, name, exe, down_rate, up_rate
+    /// (bytes/s over the monitor's window), down_total, up_total (bytes),
+    /// throttled, throttle_ids, backends, down_limit, up_limit (bytes/s, 0 =
+    /// none).
     async fn get_top_processes(
         &self,
         count: u32,
@@ -175,14 +214,15 @@ impl ManagerIface {
     ) -> Result<Vec<HashMap<String, OwnedValue>>> {
         let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
         let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
-        polkit::authorize(conn, &hdr, OBSERVE).await?;
+        let owner = visible_owner(conn, &hdr).await?;
         let count = count.min(MAX_TOP) as usize;
-        let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope))).await?;
+        let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
         top.iter().map(top_dict).collect()
     }
 
     /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
-    /// process (`id` is a pid) or throttle (`id` is a throttle id).
+    /// process (`id` is a pid; another user's needs observe-all) or
+    /// throttle (`id` is a throttle id).
     async fn get_history(
         &self,
         kind: &str,
@@ -195,8 +235,18 @@ impl ManagerIface {
             "throttle" => false,
             _ => return Err(Error::InvalidArgument(format!("unknown history kind {kind:?} (process or throttle)"))),
         };
-        polkit::authorize(conn, &hdr, OBSERVE).await?;
-        blocking(&self.mgr, move |m| if process { m.process_history(id) } else { m.throttle_history(id) }).await
+        if !process {
+            polkit::authorize(conn, &hdr, OBSERVE).await?;
+            return blocking(&self.mgr, move |m| m.throttle_history(id)).await;
+        }
+        if let Some(me) = visible_owner(conn, &hdr).await? {
+            if blocking(&self.mgr, move |m| Ok(m.process_owner(id))).await?.is_some_and(|uid| uid != me) {
+                return Err(Error::NotAuthorized(format!(
+                    "pid {id} belongs to another user: seeing its traffic needs {OBSERVE_ALL}"
+                )));
+            }
+        }
+        blocking(&self.mgr, move |m| m.process_history(id)).await
     }
 
     /// Re-reads the config and rules; on error nothing changes.
@@ -320,6 +370,7 @@ fn top_dict(e: &TopEntry) -> Result<HashMap<String, OwnedValue>> {
     let t = &e.traffic;
     dict([
         ("pid", Value::from(t.pid)),
+        ("uid", Value::from(t.uid)),
         ("name", Value::from(t.name.as_str())),
         ("exe", Value::from(t.exe.as_str())),
         ("down_rate", Value::from(t.down_rate)),

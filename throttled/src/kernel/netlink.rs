@@ -435,14 +435,15 @@ impl Netlink {
 
     // ---- events ----
 
-    /// Subscribes to link changes and IPv4/IPv6 route changes in this
-    /// connection's namespace. Links present now are not reported as added.
+    /// Subscribes to link changes, IPv4/IPv6 route changes and root qdisc
+    /// removals in this connection's namespace. Links present now are not
+    /// reported as added.
     pub fn subscribe_links(&self) -> Result<LinkEvents> {
         let mut socket = route_socket(self.inner.netns.as_deref())?;
         socket.set_rx_buf_sz(EVENT_RCVBUF)?;
         socket.set_non_blocking(true)?;
         socket.bind_auto()?;
-        for group in [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route] {
+        for group in [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route, MulticastGroup::Tc] {
             socket.add_membership(group as u32)?;
         }
         // Joined before the dump, so no change can fall between the two.
@@ -709,6 +710,10 @@ pub enum LinkEvent {
     },
     /// A default route of the main table appeared, changed or went away.
     DefaultRouteChanged,
+    /// A device's root qdisc was deleted or replaced (by anyone, us too).
+    RootQdiscRemoved {
+        index: u32,
+    },
 }
 
 /// Blocking reader of link and default-route events; see
@@ -780,6 +785,11 @@ impl LinkEvents {
             libc::RTM_NEWLINK | libc::RTM_DELLINK => self.on_link(kind == libc::RTM_DELLINK, payload),
             libc::RTM_NEWROUTE | libc::RTM_DELROUTE if is_default_route(payload) => {
                 self.push(LinkEvent::DefaultRouteChanged)
+            }
+            libc::RTM_DELQDISC => {
+                if let Some(index) = deleted_root_qdisc(payload) {
+                    self.push(LinkEvent::RootQdiscRemoved { index });
+                }
             }
             _ => {}
         }
@@ -856,6 +866,12 @@ impl LinkEvents {
     }
 }
 
+/// `struct tcmsg`: family, pads, ifindex at 4, handle at 8, parent at 12.
+fn deleted_root_qdisc(payload: &[u8]) -> Option<u32> {
+    let hdr = payload.get(..20)?;
+    (parse_u32(&hdr[12..16]).ok()? == TC_H_ROOT).then(|| parse_u32(&hdr[4..8]).ok()).flatten()
+}
+
 /// `struct rtmsg` (12 bytes) then attributes; RTA_TABLE overrides the u8
 /// table id.
 fn is_default_route(payload: &[u8]) -> bool {
@@ -904,6 +920,19 @@ mod tests {
         assert!(htb_class_options(0, 1, 1).is_err());
         assert!(htb_class_options(2, 1, 1).is_err());
         assert!(htb_class_options(1, 1, 0).is_err());
+    }
+
+    #[test]
+    fn root_qdisc_removals_are_told_apart() {
+        let tcmsg = |ifindex: u32, parent: u32| {
+            let mut b = vec![0u8; 20];
+            b[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            b[12..16].copy_from_slice(&parent.to_ne_bytes());
+            b
+        };
+        assert_eq!(deleted_root_qdisc(&tcmsg(7, TC_H_ROOT)), Some(7));
+        assert_eq!(deleted_root_qdisc(&tcmsg(7, 0xc7_0001)), None);
+        assert_eq!(deleted_root_qdisc(&[0; 8]), None);
     }
 
     #[test]

@@ -84,19 +84,24 @@ pub struct Core {
     pub rates: HashMap<(ThrottleId, Direction), super::rates::LimitSeries>,
     /// Every process's traffic (empty when the monitor is off).
     pub monitor: super::monitor::Monitor,
+    /// Whether the saved state can be written (see `note_state_health`).
+    pub state_health: Health,
     pub _lock: InstanceLock,
 }
+
+/// The health component of the saved state.
+pub const STATE_COMPONENT: &str = "state";
 
 impl Core {
     pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
         let self_ref: Arc<OnceLock<Weak<Mutex<Core>>>> = Arc::default();
         let sink = self_ref.clone();
-        let on_error = Box::new(move |reason: String| {
+        let on_change = Box::new(move |failing: Option<String>| {
             if let Some(core) = sink.get().and_then(Weak::upgrade) {
-                core.lock().unwrap_or_else(|p| p.into_inner()).emit(Event::PersistFailed { reason });
+                core.lock().unwrap_or_else(|p| p.into_inner()).note_state_health(failing);
             }
         });
-        let persister = super::persist::Persister::new(store, on_error)?;
+        let persister = super::persist::Persister::new(store, on_change)?;
         Ok(Core {
             datapath,
             pool: Pool::new(&config),
@@ -114,8 +119,20 @@ impl Core {
             overrides: Default::default(),
             subscribers: Vec::new(),
             rates: HashMap::new(),
+            state_health: Health::Healthy,
             _lock: lock,
         })
+    }
+
+    /// The saved state's health: broken while saves fail. Limits still
+    /// apply then; only the next start would lose them.
+    fn note_state_health(&mut self, failing: Option<String>) {
+        let health = match failing {
+            Some(why) => Health::Broken(format!("throttles apply but are not saved: {why}")),
+            None => Health::Healthy,
+        };
+        self.state_health = health.clone();
+        self.emit(Event::HealthChanged { component: STATE_COMPONENT, health });
     }
 
     pub fn emit(&mut self, ev: Event) {
@@ -580,8 +597,8 @@ impl Core {
     }
 
     /// Reads every limit's byte counter into its rolling window.
-    pub fn top(&self, count: usize, sort: SortBy, scope: Scope) -> Vec<TopEntry> {
-        self.monitor.top(count, sort, scope).into_iter().map(|t| self.top_entry(t)).collect()
+    pub fn top(&self, count: usize, sort: SortBy, scope: Scope, owner: Option<u32>) -> Vec<TopEntry> {
+        self.monitor.top(count, sort, scope, owner).into_iter().map(|t| self.top_entry(t)).collect()
     }
 
     fn top_entry(&self, traffic: ProcessTraffic) -> TopEntry {

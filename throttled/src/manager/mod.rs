@@ -135,14 +135,12 @@ pub enum Event {
         direction: Direction,
         backend: &'static str,
     },
-    /// `component` is a backend name, or "datapath" for the shared programs.
+    /// `component` is a backend name, "datapath" for the shared programs,
+    /// or "state" for the saved throttles (broken while they cannot be
+    /// written: the limits apply, but a restart would lose them).
     HealthChanged {
         component: &'static str,
         health: Health,
-    },
-    /// The limit applies, but could not be saved for the next start.
-    PersistFailed {
-        reason: String,
     },
 }
 
@@ -177,6 +175,18 @@ pub struct ThrottleInfo {
     /// Processes this throttle limits in at least one direction.
     pub covered: Vec<u32>,
     pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
+}
+
+/// Daemon-wide numbers for `GetStats`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub throttles: usize,
+    /// Processes in the kernel's map.
+    pub processes: usize,
+    /// One line: "3 throttles on ebpf, tc_htb".
+    pub status: String,
+    /// Whether the saved state can be written.
+    pub state: Health,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,16 +311,24 @@ impl Manager {
         self.lock().list()
     }
 
+    pub fn exists(&self, id: ThrottleId) -> bool {
+        self.lock().throttles.contains_key(&id)
+    }
+
     /// Every throttle's id, without reading counters.
     pub fn ids(&self) -> Vec<ThrottleId> {
         self.lock().throttles.keys().copied().collect()
     }
 
-    /// (throttles, processes in the kernel's map, status line), from the
-    /// daemon's own bookkeeping: cheap enough to poll.
-    pub fn stats(&self) -> (usize, usize, String) {
+    /// From the daemon's own bookkeeping: cheap enough to poll.
+    pub fn stats(&self) -> Stats {
         let c = self.lock();
-        (c.throttles.len(), c.datapath.tracked_procs(), c.status())
+        Stats {
+            throttles: c.throttles.len(),
+            processes: c.datapath.tracked_procs(),
+            status: c.status(),
+            state: c.state_health.clone(),
+        }
     }
 
     pub fn find(&self, target: &Target) -> Option<ThrottleId> {
@@ -358,9 +376,16 @@ impl Manager {
         self.mutate(|c| c.reload())
     }
 
-    /// The `count` busiest processes (every process, throttled or not).
-    pub fn top(&self, count: usize, sort: monitor::SortBy, scope: monitor::Scope) -> Vec<TopEntry> {
-        self.lock().top(count, sort, scope)
+    /// The `count` busiest processes, throttled or not; with `owner`, only
+    /// that user's.
+    pub fn top(&self, count: usize, sort: monitor::SortBy, scope: monitor::Scope, owner: Option<u32>) -> Vec<TopEntry> {
+        self.lock().top(count, sort, scope, owner)
+    }
+
+    /// The uid of a process the monitor knows, else from /proc.
+    pub fn process_owner(&self, pid: u32) -> Option<u32> {
+        let known = self.lock().monitor.owner(pid);
+        known.or_else(|| crate::kernel::procfs::uid(pid).ok())
     }
 
     /// A process's (up, down) bytes/s, one per second, oldest first; empty

@@ -54,6 +54,8 @@ impl FromStr for SortBy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessTraffic {
     pub pid: u32,
+    /// The process's real uid when first seen.
+    pub uid: u32,
     pub name: String,
     pub exe: String,
     pub up_rate: u64,
@@ -71,8 +73,7 @@ struct ScopeRates {
 
 #[derive(Debug)]
 struct Series {
-    name: String,
-    exe: String,
+    id: ProcName,
     last: Option<(Instant, Traffic)>,
     rates: [ScopeRates; 3],
     totals: [Traffic; 3],
@@ -94,15 +95,8 @@ fn index(scope: Scope) -> usize {
 }
 
 impl Series {
-    fn new(name: String, exe: String) -> Series {
-        Series {
-            name,
-            exe,
-            last: None,
-            rates: Default::default(),
-            totals: Default::default(),
-            history: History::default(),
-        }
+    fn new(id: ProcName) -> Series {
+        Series { id, last: None, rates: Default::default(), totals: Default::default(), history: History::default() }
     }
 
     fn push(&mut self, at: Instant, t: &ProcTraffic, window: Duration, cap: usize) {
@@ -125,8 +119,9 @@ impl Series {
         let (r, t) = (&self.rates[index(scope)], &self.totals[index(scope)]);
         ProcessTraffic {
             pid,
-            name: self.name.clone(),
-            exe: self.exe.clone(),
+            uid: self.id.uid,
+            name: self.id.name.clone(),
+            exe: self.id.exe.clone(),
             up_rate: r.up.rate(),
             down_rate: r.down.rate(),
             up_total: t.up_bytes,
@@ -135,8 +130,16 @@ impl Series {
     }
 }
 
-/// What a process is called, or `None` when it is gone.
-pub type Namer = fn(u32) -> Option<(String, String)>;
+/// Who a process is, read once when it is first seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcName {
+    pub name: String,
+    pub exe: String,
+    pub uid: u32,
+}
+
+/// Who a process is, or `None` when it is gone.
+pub type Namer = fn(u32) -> Option<ProcName>;
 
 pub struct Monitor {
     window: Duration,
@@ -145,9 +148,10 @@ pub struct Monitor {
     namer: Namer,
 }
 
-fn proc_names(pid: u32) -> Option<(String, String)> {
+fn proc_names(pid: u32) -> Option<ProcName> {
+    let uid = crate::kernel::procfs::uid(pid).ok()?;
     let f = crate::target::ProcFacts::read(pid)?;
-    Some((f.comm, f.exe.unwrap_or_default()))
+    Some(ProcName { name: f.comm, exe: f.exe.unwrap_or_default(), uid })
 }
 
 impl Monitor {
@@ -166,8 +170,8 @@ impl Monitor {
         for (pid, t) in readings {
             if !self.series.contains_key(pid) {
                 match (self.namer)(*pid) {
-                    Some((name, exe)) => {
-                        self.series.insert(*pid, Series::new(name, exe));
+                    Some(id) => {
+                        self.series.insert(*pid, Series::new(id));
                     }
                     None => {
                         gone.push(*pid);
@@ -197,9 +201,12 @@ impl Monitor {
         self.series.is_empty()
     }
 
-    /// The `count` busiest processes in `scope`, busiest first; ties by pid.
-    pub fn top(&self, count: usize, sort: SortBy, scope: Scope) -> Vec<ProcessTraffic> {
-        let mut all: Vec<ProcessTraffic> = self.series.iter().map(|(pid, s)| s.report(*pid, scope)).collect();
+    /// The `count` busiest processes in `scope` (of user `owner` only, if
+    /// given), busiest first; ties by pid.
+    pub fn top(&self, count: usize, sort: SortBy, scope: Scope, owner: Option<u32>) -> Vec<ProcessTraffic> {
+        let mine = |s: &&Series| owner.is_none_or(|uid| s.id.uid == uid);
+        let mut all: Vec<ProcessTraffic> =
+            self.series.iter().filter(|(_, s)| mine(s)).map(|(pid, s)| s.report(*pid, scope)).collect();
         let key = |p: &ProcessTraffic| match sort {
             SortBy::Down => (p.down_rate, p.down_total),
             SortBy::Up => (p.up_rate, p.up_total),
@@ -214,6 +221,11 @@ impl Monitor {
         self.series.get(&pid).map(|s| s.report(pid, scope))
     }
 
+    /// The uid a process had when first seen.
+    pub fn owner(&self, pid: u32) -> Option<u32> {
+        self.series.get(&pid).map(|s| s.id.uid)
+    }
+
     /// (up, down) bytes/s, one per second, oldest first.
     pub fn history(&self, pid: u32) -> Option<Vec<(u64, u64)>> {
         self.series.get(&pid).map(|s| s.history.iter().copied().collect())
@@ -224,8 +236,9 @@ impl Monitor {
 mod tests {
     use super::*;
 
-    fn named(pid: u32) -> Option<(String, String)> {
-        (pid < 1000).then(|| (format!("p{pid}"), format!("/bin/p{pid}")))
+    /// Odd pids belong to uid 1000, even ones to root.
+    fn named(pid: u32) -> Option<ProcName> {
+        (pid < 1000).then(|| ProcName { name: format!("p{pid}"), exe: format!("/bin/p{pid}"), uid: (pid % 2) * 1000 })
     }
 
     fn reading(pid: u32, up: u64, down: u64, local_down: u64) -> (u32, ProcTraffic) {
@@ -248,11 +261,14 @@ mod tests {
             let at = t + Duration::from_secs(s);
             m.sample(at, &[reading(1, s * 100, s * 1000, s * 50), reading(2, s * 5000, 0, 0)]);
         }
-        let top = m.top(10, SortBy::Down, Scope::All);
+        let top = m.top(10, SortBy::Down, Scope::All, None);
         assert_eq!(top.iter().map(|p| p.pid).collect::<Vec<_>>(), [1, 2]);
         assert_eq!((top[0].down_rate, top[0].up_rate, top[0].down_total), (1050, 100, 10_500));
-        assert_eq!(top[0].name, "p1");
-        assert_eq!(m.top(1, SortBy::Up, Scope::All)[0].pid, 2);
+        assert_eq!((top[0].name.as_str(), top[0].uid), ("p1", 1000));
+        assert_eq!(m.top(1, SortBy::Up, Scope::All, None)[0].pid, 2);
+        let mine: Vec<u32> = m.top(10, SortBy::Up, Scope::All, Some(1000)).iter().map(|p| p.pid).collect();
+        assert_eq!(mine, [1], "only uid 1000's processes");
+        assert_eq!((m.owner(1), m.owner(2), m.owner(7)), (Some(1000), Some(0), None));
         assert_eq!(m.process(1, Scope::Local).unwrap().down_rate, 50);
         assert_eq!(m.process(1, Scope::Internet).unwrap().down_rate, 1000);
         let h = m.history(1).unwrap();

@@ -9,8 +9,10 @@ use std::{
 
 use crate::state::{State, StateStore};
 
-/// Told of a failed write (the daemon turns it into an event).
-pub type OnError = Box<dyn Fn(String) + Send + Sync>;
+/// Told when saving starts failing (`Some(reason)`, again if the reason
+/// changes) and when it works again (`None`); the daemon turns that into
+/// the health of its saved state.
+pub type OnChange = Box<dyn Fn(Option<String>) + Send + Sync>;
 
 #[derive(Default)]
 struct Shared {
@@ -31,10 +33,10 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 }
 
 impl Persister {
-    pub fn new(store: StateStore, on_error: OnError) -> std::io::Result<Persister> {
+    pub fn new(store: StateStore, on_change: OnChange) -> std::io::Result<Persister> {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_error))?;
+        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_change))?;
         Ok(Persister { shared, thread: Some(thread) })
     }
 
@@ -74,8 +76,9 @@ impl Waiter {
     }
 }
 
-fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_error: &OnError) {
+fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_change: &OnChange) {
     let (m, cv) = shared;
+    let mut failing: Option<String> = None;
     loop {
         let (seq, state) = {
             let mut s = lock(m);
@@ -87,9 +90,13 @@ fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_error: &OnError
                 None => return, // stopping, nothing left to write
             }
         };
-        if let Err(e) = store.save(&state) {
-            tracing::error!(error = %e, "throttles apply but were not saved for the next start");
-            on_error(e.to_string());
+        let now = store.save(&state).err().map(|e| e.to_string());
+        if let Some(e) = &now {
+            tracing::error!(error = e, "throttles apply but were not saved for the next start");
+        }
+        if now != failing {
+            on_change(now.clone());
+            failing = now;
         }
         lock(m).done = seq;
         cv.notify_all();
@@ -131,17 +138,34 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_reported_and_do_not_block() {
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let e = errors.clone();
+    fn failures_are_reported_once_and_do_not_block() {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let c = changes.clone();
         // A state directory under a file cannot be created.
         let p = Persister::new(
             StateStore::new(std::path::Path::new("/proc/version/x")),
-            Box::new(move |m| e.lock().unwrap().push(m)),
+            Box::new(move |m| c.lock().unwrap().push(m)),
         )
         .unwrap();
+        for i in 1..=3 {
+            let seq = p.submit(state(i));
+            p.waiter().wait(seq);
+        }
+        let changes = changes.lock().unwrap();
+        assert_eq!(changes.len(), 1, "one failure, reported once: {changes:?}");
+        assert!(changes[0].as_deref().is_some_and(|r| r.contains("/proc/version/x")), "{changes:?}");
+    }
+
+    #[test]
+    fn recovery_is_reported() {
+        let dir = std::env::temp_dir().join(format!("ct-persist-ok-{}", std::process::id()));
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let c = changes.clone();
+        let p = Persister::new(StateStore::new(&dir), Box::new(move |m| c.lock().unwrap().push(m))).unwrap();
         let seq = p.submit(state(1));
         p.waiter().wait(seq);
-        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(changes.lock().unwrap().is_empty(), "a working save is no change");
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

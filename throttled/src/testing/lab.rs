@@ -266,9 +266,19 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `bin` with `args` and extra environment, and waits for `ready`.
     pub fn start(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_to(bin, args, env, Stdio::inherit())
+    }
+
+    /// As `start`, with the daemon's log appended to `log`.
+    pub fn start_logged(bin: &str, args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Daemon {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Self::start_to(bin, args, env, Stdio::from(f))
+    }
+
+    fn start_to(bin: &str, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Daemon {
         use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(bin);
-        cmd.args(args).envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args).envs(env.iter().copied()).stdout(Stdio::piped()).stderr(stderr);
         let mut c = cmd.spawn().unwrap();
         let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
         assert!(lines.any(|l| l.is_ok_and(|l| l == "ready")), "daemon did not become ready");
