@@ -64,14 +64,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// One client: 200 calls, cycling limit / change / remove / list / stats on
-/// pids of its own, so that every error is unexpected.
-async fn client(address: String, pids: Vec<u32>) -> (Vec<Duration>, usize) {
+/// pids of its own, so that every error is unexpected. With `pace`, one call
+/// starts every `pace` (or right after the previous one, if that took
+/// longer); without, back to back.
+async fn client(address: String, pids: Vec<u32>, pace: Option<Duration>, phase: f64) -> (Vec<Duration>, usize) {
     let c = zbus::connection::Builder::address(address.as_str()).unwrap().build().await.unwrap();
+    // Independent clients: their calls spread over the period, not in step.
+    if let Some(p) = pace {
+        tokio::time::sleep(p.mul_f64(phase)).await;
+    }
     let (mut lat, mut errors) = (Vec::with_capacity(CALLS), 0);
     let mut mine: Vec<(u32, OwnedObjectPath)> = Vec::new();
     let mut next = pids.into_iter().cycle();
     let mut by_kind = [Duration::ZERO; 5];
+    let mut ticks = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     for i in 0..CALLS {
+        if let Some(t) = &mut ticks {
+            t.tick().await;
+        }
         let t = Instant::now();
         let ok = match i % 5 {
             0 => {
@@ -105,6 +119,24 @@ async fn client(address: String, pids: Vec<u32>) -> (Vec<Duration>, usize) {
         );
     }
     (lat, errors)
+}
+
+/// Every client at once; returns sorted latencies, unexpected errors and
+/// the wall time.
+async fn round(address: &str, own: &[Vec<u32>], pace: Option<Duration>) -> (Vec<Duration>, usize, Duration) {
+    let t = Instant::now();
+    let n = own.len() as f64;
+    let spawn = |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.to_string(), p.clone(), pace, i as f64 / n));
+    let tasks: Vec<_> = own.iter().enumerate().map(spawn).collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    let wall = t.elapsed();
+    lat.sort();
+    (lat, errors, wall)
 }
 
 fn tc_baseline(n: usize) -> Duration {
@@ -182,32 +214,37 @@ async fn main() {
     let cpu0 = cpu_secs(d.pid());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = (cpu_secs(d.pid()) - cpu0) / 10.0 * 100.0;
-    let rss_before = rss_kib(d.pid());
     let own: Vec<Vec<u32>> = pids[1000..].chunks(20).take(clients()).map(<[u32]>::to_vec).collect();
-    let t = Instant::now();
-    let tasks: Vec<_> = own.into_iter().map(|p| tokio::spawn(client(bus.address().to_string(), p))).collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, e) = task.await.unwrap();
-        lat.extend(l);
-        errors += e;
+    println!("\n| load: {CLIENTS} clients × {CALLS} mixed calls, 500 throttles active | calls | unexpected errors | calls/s | p50 | p99 | max | daemon CPU per call | daemon RSS after |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let rss_before = rss_kib(d.pid());
+    // Paced rounds first, then back to back (the daemon's saturation).
+    // A second back-to-back round shows whether memory keeps growing.
+    for pace in [Some(100), Some(50), Some(25), Some(15), None, None] {
+        let pace = pace.map(Duration::from_millis);
+        let cpu = cpu_secs(d.pid());
+        let (lat, errors, wall) = round(bus.address(), &own, pace).await;
+        let cpu_us = (cpu_secs(d.pid()) - cpu) / lat.len() as f64 * 1e6;
+        let offered = match pace {
+            Some(p) => format!(
+                "each client every {} ms ({:.0} calls/s offered)",
+                p.as_millis(),
+                own.len() as f64 / p.as_secs_f64()
+            ),
+            None => "back to back".into(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {offered} | {} | {errors} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu_us:.0} µs | {:.1} MiB |",
+            lat.len(),
+            lat.len() as f64 / wall.as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(*lat.last().unwrap()),
+            rss_kib(d.pid()) as f64 / 1024.0
+        );
     }
-    let wall = t.elapsed();
-    let rss_after = rss_kib(d.pid());
-    lat.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("\n| load | calls | unexpected errors | calls/s | p50 | p99 | max | daemon RSS before → after |");
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {CLIENTS} clients × {CALLS} mixed calls, 500 throttles active | {} | {errors} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} → {:.1} MiB |",
-        lat.len(),
-        lat.len() as f64 / wall.as_secs_f64(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
-        ms(*lat.last().unwrap()),
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
-    );
+    println!("\nDaemon RSS before the load rounds: {:.1} MiB.", rss_before as f64 / 1024.0);
     println!("\n| daemon | value |");
     println!("|---|---|");
     println!("| RSS at start | {:.1} MiB |", rss0 as f64 / 1024.0);

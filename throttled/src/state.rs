@@ -92,7 +92,7 @@ impl StateStore {
         let res = (|| {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
             let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
+            f.write_all(&serde_json::to_vec(s).map_err(io::Error::other)?)?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)?;
             File::open(dir)?.sync_all()

@@ -64,9 +64,8 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
 /// daemon), then turns events into signals until the connection drops.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let events = mgr.subscribe(); // before listing, so nothing falls between
-    let (published, watch) = tokio::sync::watch::channel(0u64);
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone(), published: watch })?
+        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;
@@ -85,17 +84,19 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let c = conn.clone();
     let signals = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            if let Err(e) = signal(&c, &mgr, ev).await {
+            let r = signal(&c, &mgr, ev).await;
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "could not emit a signal");
             }
-            published.send_modify(|n| *n += 1);
         }
     });
     Ok(Served { conn, signals })
 }
 
-async fn add_throttle(conn: &Connection, mgr: &Arc<Manager>, id: ThrottleId) -> zbus::Result<bool> {
-    conn.object_server().at(args::throttle_path(id), ThrottleIface { mgr: mgr.clone(), id }).await
+/// Serves a throttle's object, its properties read once for InterfacesAdded.
+pub(crate) async fn add_throttle(conn: &Connection, mgr: &Arc<Manager>, id: ThrottleId) -> zbus::Result<bool> {
+    let info = service::blocking(mgr, move |m| m.summary(id)).await.ok();
+    conn.object_server().at(args::throttle_path(id), ThrottleIface::new(mgr.clone(), id, info)).await
 }
 
 fn reason(r: RemovalReason) -> &'static str {
@@ -145,6 +146,7 @@ async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()>
         return Ok(());
     };
     let t = iface.get().await;
+    t.forget();
     let e = iface.signal_emitter();
     let sent = [
         t.down_limit_changed(e).await,

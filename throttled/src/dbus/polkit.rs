@@ -1,7 +1,10 @@
 //! Authorization: every mutating call asks polkit about the caller's bus
 //! name (never about our own pid) before any state changes. Root is always
 //! allowed; without polkit, only root is.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, Mutex},
+};
 
 use zbus::{
     message::{Flags, Header},
@@ -40,11 +43,29 @@ trait Authority {
     ) -> zbus::Result<(bool, bool, HashMap<String, String>)>;
 }
 
+/// Callers' uids by (our unique name, theirs). A unique name is never
+/// reused on a bus and a connection's uid never changes, so an answer stays
+/// true; our own name changes with every bus (re)connection.
+type UidCache = HashMap<(String, String), u32>;
+static UIDS: LazyLock<Mutex<UidCache>> = LazyLock::new(Mutex::default);
+const UID_CACHE_MAX: usize = 4096;
+
 /// The caller's uid, from the bus (not from anything the caller says).
 pub async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32> {
     let sender = hdr.sender().ok_or_else(|| Error::NotAuthorized("the call has no sender".into()))?;
+    let key = (conn.unique_name().map(|n| n.to_string()).unwrap_or_default(), sender.to_string());
+    let uids = || UIDS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(uid) = uids().get(&key) {
+        return Ok(*uid);
+    }
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
-    Ok(dbus.get_connection_unix_user(sender.clone().into()).await?)
+    let uid = dbus.get_connection_unix_user(sender.clone().into()).await?;
+    let mut cache = uids();
+    if cache.len() >= UID_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, uid);
+    Ok(uid)
 }
 
 /// Ok if the caller may perform `action`; it may ask the caller to

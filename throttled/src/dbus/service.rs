@@ -39,6 +39,19 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&m)).await.map_err(|e| Error::Internal(e.to_string()))?.map_err(Error::from)
 }
 
+/// As `blocking`, for a change: answered only once it is on disk, which is
+/// awaited here rather than on one of the few blocking threads.
+pub async fn changing<T: Send + 'static>(
+    mgr: &Arc<Manager>,
+    f: impl FnOnce(&Manager) -> std::result::Result<T, ManagerError> + Send + 'static,
+) -> Result<T> {
+    let m = mgr.clone();
+    let (out, unsaved) =
+        tokio::task::spawn_blocking(move || m.unsaved(f)).await.map_err(|e| Error::Internal(e.to_string()))?;
+    mgr.saved(unsaved).await;
+    out.map_err(Error::from)
+}
+
 /// Whose processes the monitor shows the caller: everyone's with
 /// `observe-all`, otherwise only the caller's own.
 async fn visible_owner(conn: &Connection, hdr: &Header<'_>) -> Result<Option<u32>> {
@@ -51,8 +64,10 @@ async fn visible_owner(conn: &Connection, hdr: &Header<'_>) -> Result<Option<u32
 
 /// Limiting one's own process needs `limit-own`; anything else `limit-any`.
 pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Target) -> Result<()> {
+    let caller = polkit::caller_uid(conn, hdr).await?;
     let own = match target.root() {
-        Some(r) => procfs::uid(r.pid).ok() == Some(polkit::caller_uid(conn, hdr).await?),
+        _ if caller == 0 => true, // root may do anything: no need to look
+        Some(r) => procfs::uid(r.pid).ok() == Some(caller),
         None => false,
     };
     polkit::authorize(conn, hdr, if own { LIMIT_OWN } else { LIMIT_ANY }).await
@@ -60,25 +75,17 @@ pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Targ
 
 pub struct ManagerIface {
     pub mgr: Arc<Manager>,
-    /// Counts events turned into objects and signals.
-    pub published: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ManagerIface {
-    /// A client may use the returned path at once: wait (briefly) until the
-    /// throttle's object is served, or the throttle is already gone.
-    async fn until_served(&self, conn: &Connection, id: ThrottleId) {
-        let mut changes = self.published.clone();
-        let path = args::throttle_path(id);
-        let served = async {
-            while conn.object_server().interface::<_, ThrottleIface>(path.as_str()).await.is_err() {
-                if changes.changed().await.is_err() || !blocking(&self.mgr, move |m| Ok(m.exists(id))).await? {
-                    break;
-                }
-            }
-            Ok::<_, Error>(())
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), served).await;
+    /// A client may use the returned path at once: serve the object now
+    /// rather than when the event queue gets to it, and take it down again
+    /// if the throttle went meanwhile (its process exited).
+    async fn serve_now(&self, conn: &Connection, id: ThrottleId) -> Result<()> {
+        if super::add_throttle(conn, &self.mgr, id).await? && !blocking(&self.mgr, move |m| Ok(m.exists(id))).await? {
+            let _ = conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await;
+        }
+        Ok(())
     }
 }
 
@@ -96,8 +103,8 @@ impl ManagerIface {
     ) -> Result<OwnedObjectPath> {
         let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
         authorize_target(conn, &hdr, &target).await?;
-        let id = blocking(&self.mgr, move |m| m.limit(target, &spec)).await?;
-        self.until_served(conn, id).await;
+        let id = changing(&self.mgr, move |m| m.limit(target, &spec)).await?;
+        self.serve_now(conn, id).await?;
         path(id)
     }
 
@@ -109,9 +116,9 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let id = args::throttle_id(throttle.as_str())?;
-        let info = blocking(&self.mgr, move |m| m.info(id)).await?;
+        let info = blocking(&self.mgr, move |m| m.summary(id)).await?;
         authorize_target(conn, &hdr, &info.target).await?;
-        blocking(&self.mgr, move |m| m.remove(id)).await
+        changing(&self.mgr, move |m| m.remove(id)).await
     }
 
     /// Object paths of every throttle.
@@ -148,7 +155,7 @@ impl ManagerIface {
         let dir =
             args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
+        changing(&self.mgr, move |m| m.set_default(dir, &backend)).await
     }
 
     /// Moves a throttle (one direction, or both with "") to a backend.
@@ -162,7 +169,7 @@ impl ManagerIface {
     ) -> Result<()> {
         let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
+        changing(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
     }
 
     /// Moves every throttle of one backend to another; returns how many moved.
@@ -174,7 +181,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
+        Ok(changing(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
     }
 
     /// Daemon-wide numbers: throttles, processes (kernel map entries),
@@ -252,7 +259,7 @@ impl ManagerIface {
     /// Re-reads the config and rules; on error nothing changes.
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, |m| m.reload()).await
+        changing(&self.mgr, |m| m.reload()).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -1,14 +1,18 @@
 //! `org.chadthrottle.Throttle`, one object per throttle under
 //! `/org/chadthrottle/throttles/<id>`. Properties are read from the manager
 //! on demand; counters are pull-only (no PropertiesChanged).
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use zbus::{interface, message::Header, zvariant::OwnedValue, zvariant::Value, Connection};
 
 use super::{
     args,
     errors::{Error, Result},
-    service::{authorize_target, blocking, dict},
+    service::{authorize_target, blocking, changing, dict},
 };
 use crate::{
     backend::Direction,
@@ -18,12 +22,40 @@ use crate::{
 pub struct ThrottleIface {
     pub mgr: Arc<Manager>,
     pub id: ThrottleId,
+    /// The last summary read: one GetAll (or InterfacesAdded) reads a dozen
+    /// properties, and each would otherwise queue for the core's lock.
+    cached: Mutex<Option<(Instant, ThrottleInfo)>>,
 }
 
+/// Pull-only properties may be this stale; changed limits and backends
+/// drop the cache before their PropertiesChanged goes out.
+const CACHE_TTL: Duration = Duration::from_millis(200);
+
 impl ThrottleIface {
+    /// `info`: the throttle as the caller just read it, if it did.
+    pub fn new(mgr: Arc<Manager>, id: ThrottleId, info: Option<ThrottleInfo>) -> Self {
+        let cached = Mutex::new(info.map(|i| (Instant::now(), i)));
+        ThrottleIface { mgr, id, cached }
+    }
+
+    pub fn forget(&self) {
+        *self.cache() = None;
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ThrottleInfo)>> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Without counters: every property but Counters.
     async fn info(&self) -> Result<ThrottleInfo> {
+        if let Some((at, info)) = self.cache().as_ref().filter(|(at, _)| at.elapsed() < CACHE_TTL) {
+            let _ = at;
+            return Ok(info.clone());
+        }
         let id = self.id;
-        blocking(&self.mgr, move |m| m.info(id)).await
+        let info = blocking(&self.mgr, move |m| m.summary(id)).await?;
+        *self.cache() = Some((Instant::now(), info.clone()));
+        Ok(info)
     }
 
     async fn current(&self, d: Direction) -> zbus::fdo::Result<u64> {
@@ -51,7 +83,7 @@ impl ThrottleIface {
         let info = self.info().await?;
         authorize_target(conn, &hdr, &info.target).await?;
         let id = self.id;
-        blocking(&self.mgr, move |m| m.remove(id)).await
+        changing(&self.mgr, move |m| m.remove(id)).await
     }
 
     /// Changes limits in place (the same options as Manager.Limit).
@@ -65,7 +97,7 @@ impl ThrottleIface {
         let info = self.info().await?;
         authorize_target(conn, &hdr, &info.target).await?;
         let id = self.id;
-        blocking(&self.mgr, move |m| m.change(id, &spec)).await
+        changing(&self.mgr, move |m| m.change(id, &spec)).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -151,7 +183,8 @@ impl ThrottleIface {
     /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets}.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn counters(&self) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
-        let info = self.info().await.map_err(fdo)?;
+        let id = self.id;
+        let info = blocking(&self.mgr, move |m| m.info(id)).await.map_err(fdo)?;
         let mut pairs = Vec::new();
         for (d, s) in &info.directions {
             let p = super::service::direction_name(*d);

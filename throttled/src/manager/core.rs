@@ -659,12 +659,18 @@ impl Core {
     }
 
     pub fn info(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        self.info_with(id, true)
+    }
+
+    /// `live`: read the backends' counters now (netlink for HTB classes);
+    /// otherwise they are left at zero and nothing touches the kernel.
+    pub fn info_with(&mut self, id: ThrottleId, live: bool) -> Result<ThrottleInfo, ManagerError> {
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let ctx = Context { datapath: &mut self.datapath };
         let mut directions = BTreeMap::new();
         for (&dir, l) in &t.limits {
             let b = &self.pool.backends[l.backend];
-            let counters = b.stats(&ctx, l.slot, dir)?;
+            let counters = if live { b.stats(&ctx, l.slot, dir)? } else { Default::default() };
             let series = self.rates.get(&(id, dir));
             let current = series.map_or(0, |s| s.rate());
             let accuracy = series.and_then(|s| s.accuracy(l.rate.bytes_per_sec()));

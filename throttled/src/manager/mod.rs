@@ -35,6 +35,15 @@ use crate::{
 
 pub type ThrottleId = u32;
 
+thread_local! {
+    /// Set by `Manager::unsaved` for the changes it runs on this thread.
+    static DEFER_SAVE_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Changes not yet known to be on disk; see `Manager::unsaved`.
+#[must_use = "await Manager::saved before answering"]
+pub struct Unsaved(u64);
+
 /// Limits and backend choices for one throttle. `None` leaves a direction
 /// as it is (unlimited for a new throttle).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -277,11 +286,29 @@ impl Manager {
     }
 
     /// A change: runs under the lock, then, without it, waits until the
-    /// saved state includes the change, so an answered call survives a crash.
+    /// saved state includes the change, so an answered call survives a crash
+    /// (unless the change runs inside `unsaved`, whose caller waits).
     fn mutate<T>(&self, f: impl FnOnce(&mut Core) -> T) -> T {
         let out = f(&mut self.lock());
-        self.persisted.wait(self.persisted.submitted());
+        if !DEFER_SAVE_WAIT.get() {
+            self.persisted.wait(self.persisted.submitted());
+        }
         out
+    }
+
+    /// Runs changes without waiting for the disk; the caller must await
+    /// `saved` on the result before answering. Keeps a blocking thread
+    /// from idling through an fsync.
+    pub fn unsaved<T>(&self, f: impl FnOnce(&Manager) -> T) -> (T, Unsaved) {
+        DEFER_SAVE_WAIT.set(true);
+        let out = f(self);
+        DEFER_SAVE_WAIT.set(false);
+        (out, Unsaved(self.persisted.submitted()))
+    }
+
+    /// Returns once the changes behind `u` are on disk (or failed to be).
+    pub async fn saved(&self, u: Unsaved) {
+        self.persisted.written(u.0).await
     }
 
     /// Limits a target. A target that already has a throttle keeps it: its
@@ -305,6 +332,12 @@ impl Manager {
 
     pub fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
         self.lock().info(id)
+    }
+
+    /// As `info`, from the daemon's bookkeeping alone: counters are zero,
+    /// rates are the last sample's. Cheap enough for every property read.
+    pub fn summary(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        self.lock().info_with(id, false)
     }
 
     pub fn list(&self) -> Vec<ThrottleInfo> {

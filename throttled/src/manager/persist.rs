@@ -14,6 +14,8 @@ use crate::state::{State, StateStore};
 /// the health of its saved state.
 pub type OnChange = Box<dyn Fn(Option<String>) + Send + Sync>;
 
+type Written = tokio::sync::watch::Sender<u64>;
+
 #[derive(Default)]
 struct Shared {
     latest: Option<(u64, State)>,
@@ -25,6 +27,8 @@ struct Shared {
 
 pub struct Persister {
     shared: Arc<(Mutex<Shared>, Condvar)>,
+    /// `done`, for waiters on async threads.
+    written: tokio::sync::watch::Receiver<u64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -36,8 +40,10 @@ impl Persister {
     pub fn new(store: StateStore, on_change: OnChange) -> std::io::Result<Persister> {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_change))?;
-        Ok(Persister { shared, thread: Some(thread) })
+        let (tx, written) = tokio::sync::watch::channel(0);
+        let thread =
+            std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_change, &tx))?;
+        Ok(Persister { shared, written, thread: Some(thread) })
     }
 
     /// Queues `state` (replacing any older one not yet written); returns
@@ -54,29 +60,37 @@ impl Persister {
 
     /// A handle to wait on writes without holding whatever owns `self`.
     pub fn waiter(&self) -> Waiter {
-        Waiter(self.shared.clone())
+        Waiter { shared: self.shared.clone(), written: self.written.clone() }
     }
 }
 
 #[derive(Clone)]
-pub struct Waiter(Arc<(Mutex<Shared>, Condvar)>);
+pub struct Waiter {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    written: tokio::sync::watch::Receiver<u64>,
+}
 
 impl Waiter {
     pub fn submitted(&self) -> u64 {
-        lock(&self.0 .0).submitted
+        lock(&self.shared.0).submitted
     }
 
     /// Returns once everything up to `seq` has been written (or failed).
     pub fn wait(&self, seq: u64) {
-        let (m, cv) = &*self.0;
+        let (m, cv) = &*self.shared;
         let mut s = lock(m);
         while s.done < seq && !s.stop {
             s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
+
+    /// As `wait`, without holding a thread (or after the persister stopped).
+    pub async fn written(&self, seq: u64) {
+        let _ = self.written.clone().wait_for(|done| *done >= seq).await;
+    }
 }
 
-fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_change: &OnChange) {
+fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_change: &OnChange, written: &Written) {
     let (m, cv) = shared;
     let mut failing: Option<String> = None;
     loop {
@@ -100,6 +114,7 @@ fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_change: &OnChan
         }
         lock(m).done = seq;
         cv.notify_all();
+        written.send_replace(seq);
     }
 }
 
