@@ -216,6 +216,7 @@ fn signals_reach_clients() {
     std::thread::sleep(Duration::from_millis(300));
     let mut s = Sleeper::new();
     let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
+    api.limit("pid", &s.pid(), "{'down': <'2M'>}").unwrap(); // in place
     api.manager("SetDefaultBackend", &["down", "ifb_tc"]).unwrap();
     api.manager("Migrate", &[&path, "down", "ifb_tc"]).unwrap();
     // The next health check (every 5 s) reports ifb_tc running, but with
@@ -236,6 +237,8 @@ fn signals_reach_clients() {
         format!("{MGR}.ThrottleMigrated (objectpath '{path}', 'down', 'ifb_tc', 'ebpf')"),
         format!("{MGR}.BackendHealthChanged ('ifb_tc', 'degraded', 'no managed interface is present (ct-none0)')"),
         "org.freedesktop.DBus.ObjectManager.InterfacesAdded".to_string(),
+        // One PropertiesChanged per change, with every moved property.
+        "'DownLimit': <uint64 2097152>".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want} in:\n{out}");
     }

@@ -360,11 +360,17 @@ fn run_case(rig: &mut Rig, case: &Case<'_>, limit: impl FnOnce(&Rig, u32)) {
     (case.fault)(rig);
     let fault_secs = fault_at.duration_since(t0).as_secs_f64();
     let told = wait_until(Duration::from_secs(10), || (case.told)(rig, fault_at));
+    let told_after = fault_at.elapsed();
     let healthy = wait_until(Duration::from_secs(10), || rig.health() == "healthy" && rig.objects() == before);
     let after = rig.objects();
     let r = c.wait();
     let o = outcome(&r, fault_secs, per_second_bound(rig.backend, rig.reverse));
     o.report(case.what, (before, after));
+    eprintln!(
+        "FAULT {}: clients told of the recovery {:.0} ms after the fault",
+        case.what,
+        told_after.as_secs_f64() * 1e3
+    );
     let signals: Vec<String> =
         rig.monitor.since(fault_at).iter().map(|s| format!("{} {:?}", s.member, s.args)).collect();
     eprintln!("FAULT {}: signals after the fault: {signals:?}", case.what);

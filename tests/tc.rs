@@ -252,7 +252,8 @@ fn leftovers_of_a_crash_are_adopted() {
 }
 
 /// An interface that appears gets the live throttles; one that vanishes is
-/// dropped without errors (rtnetlink link events).
+/// dropped without errors (rtnetlink link events), and with none left the
+/// backend says it holds nothing until the interface is back.
 #[test]
 fn interfaces_are_followed() {
     let Some(_g) = begin() else { return };
@@ -270,11 +271,13 @@ fn interfaces_are_followed() {
         let _lab = Lab::new(42); // the interface appears
         assert!(wait_until(Duration::from_secs(3), || class_on("ct-veth42")), "the new interface was not shaped");
     } // and vanishes
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(m.backends().into_iter().find(|b| b.name == "tc_htb").unwrap().health, Health::Healthy);
+    let health = || m.backends().into_iter().find(|b| b.name == "tc_htb").unwrap().health;
+    let none = Health::Degraded("no managed interface is present (ct-veth42)".into());
+    assert!(wait_until(Duration::from_secs(2), || health() == none), "{:?}", health());
     {
         let _lab = Lab::new(42); // and comes back
         assert!(wait_until(Duration::from_secs(3), || class_on("ct-veth42")), "the returning interface was not shaped");
+        assert!(wait_until(Duration::from_secs(2), || health() == Health::Healthy), "{:?}", health());
     }
     let _ = target.kill();
     let _ = target.wait();

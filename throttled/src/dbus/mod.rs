@@ -145,16 +145,7 @@ async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()>
     let Ok(iface) = conn.object_server().interface::<_, ThrottleIface>(args::throttle_path(id)).await else {
         return Ok(());
     };
-    let t = iface.get().await;
-    t.forget();
-    let e = iface.signal_emitter();
-    let sent = [
-        t.down_limit_changed(e).await,
-        t.up_limit_changed(e).await,
-        t.down_backend_changed(e).await,
-        t.up_backend_changed(e).await,
-    ];
-    if let Some(Err(err)) = sent.into_iter().find(Result::is_err) {
+    if let Err(err) = iface.get().await.limits_changed(iface.signal_emitter()).await {
         tracing::debug!(throttle_id = id, error = %err, "property change not sent");
     }
     Ok(())

@@ -2,12 +2,15 @@
 //! `/org/chadthrottle/throttles/<id>`. Properties are read from the manager
 //! on demand; counters are pull-only (no PropertiesChanged).
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use zbus::{interface, message::Header, zvariant::OwnedValue, zvariant::Value, Connection};
+use zbus::{
+    interface, message::Header, object_server::SignalEmitter, zvariant::OwnedValue, zvariant::Value, Connection,
+};
 
 use super::{
     args,
@@ -44,6 +47,22 @@ impl ThrottleIface {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ThrottleInfo)>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Limits or backends changed: one PropertiesChanged with all four.
+    pub async fn limits_changed(&self, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
+        self.forget();
+        let failed = |e: zbus::fdo::Error| zbus::Error::Failure(e.to_string());
+        let (down, down_backend) = self.direction(Direction::Down).await.map_err(failed)?;
+        let (up, up_backend) = self.direction(Direction::Up).await.map_err(failed)?;
+        let changed = HashMap::from([
+            ("DownLimit", Value::from(down)),
+            ("UpLimit", Value::from(up)),
+            ("DownBackend", Value::from(down_backend)),
+            ("UpBackend", Value::from(up_backend)),
+        ]);
+        let name = <Self as zbus::object_server::Interface>::name();
+        zbus::fdo::Properties::properties_changed(emitter, name, changed, Cow::Borrowed(&[])).await
     }
 
     /// Without counters: every property but Counters.
