@@ -85,22 +85,41 @@ impl StateStore {
         StateError::Corrupt { path: self.path.clone(), reason, moved }
     }
 
-    /// All or nothing: the old file stays intact if anything fails.
+    /// `write`, then `sync`.
     pub fn save(&self, s: &State) -> Result<(), StateError> {
+        self.write(s)?;
+        self.sync()
+    }
+
+    /// All or nothing: the old file stays intact if anything fails. The new
+    /// one replaces it by a rename, so it survives a crash of the daemon
+    /// whole; `sync` makes it survive a power loss too.
+    pub fn write(&self, s: &State) -> Result<(), StateError> {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         let tmp = self.path.with_extension("json.tmp");
         let res = (|| {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
             let mut f = File::create(&tmp)?;
             f.write_all(&serde_json::to_vec(s).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&tmp, &self.path)
         })();
         res.map_err(|source| {
             let _ = fs::remove_file(&tmp);
-            StateError::Write { path: self.path.clone(), source }
+            self.write_error(source)
         })
+    }
+
+    /// Flushes the file and its directory entry to the disk.
+    pub fn sync(&self) -> Result<(), StateError> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .and_then(|_| File::open(dir)?.sync_all())
+            .map_err(|e| self.write_error(e))
+    }
+
+    fn write_error(&self, source: io::Error) -> StateError {
+        StateError::Write { path: self.path.clone(), source }
     }
 }
 

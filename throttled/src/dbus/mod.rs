@@ -16,7 +16,7 @@ use self::{
     service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
     throttle::ThrottleIface,
 };
-use crate::manager::{Event, Manager, RemovalReason, ThrottleId};
+use crate::manager::{Event, Manager, RemovalReason, ThrottleId, ThrottleInfo};
 
 pub const BUS_NAME: &str = "org.chadthrottle";
 
@@ -73,19 +73,25 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let m = mgr.clone();
     let ids = tokio::task::spawn_blocking(move || m.ids()).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
-        add_throttle(&conn, &mgr, id).await?;
+        add_throttle(&conn, &mgr, id, None).await?;
     }
     conn.request_name(BUS_NAME).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let m = mgr.clone();
     std::thread::Builder::new()
         .name("dbus-events".into())
-        .spawn(move || events.iter().try_for_each(|e| tx.send(e)).unwrap_or(()))
+        .spawn(move || {
+            for e in events.iter() {
+                if tx.send(told(&m, e)).is_err() {
+                    break; // the connection is gone
+                }
+            }
+        })
         .map_err(|e| zbus::Error::Failure(e.to_string()))?;
     let c = conn.clone();
     let signals = tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
-            let r = signal(&c, &mgr, ev).await;
-            if let Err(e) = r {
+        while let Some(t) = rx.recv().await {
+            if let Err(e) = signal(&c, &mgr, t).await {
                 tracing::warn!(error = %e, "could not emit a signal");
             }
         }
@@ -93,9 +99,36 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     Ok(Served { conn, signals })
 }
 
-/// Serves a throttle's object, its properties read once for InterfacesAdded.
-pub(crate) async fn add_throttle(conn: &Connection, mgr: &Arc<Manager>, id: ThrottleId) -> zbus::Result<bool> {
-    let info = service::blocking(mgr, move |m| m.summary(id)).await.ok();
+/// An event, and the throttle it is about as it was just after: read on
+/// the events thread, so signals never queue for the blocking threads that
+/// calls use.
+struct Told {
+    ev: Event,
+    info: Option<ThrottleInfo>,
+}
+
+fn told(mgr: &Manager, ev: Event) -> Told {
+    let info = match ev {
+        Event::ThrottleAdded { id } | Event::ThrottleChanged { id } | Event::ThrottleMigrated { id, .. } => {
+            mgr.summary(id).ok()
+        }
+        _ => None,
+    };
+    Told { ev, info }
+}
+
+/// Serves a throttle's object, its properties read once for InterfacesAdded
+/// (or taken from `info`).
+pub(crate) async fn add_throttle(
+    conn: &Connection,
+    mgr: &Arc<Manager>,
+    id: ThrottleId,
+    info: Option<ThrottleInfo>,
+) -> zbus::Result<bool> {
+    let info = match info {
+        Some(i) => Some(i),
+        None => service::blocking(mgr, move |m| m.summary(id)).await.ok(),
+    };
     conn.object_server().at(args::throttle_path(id), ThrottleIface::new(mgr.clone(), id, info)).await
 }
 
@@ -107,22 +140,29 @@ fn reason(r: RemovalReason) -> &'static str {
     }
 }
 
-async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Result<()> {
+async fn signal(conn: &Connection, mgr: &Arc<Manager>, Told { ev, info }: Told) -> zbus::Result<()> {
     let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
     let path = |id| ObjectPath::try_from(args::throttle_path(id)).map(|p| p.into_owned());
     match ev {
         Event::ThrottleAdded { id } => {
-            add_throttle(conn, mgr, id).await?;
+            // Usually served already by the Limit call that made it.
+            if info.is_some() {
+                add_throttle(conn, mgr, id, info).await?;
+            }
             emitter.throttle_added(path(id)?).await
         }
         Event::ThrottleRemoved { id, reason: r } => {
-            conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await?;
+            // Already gone if a Limit call took it down itself.
+            match conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Err(e) => return Err(e),
+            }
             emitter.throttle_removed(path(id)?, reason(r)).await
         }
-        Event::ThrottleChanged { id } => throttle_changed(conn, id).await,
+        Event::ThrottleChanged { id } => throttle_changed(conn, id, info).await,
         Event::ThrottleMigrated { id, direction, from, to } => {
             emitter.throttle_migrated(path(id)?, direction_name(direction), from, to).await?;
-            throttle_changed(conn, id).await
+            throttle_changed(conn, id, info).await
         }
         Event::DefaultChanged { direction, backend } => {
             let iface = conn.object_server().interface::<_, ManagerIface>(MANAGER_PATH).await?;
@@ -141,11 +181,11 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, ev: Event) -> zbus::Resul
 /// Limits or backends changed: tell watchers of the throttle's properties.
 /// The throttle may be gone by now (its process exited): then there is
 /// nothing left to tell, and that is not an error.
-async fn throttle_changed(conn: &Connection, id: ThrottleId) -> zbus::Result<()> {
+async fn throttle_changed(conn: &Connection, id: ThrottleId, info: Option<ThrottleInfo>) -> zbus::Result<()> {
     let Ok(iface) = conn.object_server().interface::<_, ThrottleIface>(args::throttle_path(id)).await else {
         return Ok(());
     };
-    if let Err(err) = iface.get().await.limits_changed(iface.signal_emitter()).await {
+    if let Err(err) = iface.get().await.limits_changed(iface.signal_emitter(), info).await {
         tracing::debug!(throttle_id = id, error = %err, "property change not sent");
     }
     Ok(())

@@ -82,7 +82,9 @@ impl ManagerIface {
     /// rather than when the event queue gets to it, and take it down again
     /// if the throttle went meanwhile (its process exited).
     async fn serve_now(&self, conn: &Connection, id: ThrottleId) -> Result<()> {
-        if super::add_throttle(conn, &self.mgr, id).await? && !blocking(&self.mgr, move |m| Ok(m.exists(id))).await? {
+        if super::add_throttle(conn, &self.mgr, id, None).await?
+            && !blocking(&self.mgr, move |m| Ok(m.exists(id))).await?
+        {
             let _ = conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await;
         }
         Ok(())

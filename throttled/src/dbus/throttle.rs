@@ -41,17 +41,14 @@ impl ThrottleIface {
         ThrottleIface { mgr, id, cached }
     }
 
-    pub fn forget(&self) {
-        *self.cache() = None;
-    }
-
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ThrottleInfo)>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Limits or backends changed: one PropertiesChanged with all four.
-    pub async fn limits_changed(&self, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
-        self.forget();
+    /// Limits or backends changed: one PropertiesChanged with all four,
+    /// from `info` (the throttle just after the change) if given.
+    pub async fn limits_changed(&self, emitter: &SignalEmitter<'_>, info: Option<ThrottleInfo>) -> zbus::Result<()> {
+        *self.cache() = info.map(|i| (Instant::now(), i));
         let failed = |e: zbus::fdo::Error| zbus::Error::Failure(e.to_string());
         let (down, down_backend) = self.direction(Direction::Down).await.map_err(failed)?;
         let (up, up_backend) = self.direction(Direction::Up).await.map_err(failed)?;
@@ -67,8 +64,7 @@ impl ThrottleIface {
 
     /// Without counters: every property but Counters.
     async fn info(&self) -> Result<ThrottleInfo> {
-        if let Some((at, info)) = self.cache().as_ref().filter(|(at, _)| at.elapsed() < CACHE_TTL) {
-            let _ = at;
+        if let Some((_, info)) = self.cache().as_ref().filter(|(at, _)| at.elapsed() < CACHE_TTL) {
             return Ok(info.clone());
         }
         let id = self.id;

@@ -637,19 +637,39 @@ impl Core {
         Ok((0..n).map(|i| (at(&up, i), at(&down, i))).collect())
     }
 
-    /// Once a second: every throttle's counters, and every process's.
+    /// Every throttle's counters, and every process's.
     pub fn sample_rates(&mut self) {
+        let mut after = None;
+        while let Some(last) = self.sample_throttles(after, usize::MAX) {
+            after = Some(last);
+        }
+        self.sample_monitor();
+    }
+
+    /// The counters of up to `n` throttles with ids above `after`; returns
+    /// the last id sampled, or `None` when there were none left. In chunks,
+    /// calls wait behind the once-a-second sampling for a moment only.
+    pub fn sample_throttles(&mut self, after: Option<ThrottleId>, n: usize) -> Option<ThrottleId> {
         let now = std::time::Instant::now();
         let span = (self.config.monitor.window, self.config.monitor.history);
         let ctx = Context { datapath: &mut self.datapath };
-        for (&id, t) in &self.throttles {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let mut last = None;
+        for (&id, t) in self.throttles.range((from, std::ops::Bound::Unbounded)).take(n) {
             for (&dir, l) in &t.limits {
                 if let Ok(c) = self.pool.backends[l.backend].stats(&ctx, l.slot, dir) {
                     let series = self.rates.entry((id, dir)).or_default();
                     series.push(now, c.pass_bytes, c.drop_pkts, l.rate.bytes_per_sec(), span);
                 }
             }
+            last = Some(id);
         }
+        last
+    }
+
+    /// Every process's traffic, from the monitor's kernel map.
+    pub fn sample_monitor(&mut self) {
+        let now = std::time::Instant::now();
         if self.datapath.monitoring() {
             let readings = self.datapath.proc_traffic();
             for pid in self.monitor.sample(now, &readings) {

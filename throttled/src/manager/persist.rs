@@ -1,7 +1,9 @@
 //! Writes the saved state off the core's lock, with group commit: callers
-//! hand over the newest state and wait until a write at least that new is
-//! on disk, so a burst of changes costs one write, not one each, and a slow
-//! disk never stalls calls that read.
+//! hand over the newest state and wait until a write at least that new has
+//! replaced the file, so a burst of changes costs one write, not one each,
+//! and a slow disk never stalls calls that read. The file is then synced
+//! before the next write: an answered change survives a crash of the daemon
+//! at once, and a power loss once synced (the next few milliseconds).
 use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
@@ -104,17 +106,25 @@ fn run(shared: &(Mutex<Shared>, Condvar), store: &StateStore, on_change: &OnChan
                 None => return, // stopping, nothing left to write
             }
         };
-        let now = store.save(&state).err().map(|e| e.to_string());
-        if let Some(e) = &now {
-            tracing::error!(error = e, "throttles apply but were not saved for the next start");
-        }
-        if now != failing {
-            on_change(now.clone());
-            failing = now;
+        let mut report = |now: Option<String>| {
+            if let Some(e) = &now {
+                tracing::error!(error = e, "throttles apply but were not saved for the next start");
+            }
+            if now != failing {
+                on_change(now.clone());
+                failing = now;
+            }
+        };
+        let wrote = store.write(&state).err().map(|e| e.to_string());
+        if wrote.is_some() {
+            report(wrote.clone()); // before the waiters go: they may ask at once
         }
         lock(m).done = seq;
         cv.notify_all();
         written.send_replace(seq);
+        if wrote.is_none() {
+            report(store.sync().err().map(|e| e.to_string()));
+        }
     }
 }
 

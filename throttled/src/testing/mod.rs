@@ -1,6 +1,7 @@
 //! Support shared by unit tests, integration tests and benchmarks.
 pub mod bus;
 pub mod lab;
+pub mod load;
 
 /// A prerequisite is missing. Under `CI=true` that fails the test; locally
 /// the test is reported as skipped.

@@ -1,0 +1,124 @@
+//! Control-plane load, shared by the load test and the benchmark: clients on
+//! connections of their own making mixed calls (limit, change, remove, list,
+//! stats) on processes of their own, so that every error is unexpected.
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+const MGR: &str = "org.chadthrottle.Manager";
+
+/// `sleep` processes to limit, killed on drop.
+pub struct Sleepers(Vec<Child>);
+
+impl Sleepers {
+    pub fn spawn(n: usize) -> Sleepers {
+        Sleepers((0..n).map(|_| Command::new("sleep").arg("3600").stdout(Stdio::null()).spawn().unwrap()).collect())
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub async fn connect(address: &str) -> zbus::Result<zbus::Connection> {
+    zbus::connection::Builder::address(address)?.build().await
+}
+
+pub async fn limit(c: &zbus::Connection, pid: u32, down: u64) -> zbus::Result<OwnedObjectPath> {
+    let opts: HashMap<&str, Value<'_>> = HashMap::from([("down", Value::U64(down))]);
+    let args = ("pid", pid.to_string(), opts);
+    let reply = c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Limit", &args).await?;
+    reply.body().deserialize()
+}
+
+pub async fn remove(c: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Result<()> {
+    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Remove", &(path,)).await.map(drop)
+}
+
+async fn call0(c: &zbus::Connection, method: &str) -> zbus::Result<()> {
+    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), method, &()).await.map(drop)
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Calls of every client of one round.
+pub struct Round {
+    /// Sorted.
+    pub latencies: Vec<Duration>,
+    pub errors: Vec<String>,
+    pub wall: Duration,
+}
+
+/// One client: `calls` calls cycling limit / change / remove / list / stats.
+/// With `pace`, one call starts every `pace` (or right after the previous
+/// one if that took longer), from `phase` × `pace` on; without, back to back.
+async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Duration>, phase: f64) -> Round {
+    let t0 = Instant::now();
+    let c = connect(&address).await.expect("connecting to the bus");
+    if let Some(p) = pace {
+        tokio::time::sleep(p.mul_f64(phase)).await;
+    }
+    let mut ticks = pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let (mut latencies, mut errors) = (Vec::with_capacity(calls), Vec::new());
+    let mut mine: Vec<(u32, OwnedObjectPath)> = Vec::new();
+    let mut next = pids.into_iter().cycle();
+    for i in 0..calls {
+        if let Some(t) = &mut ticks {
+            t.tick().await;
+        }
+        let t = Instant::now();
+        let result = match (i % 5, mine.last().cloned()) {
+            (0, _) => {
+                let pid = next.next().expect("pids to limit");
+                limit(&c, pid, 1 << 20).await.map(|p| mine.push((pid, p)))
+            }
+            (1, Some((pid, _))) => limit(&c, pid, 2 << 20).await.map(drop),
+            (2, Some((_, p))) => remove(&c, &p).await.map(|_| drop(mine.pop())),
+            (3, _) => call0(&c, "ListThrottles").await,
+            (4, _) => call0(&c, "GetStats").await,
+            _ => Ok(()),
+        };
+        latencies.push(t.elapsed());
+        if let Err(e) = result {
+            errors.push(e.to_string());
+        }
+    }
+    Round { latencies, errors, wall: t0.elapsed() }
+}
+
+/// A client per pid list, all at once; paced clients spread over the
+/// period rather than in step, as independent clients would be.
+pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, pace: Option<Duration>) -> Round {
+    let t = Instant::now();
+    let n = own.len() as f64;
+    let spawn = |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.into(), p.clone(), calls, pace, i as f64 / n));
+    let tasks: Vec<_> = own.iter().enumerate().map(spawn).collect();
+    let mut all = Round { latencies: Vec::new(), errors: Vec::new(), wall: Duration::ZERO };
+    for task in tasks {
+        let r = task.await.expect("a client panicked");
+        all.latencies.extend(r.latencies);
+        all.errors.extend(r.errors);
+    }
+    all.wall = t.elapsed();
+    all.latencies.sort();
+    all
+}
