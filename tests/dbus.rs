@@ -77,13 +77,7 @@ impl Api {
 /// The daemon on `bus`, with its state in `dir`; interface backends get an
 /// interface that does not exist, so no host interface is ever shaped.
 fn daemon_on(bus: &PrivateBus, dir: &ScratchDir, env: &[(&str, &str)]) -> Daemon {
-    let conf = dir.path.join("chadthrottled.toml");
-    let state = dir.path.join("state");
-    std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", state.display().to_string()))
-        .unwrap();
-    let env: Vec<(&str, &str)> =
-        [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())].into_iter().chain(env.iter().copied()).collect();
-    Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env)
+    bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), dir, "ct-none0", env)
 }
 
 /// The object path in gdbus's `(objectpath '/x',)`.

@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::*;
-use throttled::testing::bus::PrivateBus;
+use throttled::testing::bus::{write_config, PrivateBus};
 
 /// The IP-layer limit of every case, in bytes/s.
 const LIMIT: f64 = 2.0 * MIB;
@@ -199,10 +199,7 @@ impl Rig {
         let bus = PrivateBus::start(&format!("fault-{tag}"))?;
         let monitor = Monitor::watch(bus.address());
         let dir = ScratchDir::new(&format!("fault-{tag}"));
-        let conf = dir.path.join("chadthrottled.toml");
-        let state = dir.path.join("state");
-        let text = format!("state_dir = {:?}\ninterfaces = [{:?}]\n", state.display().to_string(), lab.veth);
-        std::fs::write(&conf, text).unwrap();
+        let conf = write_config(&dir, &lab.veth);
         let log = dir.path.join("daemon.log");
         Some(Rig { daemon: None, monitor, bus, lab, dir, conf, log, backend, reverse })
     }

@@ -35,11 +35,7 @@ fn fifty_clients_against_500_throttles() {
     let Some(_g) = begin() else { return };
     let Some(bus) = PrivateBus::start("load") else { return };
     let dir = ScratchDir::new("load");
-    let conf = dir.path.join("chadthrottled.toml");
-    let text = format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", dir.path.join("state").display().to_string());
-    std::fs::write(&conf, text).unwrap();
-    let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address()), ("RUST_LOG", "warn")];
-    let mut d = Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap()], &env);
+    let mut d = bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), &dir, "ct-none0", &[("RUST_LOG", "warn")]);
     let sleepers = Sleepers::spawn(BASE + CLIENTS * 20 + 1);
     let pids = sleepers.pids();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -67,15 +67,7 @@ impl Drop for Tmux {
 }
 
 fn start_daemon(bus: &PrivateBus, dir: &ScratchDir, iface: &str) -> Daemon {
-    let conf = dir.path.join("chadthrottled.toml");
-    let state = dir.path.join("state");
-    std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [{iface:?}]\n", state.display().to_string()))
-        .unwrap();
-    Daemon::start(
-        env!("CARGO_BIN_EXE_chadthrottled"),
-        &["--config", conf.to_str().unwrap()],
-        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
-    )
+    bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), dir, iface, &[])
 }
 
 fn default_for(bus: &PrivateBus, backend: &str) -> Vec<String> {

@@ -15,7 +15,6 @@ use std::{
 use throttled::testing::{
     bus::PrivateBus,
     cpu_secs,
-    lab::Daemon,
     load::{connect, limit, percentile, remove, round, Sleepers},
     rss_kib, ScratchDir,
 };
@@ -65,11 +64,7 @@ async fn main() {
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chadthrottled");
     let bus = PrivateBus::start("bench-load").expect("dbus-daemon");
     let dir = ScratchDir::new("bench-load");
-    let conf = dir.path.join("chadthrottled.toml");
-    std::fs::write(&conf, format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", dir.path.display().to_string()))
-        .unwrap();
-    let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address()), ("RUST_LOG", "warn")];
-    let d = Daemon::start(bin, &["--config", conf.to_str().unwrap()], &env);
+    let d = bus.daemon(bin, &dir, "ct-none0", &[("RUST_LOG", "warn")]);
     let rss0 = rss_kib(d.pid());
 
     // 1,000 throttles, one after another, then 1,000 hand-run tc commands.

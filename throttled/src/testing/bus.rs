@@ -6,7 +6,10 @@ use std::{
     process::Command,
 };
 
-use super::{lab::which, missing, ScratchDir};
+use super::{
+    lab::{which, Daemon},
+    missing, ScratchDir,
+};
 
 pub struct PrivateBus {
     child: std::process::Child,
@@ -104,6 +107,15 @@ impl PrivateBus {
         &self.address
     }
 
+    /// `chadthrottled` (the binary `bin`) on this bus, with `env`; see
+    /// [`write_config`].
+    pub fn daemon(&self, bin: &str, dir: &ScratchDir, interface: &str, env: &[(&str, &str)]) -> Daemon {
+        let conf = write_config(dir, interface);
+        let env: Vec<(&str, &str)> =
+            [("DBUS_SYSTEM_BUS_ADDRESS", self.address())].into_iter().chain(env.iter().copied()).collect();
+        Daemon::start(bin, &["--config", conf.to_str().unwrap()], &env)
+    }
+
     /// `busctl` on this bus, as root; stdout on success, Err(stderr) otherwise.
     pub fn busctl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("busctl").arg(format!("--address={}", self.address)).args(args).output().unwrap();
@@ -119,6 +131,16 @@ impl Drop for PrivateBus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A config in `dir` with the state in `dir/state` and the interface
+/// backends limited to `interface`: one the test made, or one that does not
+/// exist, so no host interface is ever shaped. Returns its path.
+pub fn write_config(dir: &ScratchDir, interface: &str) -> PathBuf {
+    let conf = dir.path.join("chadthrottled.toml");
+    let state = dir.path.join("state").display().to_string();
+    std::fs::write(&conf, format!("state_dir = {state:?}\ninterfaces = [{interface:?}]\n")).unwrap();
+    conf
 }
 
 /// A real polkitd on a private bus, with our actions and the given JS
