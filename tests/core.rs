@@ -60,13 +60,6 @@ fn named_binary(dir: &Path, name: &str, tool: &str) -> PathBuf {
     p
 }
 
-/// Entries of the daemon's kernel process map, as bpftool reads them.
-fn kernel_procs_entries() -> usize {
-    let out = sh(&["bpftool", "-j", "map", "dump", "name", "CT_PROCS"]);
-    let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
-    v.as_array().map_or(0, Vec::len)
-}
-
 fn start(state: &ScratchDir, ifaces: &[&str]) -> Manager {
     Manager::start(&throttled::testing::options(state, ifaces)).unwrap()
 }

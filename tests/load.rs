@@ -23,13 +23,6 @@ const CLIENTS: usize = 50;
 const CALLS: usize = 200;
 const ROUNDS: usize = 3;
 
-/// Entries of the kernel's process map, as bpftool reads them.
-fn kernel_procs() -> usize {
-    let out = sh(&["bpftool", "-j", "map", "dump", "name", "CT_PROCS"]);
-    let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
-    v.as_array().map_or(0, Vec::len)
-}
-
 #[test]
 fn fifty_clients_against_500_throttles() {
     let Some(_g) = begin() else { return };
@@ -77,7 +70,7 @@ fn fifty_clients_against_500_throttles() {
             .deserialize()
             .unwrap();
         assert_eq!(listed.len(), BASE, "clients' throttles left behind, or base ones lost");
-        assert_eq!(kernel_procs(), BASE, "the kernel's process map does not match the throttles");
+        assert_eq!(kernel_procs_entries(), BASE, "the kernel's process map does not match the throttles");
         // Not backed up: a new throttle's signal comes at once.
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)

@@ -44,3 +44,10 @@ pub fn isolated_daemon(state: &ScratchDir, args: &[&str]) -> std::process::Child
     let all: Vec<&str> = dirs.into_iter().chain(args.iter().copied()).collect();
     spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &all)
 }
+
+/// Entries of the daemon's kernel process map, as bpftool reads them.
+pub fn kernel_procs_entries() -> usize {
+    let out = sh(&["bpftool", "-j", "map", "dump", "name", "CT_PROCS"]);
+    let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    v.as_array().map_or(0, Vec::len)
+}

@@ -209,6 +209,11 @@ impl<D: HasHtb> HtbFleet<D> {
         move |e| BackendError::Failed { name, reason: e.to_string() }
     }
 
+    /// Managed interfaces (by ifindex) that are no longer `wanted`.
+    pub fn gone(&self, wanted: &[crate::kernel::netlink::LinkInfo]) -> Vec<u32> {
+        self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect()
+    }
+
     /// Adds every live slot's class to a freshly installed tree.
     pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
         let nl = self.nl()?;

@@ -156,8 +156,7 @@ impl Backend for IfbTcBackend {
 
     fn refresh_interfaces(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
         let wanted = self.policy.resolve(self.fleet.nl()?).map_err(self.fleet.err())?;
-        let gone: Vec<u32> =
-            self.fleet.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect();
+        let gone = self.fleet.gone(&wanted);
         for idx in gone {
             if let Some(dev) = self.fleet.devices.remove(&idx) {
                 tracing::info!(backend = NAME, interface = dev.iface, "interface gone");

@@ -88,8 +88,7 @@ impl Backend for TcHtbBackend {
     fn refresh_interfaces(&mut self, _ctx: &mut Context<'_>) -> Result<(), BackendError> {
         let nl = self.fleet.nl()?.clone();
         let wanted = self.policy.resolve(&nl).map_err(self.fleet.err())?;
-        let gone: Vec<u32> =
-            self.fleet.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect();
+        let gone = self.fleet.gone(&wanted);
         for dev in gone.iter().filter_map(|i| self.fleet.devices.remove(i)) {
             tracing::info!(backend = NAME, interface = dev.name, "interface gone");
             // Vanished, or no longer managed: either way, put its root back.

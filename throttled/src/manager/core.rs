@@ -639,10 +639,7 @@ impl Core {
 
     /// Every throttle's counters, and every process's.
     pub fn sample_rates(&mut self) {
-        let mut after = None;
-        while let Some(last) = self.sample_throttles(after, usize::MAX) {
-            after = Some(last);
-        }
+        self.sample_throttles(None, usize::MAX);
         self.sample_monitor();
     }
 
