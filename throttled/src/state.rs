@@ -1,5 +1,8 @@
-//! Runtime throttles saved under the state directory, written atomically
-//! (temporary file, fsync, rename, fsync of the directory), and the lock
+//! Runtime throttles saved under the state directory: a snapshot
+//! (`throttles.json`, replaced by a rename) and the changes made since, one
+//! JSON line each, appended to a journal (`throttles.journal.<first seq>`).
+//! A change costs one small append instead of a rewrite of every throttle;
+//! every so often the journal is folded into a new snapshot. Also the lock
 //! that keeps a second daemon off the same state.
 use std::{
     fs::{self, File, OpenOptions},
@@ -13,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::{config::Defaults, target::Target, Rate};
 
 pub const VERSION: u32 = 1;
-const FILE: &str = "throttles.json";
+const SNAPSHOT: &str = "throttles.json";
+/// Journal files are this prefix and the sequence number of their first entry.
+const JOURNAL: &str = "throttles.journal.";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PersistedThrottle {
@@ -29,10 +34,48 @@ pub struct PersistedThrottle {
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
+    /// The last journal entry this state includes.
+    #[serde(default)]
+    pub seq: u64,
     pub next_id: u32,
     /// Default backends chosen at runtime (they override the config's).
     pub defaults: Defaults,
     pub throttles: Vec<PersistedThrottle>,
+}
+
+/// One saved change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A runtime throttle as it is now, new or changed.
+    Put(PersistedThrottle),
+    /// A throttle that is saved no more.
+    Delete(u32),
+    /// The default backends chosen at runtime.
+    Defaults(Defaults),
+}
+
+/// A journal line: `{"seq":8,"next_id":5,"put":{...}}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    seq: u64,
+    next_id: u32,
+    #[serde(flatten)]
+    change: Change,
+}
+
+impl State {
+    fn apply(&mut self, e: Entry) {
+        (self.seq, self.next_id) = (e.seq, e.next_id);
+        match e.change {
+            Change::Put(p) => match self.throttles.iter_mut().find(|t| t.id == p.id) {
+                Some(t) => *t = p,
+                None => self.throttles.push(p),
+            },
+            Change::Delete(id) => self.throttles.retain(|t| t.id != id),
+            Change::Defaults(d) => self.defaults = d,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,77 +92,200 @@ pub enum StateError {
 
 #[derive(Clone, Debug)]
 pub struct StateStore {
+    dir: PathBuf,
     path: PathBuf,
+}
+
+/// Where a load stopped trusting the files.
+struct Damage {
+    path: PathBuf,
+    reason: String,
 }
 
 impl StateStore {
     pub fn new(state_dir: &Path) -> Self {
-        StateStore { path: state_dir.join(FILE) }
+        StateStore { dir: state_dir.to_path_buf(), path: state_dir.join(SNAPSHOT) }
     }
 
+    /// The snapshot's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// `None` when nothing was saved. A file that cannot be used is moved
-    /// aside (so the next save does not destroy the evidence).
+    /// The snapshot with every later journal entry applied; `None` when
+    /// nothing was saved. A journal's last line without its newline was cut
+    /// short by a crash or a full disk, and is skipped with a warning. Files
+    /// that cannot be used are moved aside, so the next save does not
+    /// destroy the evidence.
     pub fn load(&self) -> Result<Option<State>, StateError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.corrupt(e.to_string())),
-        };
-        match serde_json::from_slice::<State>(&bytes) {
-            Ok(s) if s.version == VERSION => Ok(Some(s)),
-            Ok(s) => Err(self.corrupt(format!("unknown version {}", s.version))),
-            Err(e) => Err(self.corrupt(e.to_string())),
+        let journals = self.journals().map_err(|e| self.io_error(&self.dir, e))?;
+        match self.read_all(&journals) {
+            Ok(state) => Ok(state),
+            Err(d) => Err(self.move_aside(&journals, d)),
         }
     }
 
-    fn corrupt(&self, reason: String) -> StateError {
-        let aside = self.path.with_extension("json.corrupt");
-        let moved = match fs::rename(&self.path, &aside) {
-            Ok(()) => aside.display().to_string(),
+    fn read_all(&self, journals: &[(u64, PathBuf)]) -> Result<Option<State>, Damage> {
+        let mut state = self.read_snapshot()?;
+        for (_, path) in journals {
+            let text = fs::read(path).map_err(|e| Damage { path: path.clone(), reason: e.to_string() })?;
+            let s = state.get_or_insert_with(|| State { version: VERSION, next_id: 1, ..Default::default() });
+            replay(s, path, &text)?;
+        }
+        if let Some(s) = &mut state {
+            s.throttles.sort_by_key(|t| t.id);
+        }
+        Ok(state)
+    }
+
+    fn read_snapshot(&self) -> Result<Option<State>, Damage> {
+        let damage = |reason: String| Damage { path: self.path.clone(), reason };
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(damage(e.to_string())),
+        };
+        match serde_json::from_slice::<State>(&bytes) {
+            Ok(s) if s.version == VERSION => Ok(Some(s)),
+            Ok(s) => Err(damage(format!("unknown version {}", s.version))),
+            Err(e) => Err(damage(e.to_string())),
+        }
+    }
+
+    /// Every saved file goes aside: the journals mean nothing without the
+    /// snapshot they follow, and the reverse.
+    fn move_aside(&self, journals: &[(u64, PathBuf)], d: Damage) -> StateError {
+        let aside = |p: &Path| {
+            let to = PathBuf::from(format!("{}.corrupt", p.display()));
+            fs::rename(p, &to).map(|_| to.display().to_string())
+        };
+        let moved = match aside(&self.path) {
+            Ok(to) => to,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "nowhere (there was no snapshot)".into(),
             Err(e) => format!("nowhere ({e})"),
         };
-        StateError::Corrupt { path: self.path.clone(), reason, moved }
+        journals.iter().for_each(|(_, j)| drop(aside(j)));
+        StateError::Corrupt { path: d.path, reason: d.reason, moved }
     }
 
-    /// `write`, then `sync`.
-    pub fn save(&self, s: &State) -> Result<(), StateError> {
-        self.write(s)?;
-        self.sync()
+    /// Journal files, oldest first.
+    fn journals(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut found = Vec::new();
+        for e in entries {
+            let name = e?.file_name();
+            let first = name.to_str().and_then(|n| n.strip_prefix(JOURNAL)).and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                found.push((first, self.dir.join(name)));
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
-    /// All or nothing: the old file stays intact if anything fails. The new
-    /// one replaces it by a rename, so it survives a crash of the daemon
-    /// whole; `sync` makes it survive a power loss too.
+    /// Replaces the snapshot by a rename: the old one stays intact if
+    /// anything fails, and the new one survives a crash of the daemon whole;
+    /// `sync` makes it survive a power loss too.
     pub fn write(&self, s: &State) -> Result<(), StateError> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
         let tmp = self.path.with_extension("json.tmp");
         let res = (|| {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            self.make_dir()?;
             let mut f = File::create(&tmp)?;
             f.write_all(&serde_json::to_vec(s).map_err(io::Error::other)?)?;
             fs::rename(&tmp, &self.path)
         })();
         res.map_err(|source| {
             let _ = fs::remove_file(&tmp);
-            self.write_error(source)
+            self.write_error(&self.path, source)
         })
     }
 
-    /// Flushes the file and its directory entry to the disk.
+    /// Flushes the snapshot and the directory's entries to the disk.
     pub fn sync(&self) -> Result<(), StateError> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        File::open(&self.path)
-            .and_then(|f| f.sync_all())
-            .and_then(|_| File::open(dir)?.sync_all())
-            .map_err(|e| self.write_error(e))
+        File::open(&self.path).and_then(|f| f.sync_all()).map_err(|e| self.write_error(&self.path, e))?;
+        File::open(&self.dir).and_then(|f| f.sync_all()).map_err(|e| self.write_error(&self.dir, e))
     }
 
-    fn write_error(&self, source: io::Error) -> StateError {
-        StateError::Write { path: self.path.clone(), source }
+    /// A new, empty journal whose first entry will be `first`.
+    pub fn open_journal(&self, first: u64) -> Result<Journal, StateError> {
+        let path = self.dir.join(format!("{JOURNAL}{first}"));
+        let open = || {
+            self.make_dir()?;
+            OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+            OpenOptions::new().append(true).open(&path)
+        };
+        match open() {
+            Ok(file) => Ok(Journal { file, path }),
+            Err(e) => Err(self.write_error(&path, e)),
+        }
+    }
+
+    /// Deletes the journals that a synced snapshot at `seq` includes
+    /// whole: those that started at or before it (a journal is started
+    /// right after each snapshot).
+    pub fn drop_journals_through(&self, seq: u64) -> Result<(), StateError> {
+        let journals = self.journals().map_err(|e| self.io_error(&self.dir, e))?;
+        for (first, path) in journals.into_iter().filter(|(first, _)| *first <= seq) {
+            fs::remove_file(&path).map_err(|e| self.write_error(&path, e))?;
+            tracing::trace!(first, "journal folded into the snapshot");
+        }
+        Ok(())
+    }
+
+    fn make_dir(&self) -> io::Result<()> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)
+    }
+
+    fn write_error(&self, path: &Path, source: io::Error) -> StateError {
+        StateError::Write { path: path.to_path_buf(), source }
+    }
+
+    fn io_error(&self, path: &Path, source: io::Error) -> StateError {
+        StateError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Applies one journal's entries that `state` does not include yet.
+fn replay(state: &mut State, path: &Path, text: &[u8]) -> Result<(), Damage> {
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") {
+            tracing::warn!(journal = %path.display(), bytes = line.len(), "skipping a change cut short by a crash or a full disk");
+            break;
+        }
+        let entry: Entry =
+            serde_json::from_slice(line).map_err(|e| Damage { path: path.into(), reason: e.to_string() })?;
+        if entry.seq > state.seq {
+            state.apply(entry);
+        }
+    }
+    Ok(())
+}
+
+/// The journal being appended to.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// One line, in one write: it survives a crash of the daemon as soon
+    /// as this returns, and a power loss once synced.
+    pub fn append(&mut self, seq: u64, next_id: u32, change: Change) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(&Entry { seq, next_id, change }).map_err(io::Error::other);
+        if let Ok(l) = &mut line {
+            l.push(b'\n');
+        }
+        line.and_then(|l| self.file.write_all(&l))
+            .map_err(|source| StateError::Write { path: self.path.clone(), source })
+    }
+
+    /// A handle for syncing from another thread.
+    pub fn handle(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 }
 
@@ -168,20 +334,30 @@ mod tests {
         }
     }
 
+    fn throttle(id: u32, name: &str) -> PersistedThrottle {
+        PersistedThrottle {
+            id,
+            target: Target::name(name).unwrap(),
+            down: Some("1M".parse().unwrap()),
+            up: None,
+            down_backend: Some("ebpf".into()),
+            up_backend: None,
+        }
+    }
+
     fn sample() -> State {
         State {
             version: VERSION,
+            seq: 0,
             next_id: 7,
             defaults: Defaults { up: Some("tc_htb".into()), down: None },
-            throttles: vec![PersistedThrottle {
-                id: 3,
-                target: Target::name("firefox").unwrap(),
-                down: Some("1M".parse().unwrap()),
-                up: None,
-                down_backend: Some("ebpf".into()),
-                up_backend: None,
-            }],
+            throttles: vec![throttle(3, "firefox")],
         }
+    }
+
+    fn save(s: &StateStore, state: &State) {
+        s.write(state).unwrap();
+        s.sync().unwrap();
     }
 
     #[test]
@@ -189,16 +365,76 @@ mod tests {
         let t = Tmp::new("rt");
         let s = StateStore::new(&t.0);
         assert_eq!(s.load().unwrap(), None);
-        s.save(&sample()).unwrap();
+        save(&s, &sample());
         assert_eq!(s.load().unwrap(), Some(sample()));
         assert!(!t.0.join("throttles.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_journal_loads() {
+        let t = Tmp::new("old");
+        let s = StateStore::new(&t.0);
+        fs::create_dir_all(&t.0).unwrap();
+        let old = r#"{"version":1,"next_id":7,"defaults":{"up":"tc_htb","down":null},"throttles":[]}"#;
+        fs::write(s.path(), old).unwrap();
+        assert_eq!(s.load().unwrap(), Some(State { throttles: vec![], ..sample() }));
+    }
+
+    #[test]
+    fn journal_entries_replay_over_the_snapshot() {
+        let t = Tmp::new("journal");
+        let s = StateStore::new(&t.0);
+        save(&s, &sample());
+        let mut j = s.open_journal(1).unwrap();
+        j.append(1, 8, Change::Put(throttle(7, "curl"))).unwrap();
+        j.append(2, 8, Change::Put(PersistedThrottle { up: Some("2M".parse().unwrap()), ..throttle(3, "firefox") }))
+            .unwrap();
+        j.append(3, 9, Change::Put(throttle(8, "wget"))).unwrap();
+        j.append(4, 9, Change::Delete(7)).unwrap();
+        j.append(5, 9, Change::Defaults(Defaults { up: None, down: Some("ifb_tc".into()) })).unwrap();
+        let want = State {
+            seq: 5,
+            next_id: 9,
+            defaults: Defaults { up: None, down: Some("ifb_tc".into()) },
+            throttles: vec![
+                PersistedThrottle { up: Some("2M".parse().unwrap()), ..throttle(3, "firefox") },
+                throttle(8, "wget"),
+            ],
+            ..sample()
+        };
+        assert_eq!(s.load().unwrap(), Some(want.clone()));
+        // Folded into a snapshot, with a crash before the old journal went:
+        // its entries are in the snapshot, and are not applied twice.
+        save(&s, &want);
+        let mut j = s.open_journal(6).unwrap();
+        j.append(6, 9, Change::Delete(8)).unwrap();
+        let after = State { seq: 6, throttles: vec![want.throttles[0].clone()], ..want.clone() };
+        assert_eq!(s.load().unwrap(), Some(after.clone()));
+        s.drop_journals_through(5).unwrap();
+        let left: Vec<_> = fs::read_dir(&t.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "the snapshot and the newest journal: {left:?}");
+        assert_eq!(s.load().unwrap(), Some(after));
+    }
+
+    #[test]
+    fn a_change_cut_short_is_skipped() {
+        let t = Tmp::new("torn");
+        let s = StateStore::new(&t.0);
+        save(&s, &sample());
+        let mut j = s.open_journal(1).unwrap();
+        j.append(1, 8, Change::Put(throttle(7, "curl"))).unwrap();
+        let mut f = OpenOptions::new().append(true).open(t.0.join("throttles.journal.1")).unwrap();
+        f.write_all(br#"{"seq":2,"next_id":9,"put":{"id":8,"#).unwrap();
+        let want =
+            State { seq: 1, next_id: 8, throttles: vec![throttle(3, "firefox"), throttle(7, "curl")], ..sample() };
+        assert_eq!(s.load().unwrap(), Some(want));
     }
 
     #[test]
     fn corrupt_files_are_moved_aside() {
         let t = Tmp::new("corrupt");
         let s = StateStore::new(&t.0);
-        s.save(&sample()).unwrap();
+        save(&s, &sample());
         let full = fs::read(s.path()).unwrap();
         for bad in [
             &full[..full.len() / 2],
@@ -206,24 +442,37 @@ mod tests {
             b"{\"version\": 99, \"next_id\": 1, \"defaults\": {}, \"throttles\": []}",
         ] {
             fs::write(s.path(), bad).unwrap();
+            s.open_journal(1).unwrap().append(1, 8, Change::Delete(3)).unwrap();
             let e = s.load().unwrap_err();
             assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
             assert!(e.to_string().contains("throttles.json.corrupt"), "{e}");
             assert!(!s.path().exists() && t.0.join("throttles.json.corrupt").exists());
+            assert!(t.0.join("throttles.journal.1.corrupt").exists(), "the journal goes aside with its snapshot");
             assert_eq!(s.load().unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_corrupt_journal_line_is_damage() {
+        let t = Tmp::new("badline");
+        let s = StateStore::new(&t.0);
+        save(&s, &sample());
+        fs::write(t.0.join("throttles.journal.1"), "{\"seq\":1,\"next_id\":8,\"put\":7}\n").unwrap();
+        let e = s.load().unwrap_err();
+        assert!(e.to_string().contains("throttles.journal.1"), "{e}");
+        assert!(t.0.join("throttles.json.corrupt").exists() && t.0.join("throttles.journal.1.corrupt").exists());
     }
 
     #[test]
     fn a_failed_save_keeps_the_old_file() {
         let t = Tmp::new("fail");
         let s = StateStore::new(&t.0);
-        s.save(&sample()).unwrap();
+        save(&s, &sample());
         // A directory where the temporary file should go makes the write fail.
         fs::create_dir(t.0.join("throttles.json.tmp")).unwrap();
         let mut changed = sample();
         changed.next_id = 99;
-        let e = s.save(&changed).unwrap_err();
+        let e = s.write(&changed).unwrap_err();
         assert!(matches!(e, StateError::Write { .. }) && e.to_string().contains("throttles.json"), "{e}");
         assert_eq!(s.load().unwrap(), Some(sample()), "the old state must survive");
     }

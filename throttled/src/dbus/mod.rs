@@ -16,7 +16,7 @@ use self::{
     service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
     throttle::ThrottleIface,
 };
-use crate::manager::{Event, Manager, RemovalReason, ThrottleId, ThrottleInfo};
+use crate::manager::{Event, Manager, Notice, RemovalReason, ThrottleId, ThrottleInfo};
 
 pub const BUS_NAME: &str = "org.chadthrottle";
 
@@ -63,58 +63,26 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
 /// Serves every object, then owns the name (so no client sees a half-served
 /// daemon), then turns events into signals until the connection drops.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
-    let events = mgr.subscribe(); // before listing, so nothing falls between
+    let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
         .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;
-    // Listing reads backend counters (netlink): off the async threads.
-    let m = mgr.clone();
-    let ids = tokio::task::spawn_blocking(move || m.ids()).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    let ids = service::read(&mgr, |r| Ok(r.ids())).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
     }
     conn.request_name(BUS_NAME).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let m = mgr.clone();
-    std::thread::Builder::new()
-        .name("dbus-events".into())
-        .spawn(move || {
-            for e in events.iter() {
-                if tx.send(told(&m, e)).is_err() {
-                    break; // the connection is gone
-                }
-            }
-        })
-        .map_err(|e| zbus::Error::Failure(e.to_string()))?;
     let c = conn.clone();
     let signals = tokio::spawn(async move {
-        while let Some(t) = rx.recv().await {
-            if let Err(e) = signal(&c, &mgr, t).await {
+        while let Some(n) = events.recv().await {
+            if let Err(e) = signal(&c, &mgr, n).await {
                 tracing::warn!(error = %e, "could not emit a signal");
             }
         }
     });
     Ok(Served { conn, signals })
-}
-
-/// An event, and the throttle it is about as it was just after: read on
-/// the events thread, so signals never queue for the blocking threads that
-/// calls use.
-struct Told {
-    ev: Event,
-    info: Option<ThrottleInfo>,
-}
-
-fn told(mgr: &Manager, ev: Event) -> Told {
-    let info = match ev {
-        Event::ThrottleAdded { id } | Event::ThrottleChanged { id } | Event::ThrottleMigrated { id, .. } => {
-            mgr.summary(id).ok()
-        }
-        _ => None,
-    };
-    Told { ev, info }
 }
 
 /// Serves a throttle's object, its properties read once for InterfacesAdded
@@ -127,7 +95,7 @@ pub(crate) async fn add_throttle(
 ) -> zbus::Result<bool> {
     let info = match info {
         Some(i) => Some(i),
-        None => service::blocking(mgr, move |m| m.summary(id)).await.ok(),
+        None => service::read(mgr, move |r| r.summary(id)).await.ok(),
     };
     conn.object_server().at(args::throttle_path(id), ThrottleIface::new(mgr.clone(), id, info)).await
 }
@@ -140,7 +108,7 @@ fn reason(r: RemovalReason) -> &'static str {
     }
 }
 
-async fn signal(conn: &Connection, mgr: &Arc<Manager>, Told { ev, info }: Told) -> zbus::Result<()> {
+async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {
     let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
     let path = |id| ObjectPath::try_from(args::throttle_path(id)).map(|p| p.into_owned());
     match ev {

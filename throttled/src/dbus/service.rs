@@ -22,7 +22,7 @@ use crate::{
     kernel::procfs,
     manager::{
         monitor::{Scope, SortBy},
-        BackendInfo, Manager, ManagerError, ThrottleId, TopEntry,
+        BackendInfo, Manager, ManagerError, Reader, ThrottleId, ThrottleInfo, TopEntry,
     },
     target::Target,
 };
@@ -39,17 +39,16 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&m)).await.map_err(|e| Error::Internal(e.to_string()))?.map_err(Error::from)
 }
 
-/// As `blocking`, for a change: answered only once it is on disk, which is
-/// awaited here rather than on one of the few blocking threads.
-pub async fn changing<T: Send + 'static>(
+/// A read of the daemon's bookkeeping: right here when the core is free,
+/// else off the async threads, behind whatever holds it.
+pub async fn read<T: Send + 'static>(
     mgr: &Arc<Manager>,
-    f: impl FnOnce(&Manager) -> std::result::Result<T, ManagerError> + Send + 'static,
+    f: impl FnOnce(&mut Reader<'_>) -> std::result::Result<T, ManagerError> + Send + 'static,
 ) -> Result<T> {
-    let m = mgr.clone();
-    let (out, unsaved) =
-        tokio::task::spawn_blocking(move || m.unsaved(f)).await.map_err(|e| Error::Internal(e.to_string()))?;
-    mgr.saved(unsaved).await;
-    out.map_err(Error::from)
+    if let Some(mut r) = mgr.try_reader() {
+        return f(&mut r).map_err(Error::from);
+    }
+    blocking(mgr, move |m| f(&mut m.reader())).await
 }
 
 /// Whose processes the monitor shows the caller: everyone's with
@@ -81,10 +80,8 @@ impl ManagerIface {
     /// A client may use the returned path at once: serve the object now
     /// rather than when the event queue gets to it, and take it down again
     /// if the throttle went meanwhile (its process exited).
-    async fn serve_now(&self, conn: &Connection, id: ThrottleId) -> Result<()> {
-        if super::add_throttle(conn, &self.mgr, id, None).await?
-            && !blocking(&self.mgr, move |m| Ok(m.exists(id))).await?
-        {
+    async fn serve_now(&self, conn: &Connection, id: ThrottleId, info: Option<ThrottleInfo>) -> Result<()> {
+        if super::add_throttle(conn, &self.mgr, id, info).await? && !read(&self.mgr, move |r| Ok(r.exists(id))).await? {
             let _ = conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await;
         }
         Ok(())
@@ -105,8 +102,9 @@ impl ManagerIface {
     ) -> Result<OwnedObjectPath> {
         let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
         authorize_target(conn, &hdr, &target).await?;
-        let id = changing(&self.mgr, move |m| m.limit(target, &spec)).await?;
-        self.serve_now(conn, id).await?;
+        let limit = move |m: &Manager| m.limit(target, &spec).map(|id| (id, m.summary(id).ok()));
+        let (id, info) = blocking(&self.mgr, limit).await?;
+        self.serve_now(conn, id, info).await?;
         path(id)
     }
 
@@ -118,9 +116,9 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let id = args::throttle_id(throttle.as_str())?;
-        let info = blocking(&self.mgr, move |m| m.summary(id)).await?;
+        let info = read(&self.mgr, move |r| r.summary(id)).await?;
         authorize_target(conn, &hdr, &info.target).await?;
-        changing(&self.mgr, move |m| m.remove(id)).await
+        blocking(&self.mgr, move |m| m.remove(id)).await
     }
 
     /// Object paths of every throttle.
@@ -130,7 +128,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<OwnedObjectPath>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let ids = blocking(&self.mgr, |m| Ok(m.ids())).await?;
+        let ids = read(&self.mgr, |r| Ok(r.ids())).await?;
         ids.into_iter().map(path).collect()
     }
 
@@ -157,7 +155,7 @@ impl ManagerIface {
         let dir =
             args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        changing(&self.mgr, move |m| m.set_default(dir, &backend)).await
+        blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
     }
 
     /// Moves a throttle (one direction, or both with "") to a backend.
@@ -171,7 +169,7 @@ impl ManagerIface {
     ) -> Result<()> {
         let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        changing(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
+        blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
     }
 
     /// Moves every throttle of one backend to another; returns how many moved.
@@ -183,7 +181,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        Ok(changing(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
+        Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
     }
 
     /// Daemon-wide numbers: throttles, processes (kernel map entries),
@@ -195,7 +193,7 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<HashMap<String, OwnedValue>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let s = blocking(&self.mgr, |m| Ok(m.stats())).await?;
+        let s = read(&self.mgr, |r| Ok(r.stats())).await?;
         let (state, detail) = health_parts(&s.state);
         dict([
             ("throttles", Value::from(s.throttles as u32)),
@@ -246,7 +244,7 @@ impl ManagerIface {
         };
         if !process {
             polkit::authorize(conn, &hdr, OBSERVE).await?;
-            return blocking(&self.mgr, move |m| m.throttle_history(id)).await;
+            return read(&self.mgr, move |r| r.throttle_history(id)).await;
         }
         if let Some(me) = visible_owner(conn, &hdr).await? {
             if blocking(&self.mgr, move |m| Ok(m.process_owner(id))).await?.is_some_and(|uid| uid != me) {
@@ -261,7 +259,7 @@ impl ManagerIface {
     /// Re-reads the config and rules; on error nothing changes.
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        changing(&self.mgr, |m| m.reload()).await
+        blocking(&self.mgr, |m| m.reload()).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -290,7 +288,7 @@ impl ManagerIface {
     /// Whether every process's traffic is counted (config `monitor.enabled`).
     #[zbus(property(emits_changed_signal = "const"))]
     async fn monitor_enabled(&self) -> bool {
-        blocking(&self.mgr, |m| Ok(m.monitoring())).await.unwrap_or(false)
+        read(&self.mgr, |r| Ok(r.monitoring())).await.unwrap_or(false)
     }
 
     #[zbus(property)]
@@ -342,7 +340,7 @@ impl ManagerIface {
 }
 
 async fn default_backend(mgr: &Arc<Manager>, dir: Direction) -> String {
-    blocking(mgr, move |m| m.default_backend(dir)).await.map(String::from).unwrap_or_default()
+    read(mgr, move |r| r.default_backend(dir)).await.map(String::from).unwrap_or_default()
 }
 
 pub fn path(id: ThrottleId) -> Result<OwnedObjectPath> {

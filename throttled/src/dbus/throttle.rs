@@ -15,7 +15,7 @@ use zbus::{
 use super::{
     args,
     errors::{Error, Result},
-    service::{authorize_target, blocking, changing, dict},
+    service::{authorize_target, blocking, dict, read},
 };
 use crate::{
     backend::Direction,
@@ -68,7 +68,7 @@ impl ThrottleIface {
             return Ok(info.clone());
         }
         let id = self.id;
-        let info = blocking(&self.mgr, move |m| m.summary(id)).await?;
+        let info = read(&self.mgr, move |r| r.summary(id)).await?;
         *self.cache() = Some((Instant::now(), info.clone()));
         Ok(info)
     }
@@ -98,7 +98,7 @@ impl ThrottleIface {
         let info = self.info().await?;
         authorize_target(conn, &hdr, &info.target).await?;
         let id = self.id;
-        changing(&self.mgr, move |m| m.remove(id)).await
+        blocking(&self.mgr, move |m| m.remove(id)).await
     }
 
     /// Changes limits in place (the same options as Manager.Limit).
@@ -112,7 +112,7 @@ impl ThrottleIface {
         let info = self.info().await?;
         authorize_target(conn, &hdr, &info.target).await?;
         let id = self.id;
-        changing(&self.mgr, move |m| m.change(id, &spec)).await
+        blocking(&self.mgr, move |m| m.change(id, &spec)).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

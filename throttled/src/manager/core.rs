@@ -13,7 +13,7 @@ use super::{
     coverage::{self, Assignment, Candidate},
     monitor::{ProcessTraffic, Scope, SortBy},
     pool::Pool,
-    DirectionStats, Event, LimitSpec, ManagerError, RemovalReason, ThrottleId, ThrottleInfo, TopEntry,
+    DirectionStats, Event, LimitSpec, ManagerError, Notice, RemovalReason, ThrottleId, ThrottleInfo, TopEntry,
 };
 use crate::{
     backend::{Context, Direction, Health, SlotId},
@@ -71,21 +71,25 @@ pub struct Core {
     pub free_slots: Vec<SlotId>,
     pub next_id: ThrottleId,
     pub events: VecDeque<Event>,
-    /// Writes the saved state off this lock (see `persist`).
-    pub persister: super::persist::Persister,
-    /// The core itself, for the persister to report failures as events.
+    /// Saves runtime throttles (see `persist`).
+    pub saver: super::persist::Saver,
+    /// The core itself, for the saver's syncer to report failures as events.
     pub self_ref: Arc<OnceLock<Weak<Mutex<Core>>>>,
     /// Defaults chosen at runtime; they override the config's per direction.
     pub runtime_defaults: Defaults,
     pub overrides: super::Overrides,
     /// Live listeners (the D-Bus layer turns events into signals).
-    pub subscribers: Vec<std::sync::mpsc::Sender<Event>>,
+    pub subscribers: Vec<tokio::sync::mpsc::UnboundedSender<Notice>>,
     /// Rolling rate and history per throttle and direction.
     pub rates: HashMap<(ThrottleId, Direction), super::rates::LimitSeries>,
     /// Every process's traffic (empty when the monitor is off).
     pub monitor: super::monitor::Monitor,
-    /// Whether the saved state can be written (see `note_state_health`).
+    /// Whether the saved state can be written (see `note_saved`).
     pub state_health: Health,
+    /// Why the last change could not be saved, if it could not.
+    save_error: Option<String>,
+    /// Why saved changes cannot be flushed to the disk, if they cannot.
+    sync_error: Option<String>,
     pub _lock: InstanceLock,
 }
 
@@ -96,12 +100,14 @@ impl Core {
     pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
         let self_ref: Arc<OnceLock<Weak<Mutex<Core>>>> = Arc::default();
         let sink = self_ref.clone();
-        let on_change = Box::new(move |failing: Option<String>| {
+        let on_sync = Box::new(move |failing: Option<String>| {
             if let Some(core) = sink.get().and_then(Weak::upgrade) {
-                core.lock().unwrap_or_else(|p| p.into_inner()).note_state_health(failing);
+                let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                core.sync_error = failing;
+                core.note_state_health();
             }
         });
-        let persister = super::persist::Persister::new(store, on_change)?;
+        let saver = super::persist::Saver::new(store, on_sync)?;
         Ok(Core {
             datapath,
             pool: Pool::new(&config),
@@ -113,30 +119,50 @@ impl Core {
             free_slots: (1..throttle_common::MAX_SLOTS).rev().collect(),
             next_id: 1,
             events: VecDeque::new(),
-            persister,
+            saver,
             self_ref,
             runtime_defaults: Defaults::default(),
             overrides: Default::default(),
             subscribers: Vec::new(),
             rates: HashMap::new(),
             state_health: Health::Healthy,
+            save_error: None,
+            sync_error: None,
             _lock: lock,
         })
     }
 
-    /// The saved state's health: broken while saves fail. Limits still
-    /// apply then; only the next start would lose them.
-    fn note_state_health(&mut self, failing: Option<String>) {
-        let health = match failing {
+    /// Records whether the last change was saved.
+    pub fn note_saved(&mut self, result: Result<(), crate::state::StateError>) {
+        self.save_error = result.err().map(|e| e.to_string());
+        self.note_state_health();
+    }
+
+    /// The saved state's health: broken while changes cannot be saved or
+    /// flushed. Limits still apply then; only the next start would lose
+    /// them. Reported when it changes.
+    fn note_state_health(&mut self) {
+        let health = match self.save_error.as_ref().or(self.sync_error.as_ref()) {
             Some(why) => Health::Broken(format!("throttles apply but are not saved: {why}")),
             None => Health::Healthy,
         };
-        self.state_health = health.clone();
-        self.emit(Event::HealthChanged { component: STATE_COMPONENT, health });
+        if health != self.state_health {
+            self.state_health = health.clone();
+            self.emit(Event::HealthChanged { component: STATE_COMPONENT, health });
+        }
     }
 
     pub fn emit(&mut self, ev: Event) {
-        self.subscribers.retain(|s| s.send(ev.clone()).is_ok());
+        if !self.subscribers.is_empty() {
+            let info = match ev {
+                Event::ThrottleAdded { id } | Event::ThrottleChanged { id } | Event::ThrottleMigrated { id, .. } => {
+                    self.info_with(id, false).ok()
+                }
+                _ => None,
+            };
+            let notice = Notice { event: ev.clone(), info };
+            self.subscribers.retain(|s| s.send(notice.clone()).is_ok());
+        }
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
         }
@@ -159,7 +185,7 @@ impl Core {
         let id = self.next_id;
         self.create(id, target, spec, origin)?;
         self.next_id = id + 1;
-        self.persist_if_runtime(id);
+        self.save_throttle(id);
         Ok(id)
     }
 
@@ -295,7 +321,7 @@ impl Core {
             self.members(id).into_iter().for_each(|p| self.reassign(p));
         }
         self.emit(Event::ThrottleChanged { id });
-        self.persist_if_runtime(id);
+        self.save_throttle(id);
         Ok(())
     }
 
@@ -318,11 +344,8 @@ impl Core {
     }
 
     pub fn remove_persisting(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
-        let runtime = self.throttles.get(&id).is_some_and(|t| t.origin == Origin::Runtime);
         let res = self.remove(id, RemovalReason::Requested);
-        if runtime {
-            self.persist();
-        }
+        self.save_throttle(id);
         res
     }
 
@@ -568,11 +591,9 @@ impl Core {
         for d in &dirs {
             self.pool.usable(to, *d)?;
         }
-        for d in dirs {
-            self.migrate_limit(id, d, to, None)?;
-        }
-        self.persist_if_runtime(id);
-        Ok(())
+        let moved = dirs.into_iter().try_for_each(|d| self.migrate_limit(id, d, to, None));
+        self.save_throttle(id); // a direction may have moved before a failure
+        moved
     }
 
     pub fn migrate_backend(&mut self, from: &str, to: &str) -> Result<usize, ManagerError> {
@@ -795,13 +816,9 @@ impl Core {
             t.covered.remove(&tgid);
             // At the exit event the process may still be a zombie with its
             // identity intact: membership, not /proc, says it is gone.
-            let orphaned = t.target.is_pid() && t.members.is_empty();
-            if orphaned {
-                let runtime = t.origin == Origin::Runtime;
+            if t.target.is_pid() && t.members.is_empty() {
                 let _ = self.remove(id, RemovalReason::ProcessExited);
-                if runtime {
-                    self.persist();
-                }
+                self.save_throttle(id);
             }
         }
     }

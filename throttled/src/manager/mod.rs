@@ -35,15 +35,6 @@ use crate::{
 
 pub type ThrottleId = u32;
 
-thread_local! {
-    /// Set by `Manager::unsaved` for the changes it runs on this thread.
-    static DEFER_SAVE_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Changes not yet known to be on disk; see `Manager::unsaved`.
-#[must_use = "await Manager::saved before answering"]
-pub struct Unsaved(u64);
-
 /// Limits and backend choices for one throttle. `None` leaves a direction
 /// as it is (unlimited for a new throttle).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,6 +144,14 @@ pub enum Event {
     },
 }
 
+/// An event for listeners, with the throttle it is about (added, changed
+/// or migrated) as it was right after.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub event: Event,
+    pub info: Option<ThrottleInfo>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DirectionStats {
     pub backend: &'static str,
@@ -252,7 +251,6 @@ pub struct Manager {
     core: Arc<Mutex<Core>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    persisted: persist::Waiter,
 }
 
 impl Manager {
@@ -261,12 +259,8 @@ impl Manager {
     pub fn start(opts: &ManagerOptions) -> Result<Self, ManagerError> {
         let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
         let core = Arc::new(Mutex::new(Core::start(opts)?));
-        let (self_ref, persisted) = {
-            let c = core.lock().unwrap_or_else(|p| p.into_inner());
-            (c.self_ref.clone(), c.persister.waiter())
-        };
+        let self_ref = core.lock().unwrap_or_else(|p| p.into_inner()).self_ref.clone();
         let _ = self_ref.set(Arc::downgrade(&core));
-        persisted.wait(persisted.submitted());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (c, s) = (core.clone(), stop.clone());
@@ -278,37 +272,17 @@ impl Manager {
         threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
         threads.push(spawn("health", Box::new(move || health::run_checks(&c, &s)))?);
-        Ok(Manager { core, stop, threads: Mutex::new(threads), persisted })
+        Ok(Manager { core, stop, threads: Mutex::new(threads) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A change: runs under the lock, then, without it, waits until the
-    /// saved state includes the change, so an answered call survives a crash
-    /// (unless the change runs inside `unsaved`, whose caller waits).
+    /// A change: runs under the lock, which it leaves saved (journaled)
+    /// for the next start.
     fn mutate<T>(&self, f: impl FnOnce(&mut Core) -> T) -> T {
-        let out = f(&mut self.lock());
-        if !DEFER_SAVE_WAIT.get() {
-            self.persisted.wait(self.persisted.submitted());
-        }
-        out
-    }
-
-    /// Runs changes without waiting for the disk; the caller must await
-    /// `saved` on the result before answering. Keeps a blocking thread
-    /// from idling through an fsync.
-    pub fn unsaved<T>(&self, f: impl FnOnce(&Manager) -> T) -> (T, Unsaved) {
-        DEFER_SAVE_WAIT.set(true);
-        let out = f(self);
-        DEFER_SAVE_WAIT.set(false);
-        (out, Unsaved(self.persisted.submitted()))
-    }
-
-    /// Returns once the changes behind `u` are on disk (or failed to be).
-    pub async fn saved(&self, u: Unsaved) {
-        self.persisted.written(u.0).await
+        f(&mut self.lock())
     }
 
     /// Limits a target. A target that already has a throttle keeps it: its
@@ -337,7 +311,7 @@ impl Manager {
     /// As `info`, from the daemon's bookkeeping alone: counters are zero,
     /// rates are the last sample's. Cheap enough for every property read.
     pub fn summary(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
-        self.lock().info_with(id, false)
+        self.reader().summary(id)
     }
 
     pub fn list(&self) -> Vec<ThrottleInfo> {
@@ -345,27 +319,34 @@ impl Manager {
     }
 
     pub fn exists(&self, id: ThrottleId) -> bool {
-        self.lock().throttles.contains_key(&id)
+        self.reader().exists(id)
     }
 
     /// Every throttle's id, without reading counters.
     pub fn ids(&self) -> Vec<ThrottleId> {
-        self.lock().throttles.keys().copied().collect()
+        self.reader().ids()
     }
 
     /// From the daemon's own bookkeeping: cheap enough to poll.
     pub fn stats(&self) -> Stats {
-        let c = self.lock();
-        Stats {
-            throttles: c.throttles.len(),
-            processes: c.datapath.tracked_procs(),
-            status: c.status(),
-            state: c.state_health.clone(),
-        }
+        self.reader().stats()
     }
 
     pub fn find(&self, target: &Target) -> Option<ThrottleId> {
         self.lock().find(target)
+    }
+
+    /// Reads of the daemon's bookkeeping, waiting for the core if it is busy.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader(self.lock())
+    }
+
+    /// As `reader`, but `None` instead of waiting: a caller on an async
+    /// thread reads at once when the core is free (the common case), and
+    /// otherwise waits elsewhere, since the core may be busy with the
+    /// kernel for milliseconds.
+    pub fn try_reader(&self) -> Option<Reader<'_>> {
+        self.core.try_lock().ok().map(Reader)
     }
 
     /// Every backend with its state, for `backends` listings.
@@ -381,7 +362,7 @@ impl Manager {
 
     /// The backend new throttles get in `dir`, after fallbacks.
     pub fn default_backend(&self, dir: Direction) -> Result<&'static str, ManagerError> {
-        self.lock().default_backend(dir)
+        self.reader().default_backend(dir)
     }
 
     /// Moves a throttle (one direction, or both) to `to`, make-before-break.
@@ -433,12 +414,12 @@ impl Manager {
 
     /// A throttle's (up, down) bytes/s, one per second, oldest first.
     pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {
-        self.lock().throttle_history(id)
+        self.reader().throttle_history(id)
     }
 
     /// Whether the kernel counts every process's traffic.
     pub fn monitoring(&self) -> bool {
-        self.lock().datapath.monitoring()
+        self.reader().monitoring()
     }
 
     /// Samples rates now (they are also sampled every second).
@@ -446,9 +427,10 @@ impl Manager {
         self.lock().sample_rates();
     }
 
-    /// Every event from now on, in order.
-    pub fn subscribe(&self) -> std::sync::mpsc::Receiver<Event> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Every event from now on, in order, each with the throttle it is
+    /// about as it was right then: a listener never needs the lock.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<Notice> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.lock().subscribers.push(tx);
         rx
     }
@@ -486,6 +468,46 @@ impl Manager {
             let _ = t.join();
         }
         self.lock().teardown()
+    }
+}
+
+/// The core, locked for reads that touch only the daemon's bookkeeping,
+/// never the kernel: microseconds each.
+pub struct Reader<'a>(MutexGuard<'a, Core>);
+
+impl Reader<'_> {
+    pub fn summary(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        self.0.info_with(id, false)
+    }
+
+    pub fn exists(&self, id: ThrottleId) -> bool {
+        self.0.throttles.contains_key(&id)
+    }
+
+    pub fn ids(&self) -> Vec<ThrottleId> {
+        self.0.throttles.keys().copied().collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.0;
+        Stats {
+            throttles: c.throttles.len(),
+            processes: c.datapath.tracked_procs(),
+            status: c.status(),
+            state: c.state_health.clone(),
+        }
+    }
+
+    pub fn default_backend(&self, dir: Direction) -> Result<&'static str, ManagerError> {
+        self.0.default_backend(dir)
+    }
+
+    pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {
+        self.0.throttle_history(id)
+    }
+
+    pub fn monitoring(&self) -> bool {
+        self.0.datapath.monitoring()
     }
 }
 

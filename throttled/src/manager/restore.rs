@@ -13,7 +13,7 @@ use crate::{
         netlink::Netlink,
         procfs,
     },
-    state::{InstanceLock, PersistedThrottle, State, StateStore},
+    state::{Change, InstanceLock, PersistedThrottle, State, StateStore, VERSION},
 };
 
 impl Core {
@@ -43,7 +43,10 @@ impl Core {
             tracing::debug!(took = ?t.elapsed(), "owners recorded for existing sockets");
         }
         match saved {
-            Ok(Some(state)) => core.restore(state),
+            Ok(Some(state)) => {
+                core.saver.resume(&state);
+                core.restore(state);
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring the saved throttles; the rules still apply"),
         }
@@ -91,34 +94,63 @@ impl Core {
         }
     }
 
-    pub fn persist(&mut self) {
+    /// Every runtime throttle as it is now, and the runtime defaults.
+    fn saved_state(&self) -> State {
         let throttles = self
             .throttles
             .iter()
             .filter(|(_, t)| t.origin == Origin::Runtime)
-            .map(|(&id, t)| {
-                let rate = |d| t.limits.get(&d).map(|l| l.rate);
-                let backend = |d| t.limits.get(&d).map(|l| self.pool.name(l.backend).to_string());
-                PersistedThrottle {
-                    id,
-                    target: t.target.clone(),
-                    down: rate(Direction::Down),
-                    up: rate(Direction::Up),
-                    down_backend: backend(Direction::Down),
-                    up_backend: backend(Direction::Up),
-                }
-            })
+            .map(|(&id, _)| self.record(id))
             .collect();
-        let state = State { version: 1, next_id: self.next_id, defaults: self.runtime_defaults.clone(), throttles };
-        // Written by the persister thread; `Manager` calls wait for it
-        // after letting go of the lock.
-        self.persister.submit(state);
+        State { version: VERSION, seq: 0, next_id: self.next_id, defaults: self.runtime_defaults.clone(), throttles }
     }
 
-    pub fn persist_if_runtime(&mut self, id: ThrottleId) {
-        if self.throttles.get(&id).is_some_and(|t| t.origin == Origin::Runtime) {
-            self.persist();
+    fn record(&self, id: ThrottleId) -> PersistedThrottle {
+        let t = &self.throttles[&id];
+        let rate = |d| t.limits.get(&d).map(|l| l.rate);
+        let backend = |d| t.limits.get(&d).map(|l| self.pool.name(l.backend).to_string());
+        PersistedThrottle {
+            id,
+            target: t.target.clone(),
+            down: rate(Direction::Down),
+            up: rate(Direction::Up),
+            down_backend: backend(Direction::Down),
+            up_backend: backend(Direction::Up),
         }
+    }
+
+    /// Saves everything as a new snapshot: after a start, a reload, or
+    /// changes to many throttles at once.
+    pub fn persist(&mut self) {
+        let state = self.saved_state();
+        let result = self.saver.snapshot(state);
+        self.note_saved(result);
+    }
+
+    /// Saves throttle `id` as it is now: a runtime throttle's limits and
+    /// backends, or, once it is gone (or a rule's), that it is.
+    pub fn save_throttle(&mut self, id: ThrottleId) {
+        let change = match self.throttles.get(&id) {
+            Some(t) if t.origin == Origin::Runtime => Change::Put(self.record(id)),
+            _ => Change::Delete(id),
+        };
+        self.save(change);
+    }
+
+    /// One change, appended to the journal; a snapshot instead when there
+    /// is no journal to append to, or when it is time to fold it.
+    fn save(&mut self, change: Change) {
+        let result = match self.saver.record(self.next_id, change) {
+            Ok(true) if self.saver.wants_snapshot() => {
+                if let Err(e) = self.saver.snapshot(self.saved_state()) {
+                    tracing::warn!(error = %e, "could not fold the journal into a snapshot; it keeps growing");
+                }
+                Ok(())
+            }
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => self.saver.snapshot(self.saved_state()),
+        };
+        self.note_saved(result);
     }
 
     fn apply_rule(&mut self, rule: &Rule) -> Result<ThrottleId, ManagerError> {
@@ -222,7 +254,7 @@ impl Core {
             Direction::Down => self.runtime_defaults.down = Some(name.into()),
         }
         self.refresh_preference();
-        self.persist();
+        self.save(Change::Defaults(self.runtime_defaults.clone()));
         tracing::info!(direction = %dir, backend = name, "default backend set (new throttles only)");
         Ok(())
     }

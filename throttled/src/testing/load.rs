@@ -56,10 +56,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The mixed calls each client cycles through, in order.
+pub const CALLS: [&str; 5] = ["Limit", "Limit (change)", "Remove", "ListThrottles", "GetStats"];
+
 /// Calls of every client of one round.
 pub struct Round {
     /// Sorted.
     pub latencies: Vec<Duration>,
+    /// Per entry of `CALLS`, sorted.
+    pub by_call: [Vec<Duration>; 5],
     pub errors: Vec<String>,
     pub wall: Duration,
 }
@@ -78,7 +83,7 @@ async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Dura
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    let (mut latencies, mut errors) = (Vec::with_capacity(calls), Vec::new());
+    let (mut by_call, mut errors) = (<[Vec<Duration>; 5]>::default(), Vec::new());
     let mut mine: Vec<(u32, OwnedObjectPath)> = Vec::new();
     let mut next = pids.into_iter().cycle();
     for i in 0..calls {
@@ -97,12 +102,13 @@ async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Dura
             (4, _) => call0(&c, "GetStats").await,
             _ => Ok(()),
         };
-        latencies.push(t.elapsed());
+        by_call[i % 5].push(t.elapsed());
         if let Err(e) = result {
             errors.push(e.to_string());
         }
     }
-    Round { latencies, errors, wall: t0.elapsed() }
+    let latencies = by_call.concat();
+    Round { latencies, by_call, errors, wall: t0.elapsed() }
 }
 
 /// A client per pid list, all at once; paced clients spread over the
@@ -112,13 +118,18 @@ pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, pace: Option<D
     let n = own.len() as f64;
     let spawn = |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.into(), p.clone(), calls, pace, i as f64 / n));
     let tasks: Vec<_> = own.iter().enumerate().map(spawn).collect();
-    let mut all = Round { latencies: Vec::new(), errors: Vec::new(), wall: Duration::ZERO };
+    let mut all =
+        Round { latencies: Vec::new(), by_call: Default::default(), errors: Vec::new(), wall: Duration::ZERO };
     for task in tasks {
         let r = task.await.expect("a client panicked");
         all.latencies.extend(r.latencies);
+        for (mine, theirs) in all.by_call.iter_mut().zip(r.by_call) {
+            mine.extend(theirs);
+        }
         all.errors.extend(r.errors);
     }
     all.wall = t.elapsed();
     all.latencies.sort();
+    all.by_call.iter_mut().for_each(|v| v.sort());
     all
 }
