@@ -99,24 +99,27 @@ fn ifb_tc_two_processes() {
 }
 
 /// 2 → 8 MiB/s in place: effective within a second, the connection intact.
+/// Six seconds measured before the change: a download through a drop-tail queue
+/// may lose a quarter of a second to a retransmission timeout now and then,
+/// which a shorter window would read as inaccuracy.
 fn live_change(tag: u8, reverse: bool) {
     let Some(_g) = begin() else { return };
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let state = ScratchDir::new(&tag.to_string());
     let m = Manager::start(&options(&lab, &state)).unwrap();
-    let c = lab.client("ct-client-chg", 5201, 10, reverse);
+    let c = lab.client("ct-client-chg", 5201, 13, reverse);
     let spec = if reverse { down } else { up };
     let id = m.limit_pid(c.pid(), &spec("2M")).unwrap();
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(8));
     let before = m.info(id).unwrap().directions.values().next().unwrap().counters;
     m.change(id, &spec("8M")).unwrap();
     let after = m.info(id).unwrap().directions.values().next().unwrap().counters;
     assert!(after.pass_bytes >= before.pass_bytes, "the class was reset by the change");
     let r = c.wait(); // panics if iperf3 reports an error: the connection survived
     eprintln!("intervals MiB/s: {:?}", r.intervals.iter().map(|v| v / MIB).collect::<Vec<_>>());
-    assert_accurate("before the change", r.mean(2, 5), 2.0 * MIB);
-    assert_accurate("from a second after the change", r.mean(6, 10), 8.0 * MIB);
+    assert_accurate("before the change", r.mean(2, 8), 2.0 * MIB);
+    assert_accurate("from a second after the change", r.mean(9, 13), 8.0 * MIB);
 }
 
 #[test]

@@ -14,9 +14,9 @@ use std::{
 
 use throttled::testing::{
     bus::PrivateBus,
-    cpu_secs,
-    load::{connect, limit, percentile, remove, round, Sleepers},
-    rss_kib, ScratchDir,
+    cpu_secs, cpu_ticks,
+    load::{connect, limit, percentile, remove, round, Sleepers, CALLS as KINDS},
+    rss_kib, steal_pct, ScratchDir,
 };
 
 const CLIENTS: usize = 50;
@@ -59,6 +59,10 @@ fn tc_baseline(n: usize) -> Duration {
     took
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chadthrottled");
@@ -97,18 +101,20 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = (cpu_secs(d.pid()) - cpu0) / 10.0 * 100.0;
     let own: Vec<Vec<u32>> = pids[1000..].chunks(20).take(clients()).map(<[u32]>::to_vec).collect();
-    println!("\n| load: {CLIENTS} clients × {CALLS} mixed calls, 500 throttles active | calls | unexpected errors | calls/s | p50 | p99 | max | daemon CPU per call | daemon RSS after |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("\n| load: {CLIENTS} clients × {CALLS} mixed calls, 500 throttles active | calls | unexpected errors | calls/s | p50 | p99 | max | daemon CPU per call | daemon RSS after | CPU stolen by the hypervisor |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let rss_before = rss_kib(d.pid());
-    // Paced rounds first, then back to back (the daemon's saturation).
-    // More back-to-back rounds (CT_ROUNDS, default 2) show whether memory
-    // keeps growing.
+    // Paced rounds first (each pace twice), then back to back (the
+    // daemon's saturation). More back-to-back rounds (CT_ROUNDS, default 2)
+    // show whether memory keeps growing.
     let rounds = std::env::var("CT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(2);
-    let paces = [Some(100), Some(50), Some(25), Some(15)].into_iter().chain(std::iter::repeat_n(None, rounds));
-    for pace in paces {
+    let paced = [100, 100, 50, 50, 25, 15].map(Some);
+    let mut by_call = Vec::new();
+    for pace in paced.into_iter().chain(std::iter::repeat_n(None, rounds)) {
         let pace = pace.map(Duration::from_millis);
-        let cpu = cpu_secs(d.pid());
+        let (cpu, ticks) = (cpu_secs(d.pid()), cpu_ticks());
         let r = round(bus.address(), &own, CALLS, pace).await;
+        let stolen = steal_pct(ticks, cpu_ticks());
         let (lat, errors) = (&r.latencies, r.errors.len());
         let cpu_us = (cpu_secs(d.pid()) - cpu) / lat.len() as f64 * 1e6;
         if let Some(e) = r.errors.first() {
@@ -122,9 +128,8 @@ async fn main() {
             ),
             None => "back to back".into(),
         };
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "| {offered} | {} | {errors} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu_us:.0} µs | {:.1} MiB |",
+            "| {offered} | {} | {errors} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {cpu_us:.0} µs | {:.1} MiB | {stolen:.1}% |",
             lat.len(),
             lat.len() as f64 / r.wall.as_secs_f64(),
             ms(percentile(lat, 0.5)),
@@ -132,6 +137,16 @@ async fn main() {
             ms(*lat.last().unwrap()),
             rss_kib(d.pid()) as f64 / 1024.0
         );
+        by_call.push((offered, stolen, r.by_call));
+    }
+    println!("\n| p50 / p99 by call, each client every 100 or 50 ms | {} | CPU stolen |", KINDS.join(" | "));
+    println!("|---|{}---|", "---|".repeat(KINDS.len()));
+    for (offered, stolen, calls) in by_call.iter().take(4) {
+        let cells: Vec<String> = calls
+            .iter()
+            .map(|l| format!("{:.2} / {:.2} ms", ms(percentile(l, 0.5)), ms(percentile(l, 0.99))))
+            .collect();
+        println!("| {offered} | {} | {stolen:.1}% |", cells.join(" | "));
     }
     println!("\nDaemon RSS before the load rounds: {:.1} MiB.", rss_before as f64 / 1024.0);
     println!("\n| daemon | value |");

@@ -38,6 +38,21 @@ pub fn cpu_secs(pid: u32) -> f64 {
     f.iter().sum::<u64>() as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// The machine's CPU time so far, from /proc/stat: (stolen by the
+/// hypervisor, all), in ticks. Latency on a VM depends on the first.
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let t: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    (t.get(7).copied().unwrap_or(0), t.iter().sum())
+}
+
+/// The share of CPU time stolen by the hypervisor between two `cpu_ticks`.
+pub fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1).max(1);
+    after.0.saturating_sub(before.0) as f64 * 100.0 / total as f64
+}
+
 /// Cases per fuzz (proptest) test: `default`, or CT_FUZZ_CASES for long runs.
 pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("CT_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
