@@ -14,7 +14,7 @@ use common::*;
 use futures_util::StreamExt;
 use throttled::testing::{
     bus::PrivateBus,
-    load::{connect, limit, round, Sleepers},
+    load::{connect, limit, round, Mix, Sleepers},
     rss_kib,
 };
 
@@ -40,7 +40,7 @@ fn fifty_clients_against_500_throttles() {
         let own: Vec<Vec<u32>> = pids[BASE..BASE + CLIENTS * 20].chunks(20).map(<[u32]>::to_vec).collect();
         let mut rss = Vec::new();
         for n in 1..=ROUNDS {
-            let r = tokio::time::timeout(Duration::from_secs(300), round(bus.address(), &own, CALLS, None))
+            let r = tokio::time::timeout(Duration::from_secs(300), round(bus.address(), &own, CALLS, Mix::Mixed, None))
                 .await
                 .unwrap_or_else(|_| panic!("round {n}: calls still unanswered after 300 s"));
             assert_eq!(r.latencies.len(), CLIENTS * CALLS, "round {n}: calls went missing");

@@ -15,7 +15,7 @@ use std::{
 use throttled::testing::{
     bus::PrivateBus,
     cpu_secs, cpu_ticks,
-    load::{connect, limit, percentile, remove, round, Sleepers, CALLS as KINDS},
+    load::{connect, limit, percentile, remove, round, Mix, Round, Sleepers, CALLS as KINDS},
     rss_kib, steal_pct, ScratchDir,
 };
 
@@ -57,6 +57,13 @@ fn tc_baseline(n: usize) -> Duration {
     let took = t.elapsed();
     let _ = sh(&["ip", "netns", "del", ns]);
     took
+}
+
+/// A round, and the share of CPU time stolen by the hypervisor meanwhile.
+async fn measured(address: &str, own: &[Vec<u32>], mix: Mix, pace: Option<Duration>) -> (Round, f64) {
+    let ticks = cpu_ticks();
+    let r = round(address, own, CALLS, mix, pace).await;
+    (r, steal_pct(ticks, cpu_ticks()))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -110,11 +117,12 @@ async fn main() {
     let rounds = std::env::var("CT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(2);
     let paced = [100, 100, 50, 50, 25, 15].map(Some);
     let mut by_call = Vec::new();
-    for pace in paced.into_iter().chain(std::iter::repeat_n(None, rounds)) {
+    for (n, pace) in paced.into_iter().chain(std::iter::repeat_n(None, rounds)).enumerate() {
         let pace = pace.map(Duration::from_millis);
-        let (cpu, ticks) = (cpu_secs(d.pid()), cpu_ticks());
-        let r = round(bus.address(), &own, CALLS, pace).await;
-        let stolen = steal_pct(ticks, cpu_ticks());
+        // The floor first: the same clients and pace, calls our code never sees.
+        let floor = if n < 4 { Some(measured(bus.address(), &own, Mix::Ping, pace).await.0) } else { None };
+        let cpu = cpu_secs(d.pid());
+        let (r, stolen) = measured(bus.address(), &own, Mix::Mixed, pace).await;
         let (lat, errors) = (&r.latencies, r.errors.len());
         let cpu_us = (cpu_secs(d.pid()) - cpu) / lat.len() as f64 * 1e6;
         if let Some(e) = r.errors.first() {
@@ -137,16 +145,16 @@ async fn main() {
             ms(*lat.last().unwrap()),
             rss_kib(d.pid()) as f64 / 1024.0
         );
-        by_call.push((offered, stolen, r.by_call));
+        if let Some(floor) = floor {
+            by_call.push((offered, stolen, r.by_call, floor));
+        }
     }
-    println!("\n| p50 / p99 by call, each client every 100 or 50 ms | {} | CPU stolen |", KINDS.join(" | "));
-    println!("|---|{}---|", "---|".repeat(KINDS.len()));
-    for (offered, stolen, calls) in by_call.iter().take(4) {
-        let cells: Vec<String> = calls
-            .iter()
-            .map(|l| format!("{:.2} / {:.2} ms", ms(percentile(l, 0.5)), ms(percentile(l, 0.99))))
-            .collect();
-        println!("| {offered} | {} | {stolen:.1}% |", cells.join(" | "));
+    let cell = |l: &[Duration]| format!("{:.2} / {:.2} ms", ms(percentile(l, 0.5)), ms(percentile(l, 0.99)));
+    println!("\n| p50 / p99 by call | {} | {} just before: the floor | CPU stolen |", KINDS[..5].join(" | "), KINDS[5]);
+    println!("|---|{}---|---|", "---|".repeat(5));
+    for (offered, stolen, calls, floor) in &by_call {
+        let cells: Vec<String> = calls[..5].iter().map(|l| cell(l)).collect();
+        println!("| {offered} | {} | {} | {stolen:.1}% |", cells.join(" | "), cell(&floor.by_call[5]));
     }
     println!("\nDaemon RSS before the load rounds: {:.1} MiB.", rss_before as f64 / 1024.0);
     println!("\n| daemon | value |");

@@ -1,6 +1,7 @@
 //! `org.chadthrottle.Throttle`, one object per throttle under
-//! `/org/chadthrottle/throttles/<id>`. Properties are read from the manager
-//! on demand; counters are pull-only (no PropertiesChanged).
+//! `/org/chadthrottle/throttles/<id>`. Properties come from the manager's
+//! bookkeeping, never from the kernel: serving an object (InterfacesAdded
+//! reads every property) must not wait. Counters and rates are pull-only.
 use std::{
     borrow::Cow,
     collections::HashMap,
@@ -195,11 +196,11 @@ impl ThrottleIface {
         Ok(self.info().await.map_err(fdo)?.covered)
     }
 
-    /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets}.
+    /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets},
+    /// as the once-a-second sample read them (pull-only, like the rates).
     #[zbus(property(emits_changed_signal = "false"))]
     async fn counters(&self) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
-        let id = self.id;
-        let info = blocking(&self.mgr, move |m| m.info(id)).await.map_err(fdo)?;
+        let info = self.info().await.map_err(fdo)?;
         let mut pairs = Vec::new();
         for (d, s) in &info.directions {
             let p = super::service::direction_name(*d);

@@ -678,6 +678,7 @@ impl Core {
                 if let Ok(c) = self.pool.backends[l.backend].stats(&ctx, l.slot, dir) {
                     let series = self.rates.entry((id, dir)).or_default();
                     series.push(now, c.pass_bytes, c.drop_pkts, l.rate.bytes_per_sec(), span);
+                    series.counters = c;
                 }
             }
             last = Some(id);
@@ -701,15 +702,17 @@ impl Core {
     }
 
     /// `live`: read the backends' counters now (netlink for HTB classes);
-    /// otherwise they are left at zero and nothing touches the kernel.
+    /// otherwise they are the last sample's (once a second) and nothing
+    /// touches the kernel.
     pub fn info_with(&mut self, id: ThrottleId, live: bool) -> Result<ThrottleInfo, ManagerError> {
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let ctx = Context { datapath: &mut self.datapath };
         let mut directions = BTreeMap::new();
         for (&dir, l) in &t.limits {
             let b = &self.pool.backends[l.backend];
-            let counters = if live { b.stats(&ctx, l.slot, dir)? } else { Default::default() };
             let series = self.rates.get(&(id, dir));
+            let counters =
+                if live { b.stats(&ctx, l.slot, dir)? } else { series.map(|s| s.counters).unwrap_or_default() };
             let current = series.map_or(0, |s| s.rate());
             let accuracy = series.and_then(|s| s.accuracy(l.rate.bytes_per_sec()));
             directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters, current, accuracy });

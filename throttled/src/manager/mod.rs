@@ -308,8 +308,9 @@ impl Manager {
         self.lock().info(id)
     }
 
-    /// As `info`, from the daemon's bookkeeping alone: counters are zero,
-    /// rates are the last sample's. Cheap enough for every property read.
+    /// As `info`, from the daemon's bookkeeping alone: counters and rates
+    /// are the last sample's (once a second). Cheap enough for every
+    /// property read.
     pub fn summary(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
         self.reader().summary(id)
     }

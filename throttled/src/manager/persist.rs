@@ -53,16 +53,14 @@ impl Saver {
         self.seq = self.seq.max(loaded.seq);
     }
 
-    /// Appends one change. `Ok(false)`: there is no journal to append to,
-    /// so only a snapshot can save it.
+    /// Appends one change (a deletion of what was never saved is nothing
+    /// to append). `Ok(false)`: there is no journal to append to, so only a
+    /// snapshot can save it.
     pub fn record(&mut self, next_id: u32, change: Change) -> Result<bool, StateError> {
-        let known = match &change {
-            Change::Put(p) => !self.saved.insert(p.id),
-            Change::Delete(id) => self.saved.remove(id),
-            Change::Defaults(_) => true,
-        };
-        if matches!(change, Change::Delete(_)) && !known {
-            return Ok(true); // never saved: nothing to delete
+        match &change {
+            Change::Put(p) => drop(self.saved.insert(p.id)),
+            Change::Delete(id) if !self.saved.remove(id) => return Ok(true), // never saved
+            _ => {}
         }
         self.seq += 1;
         let Some(j) = &mut self.journal else { return Ok(false) };
@@ -198,7 +196,8 @@ impl Drop for Syncer {
         let (m, cv) = &*self.shared;
         lock(m).stop = true;
         cv.notify_all();
-        if let Some(t) = self.thread.take() {
+        // The syncer itself may drop the last reference to the core.
+        if let Some(t) = self.thread.take().filter(|t| t.thread().id() != std::thread::current().id()) {
             let _ = t.join();
         }
     }

@@ -70,6 +70,8 @@ pub struct Second {
 /// A throttle direction's rolling rate, history, and accuracy.
 #[derive(Debug, Default)]
 pub struct LimitSeries {
+    /// The last counters read.
+    pub counters: throttle_common::Counters,
     window: RateWindow,
     last: Option<(Instant, u64, u64)>,
     pub history: History<Second>,

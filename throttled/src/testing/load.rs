@@ -48,31 +48,41 @@ pub async fn remove(c: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Resul
     c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Remove", &(path,)).await.map(drop)
 }
 
-async fn call0(c: &zbus::Connection, method: &str) -> zbus::Result<()> {
-    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), method, &()).await.map(drop)
+async fn call0(c: &zbus::Connection, iface: &str, method: &str) -> zbus::Result<()> {
+    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(iface), method, &()).await.map(drop)
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// The mixed calls each client cycles through, in order.
-pub const CALLS: [&str; 5] = ["Limit", "Limit (change)", "Remove", "ListThrottles", "GetStats"];
+/// The mixed calls each client cycles through, in order, and the ping.
+pub const CALLS: [&str; 6] = ["Limit", "Limit (change)", "Remove", "ListThrottles", "GetStats", "Peer.Ping"];
+
+/// What a round's clients call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Limit, change, remove, list and stats, in turn.
+    Mixed,
+    /// Only `org.freedesktop.DBus.Peer.Ping`, which zbus answers without our
+    /// code: the latency floor of the bus, the VM and the clients.
+    Ping,
+}
 
 /// Calls of every client of one round.
 pub struct Round {
     /// Sorted.
     pub latencies: Vec<Duration>,
     /// Per entry of `CALLS`, sorted.
-    pub by_call: [Vec<Duration>; 5],
+    pub by_call: [Vec<Duration>; 6],
     pub errors: Vec<String>,
     pub wall: Duration,
 }
 
-/// One client: `calls` calls cycling limit / change / remove / list / stats.
-/// With `pace`, one call starts every `pace` (or right after the previous
-/// one if that took longer), from `phase` × `pace` on; without, back to back.
-async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Duration>, phase: f64) -> Round {
+/// One client: `calls` calls of `mix`. With `pace`, one call starts every
+/// `pace` (or right after the previous one if that took longer), from
+/// `phase` × `pace` on; without, back to back.
+async fn client(address: String, pids: Vec<u32>, calls: usize, mix: Mix, pace: Option<Duration>, phase: f64) -> Round {
     let t0 = Instant::now();
     let c = connect(&address).await.expect("connecting to the bus");
     if let Some(p) = pace {
@@ -83,26 +93,28 @@ async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Dura
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    let (mut by_call, mut errors) = (<[Vec<Duration>; 5]>::default(), Vec::new());
+    let (mut by_call, mut errors) = (<[Vec<Duration>; 6]>::default(), Vec::new());
     let mut mine: Vec<(u32, OwnedObjectPath)> = Vec::new();
     let mut next = pids.into_iter().cycle();
     for i in 0..calls {
         if let Some(t) = &mut ticks {
             t.tick().await;
         }
+        let kind = if mix == Mix::Ping { 5 } else { i % 5 };
         let t = Instant::now();
-        let result = match (i % 5, mine.last().cloned()) {
+        let result = match (kind, mine.last().cloned()) {
             (0, _) => {
                 let pid = next.next().expect("pids to limit");
                 limit(&c, pid, 1 << 20).await.map(|p| mine.push((pid, p)))
             }
             (1, Some((pid, _))) => limit(&c, pid, 2 << 20).await.map(drop),
             (2, Some((_, p))) => remove(&c, &p).await.map(|_| drop(mine.pop())),
-            (3, _) => call0(&c, "ListThrottles").await,
-            (4, _) => call0(&c, "GetStats").await,
+            (3, _) => call0(&c, MGR, "ListThrottles").await,
+            (4, _) => call0(&c, MGR, "GetStats").await,
+            (5, _) => call0(&c, "org.freedesktop.DBus.Peer", "Ping").await,
             _ => Ok(()),
         };
-        by_call[i % 5].push(t.elapsed());
+        by_call[kind].push(t.elapsed());
         if let Err(e) = result {
             errors.push(e.to_string());
         }
@@ -113,10 +125,11 @@ async fn client(address: String, pids: Vec<u32>, calls: usize, pace: Option<Dura
 
 /// A client per pid list, all at once; paced clients spread over the
 /// period rather than in step, as independent clients would be.
-pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, pace: Option<Duration>) -> Round {
+pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, mix: Mix, pace: Option<Duration>) -> Round {
     let t = Instant::now();
     let n = own.len() as f64;
-    let spawn = |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.into(), p.clone(), calls, pace, i as f64 / n));
+    let spawn =
+        |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.into(), p.clone(), calls, mix, pace, i as f64 / n));
     let tasks: Vec<_> = own.iter().enumerate().map(spawn).collect();
     let mut all =
         Round { latencies: Vec::new(), by_call: Default::default(), errors: Vec::new(), wall: Duration::ZERO };
