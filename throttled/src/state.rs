@@ -215,8 +215,8 @@ impl StateStore {
         let path = self.dir.join(format!("{JOURNAL}{first}"));
         let open = || {
             self.make_dir()?;
-            OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-            OpenOptions::new().append(true).open(&path)
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            f.set_len(0).map(|_| f) // a crashed run's journal of this name held nothing newer
         };
         match open() {
             Ok(file) => Ok(Journal { file, path }),
