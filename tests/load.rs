@@ -3,15 +3,16 @@
 //! calls (limit, change, remove, list, stats) on processes of their own
 //! while 500 other throttles are active. Every call answers (no deadlock)
 //! without an unexpected error; afterwards only the 500 remain, in the API
-//! and in the kernel's map; signals are not backed up; and the daemon's
-//! memory is flat across rounds. How fast is the benchmark's business
+//! and in the kernel's map and in the saved state; signals are not backed
+//! up; and the daemon's memory is flat across rounds. How fast is the benchmark's business
 //! (docs/BENCHMARKS.md), not this test's.
 mod common;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use futures_util::StreamExt;
+use throttled::state::StateStore;
 use throttled::testing::{
     bus::PrivateBus,
     load::{connect, limit, round, Mix, Sleepers},
@@ -71,6 +72,13 @@ fn fifty_clients_against_500_throttles() {
             .unwrap();
         assert_eq!(listed.len(), BASE, "clients' throttles left behind, or base ones lost");
         assert_eq!(kernel_procs_entries(), BASE, "the kernel's process map does not match the throttles");
+        // What a restart would read (snapshot and journal, written before
+        // each answer) holds exactly the throttles listed.
+        let saved = StateStore::new(&dir.path.join("state")).load().unwrap().expect("a saved state");
+        let saved: BTreeSet<String> =
+            saved.throttles.iter().map(|t| format!("/org/chadthrottle/throttles/{}", t.id)).collect();
+        let listed_set: BTreeSet<String> = listed.iter().map(|p| p.to_string()).collect();
+        assert_eq!(saved, listed_set, "the saved state differs from the daemon's throttles");
         // Not backed up: a new throttle's signal comes at once.
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
