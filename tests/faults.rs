@@ -614,8 +614,11 @@ struct TinyFs(PathBuf);
 impl TinyFs {
     fn mount(at: &Path) -> TinyFs {
         std::fs::create_dir_all(at).unwrap();
-        sh(&["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "ct-fault", at.to_str().unwrap()]);
-        TinyFs(at.to_path_buf())
+        let at = at.to_str().unwrap();
+        sh(&["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "ct-fault", at]);
+        // Private: no copy of it propagates to a namespace the lab makes.
+        sh(&["mount", "--make-private", at]);
+        TinyFs(PathBuf::from(at))
     }
 
     /// Fills it to the last byte.
@@ -627,16 +630,33 @@ impl TinyFs {
     fn empty(&self) {
         let _ = std::fs::remove_file(self.0.join("filler"));
     }
+
+    /// Our mounts still at its path, as mountinfo lists them.
+    fn mounted(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let at = self.0.to_str().unwrap();
+        info.lines().filter(|l| l.split(' ').nth(4) == Some(at)).map(String::from).collect()
+    }
 }
 
 impl Drop for TinyFs {
-    /// Lazily if it is busy (a failing test drops it before the daemon).
+    /// Until nothing is mounted there: lazily if it is busy (a failing
+    /// test drops it before the daemon).
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.0).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("{} is busy: unmounting it lazily", self.0.display());
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        for _ in 0..4 {
+            if self.mounted().is_empty() {
+                return;
+            }
+            // SAFETY: umount2(2) with a valid C string.
+            if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
+                eprintln!("{} is busy ({}): unmounting it lazily", self.0.display(), std::io::Error::last_os_error());
+                // SAFETY: as above.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
         }
+        let left = self.mounted();
+        assert!(left.is_empty() || std::thread::panicking(), "{} is still mounted: {left:?}", self.0.display());
     }
 }
 
