@@ -631,11 +631,11 @@ impl TinyFs {
         let _ = std::fs::remove_file(self.0.join("filler"));
     }
 
-    /// Our mounts still at its path, as mountinfo lists them.
+    /// Filesystems still mounted at its path.
     fn mounted(&self) -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let at = self.0.to_str().unwrap();
-        info.lines().filter(|l| l.split(' ').nth(4) == Some(at)).map(String::from).collect()
+        let here = throttled::kernel::cgroup::mounts(&info).filter(|(point, _)| *point == self.0);
+        here.map(|(_, fstype)| fstype.to_string()).collect()
     }
 }
 

@@ -8,14 +8,10 @@ use std::time::Duration;
 
 use throttled::testing::{
     bus::PrivateBus,
-    cpu_secs, cpu_ticks,
-    load::{connect, limit, percentile, round, Mix, Sleepers},
-    steal_pct, ScratchDir,
+    cpu_secs,
+    load::{connect, limit, ms, percentile, round, Mix, Sleepers},
+    ScratchDir,
 };
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
@@ -36,9 +32,8 @@ async fn main() {
     let own: Vec<Vec<u32>> = pids[500..].chunks(20).map(<[u32]>::to_vec).collect();
     let rounds = [(Mix::Ping, Some(100)), (Mix::Mixed, Some(100)), (Mix::Mixed, Some(50)), (Mix::Mixed, None)];
     for (mix, pace) in rounds {
-        let (cpu, ticks) = (cpu_secs(d.pid()), cpu_ticks());
+        let cpu = cpu_secs(d.pid());
         let r = round(bus.address(), &own, 200, mix, pace.map(Duration::from_millis)).await;
-        let stolen = steal_pct(ticks, cpu_ticks());
         let cpu_us = (cpu_secs(d.pid()) - cpu) / r.latencies.len() as f64 * 1e6;
         let what = match (mix, pace) {
             (Mix::Ping, _) => "Peer.Ping, 500/s (the floor)".to_string(),
@@ -50,10 +45,11 @@ async fn main() {
             Mix::Mixed => format!("{:.2} ms", ms(percentile(&r.by_call[0], 0.99))),
         };
         println!(
-            "| {label} | {what} | {:.2} ms | {:.2} ms | {limit_p99} | {cpu_us:.0} µs | {:.0} | {stolen:.1}% |",
+            "| {label} | {what} | {:.2} ms | {:.2} ms | {limit_p99} | {cpu_us:.0} µs | {:.0} | {:.1}% |",
             ms(percentile(&r.latencies, 0.5)),
             ms(percentile(&r.latencies, 0.99)),
             r.latencies.len() as f64 / r.wall.as_secs_f64(),
+            r.stolen,
         );
     }
     drop(d);

@@ -14,9 +14,9 @@ use std::{
 
 use throttled::testing::{
     bus::PrivateBus,
-    cpu_secs, cpu_ticks,
-    load::{connect, limit, percentile, remove, round, Mix, Round, Sleepers, CALLS as KINDS},
-    rss_kib, steal_pct, ScratchDir,
+    cpu_secs,
+    load::{connect, limit, ms, percentile, remove, round, Mix, Sleepers, CALLS as KINDS},
+    rss_kib, ScratchDir,
 };
 
 const CLIENTS: usize = 50;
@@ -57,17 +57,6 @@ fn tc_baseline(n: usize) -> Duration {
     let took = t.elapsed();
     let _ = sh(&["ip", "netns", "del", ns]);
     took
-}
-
-/// A round, and the share of CPU time stolen by the hypervisor meanwhile.
-async fn measured(address: &str, own: &[Vec<u32>], mix: Mix, pace: Option<Duration>) -> (Round, f64) {
-    let ticks = cpu_ticks();
-    let r = round(address, own, CALLS, mix, pace).await;
-    (r, steal_pct(ticks, cpu_ticks()))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -120,9 +109,10 @@ async fn main() {
     for (n, pace) in paced.into_iter().chain(std::iter::repeat_n(None, rounds)).enumerate() {
         let pace = pace.map(Duration::from_millis);
         // The floor first: the same clients and pace, calls our code never sees.
-        let floor = if n < 4 { Some(measured(bus.address(), &own, Mix::Ping, pace).await.0) } else { None };
+        let floor = if n < 4 { Some(round(bus.address(), &own, CALLS, Mix::Ping, pace).await) } else { None };
         let cpu = cpu_secs(d.pid());
-        let (r, stolen) = measured(bus.address(), &own, Mix::Mixed, pace).await;
+        let r = round(bus.address(), &own, CALLS, Mix::Mixed, pace).await;
+        let stolen = r.stolen;
         let (lat, errors) = (&r.latencies, r.errors.len());
         let cpu_us = (cpu_secs(d.pid()) - cpu) / lat.len() as f64 * 1e6;
         if let Some(e) = r.errors.first() {

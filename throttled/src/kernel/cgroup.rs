@@ -9,12 +9,15 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
 
 /// The mount point of the first `cgroup2` entry.
 pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
-    text.lines().find_map(|line| {
+    mounts(text).find_map(|(point, fstype)| (fstype == "cgroup2").then_some(point))
+}
+
+/// Every mount in mountinfo text: its mount point and filesystem type.
+pub fn mounts(text: &str) -> impl Iterator<Item = (PathBuf, &str)> {
+    text.lines().filter_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p)))
+        let point = left.split_whitespace().nth(4)?;
+        Some((PathBuf::from(unescape(point)), right.split_whitespace().next()?))
     })
 }
 
@@ -57,6 +60,13 @@ mod tests {
         assert_eq!(parse_mountinfo(t), Some(PathBuf::from("/sys/fs/cgroup")));
         let t = "29 23 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
         assert_eq!(parse_mountinfo(t), Some(PathBuf::from("/mnt/my cg")));
+    }
+
+    #[test]
+    fn every_mount_with_its_type() {
+        let t = "1 0 0:1 / / rw - ext4 /dev/vda rw\n99 1 0:50 / /tmp/a\\040b rw shared:9 - tmpfs ct-fault rw\n";
+        let all: Vec<_> = mounts(t).collect();
+        assert_eq!(all, [(PathBuf::from("/"), "ext4"), (PathBuf::from("/tmp/a b"), "tmpfs")]);
     }
 
     #[test]

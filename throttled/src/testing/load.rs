@@ -52,6 +52,10 @@ async fn call0(c: &zbus::Connection, iface: &str, method: &str) -> zbus::Result<
     c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(iface), method, &()).await.map(drop)
 }
 
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -70,6 +74,7 @@ pub enum Mix {
 }
 
 /// Calls of every client of one round.
+#[derive(Default)]
 pub struct Round {
     /// Sorted.
     pub latencies: Vec<Duration>,
@@ -77,6 +82,8 @@ pub struct Round {
     pub by_call: [Vec<Duration>; 6],
     pub errors: Vec<String>,
     pub wall: Duration,
+    /// Share of CPU time the hypervisor stole meanwhile, in %.
+    pub stolen: f64,
 }
 
 /// One client: `calls` calls of `mix`. With `pace`, one call starts every
@@ -120,19 +127,18 @@ async fn client(address: String, pids: Vec<u32>, calls: usize, mix: Mix, pace: O
         }
     }
     let latencies = by_call.concat();
-    Round { latencies, by_call, errors, wall: t0.elapsed() }
+    Round { latencies, by_call, errors, wall: t0.elapsed(), ..Round::default() }
 }
 
 /// A client per pid list, all at once; paced clients spread over the
 /// period rather than in step, as independent clients would be.
 pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, mix: Mix, pace: Option<Duration>) -> Round {
-    let t = Instant::now();
+    let (t, ticks) = (Instant::now(), super::cpu_ticks());
     let n = own.len() as f64;
     let spawn =
         |(i, p): (usize, &Vec<u32>)| tokio::spawn(client(address.into(), p.clone(), calls, mix, pace, i as f64 / n));
     let tasks: Vec<_> = own.iter().enumerate().map(spawn).collect();
-    let mut all =
-        Round { latencies: Vec::new(), by_call: Default::default(), errors: Vec::new(), wall: Duration::ZERO };
+    let mut all = Round::default();
     for task in tasks {
         let r = task.await.expect("a client panicked");
         all.latencies.extend(r.latencies);
@@ -142,6 +148,7 @@ pub async fn round(address: &str, own: &[Vec<u32>], calls: usize, mix: Mix, pace
         all.errors.extend(r.errors);
     }
     all.wall = t.elapsed();
+    all.stolen = super::steal_pct(ticks, super::cpu_ticks());
     all.latencies.sort();
     all.by_call.iter_mut().for_each(|v| v.sort());
     all
