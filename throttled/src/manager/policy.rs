@@ -7,7 +7,8 @@
 //!   throttle made or last changed with more authority (root, limit-any,
 //!   the rules) is *admin-set*: raising one of its rates, dropping its
 //!   descendants, moving it to another backend or removing it needs
-//!   limit-any.
+//!   limit-any. Nor does a caller's own throttle loosen an admin-set one
+//!   that also matches the process (see `coverage`).
 //! - Under limit-own only `ebpf` or the direction's default backend may be
 //!   named: `tc_htb` and `ifb_tc` rebuild an interface's root qdisc.
 //! - Every non-root uid may have created at most `limits.per_user`
@@ -172,9 +173,12 @@ impl Core {
     /// Checks `req` again under the lock, just before it runs: the
     /// throttle may have changed since the caller was authorized.
     pub fn permit(&self, actor: Actor, req: &Request) -> Result<(), ManagerError> {
-        match (actor.grant, self.need(actor.uid, req)?) {
-            (Grant::Own, Need::Any(why)) => Err(ManagerError::NotPermitted(why)),
-            _ => Ok(()),
+        if actor.grant == Grant::Any {
+            return Ok(());
+        }
+        match self.need(actor.uid, req)? {
+            Need::Any(why) => Err(ManagerError::NotPermitted(why)),
+            Need::Own => Ok(()),
         }
     }
 
