@@ -289,3 +289,38 @@ fn the_default_share_is_64() {
     assert!(e.contains("QuotaExceeded") && e.contains("64 throttles"), "{e}");
     assert_eq!((api.throttles(), api.stat("slots_used")), (64, 64));
 }
+
+/// The manager itself, without a bus, enforces what the D-Bus layer asked
+/// polkit about: a caller authorized only for limit-own who races an
+/// administrator (authorized before root's change, acting after it) is
+/// refused under the lock, and the share is counted there too.
+#[test]
+fn the_manager_checks_again_under_its_lock() {
+    use throttled::manager::{Actor, Grant, LimitSpec, Manager, ManagerError};
+    let Some(_g) = begin() else { return };
+    let user = test_user(USER);
+    let dir = ScratchDir::new("sp-core");
+    let mut opts = throttled::testing::options(&dir, &[]);
+    opts.loaded.config.limits.per_user = 1;
+    let m = Manager::start(&opts).unwrap();
+    let own = Actor { uid: user.0, grant: Grant::Own };
+    let spec = |r: &str| LimitSpec { down: Some(r.parse().unwrap()), ..Default::default() };
+    let (a, b) = (Sleeper::new(user), Sleeper::new(user));
+    let target = |p: &Sleeper| throttled::target::Target::pid(p.pid(), false).unwrap();
+    let id = m.limit_as(own, target(&a), &spec("1M")).unwrap();
+    m.limit_as(own, target(&a), &spec("2M")).expect("one's own throttle");
+    let e = m.limit_as(own, target(&b), &spec("1M")).unwrap_err();
+    assert!(matches!(e, ManagerError::QuotaExceeded { per_user: 1, .. }), "{e}");
+    m.limit(target(&a), &spec("100K")).unwrap(); // root: now admin-set
+    for e in [
+        m.limit_as(own, target(&a), &spec("2M")).map(|_| ()).unwrap_err(),
+        m.change_as(own, id, &spec("2M")).unwrap_err(),
+        m.remove_as(own, id).unwrap_err(),
+    ] {
+        assert!(matches!(e, ManagerError::NotPermitted(_)) && e.to_string().contains("limit-any"), "{e}");
+    }
+    assert_eq!(m.info(id).unwrap().directions.values().next().unwrap().rate.bytes_per_sec(), 100 << 10);
+    m.change_as(own, id, &spec("50K")).expect("lowering");
+    m.remove_as(Actor { uid: user.0, grant: Grant::Any }, id).expect("limit-any removes");
+    m.limit_as(own, target(&b), &spec("1M")).expect("the share is free again");
+}
