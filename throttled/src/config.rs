@@ -26,6 +26,24 @@ pub struct Config {
     pub defaults: Defaults,
     pub health: HealthConfig,
     pub monitor: MonitorConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Shares of the kernel's throttle slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Throttles one non-root uid may have created at a time, so that no
+    /// single user can take every slot (root is never capped).
+    pub per_user: u32,
+}
+
+/// The default `limits.per_user`.
+pub const DEFAULT_PER_USER: u32 = 64;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { per_user: DEFAULT_PER_USER }
+    }
 }
 
 /// Per-process traffic accounting for every process.
@@ -81,6 +99,7 @@ impl Default for Config {
             defaults: Defaults::default(),
             health: HealthConfig { interval: Duration::from_secs(5), policy: FailurePolicy::Repair },
             monitor: MonitorConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -176,6 +195,13 @@ struct RawConfig {
     defaults: Option<RawDefaults>,
     health: Option<RawHealth>,
     monitor: Option<RawMonitor>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    per_user: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +264,13 @@ fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(m) = raw.monitor {
         c.monitor = monitor(&src, m)?;
+    }
+    if let Some(p) = raw.limits.and_then(|l| l.per_user) {
+        let max = i64::from(throttle_common::MAX_SLOTS - 1);
+        if !(0..=max).contains(p.get_ref()) {
+            return Err(src.field(&p, "limits.per_user", format!("must be 0–{max} throttles")));
+        }
+        c.limits.per_user = *p.get_ref() as u32;
     }
     Ok(c)
 }
@@ -404,7 +437,7 @@ mod tests {
         let c = parse_config(Path::new("uncommented.toml"), &uncommented).unwrap();
         let d = Config::default();
         assert_eq!((c.state_dir, c.exempt_loopback, c.health), (d.state_dir, d.exempt_loopback, d.health));
-        assert_eq!(c.monitor, d.monitor);
+        assert_eq!((c.monitor, c.limits), (d.monitor, d.limits));
         assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
     }
 
@@ -481,6 +514,9 @@ mod tests {
             ("[monitor]\nwindow_secs = 0\n", "monitor.window_secs"),
             ("[monitor]\nhistory = 10\n", "monitor.history"),
             ("[monitor]\nenable = true\n", "unknown field"),
+            ("[limits]\nper_user = -1\n", "limits.per_user: must be 0–4095"),
+            ("[limits]\nper_user = 4096\n", "limits.per_user"),
+            ("[limits]\nper_uid = 3\n", "unknown field `per_uid`"),
             ("[health]\npolicy = \"reboot\"\n", "unknown variant `reboot`"),
             ("state_dir = \"relative\"\n", "state_dir: must be an absolute path"),
             ("interfaces = [\"a b\"]\n", "interfaces"),

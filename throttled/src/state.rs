@@ -28,6 +28,17 @@ pub struct PersistedThrottle {
     pub up: Option<Rate>,
     pub down_backend: Option<String>,
     pub up_backend: Option<String>,
+    /// Set by root, a limit-any caller or the daemon: lifting it needs
+    /// limit-any. A record from before this field is taken as admin-set.
+    #[serde(default = "admin_set")]
+    pub admin: bool,
+    /// The uid whose call created it (its per-user share); `None`: the daemon.
+    #[serde(default)]
+    pub creator: Option<u32>,
+}
+
+fn admin_set() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -342,6 +353,8 @@ mod tests {
             up: None,
             down_backend: Some("ebpf".into()),
             up_backend: None,
+            admin: false,
+            creator: Some(1000),
         }
     }
 
@@ -378,6 +391,19 @@ mod tests {
         let old = r#"{"version":1,"next_id":7,"defaults":{"up":"tc_htb","down":null},"throttles":[]}"#;
         fs::write(s.path(), old).unwrap();
         assert_eq!(s.load().unwrap(), Some(State { throttles: vec![], ..sample() }));
+    }
+
+    #[test]
+    fn a_throttle_saved_without_its_owner_is_admin_set() {
+        let t = Tmp::new("owner");
+        let s = StateStore::new(&t.0);
+        fs::create_dir_all(&t.0).unwrap();
+        let old = r#"{"version":1,"next_id":7,"defaults":{"up":null,"down":null},"throttles":[
+            {"id":3,"target":{"kind":"name","name":"firefox"},"down":1048576,"up":null,"down_backend":"ebpf","up_backend":null}]}"#;
+        fs::write(s.path(), old).unwrap();
+        let loaded = s.load().unwrap().unwrap();
+        let want = PersistedThrottle { admin: true, creator: None, ..throttle(3, "firefox") };
+        assert_eq!(loaded.throttles, vec![want]);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum Error {
     UnknownBackend(String),
     BackendUnavailable(String),
     BackendFailed(String),
+    /// The caller already has their share of throttles (`limits.per_user`).
+    QuotaExceeded(String),
     /// Something the daemon could not do for a reason not listed above.
     Internal(String),
 }
@@ -25,6 +27,8 @@ impl From<ManagerError> for Error {
             ManagerError::InvalidArgument(_) | ManagerError::Config(_) => Error::InvalidArgument(msg),
             ManagerError::NoSuchProcess(_) => Error::NoSuchProcess(msg),
             ManagerError::NoSuchThrottle(_) => Error::NoSuchThrottle(msg),
+            ManagerError::NotPermitted(_) => Error::NotAuthorized(msg),
+            ManagerError::QuotaExceeded { .. } => Error::QuotaExceeded(msg),
             ManagerError::UnknownBackend(_) => Error::UnknownBackend(msg),
             ManagerError::NoBackend(_) | ManagerError::SlotsExhausted => Error::BackendUnavailable(msg),
             ManagerError::Backend(b) => match b {

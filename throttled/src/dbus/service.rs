@@ -19,12 +19,10 @@ use super::{
 };
 use crate::{
     backend::{Availability, Direction, Health},
-    kernel::procfs,
     manager::{
         monitor::{Scope, SortBy},
-        BackendInfo, Manager, ManagerError, Reader, ThrottleId, ThrottleInfo, TopEntry,
+        Actor, BackendInfo, Grant, Manager, ManagerError, Need, Reader, Request, ThrottleId, ThrottleInfo, TopEntry,
     },
-    target::Target,
 };
 
 pub const MANAGER_PATH: &str = "/org/chadthrottle";
@@ -61,15 +59,22 @@ async fn visible_owner(conn: &Connection, hdr: &Header<'_>) -> Result<Option<u32
     }
 }
 
-/// Limiting one's own process needs `limit-own`; anything else `limit-any`.
-pub async fn authorize_target(conn: &Connection, hdr: &Header<'_>, target: &Target) -> Result<()> {
-    let caller = polkit::caller_uid(conn, hdr).await?;
-    let own = match target.root() {
-        _ if caller == 0 => true, // root may do anything: no need to look
-        Some(r) => procfs::uid(r.pid).ok() == Some(caller),
-        None => false,
-    };
-    polkit::authorize(conn, hdr, if own { LIMIT_OWN } else { LIMIT_ANY }).await
+/// Asks polkit for what the manager says `req` needs (`limit-own` or
+/// `limit-any`, see `manager::policy`); returns the caller as authorized,
+/// for the manager to check again under its lock.
+pub async fn authorize_target(mgr: &Arc<Manager>, conn: &Connection, hdr: &Header<'_>, req: Request) -> Result<Actor> {
+    let uid = polkit::caller_uid(conn, hdr).await?;
+    if uid == 0 {
+        return Ok(Actor::ROOT); // root may do anything: no need to look
+    }
+    match read(mgr, move |r| r.need(uid, &req)).await? {
+        Need::Own => polkit::authorize(conn, hdr, LIMIT_OWN).await.map(|()| Actor { uid, grant: Grant::Own }),
+        Need::Any(why) => match polkit::authorize(conn, hdr, LIMIT_ANY).await {
+            Ok(()) => Ok(Actor { uid, grant: Grant::Any }),
+            Err(Error::NotAuthorized(msg)) => Err(Error::NotAuthorized(format!("{msg} ({why})"))),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 pub struct ManagerIface {
@@ -101,8 +106,8 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
         let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
-        authorize_target(conn, &hdr, &target).await?;
-        let limit = move |m: &Manager| m.limit(target, &spec).map(|id| (id, m.summary(id).ok()));
+        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Limit(target.clone(), spec.clone())).await?;
+        let limit = move |m: &Manager| m.limit_as(actor, target, &spec).map(|id| (id, m.summary(id).ok()));
         let (id, info) = blocking(&self.mgr, limit).await?;
         self.serve_now(conn, id, info).await?;
         path(id)
@@ -116,9 +121,8 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         let id = args::throttle_id(throttle.as_str())?;
-        let info = read(&self.mgr, move |r| r.summary(id)).await?;
-        authorize_target(conn, &hdr, &info.target).await?;
-        blocking(&self.mgr, move |m| m.remove(id)).await
+        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
+        blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
     }
 
     /// Object paths of every throttle.
@@ -186,7 +190,10 @@ impl ManagerIface {
 
     /// Daemon-wide numbers: throttles, processes (kernel map entries),
     /// status, and state / state_detail: whether the throttles can be saved
-    /// for the next start ("broken" while the disk refuses; they still apply).
+    /// for the next start ("broken" while the disk refuses; they still apply);
+    /// slots and slots_used: the kernel's throttle slots (one per limited
+    /// direction) and those taken; per_user_throttles: how many throttles
+    /// each user but root may have made (config limits.per_user).
     async fn get_stats(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -201,6 +208,9 @@ impl ManagerIface {
             ("status", Value::from(s.status)),
             ("state", Value::from(state)),
             ("state_detail", Value::from(detail)),
+            ("slots", Value::from(s.slots as u32)),
+            ("slots_used", Value::from(s.slots_used as u32)),
+            ("per_user_throttles", Value::from(s.per_user)),
         ])
     }
 

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     backend::Direction,
-    manager::{Manager, Origin, ThrottleId, ThrottleInfo},
+    manager::{Manager, Origin, Request, ThrottleId, ThrottleInfo},
 };
 
 pub struct ThrottleIface {
@@ -96,10 +96,9 @@ fn fdo(e: Error) -> zbus::fdo::Error {
 impl ThrottleIface {
     /// Removes this throttle.
     async fn remove(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
-        let info = self.info().await?;
-        authorize_target(conn, &hdr, &info.target).await?;
         let id = self.id;
-        blocking(&self.mgr, move |m| m.remove(id)).await
+        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
+        blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
     }
 
     /// Changes limits in place (the same options as Manager.Limit).
@@ -109,11 +108,9 @@ impl ThrottleIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
-        let spec = args::limits(&options)?;
-        let info = self.info().await?;
-        authorize_target(conn, &hdr, &info.target).await?;
-        let id = self.id;
-        blocking(&self.mgr, move |m| m.change(id, &spec)).await
+        let (spec, id) = (args::limits(&options)?, self.id);
+        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Change(id, spec.clone())).await?;
+        blocking(&self.mgr, move |m| m.change_as(actor, id, &spec)).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

@@ -12,6 +12,7 @@ use throttle_common::{rate::Rate, ProcSlots};
 use super::{
     coverage::{self, Assignment, Candidate},
     monitor::{ProcessTraffic, Scope, SortBy},
+    policy::{self, Actor, Made, Request},
     pool::Pool,
     DirectionStats, Event, LimitSpec, ManagerError, Notice, RemovalReason, ThrottleId, ThrottleInfo, TopEntry,
 };
@@ -52,6 +53,8 @@ pub struct Throttle {
     pub members: BTreeSet<u32>,
     /// Members this throttle limits in at least one direction.
     pub covered: BTreeSet<u32>,
+    /// Whether it is admin-set, and whose share it counts against.
+    pub made: Made,
 }
 
 struct ProcEntry {
@@ -173,17 +176,36 @@ impl Core {
         self.throttles.iter().find(|(_, t)| same_target(&t.target, target)).map(|(id, _)| *id)
     }
 
+    /// As `limit_by`, for the daemon itself (rules, the command line).
     pub fn limit(&mut self, target: Target, spec: &LimitSpec, origin: Origin) -> Result<ThrottleId, ManagerError> {
+        self.limit_by(target, spec, origin, None)
+    }
+
+    /// Limits `target` for `by` (`None`: the daemon), if the policy lets
+    /// it, checked here under the lock before anything changes.
+    pub fn limit_by(
+        &mut self,
+        target: Target,
+        spec: &LimitSpec,
+        origin: Origin,
+        by: Option<Actor>,
+    ) -> Result<ThrottleId, ManagerError> {
         if spec.down.is_none() && spec.up.is_none() {
             return Err(ManagerError::InvalidArgument("give a download or an upload limit".into()));
         }
+        if let Some(a) = by {
+            self.permit(a, &Request::Limit(target.clone(), spec.clone()))?;
+        }
         if let Some(id) = self.find(&target) {
             self.set_tree(id, &target);
-            self.change(id, spec)?;
+            self.change_by(id, spec, by)?;
             return Ok(id);
         }
+        if let Some(a) = by {
+            policy::quota(a.uid, self.made_by(a.uid), self.config.limits.per_user)?;
+        }
         let id = self.next_id;
-        self.create(id, target, spec, origin)?;
+        self.create(id, target, spec, origin, Made::by(by))?;
         self.next_id = id + 1;
         self.save_throttle(id);
         Ok(id)
@@ -209,6 +231,7 @@ impl Core {
         target: Target,
         spec: &LimitSpec,
         origin: Origin,
+        made: Made,
     ) -> Result<(), ManagerError> {
         let mut chosen = Vec::new();
         for dir in Direction::BOTH {
@@ -220,8 +243,8 @@ impl Core {
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        let t =
-            Throttle { target, origin, limits: BTreeMap::new(), members: BTreeSet::new(), covered: BTreeSet::new() };
+        let (limits, members, covered) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let t = Throttle { target, origin, limits, members, covered, made };
         self.throttles.insert(id, t);
         for (dir, rate, backend) in chosen {
             if let Err(e) = self.add_limit(id, dir, rate, backend) {
@@ -292,9 +315,16 @@ impl Core {
         }
     }
 
-    /// New limits in place. Everything is validated before anything changes;
-    /// a backend named for a limited direction migrates it.
+    /// New limits in place, for the daemon itself (see `change_by`).
     pub fn change(&mut self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
+        self.change_by(id, spec, None)
+    }
+
+    /// New limits in place for `by` (checked by the caller). Everything is
+    /// validated before anything changes; a backend named for a limited
+    /// direction migrates it. A change with more than limit-own makes the
+    /// throttle admin-set.
+    pub fn change_by(&mut self, id: ThrottleId, spec: &LimitSpec, by: Option<Actor>) -> Result<(), ManagerError> {
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let mut plan = Vec::new();
         for dir in Direction::BOTH {
@@ -306,20 +336,19 @@ impl Core {
             };
             plan.push((dir, rate, to));
         }
-        let mut added = false;
         for (dir, rate, to) in plan {
             match self.throttles[&id].limits.get(&dir).map(|l| (l.backend, l.slot)) {
                 Some((b, slot)) if b == to => self.change_rate(id, dir, b, slot, rate)?,
                 Some(_) => self.migrate_limit(id, dir, to, Some(rate))?,
-                None => {
-                    self.add_limit(id, dir, rate, to)?;
-                    added = true;
-                }
+                None => self.add_limit(id, dir, rate, to)?,
             }
         }
-        if added {
-            self.members(id).into_iter().for_each(|p| self.reassign(p));
+        if let Some(t) = self.throttles.get_mut(&id) {
+            t.made.admin |= Made::by(by).admin;
         }
+        // A new direction, a new rate or a new mark can change which
+        // throttle wins (see `coverage`).
+        self.members(id).into_iter().for_each(|p| self.reassign(p));
         self.emit(Event::ThrottleChanged { id });
         self.save_throttle(id);
         Ok(())
@@ -463,8 +492,9 @@ impl Core {
             .iter()
             .filter_map(|&id| {
                 let t = self.throttles.get(&id)?;
-                let has = |d| t.limits.contains_key(&d);
-                Some(Candidate { id, rank: t.target.rank(tgid), up: has(Direction::Up), down: has(Direction::Down) })
+                let rate = |d| t.limits.get(&d).map(|l| l.rate.bytes_per_sec());
+                let rates = [rate(Direction::Up), rate(Direction::Down)];
+                Some(Candidate { id, rank: t.target.rank(tgid), rates, admin: t.made.admin })
             })
             .collect();
         let (old, new) = (e.assigned, coverage::choose(cands));

@@ -9,17 +9,27 @@ pub struct Candidate {
     pub id: ThrottleId,
     /// `Target::rank` for this process: higher is more specific.
     pub rank: u8,
-    pub up: bool,
-    pub down: bool,
+    /// Bytes/s per direction (`[up, down]`), where it limits that direction.
+    pub rates: [Option<u64>; 2],
+    /// Admin-set (see `policy`).
+    pub admin: bool,
 }
 
 /// The winning throttle per direction (`[up, down]`): the most specific
 /// target that limits that direction; among equals the older (lower id).
+/// A throttle that is not admin-set competes only if it is at least as
+/// strict as the admin-set one that would win, so that a user's own pid
+/// throttle never loosens an administrator's name, unit or tree limit.
 pub fn choose(cands: impl IntoIterator<Item = Candidate> + Clone) -> Assignment {
-    let best = |has: fn(&Candidate) -> bool| {
-        cands.clone().into_iter().filter(has).max_by_key(|c| (c.rank, std::cmp::Reverse(c.id))).map(|c| c.id)
+    let best = |i: usize| {
+        let key = |c: &Candidate| (c.rank, std::cmp::Reverse(c.id));
+        let limits = |c: &Candidate| c.rates[i].is_some();
+        let admin = cands.clone().into_iter().filter(|c| c.admin && limits(c)).max_by_key(key);
+        let cap = admin.and_then(|a| a.rates[i]);
+        let eligible = |c: &Candidate| c.admin || c.rates[i].is_some_and(|r| cap.is_none_or(|cap| r <= cap));
+        cands.clone().into_iter().filter(|c| limits(c) && eligible(c)).max_by_key(key).map(|c| c.id)
     };
-    Assignment([best(|c| c.up), best(|c| c.down)])
+    Assignment([best(0), best(1)])
 }
 
 /// `[up, down]` throttle ids.
@@ -52,7 +62,21 @@ mod tests {
     use super::*;
 
     fn c(id: ThrottleId, rank: u8, up: bool, down: bool) -> Candidate {
-        Candidate { id, rank, up, down }
+        Candidate { id, rank, rates: [up.then_some(100), down.then_some(100)], admin: true }
+    }
+
+    fn own(id: ThrottleId, rank: u8, up: Option<u64>) -> Candidate {
+        Candidate { id, rank, rates: [up, None], admin: false }
+    }
+
+    #[test]
+    fn a_users_throttle_never_loosens_an_admins() {
+        // An admin's name throttle (rank 10) at 100; the user's pid throttle (50).
+        assert_eq!(choose([c(1, 10, true, true), own(2, 50, Some(1 << 40))]).0, [Some(1), Some(1)], "looser");
+        assert_eq!(choose([c(1, 10, true, true), own(2, 50, Some(100))]).0, [Some(2), Some(1)], "as strict");
+        assert_eq!(choose([c(1, 10, true, true), own(2, 50, Some(50))]).0, [Some(2), Some(1)], "stricter");
+        assert_eq!(choose([c(1, 10, false, true), own(2, 50, Some(1 << 40))]).0, [Some(2), Some(1)], "no admin up");
+        assert_eq!(choose([own(3, 10, Some(5)), own(2, 50, Some(1 << 40))]).0, [Some(2), None], "users' own");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod coverage;
 mod health;
 pub mod monitor;
 mod persist;
+pub mod policy;
 mod pool;
 mod rates;
 mod restore;
@@ -24,7 +25,10 @@ use std::{
 use throttle_common::{rate::Rate, Counters, MAX_SLOTS};
 
 use self::core::Core;
-pub use self::core::Origin;
+pub use self::{
+    core::Origin,
+    policy::{Actor, Grant, Need, Request},
+};
 use crate::{
     backend::{Availability, BackendError, Direction, Health, Priority},
     config::{ConfigError, FailurePolicy, Loaded},
@@ -76,8 +80,13 @@ pub enum ManagerError {
     UnknownBackend(String),
     #[error("no {0} backend is available")]
     NoBackend(Direction),
-    #[error("all {MAX_SLOTS} throttle slots are in use")]
+    #[error("all {} throttle slots are in use", MAX_SLOTS - 1)]
     SlotsExhausted,
+    /// A limit-own caller asked for what needs limit-any (see `policy`).
+    #[error("{0}; that needs org.chadthrottle.limit-any")]
+    NotPermitted(String),
+    #[error("uid {uid} already has {per_user} throttles, its share (limits.per_user); remove one first")]
+    QuotaExceeded { uid: u32, per_user: u32 },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -195,6 +204,12 @@ pub struct Stats {
     pub status: String,
     /// Whether the saved state can be written.
     pub state: Health,
+    /// The kernel's throttle slots (one per limited direction), and how
+    /// many are taken.
+    pub slots: usize,
+    pub slots_used: usize,
+    /// Throttles each non-root user may have made (`limits.per_user`).
+    pub per_user: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +317,29 @@ impl Manager {
 
     pub fn remove(&self, id: ThrottleId) -> Result<(), ManagerError> {
         self.mutate(|c| c.remove_persisting(id))
+    }
+
+    /// As `limit`, for a caller authorized as `actor`: the policy is
+    /// checked again under the lock, and the throttle records who made it
+    /// (its per-user share) and whether it is admin-set.
+    pub fn limit_as(&self, actor: Actor, target: Target, spec: &LimitSpec) -> Result<ThrottleId, ManagerError> {
+        self.mutate(|c| c.limit_by(target, spec, Origin::Runtime, Some(actor)))
+    }
+
+    /// As `change`, for a caller authorized as `actor`.
+    pub fn change_as(&self, actor: Actor, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
+        self.mutate(|c| {
+            c.permit(actor, &Request::Change(id, spec.clone()))?;
+            c.change_by(id, spec, Some(actor))
+        })
+    }
+
+    /// As `remove`, for a caller authorized as `actor`.
+    pub fn remove_as(&self, actor: Actor, id: ThrottleId) -> Result<(), ManagerError> {
+        self.mutate(|c| {
+            c.permit(actor, &Request::Remove(id))?;
+            c.remove_persisting(id)
+        })
     }
 
     pub fn info(&self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
@@ -496,11 +534,19 @@ impl Reader<'_> {
             processes: c.datapath.tracked_procs(),
             status: c.status(),
             state: c.state_health.clone(),
+            slots: MAX_SLOTS as usize - 1,
+            slots_used: MAX_SLOTS as usize - 1 - c.free_slots.len(),
+            per_user: c.config.limits.per_user,
         }
     }
 
     pub fn default_backend(&self, dir: Direction) -> Result<&'static str, ManagerError> {
         self.0.default_backend(dir)
+    }
+
+    /// Which authority `req` by `uid` needs (see `policy`).
+    pub fn need(&self, uid: u32, req: &Request) -> Result<Need, ManagerError> {
+        self.0.need(uid, req)
     }
 
     pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {

@@ -241,6 +241,8 @@ mod tests {
             up: None,
             down_backend: None,
             up_backend: None,
+            admin: true,
+            creator: None,
         }
     }
 

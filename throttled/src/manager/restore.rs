@@ -3,6 +3,7 @@
 //! what changed in the config and the rules.
 use super::{
     core::{Core, Origin},
+    policy::Made,
     BackendInfo, Event, LimitSpec, ManagerError, ManagerOptions, RemovalReason, ThrottleId,
 };
 use crate::{
@@ -78,13 +79,15 @@ impl Core {
                 down_backend: p.down_backend.clone(),
                 backend: None,
             };
-            let res = self.create(p.id, p.target.clone(), &spec, Origin::Runtime).or_else(|e| {
+            let made = Made { admin: p.admin, creator: p.creator };
+            let res = self.create(p.id, p.target.clone(), &spec, Origin::Runtime, made).or_else(|e| {
                 tracing::warn!(throttle_id = p.id, error = %e, "saved backend unusable; using the defaults");
                 self.create(
                     p.id,
                     p.target.clone(),
                     &LimitSpec { down: p.down, up: p.up, ..Default::default() },
                     Origin::Runtime,
+                    made,
                 )
             });
             match res {
@@ -116,6 +119,8 @@ impl Core {
             up: rate(Direction::Up),
             down_backend: backend(Direction::Down),
             up_backend: backend(Direction::Up),
+            admin: t.made.admin,
+            creator: t.made.creator,
         }
     }
 
