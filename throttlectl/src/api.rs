@@ -167,7 +167,7 @@ pub struct Failure {
 }
 
 /// Exit codes (documented in README): 1 other, 2 usage or invalid input,
-/// 3 not authorized, 4 not found, 5 daemon unreachable.
+/// 3 not authorized, 4 not found, 5 daemon unreachable, 6 busy (try again).
 impl Failure {
     pub fn usage(msg: impl Into<String>) -> Failure {
         Failure { code: 2, msg: msg.into(), hint: None }
@@ -212,6 +212,12 @@ impl From<zbus::Error> for Failure {
                 code: 3,
                 msg: text,
                 hint: Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
+            },
+            // Not a refusal: too many checks in flight for this user just now.
+            "org.chadthrottle.Error.Busy" | "org.freedesktop.DBus.Error.LimitsExceeded" => Failure {
+                code: 6,
+                msg: text,
+                hint: Some("the daemon is busy (too many requests from this user); try again in a moment"),
             },
             "org.chadthrottle.Error.NoSuchProcess" | "org.chadthrottle.Error.NoSuchThrottle" => {
                 Failure::not_found(text)
