@@ -235,38 +235,79 @@ struct Flood {
     ok: usize,
     busy: usize,
     other: Vec<String>,
+    /// Connections the bus refused (its per-user connection limit).
+    unconnected: usize,
 }
 
-/// Waves of `n` concurrent GetStats calls as `uid`, each on its own
-/// connection, until `stop`. The clients run at the lowest CPU priority:
-/// 200 processes at once would otherwise starve everything on a small
-/// machine, which is the scheduler's business, not the daemon's.
+/// Makes the calling thread, and only it, `uid`: the raw syscalls change
+/// one thread's credentials (libc's wrappers would change the whole test
+/// process's). The bus takes a connection's user from its socket, so
+/// connections this thread opens are the user's.
+fn become_user(uid: (u32, u32)) {
+    // SAFETY: plain syscalls on this thread's own credentials.
+    let rc = unsafe {
+        [
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            libc::syscall(libc::SYS_setresgid, uid.1, uid.1, uid.1),
+            libc::syscall(libc::SYS_setresuid, uid.0, uid.0, uid.0),
+        ]
+    };
+    assert_eq!(rc, [0, 0, 0], "could not become {uid:?}");
+}
+
+/// As `uid`, waves of `n` connections that each call GetStats at once
+/// (new connections every wave, as an attacker would, so no answer
+/// learned for one connection helps the next), until `stop`.
 fn flood(addr: String, uid: (u32, u32), n: usize, stop: Arc<AtomicBool>, out: Arc<Mutex<Flood>>) {
-    let ids = [uid.0.to_string(), uid.1.to_string()];
-    while !stop.load(Ordering::Relaxed) {
-        let wave: Vec<Child> = (0..n)
-            .map(|_| {
-                Command::new("nice")
-                    .args(["-n", "19", "setpriv", "--reuid", &ids[0], "--regid", &ids[1], "--clear-groups"])
-                    .args(["gdbus", "call", "--address", &addr, "--dest", "org.chadthrottle"])
-                    .args(["--object-path", "/org/chadthrottle", "--method", &format!("{MGR}.GetStats")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for c in wave {
-            let o = c.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    use futures_util::future::join_all;
+    become_user(uid);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        while !stop.load(Ordering::Relaxed) {
+            let connect = |_| async { zbus::connection::Builder::address(addr.as_str())?.build().await };
+            let (conns, refused): (Vec<_>, Vec<_>) = join_all((0..n).map(connect)).await.into_iter().partition(Result::is_ok);
+            out.lock().unwrap().unconnected += refused.len();
+            let conns: Vec<zbus::Connection> = conns.into_iter().flatten().collect();
+            let call = |c: &zbus::Connection| {
+                let c = c.clone();
+                async move { c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "GetStats", &()).await }
+            };
+            let replies = join_all(conns.iter().map(call)).await;
             let mut f = out.lock().unwrap();
-            match (o.status.success(), err.contains("org.chadthrottle.Error.Busy")) {
-                (true, _) => f.ok += 1,
-                (false, true) => f.busy += 1,
-                (false, false) => f.other.push(err),
+            for r in replies {
+                match r {
+                    Ok(_) => f.ok += 1,
+                    Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.chadthrottle.Error.Busy" => f.busy += 1,
+                    Err(e) => f.other.push(e.to_string()),
+                }
             }
         }
+    });
+}
+
+/// As `uid`, `n` Limit calls on `pid`, one after the other, each on a new
+/// connection (so that each is a new question for polkit): how long each
+/// took, connecting included, and how it ended.
+fn limit_calls(addr: String, uid: (u32, u32), pid: u32, n: u32) -> Vec<(Duration, Result<(), String>)> {
+    become_user(uid);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let one = |i: u32| {
+        let addr = addr.clone();
+        async move {
+            let c = zbus::connection::Builder::address(addr.as_str())?.build().await?;
+            let opts =
+                std::collections::HashMap::from([("down", zbus::zvariant::Value::from(format!("{}K", 512 + i)))]);
+            let body = ("pid", pid.to_string(), opts);
+            c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Limit", &body).await.map(|_| ())
+        }
+    };
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let r = rt.block_on(one(i)).map_err(|e: zbus::Error| e.to_string());
+        out.push((t.elapsed(), r));
     }
+    out
 }
 
 /// 200 connections of one user calling GetStats at once used to fill the
@@ -287,33 +328,33 @@ fn one_user_cannot_make_polkit_fail_for_others() {
         std::thread::spawn(move || flood(addr, flooder, 200, stop, seen))
     };
     std::thread::sleep(Duration::from_millis(500)); // the first wave is in
-    let (mut took, mut failed, pid) = (Vec::new(), Vec::new(), own.pid());
-    for i in 0..20 {
-        let rate = format!("{}K", 512 + i);
-        let call = ["call", "org.chadthrottle", "/org/chadthrottle", MGR, "Limit", "ssa{sv}", "pid"];
-        let args: Vec<&str> = call.into_iter().chain([pid.as_str(), "1", "down", "s", rate.as_str()]).collect();
-        let t = Instant::now();
-        let r = api.busctl(victim, &args);
-        took.push(t.elapsed());
-        if let Err(e) = r {
-            failed.push(e);
-        }
-    }
+    let (addr, pid) = (api.bus.address().to_string(), own.pid().parse::<u32>().unwrap());
+    let timed = std::thread::spawn(move || limit_calls(addr, victim, pid, 20)).join().unwrap();
+    // And busctl, as the victim, from outside the test process.
+    let pid = own.pid();
+    let call = ["call", "org.chadthrottle", "/org/chadthrottle", MGR, "Limit", "ssa{sv}", "pid", pid.as_str()];
+    let busctl: Vec<_> = (0..5)
+        .filter_map(|_| api.busctl(victim, &call.into_iter().chain(["1", "down", "s", "3M"]).collect::<Vec<_>>()).err())
+        .collect();
     stop.store(true, Ordering::Relaxed);
     flooding.join().unwrap();
     let f = seen.lock().unwrap();
+    let mut took: Vec<Duration> = timed.iter().map(|(t, _)| *t).collect();
+    let failed: Vec<&String> = timed.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     took.sort();
     let p99 = took[(took.len() * 99).div_ceil(100) - 1];
     eprintln!(
-        "victim: {} of 20 failed, p50 {:?}, p99 {:?}; flooder: {} ok, {} busy, {} other",
+        "victim: {} of 20 failed, p50 {:?}, p99 {:?}; busctl: {} of 5 failed; flooder: {} ok, {} busy, {} other, {} connections refused",
         failed.len(),
         took[took.len() / 2],
         p99,
+        busctl.len(),
         f.ok,
         f.busy,
-        f.other.len()
+        f.other.len(),
+        f.unconnected
     );
-    assert!(failed.is_empty(), "the victim's Limit calls failed: {failed:?}");
+    assert!(failed.is_empty() && busctl.is_empty(), "the victim's Limit calls failed: {failed:?} {busctl:?}");
     assert!(p99 < Duration::from_secs(1), "the victim's p99 was {p99:?}");
     assert!(f.ok + f.busy + f.other.len() >= 200, "the flood did not happen: {f:?}");
     let not_busy: Vec<_> = f.other.iter().take(3).collect();
