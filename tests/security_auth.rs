@@ -158,18 +158,24 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 const NO_RULES: &str = "polkit.addRule(function(action, subject) { return polkit.Result.NOT_HANDLED; });";
 
-/// The number in the highest unique name on the bus (`busctl list`'s own,
-/// as it is the newest connection).
-fn newest_name(api: &Api) -> u32 {
-    let out = api.busctl(ROOT, &["list", "--unique", "--no-legend", "--no-pager"]).unwrap();
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next()?.strip_prefix(":1.")?.parse().ok())
-        .max()
-        .expect("busctl list showed no unique name")
+/// Connects (as root) and disconnects until the bus has handed out
+/// `:1.(next - 1)`, so that the next connection gets `:1.next`.
+fn spend_names_until(bus: &PrivateBus, next: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let number = || async {
+        let c = zbus::connection::Builder::address(bus.address()).unwrap().build().await.unwrap();
+        let name = c.unique_name().map(|n| n.to_string()).unwrap_or_default();
+        name.strip_prefix(":1.").and_then(|n| n.parse::<u32>().ok()).expect("a unique name :1.N")
+    };
+    let mut n = rt.block_on(number());
+    while n + 1 < next {
+        n = rt.block_on(number());
+    }
+    assert_eq!(n + 1, next, "more connections than expected before the client");
 }
 
 /// The first unique name a client gets on each bus in the test.
-const RECYCLED: u32 = 40;
+const RECYCLED: u32 = 500;
 
 /// Restarts the bus, lets the daemon reconnect first, starts polkitd and a
 /// monitor, then spends unique names until the next one is `:1.RECYCLED`,
@@ -185,11 +191,7 @@ fn reload_from_recycled_name(api: &mut Api, uid: (u32, u32)) -> (String, String,
     let daemon = status.lines().find_map(|l| l.strip_prefix("UniqueName=")).unwrap_or_default().to_string();
     api.polkit = Polkit::start(&api.bus, NO_RULES);
     let monitor = Monitor::start(&api.bus, "type='method_call',interface='org.chadthrottle.Manager'");
-    let mut n = newest_name(api);
-    while n + 1 < RECYCLED {
-        n = newest_name(api);
-    }
-    assert_eq!(n + 1, RECYCLED, "more connections than expected before the client");
+    spend_names_until(&api.bus, RECYCLED);
     let reply = api.manager(uid, "Reload", &[]);
     let seen = monitor.finish();
     let sender = seen.lines().filter(|l| l.contains("member=Reload")).find_map(|l| field(l, "sender=")).unwrap_or("");

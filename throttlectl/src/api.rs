@@ -239,3 +239,26 @@ impl From<zbus::fdo::Error> for Failure {
         Failure::from(zbus::Error::from(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon_error(name: &str) -> Failure {
+        let msg = zbus::message::Message::method_call("/", "Ping").unwrap().build(&()).unwrap();
+        let name = zbus::names::OwnedErrorName::try_from(name).unwrap();
+        Failure::from(zbus::Error::MethodError(name, Some("why".into()), msg))
+    }
+
+    #[test]
+    fn daemon_errors_have_distinct_exit_codes() {
+        let code = |name| daemon_error(name).code();
+        assert_eq!(code("org.chadthrottle.Error.NotAuthorized"), 3);
+        // Busy is not a refusal: the user may simply try again.
+        assert_eq!(code("org.chadthrottle.Error.Busy"), 6);
+        assert_eq!(code("org.freedesktop.DBus.Error.LimitsExceeded"), 6);
+        assert_eq!(code("org.freedesktop.DBus.Error.InvalidArgs"), 2);
+        assert_eq!(code("org.chadthrottle.Error.NoSuchThrottle"), 4);
+        assert_eq!(code("org.chadthrottle.Error.Internal"), 1);
+    }
+}
