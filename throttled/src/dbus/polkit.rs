@@ -136,3 +136,23 @@ fn resource_error(e: &zbus::Error) -> bool {
             | "org.freedesktop.DBus.Error.TimedOut"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method_error(name: &str) -> zbus::Error {
+        let msg = zbus::message::Message::method_call("/", "Ping").unwrap().build(&()).unwrap();
+        zbus::Error::MethodError(zbus::names::OwnedErrorName::try_from(name).unwrap(), None, msg)
+    }
+
+    #[test]
+    fn resource_errors_are_busy_not_refusals() {
+        assert!(resource_error(&method_error("org.freedesktop.DBus.Error.LimitsExceeded")));
+        assert!(resource_error(&method_error("org.freedesktop.DBus.Error.NoReply")));
+        // Anything else from polkit fails closed (NotAuthorized).
+        assert!(!resource_error(&method_error("org.freedesktop.PolicyKit1.Error.Failed")));
+        assert!(!resource_error(&method_error("org.freedesktop.DBus.Error.AccessDenied")));
+        assert!(!resource_error(&zbus::Error::InvalidReply));
+    }
+}
