@@ -167,7 +167,7 @@ pub struct Failure {
 }
 
 /// Exit codes (documented in README): 1 other, 2 usage or invalid input,
-/// 3 not authorized, 4 not found, 5 daemon unreachable.
+/// 3 not authorized, 4 not found, 5 daemon unreachable, 6 busy (try again).
 impl Failure {
     pub fn usage(msg: impl Into<String>) -> Failure {
         Failure { code: 2, msg: msg.into(), hint: None }
@@ -213,6 +213,18 @@ impl From<zbus::Error> for Failure {
                 msg: text,
                 hint: Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
             },
+            // A refusal too: the caller's user already has its share of throttles.
+            "org.chadthrottle.Error.QuotaExceeded" => Failure {
+                code: 3,
+                msg: text,
+                hint: Some("remove one of your throttles first, or ask an admin to raise limits.per_user"),
+            },
+            // Not a refusal: too many checks in flight for this user just now.
+            "org.chadthrottle.Error.Busy" | "org.freedesktop.DBus.Error.LimitsExceeded" => Failure {
+                code: 6,
+                msg: text,
+                hint: Some("the daemon is busy (too many requests from this user); try again in a moment"),
+            },
             "org.chadthrottle.Error.NoSuchProcess" | "org.chadthrottle.Error.NoSuchThrottle" => {
                 Failure::not_found(text)
             }
@@ -231,5 +243,28 @@ impl From<zbus::Error> for Failure {
 impl From<zbus::fdo::Error> for Failure {
     fn from(e: zbus::fdo::Error) -> Failure {
         Failure::from(zbus::Error::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon_error(name: &str) -> Failure {
+        let msg = zbus::message::Message::method_call("/", "Ping").unwrap().build(&()).unwrap();
+        let name = zbus::names::OwnedErrorName::try_from(name).unwrap();
+        Failure::from(zbus::Error::MethodError(name, Some("why".into()), msg))
+    }
+
+    #[test]
+    fn daemon_errors_have_distinct_exit_codes() {
+        let code = |name| daemon_error(name).code();
+        assert_eq!(code("org.chadthrottle.Error.NotAuthorized"), 3);
+        // Busy is not a refusal: the user may simply try again.
+        assert_eq!(code("org.chadthrottle.Error.Busy"), 6);
+        assert_eq!(code("org.freedesktop.DBus.Error.LimitsExceeded"), 6);
+        assert_eq!(code("org.freedesktop.DBus.Error.InvalidArgs"), 2);
+        assert_eq!(code("org.chadthrottle.Error.NoSuchThrottle"), 4);
+        assert_eq!(code("org.chadthrottle.Error.Internal"), 1);
     }
 }

@@ -8,6 +8,9 @@ pub enum Error {
     #[zbus(error)]
     ZBus(zbus::Error),
     NotAuthorized(String),
+    /// Not a refusal: the daemon (or polkit) has too much to do right now,
+    /// e.g. too many checks in flight for this caller's user. Try again.
+    Busy(String),
     InvalidArgument(String),
     NoSuchProcess(String),
     NoSuchThrottle(String),

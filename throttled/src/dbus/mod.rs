@@ -3,9 +3,12 @@
 //! object per throttle, and the manager's events as signals. A thin layer:
 //! it translates and authorizes; the manager does the work.
 pub mod args;
+pub mod callers;
 pub mod errors;
+pub mod gate;
 pub mod polkit;
 pub mod service;
+pub mod strict;
 pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
@@ -14,6 +17,7 @@ use zbus::{fdo::ObjectManager, object_server::SignalEmitter, zvariant::ObjectPat
 
 use self::{
     service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
+    strict::Strict,
     throttle::ThrottleIface,
 };
 use crate::manager::{Event, Manager, Notice, RemovalReason, ThrottleId, ThrottleInfo};
@@ -24,6 +28,17 @@ pub const BUS_NAME: &str = "org.chadthrottle";
 pub struct Served {
     pub conn: Connection,
     signals: tokio::task::JoinHandle<()>,
+    /// Forgets callers as their names leave the bus.
+    _names: Task,
+}
+
+/// A task that ends with its owner (also when `serve` fails half-way).
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Drop for Served {
@@ -65,10 +80,13 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
+        .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone() }))?
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;
+    // A new bus reuses unique names: nothing learned on the old one stands.
+    callers::connected(&conn);
+    let names = Task(tokio::spawn(callers::watch(conn.clone()).await?));
     let ids = service::read(&mgr, |r| Ok(r.ids())).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
@@ -82,7 +100,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
             }
         }
     });
-    Ok(Served { conn, signals })
+    Ok(Served { conn, signals, _names: names })
 }
 
 /// Serves a throttle's object, its properties read once for InterfacesAdded
@@ -97,7 +115,8 @@ pub(crate) async fn add_throttle(
         Some(i) => Some(i),
         None => service::read(mgr, move |r| r.summary(id)).await.ok(),
     };
-    conn.object_server().at(args::throttle_path(id), ThrottleIface::new(mgr.clone(), id, info)).await
+    let iface = Strict::new(ThrottleIface::new(mgr.clone(), id, info));
+    conn.object_server().at(args::throttle_path(id), iface).await
 }
 
 fn reason(r: RemovalReason) -> &'static str {
@@ -121,7 +140,7 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info 
         }
         Event::ThrottleRemoved { id, reason: r } => {
             // Already gone if a Limit call took it down itself.
-            match conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await {
+            match conn.object_server().remove::<Strict<ThrottleIface>, _>(args::throttle_path(id)).await {
                 Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
@@ -133,7 +152,7 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info 
             throttle_changed(conn, id, info).await
         }
         Event::DefaultChanged { direction, backend } => {
-            let iface = conn.object_server().interface::<_, ManagerIface>(MANAGER_PATH).await?;
+            let iface = conn.object_server().interface::<_, Strict<ManagerIface>>(MANAGER_PATH).await?;
             let m = iface.get().await;
             m.default_upload_backend_changed(&emitter).await?;
             m.default_download_backend_changed(&emitter).await?;
@@ -150,7 +169,7 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info 
 /// The throttle may be gone by now (its process exited): then there is
 /// nothing left to tell, and that is not an error.
 async fn throttle_changed(conn: &Connection, id: ThrottleId, info: Option<ThrottleInfo>) -> zbus::Result<()> {
-    let Ok(iface) = conn.object_server().interface::<_, ThrottleIface>(args::throttle_path(id)).await else {
+    let Ok(iface) = conn.object_server().interface::<_, Strict<ThrottleIface>>(args::throttle_path(id)).await else {
         return Ok(());
     };
     if let Err(err) = iface.get().await.limits_changed(iface.signal_emitter(), info).await {

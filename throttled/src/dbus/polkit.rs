@@ -1,10 +1,9 @@
 //! Authorization: every mutating call asks polkit about the caller's bus
 //! name (never about our own pid) before any state changes. Root is always
-//! allowed; without polkit, only root is.
-use std::{
-    collections::HashMap,
-    sync::{LazyLock, Mutex},
-};
+//! allowed; without polkit, only root is. What is learned about a caller
+//! is kept per connection (`callers`), and each uid gets only a few
+//! questions at polkitd at a time (`gate`).
+use std::{collections::HashMap, time::Duration};
 
 use zbus::{
     message::{Flags, Header},
@@ -12,7 +11,11 @@ use zbus::{
     Connection,
 };
 
-use super::errors::{Error, Result};
+use super::{
+    callers,
+    errors::{Error, Result},
+    gate,
+};
 
 pub const OBSERVE: &str = "org.chadthrottle.observe";
 /// Other users' processes in the monitor (their traffic, like their
@@ -43,28 +46,16 @@ trait Authority {
     ) -> zbus::Result<(bool, bool, HashMap<String, String>)>;
 }
 
-/// Callers' uids by (our unique name, theirs). A unique name is never
-/// reused on a bus and a connection's uid never changes, so an answer stays
-/// true; our own name changes with every bus (re)connection.
-type UidCache = HashMap<(String, String), u32>;
-static UIDS: LazyLock<Mutex<UidCache>> = LazyLock::new(Mutex::default);
-const UID_CACHE_MAX: usize = 4096;
-
-/// The caller's uid, from the bus (not from anything the caller says).
+/// The caller's uid, from the bus (not from anything the caller says),
+/// remembered for this connection only (see `callers`).
 pub async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32> {
     let sender = hdr.sender().ok_or_else(|| Error::NotAuthorized("the call has no sender".into()))?;
-    let key = (conn.unique_name().map(|n| n.to_string()).unwrap_or_default(), sender.to_string());
-    let uids = || UIDS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(uid) = uids().get(&key) {
-        return Ok(*uid);
+    if let Some(uid) = callers::uid(conn, sender) {
+        return Ok(uid);
     }
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let uid = dbus.get_connection_unix_user(sender.clone().into()).await?;
-    let mut cache = uids();
-    if cache.len() >= UID_CACHE_MAX {
-        cache.clear();
-    }
-    cache.insert(key, uid);
+    callers::remember_uid(conn, sender, uid);
     Ok(uid)
 }
 
@@ -86,10 +77,18 @@ pub async fn allowed(conn: &Connection, hdr: &Header<'_>, action: &str) -> Resul
 }
 
 async fn check(conn: &Connection, hdr: &Header<'_>, action: &str, interactive: bool) -> Result<()> {
-    if caller_uid(conn, hdr).await? == 0 {
+    let uid = caller_uid(conn, hdr).await?;
+    if uid == 0 {
         return Ok(());
     }
     let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+    if callers::granted(conn, &sender, action) {
+        return Ok(());
+    }
+    let _turn = gate::enter(uid).await?;
+    if callers::granted(conn, &sender, action) {
+        return Ok(()); // answered while this call waited for its turn
+    }
     let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let polkit_name = zbus::names::BusName::try_from("org.freedesktop.PolicyKit1").map_err(zbus::Error::from)?;
     if !dbus.name_has_owner(polkit_name).await? {
@@ -98,12 +97,20 @@ async fn check(conn: &Connection, hdr: &Header<'_>, action: &str, interactive: b
     let subject = ("system-bus-name", HashMap::from([("name", Value::from(sender.as_str()))]));
     let flags = if interactive { ALLOW_USER_INTERACTION } else { 0 };
     let authority = AuthorityProxy::new(conn).await?;
-    let (ok, challenge, _) = authority
-        .check_authorization(&subject, action, HashMap::new(), flags, "")
-        .await
-        .map_err(|e| Error::NotAuthorized(format!("{action}: polkit failed: {e}")))?;
+    let ask = authority.check_authorization(&subject, action, HashMap::new(), flags, "");
+    // An agent may take its time over a password; polkitd itself may not.
+    let limit = if interactive { INTERACTIVE_TIMEOUT } else { POLKIT_TIMEOUT };
+    let (ok, challenge, _) = match tokio::time::timeout(limit, ask).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) if resource_error(&e) => return Err(Error::Busy(format!("{action}: polkit is overloaded: {e}"))),
+        Ok(Err(e)) => return Err(Error::NotAuthorized(format!("{action}: polkit failed: {e}"))),
+        Err(_) => return Err(Error::Busy(format!("{action}: polkit did not answer within {}s", limit.as_secs()))),
+    };
     match (ok, challenge) {
-        (true, _) => Ok(()),
+        (true, _) => {
+            callers::remember_grant(conn, &sender, action);
+            Ok(())
+        }
         (false, true) if interactive => Err(Error::NotAuthorized(format!(
             "{action} needs authentication, and no polkit authentication agent answered"
         ))),
@@ -111,5 +118,41 @@ async fn check(conn: &Connection, hdr: &Header<'_>, action: &str, interactive: b
             "{action} needs authentication; call again allowing interactive authorization"
         ))),
         (false, false) => Err(Error::NotAuthorized(format!("not authorized for {action}"))),
+    }
+}
+
+const POLKIT_TIMEOUT: Duration = Duration::from_secs(20);
+const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// polkit (or the bus) could not answer for lack of resources: not a no.
+fn resource_error(e: &zbus::Error) -> bool {
+    let zbus::Error::MethodError(name, _, _) = e else { return false };
+    matches!(
+        name.as_str(),
+        "org.freedesktop.DBus.Error.LimitsExceeded"
+            | "org.freedesktop.DBus.Error.NoMemory"
+            | "org.freedesktop.DBus.Error.NoReply"
+            | "org.freedesktop.DBus.Error.Timeout"
+            | "org.freedesktop.DBus.Error.TimedOut"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method_error(name: &str) -> zbus::Error {
+        let msg = zbus::message::Message::method_call("/", "Ping").unwrap().build(&()).unwrap();
+        zbus::Error::MethodError(zbus::names::OwnedErrorName::try_from(name).unwrap(), None, msg)
+    }
+
+    #[test]
+    fn resource_errors_are_busy_not_refusals() {
+        assert!(resource_error(&method_error("org.freedesktop.DBus.Error.LimitsExceeded")));
+        assert!(resource_error(&method_error("org.freedesktop.DBus.Error.NoReply")));
+        // Anything else from polkit fails closed (NotAuthorized).
+        assert!(!resource_error(&method_error("org.freedesktop.PolicyKit1.Error.Failed")));
+        assert!(!resource_error(&method_error("org.freedesktop.DBus.Error.AccessDenied")));
+        assert!(!resource_error(&zbus::Error::InvalidReply));
     }
 }

@@ -59,6 +59,37 @@ async fn visible_owner(conn: &Connection, hdr: &Header<'_>) -> Result<Option<u32
     }
 }
 
+/// Whether the caller may see a throttle's traffic (its history, rates
+/// and counters): with `observe-all`, any throttle's. Without it, only a
+/// pid or tree throttle whose process, and every process it covers now,
+/// are the caller's (a tree's child may have changed user). A name, exe,
+/// cgroup or unit throttle can catch anyone's processes, so it needs
+/// `observe-all` even while it covers only the caller's.
+pub async fn authorize_traffic(
+    mgr: &Arc<Manager>,
+    conn: &Connection,
+    hdr: &Header<'_>,
+    info: &ThrottleInfo,
+) -> Result<()> {
+    polkit::authorize(conn, hdr, OBSERVE).await?;
+    let me = polkit::caller_uid(conn, hdr).await?;
+    let own = match info.target.root() {
+        _ if me == 0 => true,
+        Some(root) => {
+            let pids: Vec<u32> = std::iter::once(root.pid).chain(info.covered.iter().copied()).collect();
+            blocking(mgr, move |m| Ok(pids.iter().all(|p| m.process_owner(*p) == Some(me)))).await?
+        }
+        None => false,
+    };
+    if own || polkit::allowed(conn, hdr, OBSERVE_ALL).await? {
+        return Ok(());
+    }
+    Err(Error::NotAuthorized(format!(
+        "throttle {} covers other users' processes: seeing its traffic needs {OBSERVE_ALL}",
+        info.id
+    )))
+}
+
 /// Asks polkit for what the manager says `req` needs (`limit-own` or
 /// `limit-any`, see `manager::policy`); returns the caller as authorized,
 /// for the manager to check again under its lock.
@@ -87,7 +118,8 @@ impl ManagerIface {
     /// if the throttle went meanwhile (its process exited).
     async fn serve_now(&self, conn: &Connection, id: ThrottleId, info: Option<ThrottleInfo>) -> Result<()> {
         if super::add_throttle(conn, &self.mgr, id, info).await? && !read(&self.mgr, move |r| Ok(r.exists(id))).await? {
-            let _ = conn.object_server().remove::<ThrottleIface, _>(args::throttle_path(id)).await;
+            let _ =
+                conn.object_server().remove::<super::strict::Strict<ThrottleIface>, _>(args::throttle_path(id)).await;
         }
         Ok(())
     }
@@ -239,7 +271,8 @@ impl ManagerIface {
 
     /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
     /// process (`id` is a pid; another user's needs observe-all) or
-    /// throttle (`id` is a throttle id).
+    /// throttle (`id` is a throttle id; without observe-all, only a pid or
+    /// tree throttle on the caller's own processes).
     async fn get_history(
         &self,
         kind: &str,
@@ -253,7 +286,8 @@ impl ManagerIface {
             _ => return Err(Error::InvalidArgument(format!("unknown history kind {kind:?} (process or throttle)"))),
         };
         if !process {
-            polkit::authorize(conn, &hdr, OBSERVE).await?;
+            let info = read(&self.mgr, move |r| r.summary(id)).await?;
+            authorize_traffic(&self.mgr, conn, &hdr, &info).await?;
             return read(&self.mgr, move |r| r.throttle_history(id)).await;
         }
         if let Some(me) = visible_owner(conn, &hdr).await? {

@@ -16,7 +16,7 @@ use zbus::{
 use super::{
     args,
     errors::{Error, Result},
-    service::{authorize_target, blocking, dict, read},
+    service::{authorize_target, authorize_traffic, blocking, dict, read},
 };
 use crate::{
     backend::Direction,
@@ -85,6 +85,24 @@ impl ThrottleIface {
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
         let info = self.info().await.map_err(fdo)?;
         Ok(info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string())))
+    }
+}
+
+impl ThrottleIface {
+    /// Rates, accuracy and counters are the covered processes' traffic:
+    /// shown only to a caller allowed to see it (`authorize_traffic`), so
+    /// never in InterfacesAdded or GetManagedObjects, which have no caller
+    /// to ask about (GetAll leaves them out for callers lacking the right).
+    async fn may_see_traffic(&self, conn: &Connection, hdr: Option<&Header<'_>>) -> zbus::fdo::Result<()> {
+        let Some(hdr) = hdr else {
+            return Err(zbus::fdo::Error::AccessDenied("traffic is shown only to callers: use Get or GetAll".into()));
+        };
+        let info = self.info().await.map_err(fdo)?;
+        authorize_traffic(&self.mgr, conn, hdr, &info).await.map_err(|e| match e {
+            Error::NotAuthorized(m) => zbus::fdo::Error::AccessDenied(m),
+            Error::Busy(m) => zbus::fdo::Error::LimitsExceeded(m),
+            e => fdo(e),
+        })
     }
 }
 
@@ -161,15 +179,28 @@ impl ThrottleIface {
     }
 
     /// Bytes per second passed for download over the last 5 s (pull-only:
-    /// read it when you need it; no PropertiesChanged).
+    /// read it when you need it; no PropertiesChanged). Like the accuracy
+    /// and Counters, only for a caller who may see the traffic: one with
+    /// org.chadthrottle.observe-all, or the owner of a pid or tree
+    /// throttle's processes (AccessDenied otherwise, and GetAll leaves it out).
     #[zbus(property(emits_changed_signal = "false"))]
-    async fn down_rate(&self) -> zbus::fdo::Result<u64> {
+    async fn down_rate(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u64> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
         self.current(Direction::Down).await
     }
 
     /// As DownRate, for upload.
     #[zbus(property(emits_changed_signal = "false"))]
-    async fn up_rate(&self) -> zbus::fdo::Result<u64> {
+    async fn up_rate(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u64> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
         self.current(Direction::Up).await
     }
 
@@ -177,13 +208,23 @@ impl ThrottleIface {
     /// which the limit was binding (drops, or at least 90% of the limit),
     /// across the monitor's history; 0 until it has bound. Pull-only.
     #[zbus(property(emits_changed_signal = "false"))]
-    async fn down_accuracy(&self) -> zbus::fdo::Result<f64> {
+    async fn down_accuracy(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<f64> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
         self.accuracy(Direction::Down).await
     }
 
     /// As DownAccuracy, for upload.
     #[zbus(property(emits_changed_signal = "false"))]
-    async fn up_accuracy(&self) -> zbus::fdo::Result<f64> {
+    async fn up_accuracy(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<f64> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
         self.accuracy(Direction::Up).await
     }
 
@@ -196,7 +237,12 @@ impl ThrottleIface {
     /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets},
     /// as the once-a-second sample read them (pull-only, like the rates).
     #[zbus(property(emits_changed_signal = "false"))]
-    async fn counters(&self) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
+    async fn counters(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
         let info = self.info().await.map_err(fdo)?;
         let mut pairs = Vec::new();
         for (d, s) in &info.directions {
