@@ -16,7 +16,7 @@ use self::{
     service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
     throttle::ThrottleIface,
 };
-use crate::manager::{Event, Manager, Notice, RemovalReason, ThrottleId, ThrottleInfo};
+use crate::manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo};
 
 pub const BUS_NAME: &str = "org.chadthrottle";
 
@@ -24,12 +24,47 @@ pub const BUS_NAME: &str = "org.chadthrottle";
 pub struct Served {
     pub conn: Connection,
     signals: tokio::task::JoinHandle<()>,
+    guards: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
         self.signals.abort();
+        self.guards.abort();
     }
+}
+
+const POLKIT: &str = "org.freedesktop.PolicyKit1";
+
+/// The bus's own process and polkitd, as the bus names them (never by
+/// process name): no throttle may limit them.
+async fn protect_from_bus(dbus: &zbus::fdo::DBusProxy<'_>, mgr: &Arc<Manager>, polkit_only: bool) {
+    let pid = |name: &'static str| async move {
+        dbus.get_connection_unix_process_id(zbus::names::BusName::from_static_str(name).ok()?).await.ok()
+    };
+    let mut roles = vec![(Protected::Polkit, pid(POLKIT).await)];
+    if !polkit_only {
+        roles.push((Protected::Bus, pid("org.freedesktop.DBus").await));
+    }
+    let _ = service::blocking(mgr, move |m| {
+        roles.into_iter().for_each(|(role, pid)| m.protect(role, pid));
+        Ok(())
+    })
+    .await;
+}
+
+/// Protects the bus and polkitd now, then follows polkitd's restarts.
+async fn guard_control_path(conn: &Connection, mgr: &Arc<Manager>) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let mut owners = dbus.receive_name_owner_changed_with_args(&[(0, POLKIT)]).await?;
+    protect_from_bus(&dbus, mgr, false).await;
+    let mgr = mgr.clone();
+    Ok(tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while owners.next().await.is_some() {
+            protect_from_bus(&dbus, &mgr, true).await;
+        }
+    }))
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -73,6 +108,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
     }
+    let guards = guard_control_path(&conn, &mgr).await?;
     conn.request_name(BUS_NAME).await?;
     let c = conn.clone();
     let signals = tokio::spawn(async move {
@@ -82,7 +118,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
             }
         }
     });
-    Ok(Served { conn, signals })
+    Ok(Served { conn, signals, guards })
 }
 
 /// Serves a throttle's object, its properties read once for InterfacesAdded

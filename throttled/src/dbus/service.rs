@@ -96,7 +96,7 @@ impl ManagerIface {
         &self,
         kind: &str,
         target: &str,
-        options: HashMap<String, OwnedValue>,
+        options: args::Options<'_>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
@@ -115,6 +115,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[throttle.as_str()])?;
         let id = args::throttle_id(throttle.as_str())?;
         let info = read(&self.mgr, move |r| r.summary(id)).await?;
         authorize_target(conn, &hdr, &info.target).await?;
@@ -152,6 +153,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[direction, &backend])?;
         let dir =
             args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
@@ -167,6 +169,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[throttle.as_str(), direction, &backend])?;
         let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
@@ -180,6 +183,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
+        args::bounded(&[&from, &to])?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
     }
@@ -219,6 +223,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+        args::bounded(&[sort, scope])?;
         let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
         let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
         let owner = visible_owner(conn, &hdr).await?;
@@ -240,7 +245,10 @@ impl ManagerIface {
         let process = match kind {
             "process" => true,
             "throttle" => false,
-            _ => return Err(Error::InvalidArgument(format!("unknown history kind {kind:?} (process or throttle)"))),
+            _ => {
+                let kind = throttle_common::text::quote(kind);
+                return Err(Error::InvalidArgument(format!("unknown history kind {kind} (process or throttle)")));
+            }
         };
         if !process {
             polkit::authorize(conn, &hdr, OBSERVE).await?;
