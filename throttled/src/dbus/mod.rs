@@ -95,9 +95,25 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
     }
 }
 
+/// A message may be as big as the bus allows (tens of MB). Oversized
+/// arguments are refused at once, but malloc would keep such buffers in its
+/// heap for good (its mmap threshold grows with them): allocations of
+/// 1 MiB and more are mmapped, so they go back to the kernel when freed.
+fn return_big_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only tunes the allocator; any value is valid.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        });
+    }
+}
+
 /// Serves every object, then owns the name (so no client sees a half-served
 /// daemon), then turns events into signals until the connection drops.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
+    return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
         .serve_at(MANAGER_PATH, ManagerIface { mgr: mgr.clone() })?
