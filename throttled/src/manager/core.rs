@@ -223,10 +223,16 @@ impl Core {
     /// reported in their `excluded` from then on.
     pub fn protect(&mut self, role: Protected, pid: Option<u32>) {
         let ident = pid.and_then(|p| procfs::ident(p).ok());
-        match ident {
+        let old = match ident {
             Some(i) => self.protected.insert(role, i),
             None => self.protected.remove(&role),
         };
+        if let Some(old) = old.filter(|o| Some(*o) != ident) {
+            // Its successor may be another process: the old one is no longer excluded.
+            self.throttles.values_mut().for_each(|t| {
+                t.excluded.remove(&old.pid);
+            });
+        }
         let Some(ident) = ident else { return };
         let holding: Vec<ThrottleId> =
             self.throttles.iter().filter(|(_, t)| t.members.contains(&ident.pid)).map(|(id, _)| *id).collect();
@@ -260,13 +266,13 @@ impl Core {
         spec: &LimitSpec,
         origin: Origin,
     ) -> Result<(), ManagerError> {
+        spec.check()?;
         let mut chosen = Vec::new();
         for dir in Direction::BOTH {
             if let Some(rate) = spec.rate(dir) {
                 chosen.push((dir, rate, self.pool.resolve(spec.backend_for(dir), dir)?));
             }
         }
-        spec.check()?;
         let root = target.root();
         if let Some(role) = root.and_then(|r| self.protected_role(r.pid)) {
             let pid = root.map_or(0, |r| r.pid);
