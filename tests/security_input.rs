@@ -206,6 +206,17 @@ fn the_root_cgroup_and_the_control_path_are_never_limited() {
         assert!(excluded.contains(&p), "protected pid {p} is not reported: {excluded:?}");
     }
     assert!(api.log_text().contains("never limited"), "the exclusion is not logged");
+    // polkitd restarts: the new one is found from the bus and leaves the
+    // tree it joined at its fork.
+    let mut api = api;
+    api._polkit = None;
+    api._polkit = Polkit::start(&api.bus, "");
+    let again = my_children("polkitd");
+    assert_eq!(again.len(), 1);
+    let gone = |api: &Api| !api.pids(&path, "Pids").contains(&again[0]);
+    assert!(wait_until(Duration::from_secs(5), || gone(&api)), "the new polkitd {} is limited", again[0]);
+    assert!(api.pids(&path, "Excluded").contains(&again[0]));
+    assert!(!api.pids(&path, "Excluded").contains(&polkitd[0]), "the old polkitd is still listed");
 }
 
 /// Item 8: a zombie is no process: refused with NoSuchProcess, never a
