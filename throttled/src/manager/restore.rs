@@ -271,6 +271,9 @@ impl Core {
     fn validate_rules(&self, rules: &[Rule]) -> Result<(), ManagerError> {
         for r in rules {
             let spec = rule_spec(r);
+            spec.check().map_err(|e| {
+                ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", r.source.display(), r.target))
+            })?;
             for dir in Direction::BOTH.into_iter().filter(|d| spec.rate(*d).is_some()) {
                 self.pool.resolve(spec.backend_for(dir), dir).map_err(|e| {
                     ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", r.source.display(), r.target))
