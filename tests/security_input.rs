@@ -215,7 +215,9 @@ fn the_root_cgroup_and_the_control_path_are_never_limited() {
     assert_eq!(again.len(), 1);
     let gone = |api: &Api| !api.pids(&path, "Pids").contains(&again[0]);
     assert!(wait_until(Duration::from_secs(5), || gone(&api)), "the new polkitd {} is limited", again[0]);
-    assert!(api.pids(&path, "Excluded").contains(&again[0]));
+    let listed = |api: &Api| api.pids(&path, "Excluded").contains(&again[0]);
+    let log = |api: &Api| api.log_text().lines().filter(|l| l.contains("never limited")).collect::<Vec<_>>().join("\n");
+    assert!(wait_until(Duration::from_secs(5), || listed(&api)), "{} not excluded: {}", again[0], log(&api));
     assert!(!api.pids(&path, "Excluded").contains(&polkitd[0]), "the old polkitd is still listed");
 }
 
