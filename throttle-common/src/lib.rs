@@ -4,6 +4,8 @@
 
 #[cfg(feature = "user")]
 pub mod rate;
+#[cfg(feature = "user")]
+pub mod text;
 
 /// Map capacities. Slots are per throttle and direction; slot 0 means "none".
 pub const MAX_SLOTS: u32 = 4096;

@@ -6,6 +6,8 @@
 
 use core::fmt;
 
+use crate::text::{escape, QUOTE_MAX};
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
     #[error("empty rate")]
@@ -59,21 +61,23 @@ fn multiplier(unit: &str) -> Option<f64> {
 impl core::str::FromStr for Rate {
     type Err = RateError;
 
+    /// Strict: no blanks, no sign, no exponent; errors quote at most
+    /// `QUOTE_MAX` characters of the input.
     fn from_str(s: &str) -> Result<Self, RateError> {
-        let t = s.trim();
-        if t.is_empty() {
+        if s.is_empty() {
             return Err(RateError::Empty);
         }
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
-            return Err(RateError::Syntax(s.to_string()));
+        let syntax = || RateError::Syntax(escape(s, QUOTE_MAX));
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        if num.is_empty() || num.starts_with('.') || num.ends_with('.') || unit.contains(char::is_whitespace) {
+            return Err(syntax());
         }
-        let n: f64 = num.parse().map_err(|_| RateError::Syntax(s.to_string()))?;
-        let m = multiplier(unit.trim()).ok_or_else(|| RateError::Unit(unit.trim().to_string()))?;
+        let n: f64 = num.parse().map_err(|_| syntax())?;
+        let m = multiplier(unit).ok_or_else(|| RateError::Unit(escape(unit, QUOTE_MAX)))?;
         let bytes = (n * m).round();
         if bytes > MAX_RATE as f64 {
-            return Err(RateError::TooLarge(s.to_string()));
+            return Err(RateError::TooLarge(escape(s, QUOTE_MAX)));
         }
         Rate::from_bytes(bytes as u64)
     }
@@ -149,7 +153,7 @@ mod tests {
         assert_eq!(p("1500"), Ok(1500));
         assert_eq!(p("8mbit"), Ok(1_000_000));
         assert_eq!(p("100kbit"), Ok(12500));
-        assert_eq!(p(" 10M/s "), Ok(10 << 20));
+        assert_eq!(p("10M/s"), Ok(10 << 20));
     }
 
     #[test]
@@ -163,6 +167,13 @@ mod tests {
         assert!(matches!(p("1..5M"), Err(RateError::Syntax(_))));
         assert!(matches!(p("M"), Err(RateError::Syntax(_))));
         assert!(matches!(p(".5M"), Err(RateError::Syntax(_))));
+        for blank in [" 1M ", " 1M", "1M ", "1 M", "1\tM", "1M\n", "+1M", "1e3"] {
+            assert!(p(blank).is_err(), "{blank:?} was accepted");
+        }
+        let huge = format!("1{}", "Q".repeat(1 << 20));
+        assert!(RateError::Unit(String::new()).to_string().len() < 100);
+        assert!(p(&huge).unwrap_err().to_string().len() < 200, "errors quote at most 64 characters");
+        assert!(p(&"9".repeat(1 << 20)).unwrap_err().to_string().len() < 200);
     }
 
     proptest! {

@@ -59,6 +59,10 @@ pub trait Throttle {
     fn up_backend(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn pids(&self) -> zbus::Result<Vec<u32>>;
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn status_detail(&self) -> zbus::Result<String>;
 }
 
 /// One throttle as the CLI shows it.
@@ -75,6 +79,9 @@ pub struct ThrottleView {
     pub down_backend: String,
     pub up_backend: String,
     pub pids: Vec<u32>,
+    /// "active", or "failed" (saved, not applied now: see status_detail).
+    pub status: String,
+    pub status_detail: String,
 }
 
 pub struct Client {
@@ -109,6 +116,9 @@ impl Client {
             down_backend: p.down_backend().await?,
             up_backend: p.up_backend().await?,
             pids: p.pids().await?,
+            // A daemon older than these properties has only active throttles.
+            status: p.status().await.unwrap_or_else(|_| "active".into()),
+            status_detail: p.status_detail().await.unwrap_or_default(),
         })
     }
 

@@ -22,7 +22,7 @@ pub fn throttle(t: &ThrottleView, json: bool) {
             "throttle {}: {} {} down {} up {} ({} process(es))",
             t.id,
             t.kind,
-            t.target,
+            throttle_common::text::escape(&t.target, usize::MAX),
             rate(t.down),
             rate(t.up),
             t.pids.len()
@@ -45,16 +45,21 @@ pub fn list(ts: &[ThrottleView], json: bool) {
     );
     for t in ts {
         let pids: Vec<String> = t.pids.iter().map(u32::to_string).collect();
+        let pids = match t.status.as_str() {
+            "active" => pids.join(","),
+            other => format!("{}: {}", other.to_uppercase(), t.status_detail),
+        };
         println!(
             "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {}",
             t.id,
             t.kind,
-            t.target,
+            // Names may hold control characters: never write them raw.
+            throttle_common::text::escape(&t.target, usize::MAX),
             rate(t.down),
             t.down_backend,
             rate(t.up),
             t.up_backend,
-            pids.join(",")
+            pids
         );
     }
 }

@@ -5,6 +5,7 @@
 use std::{fmt, path::Path};
 
 use serde::{Deserialize, Serialize};
+use throttle_common::text::{escape, quote, QUOTE_MAX};
 
 use crate::kernel::procfs::{self, ProcIdent};
 
@@ -58,7 +59,49 @@ impl ProcFacts {
     }
 }
 
+/// Why a target that would catch every process is refused.
+const WHOLE_SYSTEM: &str = "limiting it would limit the system (use a name, exe or unit)";
+
+/// A pid as the API spells it: decimal digits only, no sign, no leading
+/// zero, at most 10 digits.
+pub fn parse_pid(value: &str) -> Result<u32, TargetError> {
+    let digits = !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<u32>() {
+        Ok(p) if digits && (value == "0" || !value.starts_with('0')) => Ok(p),
+        _ => Err(invalid(format!("pid {} is not a decimal number", quote(value)))),
+    }
+}
+
 impl Target {
+    /// The one validation of a target, for API calls and saved state alike:
+    /// `kind` is pid, tree, name, exe, cgroup or unit.
+    pub fn parse(kind: &str, value: &str) -> Result<Target, TargetError> {
+        match kind {
+            "pid" => Target::pid(parse_pid(value)?, false),
+            "tree" => Target::pid(parse_pid(value)?, true),
+            "name" => Target::name(value),
+            "exe" => Target::exe(value),
+            "cgroup" => Target::cgroup(value),
+            "unit" => Target::unit(value),
+            other => Err(invalid(format!("unknown target kind {} (pid, tree, name, exe, cgroup, unit)", quote(other)))),
+        }
+    }
+
+    /// A saved target, validated exactly as an API call's: the same target
+    /// comes back, or why not (a pid target also when its process, pid and
+    /// start time, is gone).
+    pub fn revalidate(&self) -> Result<Target, TargetError> {
+        let (kind, value) = self.parts();
+        let fresh = Target::parse(kind, &value)?;
+        match (self, &fresh) {
+            (Target::Pid { ident: saved, .. }, Target::Pid { ident: now, .. }) if saved != now => {
+                Err(TargetError::NoSuchProcess(saved.pid))
+            }
+            _ if fresh != *self => Err(invalid(format!("{kind} {} is not in its normal form", quote(&value)))),
+            _ => Ok(fresh),
+        }
+    }
+
     /// A live, non-kernel process; a thread id resolves to its process.
     pub fn pid(pid: u32, tree: bool) -> Result<Target, TargetError> {
         if pid == 0 {
@@ -69,7 +112,7 @@ impl Target {
             return Err(invalid(format!("pid {pid} is a kernel thread")));
         }
         if tgid == 1 {
-            return Err(invalid("pid 1 is init: limiting it would limit the system (use a name, exe or unit)"));
+            return Err(invalid(format!("pid 1 is init: {WHOLE_SYSTEM}")));
         }
         let ident = procfs::ident(tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
         Ok(Target::Pid { ident, tree })
@@ -98,12 +141,18 @@ impl Target {
                 p = format!("/{}", rel.display());
             }
         }
+        if p == "/" {
+            return Err(invalid(format!("cgroup {} is the root cgroup: {WHOLE_SYSTEM}", quote(path))));
+        }
         Ok(Target::Cgroup { path: p })
     }
 
     pub fn unit(unit: &str) -> Result<Target, TargetError> {
         let ok_chars = unit.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
         let suffix = UNIT_SUFFIXES.iter().any(|s| unit.len() > s.len() && unit.ends_with(s));
+        if unit == "-.slice" {
+            return Err(invalid(format!("unit -.slice is the root slice: {WHOLE_SYSTEM}")));
+        }
         if unit.len() > NAME_MAX || !ok_chars || !suffix {
             return Err(invalid(format!(
                 "unit {:?} must be a systemd unit name ending in {}",
@@ -172,15 +221,18 @@ impl Target {
     }
 }
 
+/// For logs and messages: user-supplied text has its control characters
+/// escaped and is cut short, so it can never forge a log line.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = |s: &str| escape(s, QUOTE_MAX);
         match self {
             Target::Pid { ident, tree: false } => write!(f, "pid {}", ident.pid),
             Target::Pid { ident, tree: true } => write!(f, "pid {} and descendants", ident.pid),
-            Target::Name { name } => write!(f, "name {name}"),
-            Target::Exe { path } => write!(f, "exe {path}"),
-            Target::Cgroup { path } => write!(f, "cgroup {path}"),
-            Target::Unit { unit } => write!(f, "unit {unit}"),
+            Target::Name { name } => write!(f, "name {}", e(name)),
+            Target::Exe { path } => write!(f, "exe {}", e(path)),
+            Target::Cgroup { path } => write!(f, "cgroup {}", e(path)),
+            Target::Unit { unit } => write!(f, "unit {}", e(unit)),
         }
     }
 }
@@ -265,6 +317,47 @@ mod tests {
         }
         let msg = Target::name(&"y".repeat(10_000)).unwrap_err().to_string();
         assert!(msg.len() < 200, "{msg}");
+    }
+
+    #[test]
+    fn saved_targets_are_validated_like_api_calls() {
+        let me = procfs::ident(std::process::id()).unwrap();
+        for ok in [Target::name("firefox").unwrap(), Target::Pid { ident: me, tree: true }] {
+            assert_eq!(ok.revalidate(), Ok(ok.clone()));
+        }
+        let gone = Target::Pid { ident: ProcIdent { start_time: me.start_time + 1, ..me }, tree: false };
+        assert_eq!(gone.revalidate(), Err(TargetError::NoSuchProcess(me.pid)));
+        let init = Target::Pid { ident: procfs::ident(1).unwrap(), tree: false };
+        let bad = [
+            init,
+            Target::Name { name: "a/b".into() },
+            Target::Name { name: "n".repeat(100_000) },
+            Target::Exe { path: "usr/bin/x".into() },
+            Target::Exe { path: "/usr//bin/x".into() },
+            Target::Cgroup { path: "/a/../b".into() },
+            Target::Cgroup { path: "/".into() },
+            Target::Unit { unit: "x\n.service".into() },
+        ];
+        for t in bad {
+            let e = t.revalidate().unwrap_err();
+            assert!(matches!(e, TargetError::Invalid(_)) && e.to_string().len() < 300, "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_escapes_control_characters() {
+        let t = Target::name("a\nFAKE \u{1b}[2J").unwrap();
+        let shown = t.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("a\\nFAKE"), "{shown}");
+    }
+
+    #[test]
+    fn pids_are_strict_decimal() {
+        assert_eq!(parse_pid("1234"), Ok(1234));
+        for bad in ["+1234", "01234", " 1234", "1234 ", "-1", "", "12a", "99999999999", "٣"] {
+            assert!(parse_pid(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -113,6 +113,8 @@ mod tests {
             down_backend: "ebpf".into(),
             up_backend: String::new(),
             pids: pids.to_vec(),
+            status: "active".into(),
+            status_detail: String::new(),
         }
     }
 

@@ -1,8 +1,12 @@
 //! Turns D-Bus arguments into the manager's types. Pure, so every bad input
-//! is unit-tested without a bus.
-use std::collections::HashMap;
+//! is unit-tested without a bus. Strings are borrowed from the message and
+//! bounded before any work: an oversized one is refused without a copy and
+//! without being quoted back.
+use std::{collections::HashMap, marker::PhantomData};
 
-use zbus::zvariant::{OwnedValue, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use throttle_common::text::quote;
+use zbus::zvariant::{Signature, Type, Value};
 
 use super::errors::{Error, Result};
 use crate::{
@@ -18,37 +22,92 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
-/// `kind` is pid, tree, name, exe, cgroup or unit; a pid is decimal.
-pub fn target(kind: &str, value: &str) -> Result<Target> {
-    let pid = || value.parse::<u32>().map_err(|_| invalid(format!("pid {value:?} is not a number")));
-    let t = match kind {
-        "pid" => Target::pid(pid()?, false),
-        "tree" => Target::pid(pid()?, true),
-        "name" => Target::name(value),
-        "exe" => Target::exe(value),
-        "cgroup" => Target::cgroup(value),
-        "unit" => Target::unit(value),
-        other => return Err(invalid(format!("unknown target kind {other:?} (pid, tree, name, exe, cgroup, unit)"))),
-    };
-    t.map_err(|e| crate::manager::ManagerError::from(e).into())
+/// The longest string argument taken: far above any name, path (PATH_MAX)
+/// or rate, far below what the bus lets through (tens of MB).
+pub const MAX_ARG: usize = 4096;
+
+/// Refuses any string over `MAX_ARG` bytes: the first check of a call,
+/// before authorization and before anything is copied or quoted.
+pub fn bounded(args: &[&str]) -> Result<()> {
+    match args.iter().find(|a| a.len() > MAX_ARG) {
+        Some(a) => Err(invalid(format!("an argument of {} bytes is too long (at most {MAX_ARG})", a.len()))),
+        None => Ok(()),
+    }
 }
 
+/// `kind` is pid, tree, name, exe, cgroup or unit; a pid is decimal.
+pub fn target(kind: &str, value: &str) -> Result<Target> {
+    bounded(&[kind, value])?;
+    Target::parse(kind, value).map_err(|e| crate::manager::ManagerError::from(e).into())
+}
+
+/// An `a{sv}` as the caller sent it, every entry in order and borrowed
+/// from the message: a key given twice is seen (a map would keep one).
+#[derive(Debug, Default)]
+pub struct Options<'a>(pub Vec<(&'a str, Value<'a>)>);
+
+impl Type for Options<'_> {
+    const SIGNATURE: &'static Signature = <HashMap<&str, Value<'_>> as Type>::SIGNATURE;
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Options<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Entries<'a> {
+            type Value = Options<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a{sv}")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> std::result::Result<Options<'a>, M::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = m.next_entry::<&'de str, Value<'de>>()? {
+                    entries.push(entry);
+                }
+                Ok(Options(entries))
+            }
+        }
+        d.deserialize_map(Entries(PhantomData))
+    }
+}
+
+/// Most entries an options dict may have (five keys are known).
+const MAX_OPTIONS: usize = 16;
+
 /// Options: `down`/`up` (bytes per second as t, or a rate string as s),
-/// `backend`, `up_backend`, `down_backend` (s). Unknown keys are errors.
-pub fn limits(options: &HashMap<String, OwnedValue>) -> Result<LimitSpec> {
+/// `backend`, `up_backend`, `down_backend` (s). Unknown or repeated keys,
+/// and options that would be ignored, are errors.
+pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
+    if options.0.len() > MAX_OPTIONS {
+        return Err(invalid(format!("{} options is too many (at most {MAX_OPTIONS})", options.0.len())));
+    }
+    for (key, value) in &options.0 {
+        bounded(&[*key])?;
+        if let Value::Str(v) = value {
+            bounded(&[v.as_str()])?;
+        }
+    }
     let mut spec = LimitSpec::default();
-    for (key, value) in options {
-        match key.as_str() {
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in &options.0 {
+        if seen.contains(key) {
+            return Err(invalid(format!("option {} is given twice", quote(key))));
+        }
+        seen.push(key);
+        match *key {
             "down" => spec.down = Some(rate(key, value)?),
             "up" => spec.up = Some(rate(key, value)?),
             "backend" => spec.backend = Some(string(key, value)?),
             "up_backend" => spec.up_backend = Some(string(key, value)?),
             "down_backend" => spec.down_backend = Some(string(key, value)?),
             other => {
-                return Err(invalid(format!("unknown option {other:?} (down, up, backend, up_backend, down_backend)")))
+                return Err(invalid(format!(
+                    "unknown option {} (down, up, backend, up_backend, down_backend)",
+                    quote(other)
+                )))
             }
         }
     }
+    spec.check().map_err(Error::from)?;
     Ok(spec)
 }
 
@@ -77,7 +136,7 @@ pub fn direction(s: &str) -> Result<Option<Direction>> {
         "up" | "upload" => Ok(Some(Direction::Up)),
         "down" | "download" => Ok(Some(Direction::Down)),
         "" | "both" => Ok(None),
-        other => Err(invalid(format!("direction {other:?} must be up, down or empty for both"))),
+        other => Err(invalid(format!("direction {} must be up, down or empty for both", quote(other)))),
     }
 }
 
@@ -89,15 +148,15 @@ pub fn throttle_id(path: &str) -> Result<ThrottleId> {
     path.strip_prefix(THROTTLES_PATH)
         .and_then(|r| r.strip_prefix('/'))
         .and_then(|id| id.parse().ok())
-        .ok_or_else(|| Error::NoSuchThrottle(format!("{path} is not a throttle")))
+        .ok_or_else(|| Error::NoSuchThrottle(format!("{} is not a throttle", quote(path))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn opts(pairs: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
-        pairs.iter().map(|(k, v)| (k.to_string(), OwnedValue::try_from(v.clone()).unwrap())).collect()
+    fn opts(pairs: &[(&'static str, Value<'static>)]) -> Options<'static> {
+        Options(pairs.to_vec())
     }
 
     #[test]
@@ -121,9 +180,90 @@ mod tests {
             ("down", Value::Bool(true)),
             ("backend", Value::U32(3)),
             ("speed", Value::from("1M")),
+            ("down", Value::from(" 1M ")),
+            ("down", Value::from("+1M")),
+            ("backend", Value::from("ebpf")),
+            ("down_backend", Value::from("ebpf")),
         ] {
             assert!(matches!(limits(&opts(&[(k, v.clone())])), Err(Error::InvalidArgument(_))), "{k}={v:?}");
         }
+    }
+
+    #[test]
+    fn options_that_would_be_ignored_or_repeated_are_refused() {
+        let m = Value::from("1M");
+        let bad: [&[(&'static str, Value<'static>)]; 5] = [
+            &[],
+            &[("down", m.clone()), ("down", Value::from("2M"))],
+            &[("down", m.clone()), ("backend", Value::from("ebpf")), ("down_backend", Value::from("ebpf"))],
+            &[("up", m.clone()), ("down_backend", Value::from("ifb_tc"))],
+            &[("down", m.clone()), ("up_backend", Value::from("tc_htb"))],
+        ];
+        for o in bad {
+            let e = limits(&opts(o)).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{o:?}: {e:?}");
+        }
+        assert!(limits(&opts(&[("down", m.clone()), ("down_backend", Value::from("ebpf"))])).is_ok());
+    }
+
+    #[test]
+    fn oversized_arguments_are_refused_unquoted() {
+        let huge: &'static str = Box::leak("Q".repeat(30 << 20).into_boxed_str());
+        let msg = |e: Error| match e {
+            Error::InvalidArgument(m) | Error::NoSuchThrottle(m) => m,
+            other => panic!("{other:?}"),
+        };
+        for e in [
+            target("name", huge).unwrap_err(),
+            target(huge, "x").unwrap_err(),
+            target("pid", huge).unwrap_err(),
+            limits(&opts(&[("down", Value::from(huge))])).unwrap_err(),
+            limits(&opts(&[(huge, Value::from("1M"))])).unwrap_err(),
+            limits(&opts(&[("backend", Value::from(huge))])).unwrap_err(),
+            bounded(&[huge]).unwrap_err(),
+        ] {
+            let m = msg(e);
+            assert!(m.len() < 200 && !m.contains("QQQQ"), "{}", &m[..m.len().min(200)]);
+        }
+        // Under the bound, quotes stay short and escaped.
+        for e in [
+            target("name", &format!("a/{}", "b".repeat(4000))).unwrap_err(),
+            target("planet\n", "x").unwrap_err(),
+            target("pid", "12\n34").unwrap_err(),
+            limits(&opts(&[("down", Value::from("1Q\nFAKE LOG LINE"))])).unwrap_err(),
+            direction(&"d".repeat(4000)).unwrap_err(),
+            throttle_id(&format!("/x/{}", "y".repeat(4000))).unwrap_err(),
+        ] {
+            let m = msg(e);
+            assert!(m.chars().count() < 200 && !m.contains('\n'), "{m}");
+        }
+    }
+
+    #[test]
+    fn pids_are_plain_decimal() {
+        let me = std::process::id().to_string();
+        assert!(target("pid", &me).is_ok());
+        for bad in [format!("+{me}"), format!("0{me}"), format!(" {me}"), format!("{me} "), "-1".into(), "".into()] {
+            assert!(matches!(target("pid", &bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(matches!(target("tree", &bad), Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_root_cgroup_is_refused_like_pid_1() {
+        let pid1 = format!("{:?}", target("pid", "1").unwrap_err());
+        assert!(pid1.contains("would limit the system"), "{pid1}");
+        let mut roots = vec!["/".to_string(), "//".into(), "///".into()];
+        if let Ok(m) = crate::kernel::cgroup::cgroup2_mount() {
+            roots.push(m.display().to_string());
+            roots.push(format!("{}/", m.display()));
+        }
+        for r in &roots {
+            let e = format!("{:?}", target("cgroup", r).unwrap_err());
+            assert!(e.contains("InvalidArgument") && e.contains("would limit the system"), "{r}: {e}");
+        }
+        assert!(target("unit", "-.slice").is_err());
+        assert!(target("cgroup", "/system.slice").is_ok());
     }
 
     #[test]
@@ -165,8 +305,7 @@ mod tests {
             pairs in proptest::collection::vec(
                 ("(down|up|backend|up_backend|down_backend|[a-z]{0,8})", value()), 0..5)
         ) {
-            let options: HashMap<String, OwnedValue> =
-                pairs.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect();
+            let options = Options(pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect());
             match limits(&options) {
                 Ok(_) | Err(Error::InvalidArgument(_)) => {}
                 Err(e) => proptest::prop_assert!(false, "unexpected error {e:?}"),

@@ -20,7 +20,7 @@ use self::{
     strict::Strict,
     throttle::ThrottleIface,
 };
-use crate::manager::{Event, Manager, Notice, RemovalReason, ThrottleId, ThrottleInfo};
+use crate::manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo};
 
 pub const BUS_NAME: &str = "org.chadthrottle";
 
@@ -30,6 +30,8 @@ pub struct Served {
     signals: tokio::task::JoinHandle<()>,
     /// Forgets callers as their names leave the bus.
     _names: Task,
+    /// Follows the bus's and polkitd's pids, which are never limited.
+    _guards: Task,
 }
 
 /// A task that ends with its owner (also when `serve` fails half-way).
@@ -45,6 +47,39 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.signals.abort();
     }
+}
+
+const POLKIT: &str = "org.freedesktop.PolicyKit1";
+
+/// The bus's own process and polkitd, as the bus names them (never by
+/// process name): no throttle may limit them.
+async fn protect_from_bus(dbus: &zbus::fdo::DBusProxy<'_>, mgr: &Arc<Manager>, polkit_only: bool) {
+    let pid = |name: &'static str| async move {
+        dbus.get_connection_unix_process_id(zbus::names::BusName::from_static_str(name).ok()?).await.ok()
+    };
+    let mut roles = vec![(Protected::Polkit, pid(POLKIT).await)];
+    if !polkit_only {
+        roles.push((Protected::Bus, pid("org.freedesktop.DBus").await));
+    }
+    let _ = service::blocking(mgr, move |m| {
+        roles.into_iter().for_each(|(role, pid)| m.protect(role, pid));
+        Ok(())
+    })
+    .await;
+}
+
+/// Protects the bus and polkitd now, then follows polkitd's restarts.
+async fn guard_control_path(conn: &Connection, mgr: &Arc<Manager>) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let mut owners = dbus.receive_name_owner_changed_with_args(&[(0, POLKIT)]).await?;
+    protect_from_bus(&dbus, mgr, false).await;
+    let mgr = mgr.clone();
+    Ok(tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while owners.next().await.is_some() {
+            protect_from_bus(&dbus, &mgr, true).await;
+        }
+    }))
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -75,9 +110,25 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
     }
 }
 
+/// A message may be as big as the bus allows (tens of MB). Oversized
+/// arguments are refused at once, but malloc would keep such buffers in its
+/// heap for good (its mmap threshold grows with them): allocations of
+/// 1 MiB and more are mmapped, so they go back to the kernel when freed.
+fn return_big_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: mallopt only tunes the allocator; any value is valid.
+        ONCE.call_once(|| unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        });
+    }
+}
+
 /// Serves every object, then owns the name (so no client sees a half-served
 /// daemon), then turns events into signals until the connection drops.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
+    return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
         .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone() }))?
@@ -91,6 +142,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
     }
+    let guards = Task(guard_control_path(&conn, &mgr).await?);
     conn.request_name(BUS_NAME).await?;
     let c = conn.clone();
     let signals = tokio::spawn(async move {
@@ -100,7 +152,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
             }
         }
     });
-    Ok(Served { conn, signals, _names: names })
+    Ok(Served { conn, signals, _names: names, _guards: guards })
 }
 
 /// Serves a throttle's object, its properties read once for InterfacesAdded

@@ -133,7 +133,7 @@ impl ManagerIface {
         &self,
         kind: &str,
         target: &str,
-        options: HashMap<String, OwnedValue>,
+        options: args::Options<'_>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
@@ -152,6 +152,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[throttle.as_str()])?;
         let id = args::throttle_id(throttle.as_str())?;
         let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
         blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
@@ -188,6 +189,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[direction, &backend])?;
         let dir =
             args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
@@ -203,6 +205,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        args::bounded(&[throttle.as_str(), direction, &backend])?;
         let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
@@ -216,6 +219,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
+        args::bounded(&[&from, &to])?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
     }
@@ -261,6 +265,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+        args::bounded(&[sort, scope])?;
         let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
         let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
         let owner = visible_owner(conn, &hdr).await?;
@@ -283,7 +288,10 @@ impl ManagerIface {
         let process = match kind {
             "process" => true,
             "throttle" => false,
-            _ => return Err(Error::InvalidArgument(format!("unknown history kind {kind:?} (process or throttle)"))),
+            _ => {
+                let kind = throttle_common::text::quote(kind);
+                return Err(Error::InvalidArgument(format!("unknown history kind {kind} (process or throttle)")));
+            }
         };
         if !process {
             let info = read(&self.mgr, move |r| r.summary(id)).await?;

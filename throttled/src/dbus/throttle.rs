@@ -53,11 +53,14 @@ impl ThrottleIface {
         let failed = |e: zbus::fdo::Error| zbus::Error::Failure(e.to_string());
         let (down, down_backend) = self.direction(Direction::Down).await.map_err(failed)?;
         let (up, up_backend) = self.direction(Direction::Up).await.map_err(failed)?;
+        let (status, detail) = self.status_parts().await.map_err(failed)?;
         let changed = HashMap::from([
             ("DownLimit", Value::from(down)),
             ("UpLimit", Value::from(up)),
             ("DownBackend", Value::from(down_backend)),
             ("UpBackend", Value::from(up_backend)),
+            ("Status", Value::from(status)),
+            ("StatusDetail", Value::from(detail)),
         ]);
         let name = <Self as zbus::object_server::Interface>::name();
         zbus::fdo::Properties::properties_changed(emitter, name, changed, Cow::Borrowed(&[])).await
@@ -80,6 +83,13 @@ impl ThrottleIface {
 
     async fn accuracy(&self, d: Direction) -> zbus::fdo::Result<f64> {
         Ok(self.info().await.map_err(fdo)?.directions.get(&d).and_then(|s| s.accuracy).unwrap_or(0.0))
+    }
+
+    async fn status_parts(&self) -> zbus::fdo::Result<(&'static str, String)> {
+        Ok(match self.info().await.map_err(fdo)?.failed {
+            None => ("active", String::new()),
+            Some(why) => ("failed", why),
+        })
     }
 
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
@@ -119,10 +129,11 @@ impl ThrottleIface {
         blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
     }
 
-    /// Changes limits in place (the same options as Manager.Limit).
+    /// Changes limits in place (the same options as Manager.Limit, and
+    /// the same validation: at least one limit, nothing ignored).
     async fn set_limits(
         &self,
-        options: HashMap<String, OwnedValue>,
+        options: args::Options<'_>,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
@@ -228,10 +239,32 @@ impl ThrottleIface {
         self.accuracy(Direction::Up).await
     }
 
-    /// Processes this throttle limits now.
+    /// Processes this throttle limits now. Never init, the daemon, the
+    /// bus or polkitd: those are in Excluded.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn pids(&self) -> zbus::fdo::Result<Vec<u32>> {
         Ok(self.info().await.map_err(fdo)?.covered)
+    }
+
+    /// Processes the target matches that are never limited: init, the
+    /// daemon itself, the system bus (dbus-daemon) and polkitd.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn excluded(&self) -> zbus::fdo::Result<Vec<u32>> {
+        Ok(self.info().await.map_err(fdo)?.excluded)
+    }
+
+    /// "active", or "failed": a saved throttle that cannot be applied now
+    /// (no free slot, no usable backend). It stays saved and is retried
+    /// when slots free up and on reload.
+    #[zbus(property)]
+    async fn status(&self) -> zbus::fdo::Result<String> {
+        Ok(self.status_parts().await?.0.into())
+    }
+
+    /// Why the throttle failed ("" while active).
+    #[zbus(property)]
+    async fn status_detail(&self) -> zbus::fdo::Result<String> {
+        Ok(self.status_parts().await?.1)
     }
 
     /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets},

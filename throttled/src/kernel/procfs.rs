@@ -13,6 +13,8 @@ pub struct ProcIdent {
 const PF_KTHREAD: u64 = 0x0020_0000;
 
 struct Stat {
+    /// R, S, D, ... Z (zombie), X (dead).
+    state: char,
     flags: u64,
     start_time: u64,
 }
@@ -24,18 +26,26 @@ fn stat(pid: u32) -> io::Result<Stat> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| bad(pid));
     // After ')': state(0) ppid(1) ... flags(6) ... starttime(19).
-    Ok(Stat { flags: num(6)?, start_time: num(19)? })
+    let state = f.first().and_then(|s| s.chars().next()).ok_or_else(|| bad(pid))?;
+    Ok(Stat { state, flags: num(6)?, start_time: num(19)? })
 }
 
 fn bad(pid: u32) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("unparsable /proc/{pid}/stat"))
 }
 
+/// A live process's identity. A zombie (or a dead task) has none: it has
+/// exited, its exit event is past, and nothing may be kept for it.
 pub fn ident(pid: u32) -> io::Result<ProcIdent> {
-    Ok(ProcIdent { pid, start_time: stat(pid)?.start_time })
+    let st = stat(pid)?;
+    if matches!(st.state, 'Z' | 'X' | 'x') {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has exited (zombie)")));
+    }
+    Ok(ProcIdent { pid, start_time: st.start_time })
 }
 
-/// True while the same process (not a reuse of its pid) is alive.
+/// True while the same process (not a reuse of its pid) is alive: not
+/// exited, not a zombie.
 pub fn is_alive(id: &ProcIdent) -> bool {
     ident(id.pid).is_ok_and(|now| now == *id)
 }
@@ -141,6 +151,20 @@ mod tests {
         if let Ok(true) = comm(2).map(|c| c == "kthreadd") {
             assert!(is_kernel_thread(2).unwrap());
         }
+    }
+
+    #[test]
+    fn a_zombie_has_no_identity() {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        let live = std::time::Instant::now();
+        // Not reaped: once it exits it stays a zombie until the wait below.
+        while comm(pid).is_ok() && ident(pid).is_ok() && live.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(comm(pid).is_ok(), "the zombie is still in /proc");
+        assert!(ident(pid).is_err(), "a zombie must have no identity");
+        let _ = c.wait();
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::{
     monitor::{ProcessTraffic, Scope, SortBy},
     policy::{self, Actor, Made, Request},
     pool::Pool,
-    DirectionStats, Event, LimitSpec, ManagerError, Notice, RemovalReason, ThrottleId, ThrottleInfo, TopEntry,
+    DirectionStats, Event, LimitSpec, ManagerError, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo,
+    TopEntry,
 };
 use crate::{
     backend::{Context, Direction, Health, SlotId},
@@ -25,7 +26,7 @@ use crate::{
         procmon::{ProcEvent, ProcMonitor},
         sockets,
     },
-    state::{InstanceLock, StateStore},
+    state::{InstanceLock, PersistedThrottle, StateStore},
     target::{ProcFacts, Target},
 };
 
@@ -53,8 +54,18 @@ pub struct Throttle {
     pub members: BTreeSet<u32>,
     /// Members this throttle limits in at least one direction.
     pub covered: BTreeSet<u32>,
+    /// Protected processes the target matches: never members.
+    pub excluded: BTreeSet<u32>,
     /// Whether it is admin-set, and whose share it counts against.
     pub made: Made,
+}
+
+/// A saved throttle that cannot be applied now (no free slot, no usable
+/// backend): it stays saved, is reported as failed, and is retried when
+/// slots free up and on reload.
+pub struct Pending {
+    pub record: PersistedThrottle,
+    pub why: String,
 }
 
 struct ProcEntry {
@@ -70,6 +81,10 @@ pub struct Core {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub throttles: BTreeMap<ThrottleId, Throttle>,
+    /// Saved throttles not applied now (see `Pending`).
+    pub pending: BTreeMap<ThrottleId, Pending>,
+    /// Processes no throttle may limit, by role.
+    pub protected: BTreeMap<Protected, ProcIdent>,
     procs: HashMap<u32, ProcEntry>,
     pub free_slots: Vec<SlotId>,
     pub next_id: ThrottleId,
@@ -118,6 +133,11 @@ impl Core {
             config,
             config_path: None,
             throttles: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            protected: [(Protected::Init, 1), (Protected::Daemon, std::process::id())]
+                .into_iter()
+                .filter_map(|(role, pid)| Some((role, procfs::ident(pid).ok()?)))
+                .collect(),
             procs: HashMap::new(),
             free_slots: (1..throttle_common::MAX_SLOTS).rev().collect(),
             next_id: 1,
@@ -172,8 +192,10 @@ impl Core {
         self.events.push_back(ev);
     }
 
+    /// The throttle of `target`, applied or pending.
     pub fn find(&self, target: &Target) -> Option<ThrottleId> {
-        self.throttles.iter().find(|(_, t)| same_target(&t.target, target)).map(|(id, _)| *id)
+        let applied = self.throttles.iter().find(|(_, t)| same_target(&t.target, target)).map(|(id, _)| *id);
+        applied.or_else(|| self.pending.iter().find(|(_, p)| same_target(&p.record.target, target)).map(|(id, _)| *id))
     }
 
     /// As `limit_by`, for the daemon itself (rules, the command line).
@@ -190,9 +212,7 @@ impl Core {
         origin: Origin,
         by: Option<Actor>,
     ) -> Result<ThrottleId, ManagerError> {
-        if spec.down.is_none() && spec.up.is_none() {
-            return Err(ManagerError::InvalidArgument("give a download or an upload limit".into()));
-        }
+        spec.check()?;
         if let Some(a) = by {
             self.permit(a, &Request::Limit(target.clone(), spec.clone()))?;
         }
@@ -205,10 +225,46 @@ impl Core {
             policy::quota(a.uid, self.made_by(a.uid), self.config.limits.per_user)?;
         }
         let id = self.next_id;
+        let next = id.checked_add(1).ok_or_else(|| ManagerError::InvalidArgument("no throttle ids are left".into()))?;
         self.create(id, target, spec, origin, Made::by(by))?;
-        self.next_id = id + 1;
+        self.next_id = next;
         self.save_throttle(id);
         Ok(id)
+    }
+
+    /// A protected process, if `pid` is one now: why it is never limited.
+    pub fn protected_role(&self, pid: u32) -> Option<Protected> {
+        self.protected.iter().find(|(_, i)| i.pid == pid && procfs::is_alive(i)).map(|(r, _)| *r)
+    }
+
+    fn is_protected(&self, ident: &ProcIdent) -> bool {
+        self.protected.values().any(|i| i == ident)
+    }
+
+    /// Sets the process in `role`: it leaves every throttle now, and is
+    /// reported in their `excluded` from then on.
+    pub fn protect(&mut self, role: Protected, pid: Option<u32>) {
+        let ident = pid.and_then(|p| procfs::ident(p).ok());
+        let old = match ident {
+            Some(i) => self.protected.insert(role, i),
+            None => self.protected.remove(&role),
+        };
+        if let Some(old) = old.filter(|o| Some(*o) != ident) {
+            // Its successor may be another process: the old one is no longer excluded.
+            self.throttles.values_mut().for_each(|t| {
+                t.excluded.remove(&old.pid);
+            });
+        }
+        let Some(ident) = ident else { return };
+        let holding: Vec<ThrottleId> =
+            self.throttles.iter().filter(|(_, t)| t.members.contains(&ident.pid)).map(|(id, _)| *id).collect();
+        for id in holding {
+            self.drop_member(id, ident.pid);
+            if let Some(t) = self.throttles.get_mut(&id) {
+                t.excluded.insert(ident.pid);
+            }
+        }
+        tracing::info!(pid = ident.pid, role = role.describe(), "never limited");
     }
 
     /// `limit --tree` on a process already limited without it (or the
@@ -233,6 +289,7 @@ impl Core {
         origin: Origin,
         made: Made,
     ) -> Result<(), ManagerError> {
+        spec.check()?;
         let mut chosen = Vec::new();
         for dir in Direction::BOTH {
             if let Some(rate) = spec.rate(dir) {
@@ -240,27 +297,36 @@ impl Core {
             }
         }
         let root = target.root();
+        if let Some(role) = root.and_then(|r| self.protected_role(r.pid)) {
+            let pid = root.map_or(0, |r| r.pid);
+            return Err(ManagerError::InvalidArgument(format!(
+                "pid {pid} is {}: it is never limited",
+                role.describe()
+            )));
+        }
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        let (limits, members, covered) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
-        let t = Throttle { target, origin, limits, members, covered, made };
+        let (limits, members, covered, excluded) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let t = Throttle { target, origin, limits, members, covered, excluded, made };
         self.throttles.insert(id, t);
         for (dir, rate, backend) in chosen {
             if let Err(e) = self.add_limit(id, dir, rate, backend) {
-                let _ = self.remove(id, RemovalReason::Requested);
-                self.events.pop_back();
+                let _ = self.unlink(id); // never existed: no event, no log
                 return Err(e);
             }
         }
         self.add_members(id);
+        // Gone (or a zombie) by the time it is committed: nothing stays.
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
-            let _ = self.remove(id, RemovalReason::ProcessExited);
-            self.events.pop_back();
+            let _ = self.unlink(id);
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
         let t = &self.throttles[&id];
         tracing::info!(throttle_id = id, target = %t.target, down = ?spec.down, up = ?spec.up, processes = t.members.len(), "throttle added");
+        if !t.excluded.is_empty() {
+            tracing::info!(throttle_id = id, excluded = ?t.excluded, "protected processes match but are never limited (see its Excluded property)");
+        }
         self.emit(Event::ThrottleAdded { id });
         Ok(())
     }
@@ -325,6 +391,10 @@ impl Core {
     /// direction migrates it. A change with more than limit-own makes the
     /// throttle admin-set.
     pub fn change_by(&mut self, id: ThrottleId, spec: &LimitSpec, by: Option<Actor>) -> Result<(), ManagerError> {
+        spec.check()?;
+        if self.pending.contains_key(&id) {
+            return self.change_pending(id, spec);
+        }
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let mut plan = Vec::new();
         for dir in Direction::BOTH {
@@ -373,14 +443,33 @@ impl Core {
     }
 
     pub fn remove_persisting(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
-        let res = self.remove(id, RemovalReason::Requested);
+        let res = match self.pending.remove(&id) {
+            Some(_) => {
+                self.emit(Event::ThrottleRemoved { id, reason: RemovalReason::Requested });
+                tracing::info!(throttle_id = id, "failed throttle removed");
+                Ok(())
+            }
+            None => self.remove(id, RemovalReason::Requested),
+        };
         self.save_throttle(id);
+        self.retry_pending();
         res
     }
 
     /// Its processes fall back to the next matching throttle (or none)
     /// before its slots go, so no moment is unthrottled by mistake.
     pub fn remove(&mut self, id: ThrottleId, reason: RemovalReason) -> Result<(), ManagerError> {
+        let res = self.unlink(id);
+        if !matches!(res, Err(ManagerError::NoSuchThrottle(_))) {
+            self.emit(Event::ThrottleRemoved { id, reason });
+            tracing::info!(throttle_id = id, ?reason, "throttle removed");
+        }
+        res
+    }
+
+    /// Takes a throttle out of the kernel and the bookkeeping, silently
+    /// (`remove` reports it; a throttle that was never added is not).
+    fn unlink(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
         if !self.throttles.contains_key(&id) {
             return Err(ManagerError::NoSuchThrottle(id));
         }
@@ -398,8 +487,6 @@ impl Core {
         }
         self.throttles.remove(&id);
         self.rates.retain(|(t, _), _| *t != id);
-        self.emit(Event::ThrottleRemoved { id, reason });
-        tracing::info!(throttle_id = id, ?reason, "throttle removed");
         first_err
     }
 
@@ -451,6 +538,12 @@ impl Core {
     }
 
     fn add_member(&mut self, id: ThrottleId, ident: ProcIdent) {
+        if self.is_protected(&ident) {
+            if let Some(t) = self.throttles.get_mut(&id) {
+                t.excluded.insert(ident.pid);
+            }
+            return;
+        }
         if self.procs.get(&ident.pid).is_some_and(|e| e.ident != ident) {
             self.process_exited(ident.pid); // a reused pid: the exit event was lost
         }
@@ -611,23 +704,50 @@ impl Core {
         Ok(())
     }
 
+    /// Everything is checked first; only a move that happened is saved.
     pub fn migrate(&mut self, id: ThrottleId, dir: Option<Direction>, to: &str) -> Result<(), ManagerError> {
         let to = self.pool.index(to)?;
+        if self.pending.contains_key(&id) {
+            return Err(ManagerError::InvalidArgument(format!("throttle {id} is not applied now: nothing to migrate")));
+        }
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let dirs: Vec<Direction> = match dir {
+            Some(d) if !t.limits.contains_key(&d) => {
+                return Err(ManagerError::InvalidArgument(format!("throttle {id} has no {d} limit to migrate")))
+            }
             Some(d) => vec![d],
             None => t.limits.keys().copied().collect(),
         };
+        let dirs: Vec<Direction> = dirs.into_iter().filter(|d| t.limits[d].backend != to).collect();
         for d in &dirs {
             self.pool.usable(to, *d)?;
         }
-        let moved = dirs.into_iter().try_for_each(|d| self.migrate_limit(id, d, to, None));
-        self.save_throttle(id); // a direction may have moved before a failure
-        moved
+        let mut moved = 0;
+        let mut res = Ok(());
+        for d in dirs {
+            match self.migrate_limit(id, d, to, None) {
+                Ok(()) => moved += 1,
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        if moved > 0 {
+            self.save_throttle(id); // a direction may have moved before a failure
+        }
+        res
     }
 
     pub fn migrate_backend(&mut self, from: &str, to: &str) -> Result<usize, ManagerError> {
         let (from, to) = (self.pool.index(from)?, self.pool.index(to)?);
+        if from == to {
+            return Err(ManagerError::InvalidArgument(format!(
+                "{} to {}: a backend cannot migrate to itself",
+                self.pool.name(from),
+                self.pool.name(to)
+            )));
+        }
         let moves = self.limits_on(from);
         for (_, dir) in &moves {
             self.pool.usable(to, *dir)?;
@@ -735,6 +855,9 @@ impl Core {
     /// otherwise they are the last sample's (once a second) and nothing
     /// touches the kernel.
     pub fn info_with(&mut self, id: ThrottleId, live: bool) -> Result<ThrottleInfo, ManagerError> {
+        if let Some(p) = self.pending.get(&id) {
+            return Ok(self.pending_info(id, p));
+        }
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let ctx = Context { datapath: &mut self.datapath };
         let mut directions = BTreeMap::new();
@@ -748,11 +871,33 @@ impl Core {
             directions.insert(dir, DirectionStats { backend: b.name(), rate: l.rate, counters, current, accuracy });
         }
         let covered = t.covered.iter().copied().collect();
-        Ok(ThrottleInfo { id, target: t.target.clone(), origin: t.origin.clone(), covered, directions })
+        let excluded = t.excluded.iter().copied().collect();
+        let (target, origin) = (t.target.clone(), t.origin.clone());
+        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions })
+    }
+
+    /// A failed throttle as saved: its limits, on no backend.
+    fn pending_info(&self, id: ThrottleId, p: &Pending) -> ThrottleInfo {
+        let r = &p.record;
+        let mut directions = BTreeMap::new();
+        for (dir, rate) in [(Direction::Down, r.down), (Direction::Up, r.up)] {
+            let Some(rate) = rate else { continue };
+            let stats = DirectionStats { backend: "", rate, counters: Default::default(), current: 0, accuracy: None };
+            directions.insert(dir, stats);
+        }
+        ThrottleInfo {
+            id,
+            target: r.target.clone(),
+            origin: Origin::Runtime,
+            covered: Vec::new(),
+            excluded: Vec::new(),
+            failed: Some(p.why.clone()),
+            directions,
+        }
     }
 
     pub fn list(&mut self) -> Vec<ThrottleInfo> {
-        let ids: Vec<ThrottleId> = self.throttles.keys().copied().collect();
+        let ids: Vec<ThrottleId> = self.throttles.keys().chain(self.pending.keys()).copied().collect();
         ids.into_iter().filter_map(|id| self.info(id).ok()).collect()
     }
 
@@ -761,9 +906,13 @@ impl Core {
             self.throttles.values().flat_map(|t| t.limits.values()).map(|l| self.pool.name(l.backend)).collect();
         used.sort();
         used.dedup();
-        match self.throttles.len() {
+        let applied = match self.throttles.len() {
             0 => "no throttles".into(),
             n => format!("{n} throttle{} on {}", if n == 1 { "" } else { "s" }, used.join(", ")),
+        };
+        match self.pending.len() {
+            0 => applied,
+            n => format!("{applied}; {n} saved throttle{} not applied (failed)", if n == 1 { "" } else { "s" }),
         }
     }
 
@@ -831,6 +980,11 @@ impl Core {
             match (matches, member) {
                 (true, false) => self.add_member(id, ident),
                 (false, true) => self.drop_member(id, ident.pid),
+                (false, false) => {
+                    if let Some(t) = self.throttles.get_mut(&id) {
+                        t.excluded.remove(&ident.pid);
+                    }
+                }
                 _ => {}
             }
         }
@@ -839,6 +993,11 @@ impl Core {
     pub fn process_exited(&mut self, tgid: u32) {
         self.monitor.exited(tgid);
         self.datapath.forget_traffic(tgid);
+        if self.protected.values().any(|i| i.pid == tgid) {
+            self.throttles.values_mut().for_each(|t| {
+                t.excluded.remove(&tgid);
+            });
+        }
         let Some(e) = self.procs.remove(&tgid) else { return };
         if let Err(err) = self.datapath.remove_proc(tgid) {
             tracing::warn!(pid = tgid, error = %err, "could not remove a process entry");
@@ -852,6 +1011,7 @@ impl Core {
             if t.target.is_pid() && t.members.is_empty() {
                 let _ = self.remove(id, RemovalReason::ProcessExited);
                 self.save_throttle(id);
+                self.retry_pending();
             }
         }
     }

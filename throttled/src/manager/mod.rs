@@ -39,6 +39,29 @@ use crate::{
 
 pub type ThrottleId = u32;
 
+/// Processes no target may limit: limiting them would limit the system or
+/// cut off the daemon's own control path. Init and the daemon are known at
+/// start; the bus and polkitd are learned from the bus itself
+/// (`GetConnectionUnixProcessID`), never by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protected {
+    Init,
+    Daemon,
+    Bus,
+    Polkit,
+}
+
+impl Protected {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Protected::Init => "init",
+            Protected::Daemon => "chadthrottled itself",
+            Protected::Bus => "the system bus (dbus-daemon)",
+            Protected::Polkit => "polkitd",
+        }
+    }
+}
+
 /// Limits and backend choices for one throttle. `None` leaves a direction
 /// as it is (unlimited for a new throttle).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +80,27 @@ impl LimitSpec {
             Direction::Up => self.up,
             Direction::Down => self.down,
         }
+    }
+
+    /// The one validation of limits, for API calls and saved state alike:
+    /// at least one rate; `backend` or per-direction backends, not both;
+    /// a direction's backend only with that direction's rate (nothing given
+    /// is silently ignored).
+    pub fn check(&self) -> Result<(), ManagerError> {
+        let invalid = |m: &str| Err(ManagerError::InvalidArgument(m.into()));
+        if self.down.is_none() && self.up.is_none() {
+            return invalid("give a download or an upload limit");
+        }
+        if self.backend.is_some() && (self.up_backend.is_some() || self.down_backend.is_some()) {
+            return invalid("backend and up_backend/down_backend exclude each other");
+        }
+        if self.down_backend.is_some() && self.down.is_none() {
+            return invalid("down_backend given without a down limit");
+        }
+        if self.up_backend.is_some() && self.up.is_none() {
+            return invalid("up_backend given without an up limit");
+        }
+        Ok(())
     }
 
     pub fn backend_for(&self, dir: Direction) -> Option<&str> {
@@ -191,6 +235,12 @@ pub struct ThrottleInfo {
     pub origin: Origin,
     /// Processes this throttle limits in at least one direction.
     pub covered: Vec<u32>,
+    /// Processes the target matches that are never limited (init, the
+    /// daemon, the bus, polkitd: see `Protected`).
+    pub excluded: Vec<u32>,
+    /// Why a saved throttle is not applied now (it stays saved and is
+    /// retried); `None` while it is applied.
+    pub failed: Option<String>,
     pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
 }
 
@@ -414,6 +464,12 @@ impl Manager {
         self.mutate(|c| c.migrate_backend(from, to))
     }
 
+    /// Sets (or, with `None`, forgets) the process in a protected role: it
+    /// leaves every throttle at once and is never matched again.
+    pub fn protect(&self, role: Protected, pid: Option<u32>) {
+        self.lock().protect(role, pid)
+    }
+
     /// Runs the health checks now (they also run periodically).
     pub fn check_health(&self) {
         self.lock().check_health();
@@ -519,12 +575,15 @@ impl Reader<'_> {
         self.0.info_with(id, false)
     }
 
+    /// Applied, or saved and not applied now (failed).
     pub fn exists(&self, id: ThrottleId) -> bool {
-        self.0.throttles.contains_key(&id)
+        self.0.throttles.contains_key(&id) || self.0.pending.contains_key(&id)
     }
 
     pub fn ids(&self) -> Vec<ThrottleId> {
-        self.0.throttles.keys().copied().collect()
+        let mut ids: Vec<ThrottleId> = self.0.throttles.keys().chain(self.0.pending.keys()).copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn stats(&self) -> Stats {

@@ -26,7 +26,7 @@ impl FromStr for Scope {
             "all" | "" => Ok(Scope::All),
             "internet" => Ok(Scope::Internet),
             "local" => Ok(Scope::Local),
-            _ => Err(format!("unknown scope {s:?} (all, internet or local)")),
+            _ => Err(format!("unknown scope {} (all, internet or local)", throttle_common::text::quote(s))),
         }
     }
 }
@@ -45,7 +45,7 @@ impl FromStr for SortBy {
             "down" => Ok(SortBy::Down),
             "up" => Ok(SortBy::Up),
             "total" | "" => Ok(SortBy::Total),
-            _ => Err(format!("unknown sort {s:?} (down, up or total)")),
+            _ => Err(format!("unknown sort {} (down, up or total)", throttle_common::text::quote(s))),
         }
     }
 }

@@ -44,7 +44,9 @@ impl Pool {
     }
 
     pub fn index(&self, name: &str) -> Result<usize, ManagerError> {
-        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| ManagerError::UnknownBackend(name.into()))
+        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| {
+            ManagerError::UnknownBackend(throttle_common::text::escape(name, throttle_common::text::QUOTE_MAX))
+        })
     }
 
     /// Refuses a backend that cannot take a new throttle in `dir`, with why.

@@ -1,8 +1,12 @@
 //! Start, persistence and reload: clean up after a crashed run, restore the
 //! persisted runtime throttles, apply the rules, and on reload apply only
 //! what changed in the config and the rules.
+use std::collections::BTreeSet;
+
+use throttle_common::text::quote;
+
 use super::{
-    core::{Core, Origin},
+    core::{Core, Origin, Pending},
     policy::Made,
     BackendInfo, Event, LimitSpec, ManagerError, ManagerOptions, RemovalReason, ThrottleId,
 };
@@ -12,7 +16,6 @@ use crate::{
     kernel::{
         bpf::{Datapath, DatapathOptions},
         netlink::Netlink,
-        procfs,
     },
     state::{Change, InstanceLock, PersistedThrottle, State, StateStore, VERSION},
 };
@@ -60,51 +63,152 @@ impl Core {
         Ok(core)
     }
 
-    /// Pid targets come back only if the same process is still alive; a
-    /// backend that is no longer usable falls back to the default.
+    /// Saved state is input too: every entry is validated exactly as an
+    /// API call is (`check_saved`), and an invalid one is set aside with a
+    /// warning, never applied. Pid targets come back only if the same
+    /// process is still alive; a backend that is no longer usable falls
+    /// back to the default. A valid throttle that cannot be applied now
+    /// stays saved as failed (see `Pending`).
     fn restore(&mut self, state: State) {
-        self.next_id = state.next_id.max(1);
-        self.runtime_defaults = state.defaults;
+        self.next_id = state.next_id.clamp(1, u32::MAX - 1);
+        self.runtime_defaults = self.checked_defaults(state.defaults);
         self.pool.set_preferences(effective_defaults(&self.config.defaults, &self.runtime_defaults));
+        let mut seen = BTreeSet::new();
+        let mut rejected = Vec::new();
         for p in state.throttles {
-            self.next_id = self.next_id.max(p.id + 1);
-            if p.target.root().is_some_and(|r| !procfs::is_alive(&r)) {
-                tracing::info!(throttle_id = p.id, target = %p.target, "not restored: the process is gone");
+            if let Err(why) = check_saved(&p, &mut seen) {
+                match why {
+                    ManagerError::NoSuchProcess(_) => {
+                        tracing::info!(throttle_id = p.id, target = %p.target, "not restored: the process is gone")
+                    }
+                    why => {
+                        tracing::warn!(throttle_id = p.id, error = %why, "invalid saved throttle set aside, not applied");
+                        rejected.push(serde_json::json!({ "reason": why.to_string(), "entry": p }));
+                    }
+                }
                 continue;
             }
-            let spec = LimitSpec {
-                down: p.down,
-                up: p.up,
-                up_backend: p.up_backend.clone(),
-                down_backend: p.down_backend.clone(),
-                backend: None,
-            };
-            let made = Made { admin: p.admin, creator: p.creator };
-            let res = self.create(p.id, p.target.clone(), &spec, Origin::Runtime, made).or_else(|e| {
-                tracing::warn!(throttle_id = p.id, error = %e, "saved backend unusable; using the defaults");
-                self.create(
-                    p.id,
-                    p.target.clone(),
-                    &LimitSpec { down: p.down, up: p.up, ..Default::default() },
-                    Origin::Runtime,
-                    made,
-                )
-            });
-            match res {
-                Ok(()) => tracing::info!(throttle_id = p.id, target = %p.target, "restored"),
-                Err(e) => tracing::error!(throttle_id = p.id, target = %p.target, error = %e, "could not restore"),
+            self.next_id = self.next_id.max(p.id + 1);
+            if let Err(e) = self.apply_saved(&p) {
+                tracing::warn!(throttle_id = p.id, target = %p.target, error = %e,
+                    "saved throttle not applied now: kept, reported as failed, retried when slots free up or on reload");
+                self.pending.insert(p.id, Pending { record: p, why: e.to_string() });
+            } else {
+                tracing::info!(throttle_id = p.id, target = %p.target, "restored");
+            }
+        }
+        self.set_aside(&rejected);
+    }
+
+    /// Applies a saved throttle on its saved backends, or on the defaults.
+    fn apply_saved(&mut self, p: &PersistedThrottle) -> Result<(), ManagerError> {
+        let (spec, made) = (saved_spec(p), Made { admin: p.admin, creator: p.creator });
+        self.create(p.id, p.target.clone(), &spec, Origin::Runtime, made).or_else(|e| {
+            if matches!(e, ManagerError::SlotsExhausted | ManagerError::NoSuchProcess(_)) {
+                return Err(e); // the defaults would fail the same way
+            }
+            tracing::warn!(throttle_id = p.id, error = %e, "saved backend unusable; using the defaults");
+            let defaults = LimitSpec { down: p.down, up: p.up, ..Default::default() };
+            self.create(p.id, p.target.clone(), &defaults, Origin::Runtime, made)
+        })
+    }
+
+    /// Tries every failed throttle again, oldest first (when slots free up,
+    /// and on reload). One that applies is reported as changed.
+    pub fn retry_pending(&mut self) {
+        if self.pending.is_empty() || self.free_slots.is_empty() {
+            return;
+        }
+        let ids: Vec<ThrottleId> = self.pending.keys().copied().collect();
+        for id in ids {
+            if self.free_slots.is_empty() {
+                break;
+            }
+            let Some(p) = self.pending.remove(&id) else { continue };
+            match self.apply_saved(&p.record) {
+                Ok(()) => {
+                    tracing::info!(throttle_id = id, target = %p.record.target, "failed throttle applied on retry");
+                    self.emit(Event::ThrottleChanged { id });
+                    self.save_throttle(id);
+                }
+                Err(ManagerError::NoSuchProcess(_)) => {
+                    tracing::info!(throttle_id = id, "failed throttle dropped: its process is gone");
+                    self.emit(Event::ThrottleRemoved { id, reason: RemovalReason::ProcessExited });
+                    self.save_throttle(id);
+                }
+                Err(e) => drop(self.pending.insert(id, Pending { record: p.record, why: e.to_string() })),
             }
         }
     }
 
-    /// Every runtime throttle as it is now, and the runtime defaults.
+    /// New limits for a failed throttle: it is tried again with them; if it
+    /// still cannot apply, nothing changes.
+    pub fn change_pending(&mut self, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
+        let Some(old) = self.pending.remove(&id) else { return Err(ManagerError::NoSuchThrottle(id)) };
+        let mut record = old.record.clone();
+        record.down = spec.down.or(record.down);
+        record.up = spec.up.or(record.up);
+        if spec.backend.is_some() || spec.down_backend.is_some() || spec.up_backend.is_some() {
+            record.down_backend = record.down.and(spec.backend_for(Direction::Down).map(String::from));
+            record.up_backend = record.up.and(spec.backend_for(Direction::Up).map(String::from));
+        }
+        let made = Made { admin: record.admin, creator: record.creator };
+        match self.create(id, record.target.clone(), &saved_spec(&record), Origin::Runtime, made) {
+            Ok(()) => {
+                self.emit(Event::ThrottleChanged { id });
+                self.save_throttle(id);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.insert(id, old);
+                Err(e)
+            }
+        }
+    }
+
+    /// Saved default backends must be known backends.
+    fn checked_defaults(&self, d: Defaults) -> Defaults {
+        let known = |name: Option<String>, dir: &str| match name {
+            Some(n) if self.pool.index(&n).is_err() => {
+                tracing::warn!(direction = dir, backend = %quote(&n), "saved default backend set aside: unknown");
+                None
+            }
+            other => other,
+        };
+        Defaults { up: known(d.up, "up"), down: known(d.down, "down") }
+    }
+
+    /// Invalid saved entries go to `throttles.rejected.json` (one JSON line
+    /// each, with the reason), so the evidence outlives the next snapshot.
+    fn set_aside(&self, rejected: &[serde_json::Value]) {
+        if rejected.is_empty() {
+            return;
+        }
+        let path = self.config.state_dir.join(REJECTED);
+        let res = (|| {
+            use std::{io::Write, os::unix::fs::OpenOptionsExt};
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+            rejected.iter().try_for_each(|r| writeln!(f, "{r}"))
+        })();
+        match res {
+            Ok(()) => {
+                tracing::warn!(entries = rejected.len(), path = %path.display(), "invalid saved throttles set aside")
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not set invalid saved throttles aside"),
+        }
+    }
+
+    /// Every runtime throttle as it is now (failed ones as saved), and the
+    /// runtime defaults.
     fn saved_state(&self) -> State {
-        let throttles = self
+        let mut throttles: Vec<PersistedThrottle> = self
             .throttles
             .iter()
             .filter(|(_, t)| t.origin == Origin::Runtime)
             .map(|(&id, _)| self.record(id))
+            .chain(self.pending.values().map(|p| p.record.clone()))
             .collect();
+        throttles.sort_by_key(|t| t.id);
         State { version: VERSION, seq: 0, next_id: self.next_id, defaults: self.runtime_defaults.clone(), throttles }
     }
 
@@ -135,8 +239,9 @@ impl Core {
     /// Saves throttle `id` as it is now: a runtime throttle's limits and
     /// backends, or, once it is gone (or a rule's), that it is.
     pub fn save_throttle(&mut self, id: ThrottleId) {
-        let change = match self.throttles.get(&id) {
-            Some(t) if t.origin == Origin::Runtime => Change::Put(self.record(id)),
+        let change = match (self.throttles.get(&id), self.pending.get(&id)) {
+            (Some(t), _) if t.origin == Origin::Runtime => Change::Put(self.record(id)),
+            (None, Some(p)) => Change::Put(p.record.clone()),
             _ => Change::Delete(id),
         };
         self.save(change);
@@ -170,6 +275,9 @@ impl Core {
     fn validate_rules(&self, rules: &[Rule]) -> Result<(), ManagerError> {
         for r in rules {
             let spec = rule_spec(r);
+            spec.check().map_err(|e| {
+                ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", r.source.display(), r.target))
+            })?;
             for dir in Direction::BOTH.into_iter().filter(|d| spec.rate(*d).is_some()) {
                 self.pool.resolve(spec.backend_for(dir), dir).map_err(|e| {
                     ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", r.source.display(), r.target))
@@ -188,6 +296,7 @@ impl Core {
         let old = std::mem::replace(&mut self.config, loaded.config);
         self.apply_config_change(&old);
         self.sync_rules(&loaded.rules);
+        self.retry_pending();
         self.persist();
         tracing::info!(config = %path.display(), rules = loaded.rules.len(), "reloaded");
         Ok(())
@@ -235,7 +344,8 @@ impl Core {
     }
 
     fn rule_unchanged(&self, id: ThrottleId, rule: &Rule) -> bool {
-        let (t, spec) = (&self.throttles[&id], rule_spec(rule));
+        let Some(t) = self.throttles.get(&id) else { return false }; // pending
+        let spec = rule_spec(rule);
         let same_origin = t.origin == Origin::Rule(rule.source.clone());
         same_origin
             && Direction::BOTH.into_iter().all(|d| {
@@ -248,7 +358,7 @@ impl Core {
     /// A limit the rule no longer has (changes cannot remove a direction).
     fn drops_direction(&self, id: ThrottleId, rule: &Rule) -> bool {
         let spec = rule_spec(rule);
-        self.throttles[&id].limits.keys().any(|d| spec.rate(*d).is_none())
+        self.throttles.get(&id).is_some_and(|t| t.limits.keys().any(|d| spec.rate(*d).is_none()))
     }
 
     pub fn set_default(&mut self, dir: Direction, name: &str) -> Result<(), ManagerError> {
@@ -308,6 +418,37 @@ impl Core {
     }
 }
 
+/// Where invalid saved entries are set aside, in the state directory.
+pub const REJECTED: &str = "throttles.rejected.json";
+
+/// A saved throttle's limits, as an API call would give them.
+fn saved_spec(p: &PersistedThrottle) -> LimitSpec {
+    LimitSpec {
+        down: p.down,
+        up: p.up,
+        up_backend: p.up_backend.clone(),
+        down_backend: p.down_backend.clone(),
+        backend: None,
+    }
+}
+
+/// The validation of a saved entry: the API's own (`Target::revalidate`,
+/// `LimitSpec::check`), plus a usable, unique id. A gone process is
+/// `NoSuchProcess`; anything else is invalid.
+fn check_saved(p: &PersistedThrottle, seen: &mut BTreeSet<ThrottleId>) -> Result<(), ManagerError> {
+    if p.id == 0 || p.id == u32::MAX || !seen.insert(p.id) {
+        return Err(ManagerError::InvalidArgument(format!("id {} is out of range or saved twice", p.id)));
+    }
+    p.target.revalidate()?;
+    saved_spec(p).check()?;
+    for b in [&p.down_backend, &p.up_backend].into_iter().flatten() {
+        if b.len() > 64 {
+            return Err(ManagerError::InvalidArgument(format!("backend {} is not a backend", quote(b))));
+        }
+    }
+    Ok(())
+}
+
 fn rule_spec(r: &Rule) -> LimitSpec {
     LimitSpec {
         down: r.down,
@@ -321,4 +462,46 @@ fn rule_spec(r: &Rule) -> LimitSpec {
 /// Runtime choices override the config, per direction.
 fn effective_defaults(config: &Defaults, runtime: &Defaults) -> Defaults {
     Defaults { up: runtime.up.clone().or(config.up.clone()), down: runtime.down.clone().or(config.down.clone()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Target;
+
+    fn saved(id: ThrottleId, target: Target) -> PersistedThrottle {
+        PersistedThrottle {
+            id,
+            target,
+            down: Some("1M".parse().unwrap()),
+            up: None,
+            down_backend: None,
+            up_backend: None,
+            admin: true,
+            creator: None,
+        }
+    }
+
+    #[test]
+    fn saved_entries_are_checked_like_api_calls() {
+        let mut seen = BTreeSet::new();
+        let ok = saved(1, Target::name("firefox").unwrap());
+        assert!(check_saved(&ok, &mut seen).is_ok());
+        assert!(check_saved(&ok, &mut seen).is_err(), "an id saved twice");
+        for id in [0, u32::MAX] {
+            assert!(check_saved(&saved(id, Target::name("x").unwrap()), &mut seen).is_err(), "id {id}");
+        }
+        let mut ignored = saved(5, Target::name("x").unwrap());
+        ignored.up_backend = Some("tc_htb".into());
+        assert!(check_saved(&ignored, &mut seen).is_err(), "a backend for a direction without a limit");
+        let mut none = saved(6, Target::name("x").unwrap());
+        none.down = None;
+        assert!(check_saved(&none, &mut seen).is_err(), "no limit at all");
+        let mut long = saved(7, Target::name("x").unwrap());
+        long.down_backend = Some("b".repeat(100_000));
+        let e = check_saved(&long, &mut seen).unwrap_err().to_string();
+        assert!(e.len() < 200, "{e}");
+        let bad = saved(8, Target::Name { name: "a/b".into() });
+        assert!(matches!(check_saved(&bad, &mut seen), Err(ManagerError::InvalidArgument(_))));
+    }
 }
