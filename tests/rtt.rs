@@ -1,5 +1,12 @@
 //! Real round-trip times: the test kit's delay line (`Lab::with_delay`), and
 //! download accuracy of every download backend through it at 20 and 80 ms.
+//!
+//! Measured 2026-12-02 on the shared 2-vCPU VM (two runs each): `ebpf`
+//! holds the rate (IP layer 0.993-1.000) but retransmits 10-33% of its
+//! segments, its policer dropping what already crossed the link; `ifb_tc`
+//! is exact, and retransmits 0.5% at 20 ms/10M, 1.8% at 20 ms/1M, 4-7% at
+//! 80 ms/10M and 8% at 80 ms/1M (its queue is sized for the rate, not the
+//! path). Those cases fail here until fixed: the bounds are the goals'.
 mod common;
 
 use std::{
@@ -9,6 +16,7 @@ use std::{
 };
 
 use common::*;
+use throttled::manager::{LimitSpec, Manager};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -145,4 +153,129 @@ fn plain_lab_dual_stack() {
     }
     assert_eq!(lab.one_way(), Duration::ZERO);
     assert!(lab.delay_stats().is_none());
+}
+
+/// One limited download through the delay line, as the kernel saw it.
+struct Download {
+    /// IP-layer bytes/s through the throttle, per second from second 3.
+    per_sec: Vec<f64>,
+    goodput: f64,
+    retransmits: u64,
+    segments: f64,
+    /// Packets the throttle dropped after they crossed the link, of all it saw.
+    dropped: f64,
+    rtt_ms: f64,
+}
+
+/// Seconds per run, and those left out at the start (slow start, and the
+/// limit catching up with it).
+const SECS: u32 = 10;
+const WARMUP: usize = 3;
+
+fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download> {
+    let g = begin()?;
+    let mut lab = Lab::with_delay(tag, Duration::from_millis(rtt_ms / 2));
+    lab.server(5201);
+    let state = ScratchDir::new("rtt");
+    let m = Manager::start(&throttled::testing::options(&state, &[&lab.veth])).unwrap();
+    let c = lab.client(&format!("ct-rtt-{tag}"), 5201, SECS, true);
+    let spec = LimitSpec { down: Some(limit.parse().unwrap()), backend: Some(backend.into()), ..Default::default() };
+    let id = m.limit_pid(c.pid(), &spec).unwrap();
+    let start = Instant::now();
+    let mut samples = vec![];
+    for s in 1..SECS {
+        std::thread::sleep((start + Duration::from_secs(s.into())).saturating_duration_since(Instant::now()));
+        let info = m.info(id).unwrap();
+        samples.push(info.directions.values().next().unwrap().counters);
+    }
+    let r = c.wait();
+    let last = samples.last().unwrap();
+    let passed: Vec<u64> = samples.iter().map(|c| c.pass_bytes).collect();
+    // Another daemon starting on this machine sweeps every `cti-` IFB and
+    // our HTB roots; ours then rebuilds them, with fresh counters.
+    assert!(passed.windows(2).all(|w| w[0] <= w[1]), "counters went back (objects rebuilt?): {passed:?}");
+    // samples[i] is at second i + 1.
+    let per_sec =
+        samples.windows(2).skip(WARMUP - 1).map(|w| w[1].pass_bytes as f64 - w[0].pass_bytes as f64).collect();
+    drop((m, lab, g));
+    Some(Download {
+        per_sec,
+        goodput: r.mean(WARMUP, SECS as usize),
+        retransmits: r.retransmits.unwrap(),
+        segments: r.sent_bytes / 1448.0,
+        dropped: last.drop_pkts as f64 / (last.pass_pkts + last.drop_pkts).max(1) as f64,
+        rtt_ms: r.mean_rtt_us.unwrap() / 1000.0,
+    })
+}
+
+/// The download goals at a real round trip, asserted a little looser
+/// (goals: mean ±3%, every second 0.85–1.15, retransmits ≤ 1%). Every
+/// bound is checked and reported before the test fails.
+fn download_accuracy(tag: u8, rtt_ms: u64, backend: &str, limit: &str) {
+    let Some(d) = download(tag, rtt_ms, backend, limit) else { return };
+    let l = limit.parse::<throttled::Rate>().unwrap().bytes_per_sec() as f64;
+    let ratios: Vec<f64> = d.per_sec.iter().map(|b| b / l).collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let retrans = 100.0 * d.retransmits as f64 / d.segments.max(1.0);
+    let what = format!("{backend} download {limit} at {rtt_ms} ms");
+    eprintln!(
+        "{what}: IP-layer {mean:.3} of the limit, per second {lo:.2}-{hi:.2} {ratios:.2?}, goodput {:.3}, \
+         retransmits {} ({retrans:.2}%), dropped after the link {:.2}%, sender RTT {:.1} ms",
+        d.goodput / l,
+        d.retransmits,
+        100.0 * d.dropped,
+        d.rtt_ms
+    );
+    let mut failed = vec![];
+    if !(0.96..=1.04).contains(&mean) {
+        failed.push(format!("mean {mean:.3} outside 0.96-1.04"));
+    }
+    if lo < 0.80 || hi > 1.20 {
+        failed.push(format!("per second {lo:.2}-{hi:.2} outside 0.80-1.20"));
+    }
+    if retrans > 1.5 {
+        failed.push(format!("retransmits {retrans:.2}% over 1.5%"));
+    }
+    assert!(failed.is_empty(), "{what}: {}", failed.join("; "));
+}
+
+#[test]
+fn download_ebpf_20ms_1m() {
+    download_accuracy(194, 20, "ebpf", "1M");
+}
+
+#[test]
+fn download_ebpf_20ms_10m() {
+    download_accuracy(195, 20, "ebpf", "10M");
+}
+
+#[test]
+fn download_ebpf_80ms_1m() {
+    download_accuracy(196, 80, "ebpf", "1M");
+}
+
+#[test]
+fn download_ebpf_80ms_10m() {
+    download_accuracy(197, 80, "ebpf", "10M");
+}
+
+#[test]
+fn download_ifb_tc_20ms_1m() {
+    download_accuracy(198, 20, "ifb_tc", "1M");
+}
+
+#[test]
+fn download_ifb_tc_20ms_10m() {
+    download_accuracy(199, 20, "ifb_tc", "10M");
+}
+
+#[test]
+fn download_ifb_tc_80ms_1m() {
+    download_accuracy(200, 80, "ifb_tc", "1M");
+}
+
+#[test]
+fn download_ifb_tc_80ms_10m() {
+    download_accuracy(201, 80, "ifb_tc", "10M");
 }
