@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Reproduces the tables of docs/BENCHMARKS.md (root; about 12 minutes).
+# Reproduces the tables of docs/BENCHMARKS.md (root; about 20 minutes).
 #   scripts/bench.sh                  print every table
 #   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
-#   scripts/bench.sh --only data|core|monitor|load
+#   scripts/bench.sh --only data|rtt|core|monitor|load
 #                                     one benchmark: the data path (accuracy,
 #                                     control plane, cost with the monitor off
-#                                     and on, overhead), the daemon core
-#                                     (migration, process churn), or the
-#                                     monitor's daemon CPU with 500 processes,
-#                                     or the control plane under D-Bus load
+#                                     and on, overhead), downloads at real
+#                                     round trips (0.05, 20 and 80 ms, through
+#                                     the test kit's delay line; ~7 minutes),
+#                                     the daemon core (migration, process
+#                                     churn), or the monitor's daemon CPU with
+#                                     500 processes, or the control plane
+#                                     under D-Bus load
 # Other arguments go to the data-path benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,32 +26,38 @@ while [ $# -gt 0 ]; do
 done
 bash scripts/bootstrap.sh
 cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --example bench_load --bin chadthrottled
-data=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp)
-trap 'rm -f "$data" "$core" "$mon" "$load" "$series"' EXIT
+data=$(mktemp) rtt=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp) series80=$(mktemp)
+trap 'rm -f "$data" "$rtt" "$core" "$mon" "$load" "$series" "$series80"' EXIT
 case "$only" in all|data) ./target/release/examples/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
+# Downloads only: the round trip matters where the sender is remote.
+case "$only" in all|rtt) ./target/release/examples/bench --dirs down --rates 256K,1M,10M --rtts 0.05,20,80 \
+  --warmup 3 --skip-control --skip-overhead --plot-csv "$series80" --plot-at 80 | tee "$rtt" ;; esac
 case "$only" in all|core) ./target/release/examples/bench_core | tee "$core" ;; esac
 case "$only" in all|monitor) ./target/release/examples/bench_monitor | tee "$mon" ;; esac
 case "$only" in all|load) ./target/release/examples/bench_load | tee "$load" ;; esac
 $write || exit 0
 # The per-second plot of every backend at 10 MiB/s (gnuplot, no X).
-if [ -s "$series" ]; then
+plot() { # series-csv png title
+  [ -s "$1" ] || return 0
   command -v gnuplot >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox
-  cols=$(head -1 "$series" | tr ',' '\n' | wc -l)
+  cols=$(head -1 "$1" | tr ',' '\n' | wc -l)
   gnuplot <<GP
 set terminal pngcairo size 1000,560 font ",10" noenhanced
-set output "docs/bench-per-second-10M.png"
+set output "$2"
 set datafile separator ","
 set key outside right autotitle columnhead
-set title "IP-layer rate per second under a 10 MiB/s limit (one iperf3 flow each)"
+set title "$3"
 set xlabel "second of the run"
 set ylabel "MiB/s"
 set yrange [0:14]
 set grid
-plot for [i=2:$cols] "$series" using 1:i with linespoints pointsize 0.6, 10 title "limit" dashtype 2 lc "black"
+plot for [i=2:$cols] "$1" using 1:i with linespoints pointsize 0.6, 10 title "limit" dashtype 2 lc "black"
 GP
-  echo "bench.sh: docs/bench-per-second-10M.png written"
-fi
-python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" <<'PY'
+  echo "bench.sh: $2 written"
+}
+plot "$series" docs/bench-per-second-10M.png "IP-layer rate per second under a 10 MiB/s limit (one iperf3 flow each)"
+plot "$series80" docs/bench-per-second-10M-80ms.png "Downloads at an 80 ms round trip: IP-layer rate per second under a 10 MiB/s limit"
+python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" "$rtt" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):
     for name, body in zip(names, tables):
@@ -70,6 +79,10 @@ if core:
 mon = open(sys.argv[4]).read().strip()
 if mon:
     doc = splice(doc, ["MONITOR"], [f"Measured {today}.\n\n{mon}"])
+rtt = open(sys.argv[6]).read().strip()
+if rtt:
+    head, table = rtt.split("\n\n", 1)
+    doc = splice(doc, ["RTT"], [f"{head} Measured {today}.\n\n{table}"])
 load = open(sys.argv[5]).read().strip()
 if load:
     doc = splice(doc, ["LOAD"], [f"Measured {today}.\n\n{load}"])

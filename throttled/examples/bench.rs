@@ -2,7 +2,11 @@
 //! backends, measured with iperf3 in a test namespace. Prints Markdown.
 //!
 //! `cargo run --release -p throttled --example bench -- [--rates 256K,1M,10M,100M] [--dirs up,down]
-//!  [--backends ebpf,tc_htb,ifb_tc,tc-script] [--secs 10] [--skip-overhead]`
+//!  [--backends ebpf,tc_htb,ifb_tc,tc-script] [--secs 10] [--warmup 2] [--rtts 0.05,20,80]
+//!  [--skip-overhead] [--skip-control] [--plot-csv PATH [--plot-at RTT]]`
+//!
+//! `--rtts` (ms): 0.05 is the plain veth lab; larger round trips go through
+//! the test kit's delay line (`Lab::with_delay`), half of it each way.
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -26,6 +30,14 @@ struct Opts {
     cost_only: bool,
     /// Where to write the per-second series of the 10M runs (for the plot).
     plot_csv: Option<String>,
+    /// The round trip (ms) whose 10M runs go to `plot_csv`.
+    plot_at: f64,
+    /// Round trips to measure accuracy at, in ms.
+    rtts: Vec<f64>,
+    /// Seconds at the start of a run left out of the rates.
+    warmup: u32,
+    /// Skip the time-to-apply table.
+    skip_control: bool,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -37,6 +49,10 @@ fn parse_args() -> anyhow::Result<Opts> {
         overhead: true,
         cost_only: false,
         plot_csv: None,
+        plot_at: BASE_RTT_MS,
+        rtts: vec![BASE_RTT_MS],
+        warmup: 2,
+        skip_control: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -49,13 +65,29 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--skip-overhead" => o.overhead = false,
             "--cost-only" => o.cost_only = true,
             "--plot-csv" => o.plot_csv = Some(val()?),
+            "--plot-at" => o.plot_at = val()?.parse()?,
+            "--rtts" => o.rtts = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--warmup" => o.warmup = val()?.parse()?,
+            "--skip-control" => o.skip_control = true,
             _ => bail!("unknown argument {a}"),
         }
     }
-    if o.secs < 5 {
-        bail!("--secs must be at least 5: the first two seconds are skipped");
+    if o.warmup < 1 || o.secs < o.warmup + 3 {
+        bail!("--warmup must be at least 1 and --secs at least 3 more: the first seconds are skipped");
     }
     Ok(o)
+}
+
+/// The plain veth lab's round trip, in ms.
+const BASE_RTT_MS: f64 = 0.05;
+
+/// The lab for a round trip: the plain veth pair, or the delay line.
+fn lab_for(rtt_ms: f64) -> Lab {
+    if rtt_ms <= BASE_RTT_MS {
+        Lab::new(90)
+    } else {
+        Lab::with_delay(91, Duration::from_secs_f64(rtt_ms / 2000.0))
+    }
 }
 
 struct Accuracy {
@@ -66,6 +98,9 @@ struct Accuracy {
     retrans: Option<u64>,
     segments: f64,
     rtt_ms: Option<f64>,
+    /// Packets the limit dropped, as a share of those that reached it: on
+    /// download they had crossed the link already.
+    dropped: f64,
     /// IP-layer bytes per second, every second of the run.
     per_sec: Vec<f64>,
 }
@@ -78,21 +113,33 @@ enum Limiter<'a> {
     TcScript(&'a Lab),
 }
 
-/// Bytes the limit let through so far (IP layer, as the kernel counts).
+/// What the limit did so far, as the kernel counts.
+#[derive(Clone, Copy, Default)]
+struct Passed {
+    /// IP-layer bytes let through.
+    bytes: u64,
+    /// Packets let through and dropped (GSO/GRO aggregates count once).
+    packets: u64,
+    drops: u64,
+}
+
 trait Applied {
-    fn passed(&self) -> anyhow::Result<u64>;
+    fn passed(&self) -> anyhow::Result<Passed>;
 }
 
 struct BackendLimit<'a>(&'a Manager, u32);
 impl Applied for BackendLimit<'_> {
-    fn passed(&self) -> anyhow::Result<u64> {
-        Ok(self.0.info(self.1)?.directions.values().next().map_or(0, |d| d.counters.pass_bytes))
+    fn passed(&self) -> anyhow::Result<Passed> {
+        let info = self.0.info(self.1)?;
+        let c = info.directions.values().next().map(|d| d.counters).unwrap_or_default();
+        Ok(Passed { bytes: c.pass_bytes, packets: c.pass_pkts, drops: c.drop_pkts })
     }
 }
 
 impl Applied for tc_script::Script {
-    fn passed(&self) -> anyhow::Result<u64> {
-        self.class_bytes()
+    fn passed(&self) -> anyhow::Result<Passed> {
+        let s = self.class_stats()?;
+        Ok(Passed { bytes: s.bytes, packets: s.packets, drops: s.drops })
     }
 }
 
@@ -113,8 +160,9 @@ fn apply<'a>(l: &Limiter<'a>, pid: u32, limit: Rate, down: bool) -> anyhow::Resu
     })
 }
 
-/// One limited run; IP-layer bytes are sampled from the kernel once a second.
-fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32) -> anyhow::Result<Accuracy> {
+/// One limited run; IP-layer bytes are sampled from the kernel once a second,
+/// and the first `warmup` seconds are left out of the rates.
+fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32, warmup: u32) -> anyhow::Result<Accuracy> {
     let c = lab.client("ct-bench", 5201, secs, down);
     let applied = apply(l, c.pid(), limit, down)?;
     let start = Instant::now();
@@ -124,29 +172,38 @@ fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32) -> a
         // The throttle ends with its process: a client that finished a
         // moment early ends the sampling, not the benchmark.
         match applied.passed() {
-            Ok(b) => samples.push(b as f64),
+            Ok(p) => samples.push(p),
             Err(_) => break,
         }
     }
+    let last = samples.last().copied().unwrap_or_default();
+    let dropped = last.drops as f64 / (last.packets + last.drops).max(1) as f64;
     let r = c.wait();
     drop(applied);
     // A slow shaper's queue may still be draining into the server, which
     // refuses the next client until its test ends.
     std::thread::sleep(Duration::from_secs(2));
-    let per_sec: Vec<f64> = samples.windows(2).map(|w| w[1] - w[0]).collect();
+    lab.wait_idle(5201);
+    // Another daemon starting on this machine sweeps our objects, and the
+    // Manager rebuilds them with fresh counters: that run measures nothing.
+    if samples.windows(2).any(|w| w[1].bytes < w[0].bytes) {
+        bail!("the limit's counters went back: its objects were rebuilt");
+    }
+    let per_sec: Vec<f64> = samples.windows(2).map(|w| (w[1].bytes - w[0].bytes) as f64).collect();
     let k = |v: &[f64]| v.iter().map(|x| (x / 1024.0).round() as i64).collect::<Vec<_>>();
     eprintln!("{limit} down={down}: goodput KiB/s {:?}; IP-layer KiB/s {:?}", k(&r.intervals), k(&per_sec));
-    // Skip the first two seconds, as the tests do.
-    let steady = &per_sec[1.min(per_sec.len())..];
+    // per_sec[0] is second 1 to 2.
+    let steady = &per_sec[(warmup as usize - 1).min(per_sec.len())..];
     let l = limit.bytes_per_sec() as f64;
     Ok(Accuracy {
-        goodput: r.mean(2, secs as usize) / l,
+        goodput: r.mean(warmup as usize, secs as usize) / l,
         ip_rate: steady.iter().sum::<f64>() / steady.len().max(1) as f64 / l,
         ip_min: steady.iter().copied().fold(f64::MAX, f64::min) / l,
         ip_max: steady.iter().copied().fold(0.0, f64::max) / l,
         retrans: r.retransmits,
         segments: r.sent_bytes / 1448.0,
         rtt_ms: r.mean_rtt_us.map(|u| u / 1000.0),
+        dropped,
         per_sec,
     })
 }
@@ -156,7 +213,11 @@ mod tc_script {
     use std::process::Command;
 
     use anyhow::{bail, Context as _};
-    use throttled::{kernel::netlink::Netlink, testing::lab::Lab, Rate};
+    use throttled::{
+        kernel::netlink::{ClassStats, Netlink},
+        testing::lab::Lab,
+        Rate,
+    };
 
     pub const IFB: &str = "ctb-ifb";
 
@@ -220,9 +281,9 @@ mod tc_script {
             Ok(s)
         }
 
-        pub fn class_bytes(&self) -> anyhow::Result<u64> {
+        pub fn class_stats(&self) -> anyhow::Result<ClassStats> {
             let idx = self.nl.link_index(&self.shaped)?.context("shaped device vanished")?;
-            Ok(self.nl.class_stats(idx, 0x1_0010)?.bytes)
+            Ok(self.nl.class_stats(idx, 0x1_0010)?)
         }
     }
 
@@ -347,8 +408,8 @@ fn ns_per_packet(f: impl FnOnce()) -> anyhow::Result<BTreeMap<String, f64>> {
 
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
-    let mut lab = Lab::new(90);
-    lab.server(5201);
+    // Repairs (e.g. after another daemon's start-up sweep) show on stderr.
+    tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).init();
     println!(
         "Kernel {}, {} CPUs, CT_TUNE={:?}\n",
         uname(),
@@ -356,54 +417,60 @@ fn main() -> anyhow::Result<()> {
         std::env::var("CT_TUNE").ok()
     );
     let state = throttled::testing::ScratchDir::new("bench");
-    let opts = throttled::testing::options(&state, &[&lab.veth]);
     if o.cost_only {
-        return print_cost(&lab, &opts);
+        let mut lab = lab_for(BASE_RTT_MS);
+        lab.server(5201);
+        return print_cost(&lab, &throttled::testing::options(&state, &[&lab.veth]));
     }
-    println!("| backend | direction | limit | goodput / limit | IP-layer rate / limit | per-second min–max | retransmits | sender's mean RTT |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let m = Manager::start(&opts)?;
+    println!(
+        "| backend | direction | limit | round trip | goodput / limit | IP-layer rate / limit | per-second min–max \
+         | retransmits | dropped after crossing the link | sender's mean RTT |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut control = Vec::new();
     let mut series = Vec::new();
-    for backend in &o.backends {
-        for dir in &o.dirs {
-            let down = dir == "down";
-            let want = if down { Direction::Down } else { Direction::Up };
-            let l = match backend.as_str() {
-                "tc-script" => Limiter::TcScript(&lab),
-                name if m.backends().iter().any(|b| b.name == name && b.directions.contains(&want)) => {
-                    Limiter::Backend(&m, name)
+    for (i, &rtt) in o.rtts.iter().enumerate() {
+        let mut lab = lab_for(rtt);
+        lab.server(5201);
+        let m = Manager::start(&throttled::testing::options(&state, &[&lab.veth]))?;
+        for backend in &o.backends {
+            for dir in &o.dirs {
+                let Some(l) = limiter(&m, &lab, backend, dir == "down") else { continue };
+                for rate in &o.rates {
+                    let run = || accuracy(&lab, &l, rate.parse()?, dir == "down", o.secs, o.warmup);
+                    let a = (1..8).fold(run(), |a, n| {
+                        a.or_else(|e| {
+                            eprintln!("{backend} {dir} {rate} at {rtt} ms: {e}; retry {n}");
+                            run()
+                        })
+                    })?;
+                    print_row(backend, dir, rate, rtt, &a);
+                    if rate == "10M" && rtt == o.plot_at {
+                        series.push((format!("{backend} {dir}"), a.per_sec.clone()));
+                    }
                 }
-                _ => continue,
-            };
-            for rate in &o.rates {
-                let a = accuracy(&lab, &l, rate.parse()?, down, o.secs)?;
-                let rt =
-                    a.retrans.map_or("n/a".into(), |r| format!("{r} ({:.2}%)", 100.0 * r as f64 / a.segments.max(1.0)));
-                let rtt = a.rtt_ms.map_or("n/a".into(), |r| format!("{r:.2} ms"));
-                println!(
-                    "| {backend} | {dir} | {rate} | {:.3} | {:.3} | {:.2}–{:.2} | {rt} | {rtt} |",
-                    a.goodput, a.ip_rate, a.ip_min, a.ip_max
-                );
-                if rate == "10M" {
-                    series.push((format!("{backend} {dir}"), a.per_sec.clone()));
+                if i == 0 && !o.skip_control {
+                    control.push((backend.clone(), dir.clone(), apply_time(&l, dir == "down")?));
                 }
             }
-            control.push((backend.clone(), dir.clone(), apply_time(&l, down)?));
         }
     }
     if let Some(path) = &o.plot_csv {
         write_series(path, &series)?;
     }
-    println!("\n| backend | direction | time to apply one more limit (median of 20) |");
-    println!("|---|---|---|");
-    for (b, d, t) in &control {
-        println!("| {b} | {d} | {:.2} ms |", t.as_secs_f64() * 1000.0);
+    if !o.skip_control {
+        println!("\n| backend | direction | time to apply one more limit (median of 20) |");
+        println!("|---|---|---|");
+        for (b, d, t) in &control {
+            println!("| {b} | {d} | {:.2} ms |", t.as_secs_f64() * 1000.0);
+        }
     }
     if !o.overhead {
         return Ok(());
     }
-    drop(m);
+    let mut lab = lab_for(BASE_RTT_MS);
+    lab.server(5201);
+    let opts = throttled::testing::options(&state, &[&lab.veth]);
     print_cost(&lab, &opts)?;
     println!("\n| another process throttled with | direction | without our objects | with them | ratio (median of 5 rounds) |");
     println!("|---|---|---|---|---|");
@@ -415,6 +482,31 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How `backend` limits `down`/up here, if it can.
+fn limiter<'a>(m: &'a Manager, lab: &'a Lab, backend: &'a str, down: bool) -> Option<Limiter<'a>> {
+    let want = if down { Direction::Down } else { Direction::Up };
+    match backend {
+        "tc-script" => Some(Limiter::TcScript(lab)),
+        name if m.backends().iter().any(|b| b.name == name && b.directions.contains(&want)) => {
+            Some(Limiter::Backend(m, name))
+        }
+        _ => None,
+    }
+}
+
+fn print_row(backend: &str, dir: &str, rate: &str, rtt: f64, a: &Accuracy) {
+    let rt = a.retrans.map_or("n/a".into(), |r| format!("{r} ({:.2}%)", 100.0 * r as f64 / a.segments.max(1.0)));
+    let srtt = a.rtt_ms.map_or("n/a".into(), |r| format!("{r:.2} ms"));
+    println!(
+        "| {backend} | {dir} | {rate} | {rtt} ms | {:.3} | {:.3} | {:.2}–{:.2} | {rt} | {:.2}% | {srtt} |",
+        a.goodput,
+        a.ip_rate,
+        a.ip_min,
+        a.ip_max,
+        100.0 * a.dropped
+    );
 }
 
 /// One row per second, one column per run, in MiB/s (ragged runs leave gaps).
@@ -490,8 +582,8 @@ fn cost_rows(lab: &Lab, m: &Manager) -> anyhow::Result<BTreeMap<&'static str, BT
     ns.insert("3. unthrottled, another process throttled", busy);
     let limited = ns_per_packet(|| {
         let l = Limiter::Backend(m, "ebpf");
-        let _ = accuracy(lab, &l, "10M".parse().unwrap(), false, 5);
-        let _ = accuracy(lab, &l, "10M".parse().unwrap(), true, 5);
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), false, 5, 2);
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), true, 5, 2);
     })?;
     ns.insert("4. throttled at 10M (ebpf bucket)", limited);
     Ok(ns)
