@@ -31,6 +31,11 @@ pub struct SockOwner {
     pub epoch: u32,
     /// Low 32 bits of the epoch in which `clamp` was last applied.
     pub clamp_epoch: u32,
+    /// Low 32 bits of the socket's bytes received at that epoch's start.
+    pub rx_mark: u32,
+    /// This socket's window correction toward an equal share, in 1/1024
+    /// (0 means 1024).
+    pub share_adj: u32,
 }
 
 pub const OWNER_SEQ_VALID: u32 = 1;
@@ -188,6 +193,23 @@ pub fn pacing_rate(rate: u64, v6: bool) -> u64 {
     rate * if v6 { 1428 } else { 1448 } / 1500
 }
 
+/// Corrects one socket's window toward an equal share: `got` payload bytes
+/// in the last epoch against `share`. Outside a ±1/8 dead band the
+/// correction moves by 1/16 per epoch, within 1/2..2, so sockets whose
+/// RTT samples differ still converge on equal rates.
+#[inline(always)]
+pub fn share_adjust(adj: u32, got: u64, share: u64) -> u32 {
+    let adj = if adj == 0 { 1024 } else { adj };
+    let adj = if got > share + share / 8 {
+        adj - adj / 16
+    } else if got + share / 8 < share {
+        adj + adj / 16
+    } else {
+        adj
+    };
+    adj.clamp(512, 2048)
+}
+
 /// The receive window of one of `active` TCP sockets sharing a download
 /// limit of `rate` bytes/s at `srtt_us`: its share of rate × RTT, plus
 /// `gain`/1024 headroom and one segment (the sender only sends whole
@@ -305,6 +327,15 @@ mod tests {
         assert!(rwnd(1 << 20, 20_000, 1, 102, 65536, 0) < 5000);
         assert_eq!(rwnd(1 << 20, 50, 1, 102, 0, 4096), 4096);
         assert_eq!(rwnd(u64::MAX >> 24, 1 << 20, 0, 102, 0, 0), 1 << 30);
+    }
+
+    #[test]
+    fn share_adjust_moves_toward_equal_share() {
+        assert_eq!(share_adjust(0, 1000, 1000), 1024);
+        assert_eq!(share_adjust(0, 1200, 1000), 960);
+        assert_eq!(share_adjust(0, 800, 1000), 1088);
+        assert_eq!(share_adjust(2048, 0, 1000), 2048);
+        assert_eq!(share_adjust(512, 5000, 1000), 512);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use throttle_common::{
-    is_link_local, is_local_connection, pacing_rate, rwnd, window_clamp, Counters, ProcSlots, ProcTraffic, Slot,
-    SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_SEQ_VALID,
+    is_link_local, is_local_connection, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
+    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_SEQ_VALID,
 };
 
 /// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
@@ -503,18 +503,35 @@ fn control_window(ctx: &SockOpsContext) {
         }
         return;
     };
-    let srtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
+    // The minimum RTT, not the smoothed one: a receiver's RTT samples come
+    // from the handshake and the ACKs of what little it sent, and a delayed
+    // ACK (up to 40 ms) in the smoothed value made equal sockets' windows
+    // differ by half (shares 0.84-1.24 of ten streams).
+    let min = unsafe { (*ctx.ops).rtt_min } as u64;
+    let srtt_us = if min != 0 { min } else { (unsafe { (*ctx.ops).srtt_us } >> 3) as u64 };
     let now = unsafe { bpf_ktime_get_ns() };
     let tat = unsafe { ptr::read_volatile(&slot.tat_ns) };
     let debt = if tat > now { tat - now } else { 0 };
     let burst = if slot.burst_ns == 0 { 1 } else { slot.burst_ns };
     let fill = if debt >= burst { 65536 } else { (debt << 16) / burst };
     let active = core::cmp::max(slot.active_cur, slot.active_prev);
-    let w = rwnd(slot.rate, srtt_us, active, slot.rwnd_gain as u64, fill, slot.rwnd_floor as u64);
+    let e = (now >> EPOCH_SHIFT) as u32;
+    let new_epoch = owner.clamp_epoch != e;
+    if new_epoch {
+        let rx = unsafe { (*ctx.ops).bytes_received } as u32;
+        if owner.clamp_epoch.wrapping_add(1) == e && owner.clamp != 0 {
+            // Payload of an equal share in one epoch (1448 of 1500 bytes).
+            let a = if active == 0 { 1 } else { active };
+            let share = slot.rate * 1448 / 1500 * (1 << EPOCH_SHIFT) / 1_000_000_000 / a;
+            owner.share_adj = share_adjust(owner.share_adj, rx.wrapping_sub(owner.rx_mark) as u64, share);
+        }
+        owner.rx_mark = rx;
+    }
+    let adj = if owner.share_adj == 0 { 1024 } else { owner.share_adj as u64 };
+    let w = rwnd((slot.rate * adj) >> 10, srtt_us, active, slot.rwnd_gain as u64, fill, slot.rwnd_floor as u64);
     let cur = owner.clamp;
     let diff = if w > cur { w - cur } else { cur - w };
-    let e = (now >> EPOCH_SHIFT) as u32;
-    if diff > cur / 64 || owner.clamp_epoch != e {
+    if diff > cur / 64 || new_epoch {
         owner.clamp = w;
         owner.clamp_epoch = e;
         setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, w);
