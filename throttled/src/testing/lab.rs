@@ -9,6 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::delay::DelayLine;
+pub use super::delay::DelayStats;
+
 pub const MIB: f64 = 1048576.0;
 
 /// Kernel-state tests must not overlap.
@@ -52,34 +55,99 @@ fn sh_quiet(args: &[&str]) {
 }
 
 pub struct Lab {
+    /// The server's namespace (iperf3 servers run here).
     pub ns: String,
+    /// The host side: the only interface the daemon's interface backends touch.
     pub veth: String,
     pub server_ip: String,
+    pub server_ip6: String,
+    /// The namespace between host and server, with `with_delay`.
+    router: Option<String>,
+    delay: Option<DelayLine>,
     servers: Vec<Child>,
     dir: PathBuf,
 }
 
+/// The router's policy-routing table that leads into the delay line.
+const DELAY_TABLE: &str = "100";
+
 impl Lab {
-    /// `tag` (1..=250) keeps concurrent labs apart: ct-srv-<tag>, 10.201.<tag>.0/30.
+    /// `tag` (1..=250) keeps concurrent labs apart: ct-srv-<tag>, 10.201.<tag>.0/30
+    /// and fd20:201:<tag>::/64, the host at .1, the server at .2.
     pub fn new(tag: u8) -> Lab {
         let ns = format!("ct-srv-{tag}");
-        let veth = format!("ct-veth{tag}");
         let peer = format!("ct-peer{tag}");
-        // Leftovers of a crashed earlier run.
-        sh_quiet(&["ip", "netns", "del", &ns]);
-        sh_quiet(&["ip", "link", "del", &veth]);
-        let dir = std::env::temp_dir().join(format!("ct-lab-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let lab =
-            Lab { ns: ns.clone(), veth: veth.clone(), server_ip: format!("10.201.{tag}.2"), servers: vec![], dir };
-        sh(&["ip", "netns", "add", &ns]);
-        sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &ns]);
-        sh(&["ip", "addr", "add", &format!("10.201.{tag}.1/30"), "dev", &veth]);
-        sh(&["ip", "link", "set", &veth, "up"]);
-        sh(&["ip", "-n", &ns, "addr", "add", &format!("10.201.{tag}.2/30"), "dev", &peer]);
-        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+        let lab = Self::empty(tag, format!("10.201.{tag}.2"), format!("fd20:201:{tag}::2"));
+        lab.host_link(tag, &ns, &peer);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         lab
+    }
+
+    /// A lab with a real round trip: host veth → router namespace
+    /// (ct-rtr-<tag>, where a delay line holds every forwarded packet for
+    /// `one_way`, each way) → server namespace. The host side keeps the
+    /// name and addresses of `new`; the server is 10.205.<tag>.2 and
+    /// fd20:205:<tag>::2, routed through the router.
+    pub fn with_delay(tag: u8, one_way: Duration) -> Lab {
+        let router = format!("ct-rtr-{tag}");
+        let mut lab = Self::empty(tag, format!("10.205.{tag}.2"), format!("fd20:205:{tag}::2"));
+        lab.router = Some(router.clone());
+        sh(&["ip", "netns", "add", &router]);
+        lab.host_link(tag, &router, &format!("ct-peer{tag}"));
+        sh(&["ip", "route", "add", &format!("10.205.{tag}.0/30"), "via", &format!("10.201.{tag}.2")]);
+        sh(&["ip", "-6", "route", "add", &format!("fd20:205:{tag}::/64"), "via", &format!("fd20:201:{tag}::2")]);
+        lab.server_link(tag, &router);
+        let tun = format!("ct-tun{tag}");
+        let path = PathBuf::from("/run/netns").join(&router);
+        lab.delay = Some(DelayLine::start(&path, &tun, one_way).unwrap_or_else(|e| panic!("delay line: {e}")));
+        route_through(&router, &tun, &[&format!("ct-peer{tag}"), &format!("ct-rs{tag}")]);
+        lab
+    }
+
+    /// The lab's record, made before any kernel object so that Drop removes
+    /// whatever part of the setup happened, also on a panic midway.
+    fn empty(tag: u8, server_ip: String, server_ip6: String) -> Lab {
+        let (ns, veth) = (format!("ct-srv-{tag}"), format!("ct-veth{tag}"));
+        let dir = std::env::temp_dir().join(format!("ct-lab-{tag}-{}", std::process::id()));
+        // Leftovers of a crashed earlier run.
+        for n in [&ns, &format!("ct-rtr-{tag}")] {
+            sh_quiet(&["ip", "netns", "del", n]);
+        }
+        sh_quiet(&["ip", "link", "del", &veth]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab { ns, veth, server_ip, server_ip6, router: None, delay: None, servers: vec![], dir };
+        sh(&["ip", "netns", "add", &lab.ns]);
+        lab
+    }
+
+    /// The host's veth, its peer `peer` in namespace `ns`, and both addresses.
+    fn host_link(&self, tag: u8, ns: &str, peer: &str) {
+        sh(&["ip", "link", "add", &self.veth, "type", "veth", "peer", "name", peer, "netns", ns]);
+        address(None, &self.veth, &format!("10.201.{tag}.1/30"), &format!("fd20:201:{tag}::1/64"));
+        address(Some(ns), peer, &format!("10.201.{tag}.2/30"), &format!("fd20:201:{tag}::2/64"));
+    }
+
+    /// The router–server veth pair, and the server's default routes.
+    fn server_link(&self, tag: u8, router: &str) {
+        let (rs, sv) = (format!("ct-rs{tag}"), format!("ct-sv{tag}"));
+        sh(&["ip", "-n", router, "link", "add", &rs, "type", "veth", "peer", "name", &sv, "netns", &self.ns]);
+        address(Some(router), &rs, &format!("10.205.{tag}.1/30"), &format!("fd20:205:{tag}::1/64"));
+        address(Some(&self.ns), &sv, &format!("10.205.{tag}.2/30"), &format!("fd20:205:{tag}::2/64"));
+        for n in [router, &self.ns] {
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "-n", &self.ns, "route", "add", "default", "via", &format!("10.205.{tag}.1")]);
+        sh(&["ip", "-n", &self.ns, "-6", "route", "add", "default", "via", &format!("fd20:205:{tag}::1")]);
+    }
+
+    /// The one-way delay of a `with_delay` lab (zero for `new`).
+    pub fn one_way(&self) -> Duration {
+        self.delay.as_ref().map_or(Duration::ZERO, |d| d.one_way)
+    }
+
+    /// What the delay line forwarded and dropped so far (`None` for `new`).
+    pub fn delay_stats(&self) -> Option<DelayStats> {
+        self.delay.as_ref().map(DelayLine::stats)
     }
 
     /// Starts an iperf3 server on `port` inside the namespace.
@@ -100,6 +168,19 @@ impl Lab {
         });
     }
 
+    /// Waits (up to 10 s) until the iperf3 server on `port` has no
+    /// connection left: after a run through a long queue the server may
+    /// still be ending it, and it refuses a new client meanwhile.
+    pub fn wait_idle(&self, port: u16) -> bool {
+        let filter = format!("sport = :{port}");
+        wait_until(Duration::from_secs(10), || {
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns, "ss", "-Htn", "state", "connected", "exclude", "time-wait", &filter])
+                .output()
+                .is_ok_and(|o| o.stdout.is_empty())
+        })
+    }
+
     /// A copy of iperf3 named `name`, so name targets can never catch the server.
     pub fn client_binary(&self, name: &str) -> PathBuf {
         let p = self.dir.join(name);
@@ -111,9 +192,19 @@ impl Lab {
 
     /// Starts an iperf3 client: upload, or download with `reverse`.
     pub fn client(&self, name: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
+        self.client_to(name, &self.server_ip, port, secs, reverse)
+    }
+
+    /// As `client`, to another of the server's addresses (e.g. `server_ip6`).
+    pub fn client_to(&self, name: &str, ip: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
+        self.client_with(name, ip, port, secs, reverse, &[])
+    }
+
+    /// As `client_to`, with more iperf3 arguments (e.g. `-b 80M` to pace).
+    pub fn client_with(&self, name: &str, ip: &str, port: u16, secs: u32, reverse: bool, extra: &[&str]) -> Iperf {
         let bin = self.client_binary(name);
         let mut cmd = Command::new(bin);
-        cmd.args(iperf_args(&self.server_ip, port, secs, reverse));
+        cmd.args(iperf_args(ip, port, secs, reverse)).args(extra);
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
@@ -151,13 +242,58 @@ fn iperf_args(ip: &str, port: u16, secs: u32, reverse: bool) -> Vec<String> {
     a
 }
 
+/// Puts `v4` and `v6` on `dev` (in `ns`, or here) and sets it up. No
+/// duplicate address detection, for the link-local address either: while it
+/// is tentative, neighbour discovery fails and the first packets are lost.
+fn address(ns: Option<&str>, dev: &str, v4: &str, v6: &str) {
+    let in_ns = |args: &[&str]| {
+        let mut all = vec![];
+        if let Some(n) = ns {
+            all.extend(["ip", "netns", "exec", n]);
+        }
+        all.extend(args);
+        sh(&all);
+    };
+    in_ns(&["sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")]);
+    let ip = |args: &[&str]| in_ns(&[&["ip"][..], args].concat());
+    ip(&["addr", "add", v4, "dev", dev]);
+    ip(&["-6", "addr", "add", v6, "dev", dev, "nodad"]);
+    ip(&["link", "set", dev, "up"]);
+}
+
+/// In `router`, sends every packet forwarded from `ifaces` into the delay
+/// line's `tun` (policy routing); what the line writes back arrives on the
+/// TUN, misses the rules, and the main table forwards it.
+fn route_through(router: &str, tun: &str, ifaces: &[&str]) {
+    let ip = |args: &[&str]| sh(&[&["ip", "-n", router][..], args].concat());
+    // A queue for bursts while the forwarder is descheduled (the default is 500).
+    ip(&["link", "set", tun, "mtu", "1500", "txqueuelen", "10000", "up"]);
+    for fam in ["-4", "-6"] {
+        ip(&[fam, "route", "add", "default", "dev", tun, "table", DELAY_TABLE]);
+        for i in ifaces {
+            ip(&[fam, "rule", "add", "iif", i, "lookup", DELAY_TABLE, "pref", "100"]);
+        }
+    }
+    // Packets come back on the TUN, not where their source lives.
+    let mut sysctl = vec!["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"];
+    sysctl.extend(["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]);
+    let tun_rp = format!("net.ipv4.conf.{tun}.rp_filter=0");
+    sysctl.push(&tun_rp);
+    sh(&[&["ip", "netns", "exec", router, "sysctl", "-qw"][..], &sysctl].concat());
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for s in &mut self.servers {
             let _ = s.kill();
             let _ = s.wait();
         }
+        // The forwarder stops, and its TUN device goes with its descriptor.
+        drop(self.delay.take());
         sh_quiet(&["ip", "netns", "del", &self.ns]);
+        if let Some(r) = &self.router {
+            sh_quiet(&["ip", "netns", "del", r]);
+        }
         sh_quiet(&["ip", "link", "del", &self.veth]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -195,6 +331,8 @@ pub struct IperfResult {
     pub sent_bytes: f64,
     /// The sending side's mean smoothed RTT, in µs (queueing shows up here).
     pub mean_rtt_us: Option<f64>,
+    /// The sending side's smoothed RTT at the end of each interval, in µs.
+    pub rtts_us: Vec<f64>,
 }
 
 impl IperfResult {
@@ -232,8 +370,13 @@ impl Iperf {
         } else {
             &v["server_output_json"]["end"]["streams"][0]["sender"]
         };
+        let sender_intervals = if upload { &v["intervals"] } else { server };
+        let rtts_us = sender_intervals
+            .as_array()
+            .map_or(vec![], |a| a.iter().filter_map(|i| i["streams"][0]["rtt"].as_f64()).collect());
         IperfResult {
             mean_rtt_us: sender["mean_rtt"].as_f64(),
+            rtts_us,
             intervals,
             retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
             sent_bytes: v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0),

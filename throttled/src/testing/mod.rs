@@ -1,5 +1,6 @@
 //! Support shared by unit tests, integration tests and benchmarks.
 pub mod bus;
+pub mod delay;
 pub mod lab;
 pub mod load;
 
