@@ -457,20 +457,28 @@ fn cost() {
     let lab = lab_with_server(219);
     let state = ScratchDir::new("dl");
     let others: Vec<u32> = prog_stats().into_keys().collect();
-    let m = manager(&state);
+    let mut o = throttled::testing::options(&state, &[]);
+    o.loaded.config.monitor.enabled = std::env::var("CT_COST_MONITOR").map_or(true, |v| v != "0");
+    let m = Manager::start(&o).unwrap();
     let mine: Vec<u32> = prog_stats().into_keys().filter(|id| !others.contains(id)).collect();
     let free = ns_per_run(&mine, || {
         Run::spawn(&lab, "ct-client-free", &lab.server_ip, 5201, 3, &[]).wait();
         Run::start(&lab, "ct-client-free", &lab.server_ip, 5201, 3, &[]).wait();
     });
-    eprintln!("unthrottled (monitor on): {free:.0?}");
-    let up = ns_per_run(&mine, || {
-        let run = Run::upload(&lab, "ct-client-cu", &lab.server_ip, 4);
-        let id = m.limit_pid(run.pid(), &up("10M")).unwrap();
-        run.wait();
-        let _ = m.remove(id);
-    });
-    eprintln!("upload throttled at 10M: {up:.0?}");
+    eprintln!("unthrottled (monitor {}): {free:.0?}", if o.loaded.config.monitor.enabled { "on" } else { "off" });
+    for round in 0..2 {
+        let up = ns_per_run(&mine, || {
+            let run = Run::upload(&lab, "ct-client-cu", &lab.server_ip, 4);
+            let id = m.limit_pid(run.pid(), &up("10M")).unwrap();
+            if let Ok(cmd) = std::env::var("CT_COST_PROFILE") {
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = Command::new("sh").args(["-c", &cmd]).status();
+            }
+            run.wait();
+            let _ = m.remove(id);
+        });
+        eprintln!("upload throttled at 10M, round {round}: {up:.0?}");
+    }
     let dl = ns_per_run(&mine, || {
         let run = Run::start(&lab, "ct-client-cd", &lab.server_ip, 5201, 4, &[]);
         let id = m.limit_pid(run.pid(), &down("10M")).unwrap();
