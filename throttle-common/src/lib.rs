@@ -39,6 +39,9 @@ pub struct SockOwner {
 }
 
 pub const OWNER_SEQ_VALID: u32 = 1;
+/// A download socket under a window of under two segments had a segment
+/// dropped, and waits for part of the burst to come back.
+pub const OWNER_BLOCKED: u32 = 2;
 
 /// The throttle slots that cover a process, per direction (0 = not throttled).
 #[repr(C)]

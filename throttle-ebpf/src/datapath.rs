@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use throttle_common::{
     is_link_local, is_local_connection, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
-    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_SEQ_VALID,
+    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
+    OWNER_SEQ_VALID,
 };
 
 /// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
@@ -409,8 +410,28 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
             }
         }
     }
-    let tolerance = if retrans { slot.burst_ns + slot.debt_ns } else { slot.burst_ns };
+    // Except under a window of under two segments (a LAN round trip, where
+    // even one segment per RTT outruns the limit): there a retransmission
+    // passed on credit let the sender go straight back to a drop (31% of
+    // segments retransmitted); dropped, it waits out a retransmission
+    // timeout that the bucket's burst covers.
+    // After a drop such a socket waits until a quarter of the burst is
+    // back: the loss probe that TCP sends a few ms later is dropped too,
+    // so it pauses a whole retransmission timeout (200 ms) per drop instead
+    // of a probe timeout (4-8 ms), and retransmits about twice per 200 ms
+    // instead of once per few segments.
+    let lan = owner.clamp != 0 && owner.clamp < 2 * 1448;
+    let tolerance = if retrans && !lan {
+        slot.burst_ns + slot.debt_ns
+    } else if lan && owner.flags & OWNER_BLOCKED != 0 {
+        slot.burst_ns - slot.burst_ns / 4
+    } else {
+        slot.burst_ns
+    };
     let ok = admit(slot, len, tolerance, now);
+    if lan {
+        owner.flags = if ok { owner.flags & !OWNER_BLOCKED } else { owner.flags | OWNER_BLOCKED };
+    }
     count(id, len, ok);
     if ok {
         PASS
