@@ -27,9 +27,23 @@ pub struct SockOwner {
     pub gen: u32,
     pub up: u32,
     pub down: u32,
+    /// The receive window clamp last set by `sock_ops` (0: none).
+    pub clamp: u32,
+    /// Low 32 bits of the last activity epoch this socket was counted in.
+    pub epoch: u32,
+    /// Low 32 bits of the epoch in which `clamp` was last applied.
+    pub clamp_epoch: u32,
+    /// Low 32 bits of the socket's bytes received at that epoch's start.
+    pub rx_mark: u32,
+    /// This socket's window correction toward an equal share, in 1/1024
+    /// (0 means 1024).
+    pub share_adj: u32,
 }
 
 pub const OWNER_SEQ_VALID: u32 = 1;
+/// A download socket under a window of under two segments had a segment
+/// dropped, and waits for part of the burst to come back.
+pub const OWNER_BLOCKED: u32 = 2;
 
 /// The throttle slots that cover a process, per direction (0 = not throttled).
 #[repr(C)]
@@ -69,7 +83,21 @@ pub struct Slot {
     pub rate: u64,
     pub mode: u32,
     pub classid: u32,
+    /// Download window control: the activity epoch (`now >> EPOCH_SHIFT`)
+    /// and the TCP sockets that received data in it and in the one before.
+    /// Kept by the data path; the daemon preserves them on updates.
+    pub epoch: u64,
+    pub active_cur: u64,
+    pub active_prev: u64,
+    /// Smallest receive window to advertise, in bytes (0: the default).
+    pub rwnd_floor: u32,
+    /// Headroom of the window over rate × RTT, in 1/1024 (0: no window control).
+    pub rwnd_gain: u32,
 }
+
+/// An activity epoch lasts 2^27 ns (134 ms): longer than the RTTs we
+/// control, so every running flow shows up in every epoch.
+pub const EPOCH_SHIFT: u32 = 27;
 
 /// Per-CPU counters of one slot.
 #[repr(C)]
@@ -161,10 +189,54 @@ impl Slot {
 }
 
 /// TCP pacing for an IP-layer limit: pacing counts payload only, so pace at
-/// MSS/(MSS + headers) of the limit (1448/1500 for IPv4 with timestamps).
+/// MSS/(MSS + headers) of the limit. A full 1500-byte packet carries 1448
+/// bytes over IPv4 and 1428 over IPv6 (40-byte header), TCP timestamps in
+/// both: pacing IPv6 at the IPv4 share sent 1.4% over the limit, and the
+/// policer's congestion drops cost 7% of it (0.873-0.889 of the limit).
 #[inline(always)]
-pub fn pacing_rate(rate: u64) -> u64 {
-    rate * 1448 / 1500
+pub fn pacing_rate(rate: u64, v6: bool) -> u64 {
+    rate * if v6 { 1428 } else { 1448 } / 1500
+}
+
+/// Corrects one socket's window toward an equal share: `got` payload bytes
+/// in the last epoch against `share`. Outside a ±1/8 dead band the
+/// correction moves by 1/16 per epoch, within 1/2..2, so sockets whose
+/// RTT samples differ still converge on equal rates.
+#[inline(always)]
+pub fn share_adjust(adj: u32, got: u64, share: u64) -> u32 {
+    let adj = if adj == 0 { 1024 } else { adj };
+    let adj = if got > share + share / 8 {
+        adj - adj / 16
+    } else if got + share / 8 < share {
+        adj + adj / 16
+    } else {
+        adj
+    };
+    adj.clamp(512, 2048)
+}
+
+/// The receive window of one of `active` TCP sockets sharing a download
+/// limit of `rate` bytes/s at `srtt_us`: its share of rate × RTT, plus
+/// `gain`/1024 headroom and one segment (the sender only sends whole
+/// segments), scaled down as the throttle's bucket runs into debt (`fill`,
+/// 0..=65536 of its burst). The headroom makes the windows a little faster
+/// than the limit, so the bucket's debt settles where the two balance: the
+/// rate is the policer's, exactly, and the policer never has to drop.
+#[inline(always)]
+pub fn rwnd(rate: u64, srtt_us: u64, active: u64, gain: u64, fill: u64, floor: u64) -> u32 {
+    let active = if active == 0 { 1 } else { active };
+    let bdp = rate * srtt_us / 1_000_000 / active;
+    let bdp = if bdp > (1 << 31) { 1 << 31 } else { bdp };
+    let fill = if fill > 65536 { 65536 } else { fill };
+    // At a full bucket of debt the window falls to 1/8 of its share.
+    let scale = 65536 - fill * 7 / 8;
+    let w = ((bdp * (1024 + gain)) >> 10) * scale / 65536 + 1448;
+    let w = if w < floor { floor } else { w };
+    if w > (1 << 30) {
+        1 << 30
+    } else {
+        w as u32
+    }
 }
 
 /// Receive window for a policed download: four BDPs (never the bottleneck),
@@ -249,6 +321,26 @@ mod tests {
         let c = s.cost_ns(1 << 20);
         assert!((999_990_000..=1_000_000_000).contains(&c), "{c}");
         assert_eq!(s.burst_ns, s.cost_ns(65536));
+    }
+
+    #[test]
+    fn rwnd_shares_rate_times_rtt() {
+        // 1 MiB/s at 20 ms: 20,971 bytes, +10% and one segment.
+        assert_eq!(rwnd(1 << 20, 20_000, 1, 102, 0, 0), 20_971 * 1126 / 1024 + 1448);
+        // Ten sockets share it; debt shrinks it; the floor holds.
+        assert!(rwnd(1 << 20, 20_000, 10, 102, 0, 0) < 4000);
+        assert!(rwnd(1 << 20, 20_000, 1, 102, 65536, 0) < 5000);
+        assert_eq!(rwnd(1 << 20, 50, 1, 102, 0, 4096), 4096);
+        assert_eq!(rwnd(u64::MAX >> 24, 1 << 20, 0, 102, 0, 0), 1 << 30);
+    }
+
+    #[test]
+    fn share_adjust_moves_toward_equal_share() {
+        assert_eq!(share_adjust(0, 1000, 1000), 1024);
+        assert_eq!(share_adjust(0, 1200, 1000), 960);
+        assert_eq!(share_adjust(0, 800, 1000), 1088);
+        assert_eq!(share_adjust(2048, 0, 1000), 2048);
+        assert_eq!(share_adjust(512, 5000, 1000), 512);
     }
 
     #[test]

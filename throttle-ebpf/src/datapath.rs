@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use throttle_common::{
-    is_link_local, is_local_connection, pacing_rate, window_clamp, Counters, ProcSlots, ProcTraffic, Slot, SlotMode,
-    SockOwner, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_SEQ_VALID,
+    is_link_local, is_local_connection, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
+    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
+    OWNER_SEQ_VALID,
 };
 
 /// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
@@ -72,6 +73,13 @@ const SOL_SOCKET: i32 = 1;
 const SO_MAX_PACING_RATE: i32 = 47;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+/// Called as TCP sizes the options of each outgoing segment (every ACK of
+/// a download), before it picks the window the segment advertises. Only
+/// for sockets with the WRITE_HDR_OPT flag; we reserve no option space.
+/// (PARSE_HDR_OPT would follow received segments, but TCP's fast path
+/// skips it: measured, the window never moved after the handshake.)
+const BPF_SOCK_OPS_HDR_OPT_LEN_CB: u32 = 14;
+const BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG: i32 = 1 << 6;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 const SOL_TCP: i32 = 6;
 const AF_INET6: u32 = 10;
@@ -231,8 +239,7 @@ fn atomic_add(p: *mut u64, v: u64) {
 /// `tolerance_ns` ahead of now (the burst, plus the debt a retransmission
 /// may run up).
 #[inline(always)]
-fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
+fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64, now: u64) -> bool {
     let cost = slot.cost_ns(len);
     let tat = ptr::from_mut(&mut slot.tat_ns);
     let mut old = unsafe { ptr::read_volatile(tat) };
@@ -250,6 +257,26 @@ fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64) -> bool {
     }
     atomic_add(tat, cost);
     true
+}
+
+/// Counts the socket once per activity epoch in its slot, so that window
+/// control can share the rate among the sockets that are receiving. A
+/// count lost to a racing epoch change costs one epoch of a slightly
+/// larger share, which the bucket feedback absorbs.
+#[inline(always)]
+fn mark_active(slot: &mut Slot, owner: &mut SockOwner, now: u64) {
+    let e = now >> EPOCH_SHIFT;
+    if owner.epoch == e as u32 {
+        return;
+    }
+    owner.epoch = e as u32;
+    let se = unsafe { ptr::read_volatile(&slot.epoch) };
+    if se != e && cmpxchg(ptr::from_mut(&mut slot.epoch), se, e) == se {
+        let cur = unsafe { ptr::read_volatile(&slot.active_cur) };
+        slot.active_prev = if se + 1 == e { cur } else { 0 };
+        slot.active_cur = 0;
+    }
+    atomic_add(ptr::from_mut(&mut slot.active_cur), 1);
 }
 
 #[cgroup_sock(sock_create)]
@@ -275,10 +302,7 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     if !monitor_then_throttle(&ctx, owner.tgid, lo, true, len) {
         return PASS;
     }
-    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
-        return PASS;
-    };
-    let id = procs.up;
+    let id = owner_slots(owner).up;
     let Some(slot) = slot_of(id) else { return PASS };
     if slot.mode == SlotMode::Classify as u32 {
         unsafe { (*ctx.skb.skb).priority = slot.classid };
@@ -288,7 +312,7 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     if slot.mode != SlotMode::Bucket as u32 {
         return PASS;
     }
-    let ok = admit(slot, len, slot.burst_ns);
+    let ok = admit(slot, len, slot.burst_ns, unsafe { bpf_ktime_get_ns() });
     count(id, len, ok);
     if ok {
         PASS
@@ -357,15 +381,13 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
     if !monitor_then_throttle(&ctx, owner.tgid, lo, false, len) {
         return PASS;
     }
-    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
-        return PASS;
-    };
-    let id = procs.down;
+    let id = owner_slots(owner).down;
     let Some(slot) = slot_of(id) else { return PASS };
     if slot.mode != SlotMode::Bucket as u32 {
         return PASS;
     }
     let hdr = tcp_header(&ctx);
+    let now = unsafe { bpf_ktime_get_ns() };
     // A retransmission of a segment we dropped passes on credit: dropping it
     // again is what sends TCP into back-to-back RTOs on a policed path.
     let mut retrans = false;
@@ -373,6 +395,7 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
         let payload = ctx.len().saturating_sub(h);
         if payload > 0 {
             let end = seq.wrapping_add(payload);
+            mark_active(slot, owner, now);
             // A pure duplicate costs the application nothing, and TCP needs
             // it to (D)SACK the sender out of recovery: pass it uncharged.
             if already_received(&ctx, end) {
@@ -387,8 +410,28 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
             }
         }
     }
-    let tolerance = if retrans { slot.burst_ns + slot.debt_ns } else { slot.burst_ns };
-    let ok = admit(slot, len, tolerance);
+    // Except under a window of under two segments (a LAN round trip, where
+    // even one segment per RTT outruns the limit): there a retransmission
+    // passed on credit let the sender go straight back to a drop (31% of
+    // segments retransmitted); dropped, it waits out a retransmission
+    // timeout that the bucket's burst covers.
+    // After a drop such a socket waits until a quarter of the burst is
+    // back: the loss probe that TCP sends a few ms later is dropped too,
+    // so it pauses a whole retransmission timeout (200 ms) per drop instead
+    // of a probe timeout (4-8 ms), and retransmits about twice per 200 ms
+    // instead of once per few segments.
+    let lan = owner.clamp != 0 && owner.clamp < 2 * 1448;
+    let tolerance = if retrans && !lan {
+        slot.burst_ns + slot.debt_ns
+    } else if lan && owner.flags & OWNER_BLOCKED != 0 {
+        slot.burst_ns - slot.burst_ns / 4
+    } else {
+        slot.burst_ns
+    };
+    let ok = admit(slot, len, tolerance, now);
+    if lan {
+        owner.flags = if ok { owner.flags & !OWNER_BLOCKED } else { owner.flags | OWNER_BLOCKED };
+    }
     count(id, len, ok);
     if ok {
         PASS
@@ -402,37 +445,111 @@ fn setsockopt_u32(ctx: &SockOpsContext, level: i32, name: i32, mut v: u32) {
     unsafe { bpf_setsockopt(ctx.ops.cast::<c_void>(), level, name, ptr::from_mut(&mut v).cast(), 4) };
 }
 
-/// New TCP connections of throttled processes: pace uploads, clamp the
-/// window of downloads. Existing connections get the same from the daemon.
+/// New TCP connections of throttled processes: pace uploads, and put
+/// downloads under window control (a callback per ACK sent).
+/// Existing connections get a fixed clamp from the daemon instead.
 #[sock_ops]
 pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
+    if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
+        control_window(&ctx);
+        return 1;
+    }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return 1;
     }
+    let v6 = ctx.family() == AF_INET6;
+    let (local, remote) = if v6 {
+        (ctx.local_ip6(), ctx.remote_ip6())
+    } else {
+        ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
+    };
     // Loopback traffic is never policed, so its connections are not tuned either.
-    if exempt_loopback() {
-        let v6 = ctx.family() == AF_INET6;
-        let (local, remote) = if v6 {
-            (ctx.local_ip6(), ctx.remote_ip6())
-        } else {
-            ([ctx.local_ip4(), 0, 0, 0], [ctx.remote_ip4(), 0, 0, 0])
-        };
-        if is_local_connection(v6, local, remote) {
-            return 1;
-        }
+    if exempt_loopback() && is_local_connection(v6, local, remote) {
+        return 1;
     }
+    // A v4-mapped peer is IPv4 on the wire.
+    let wire_v6 = v6 && !(remote[0] == 0 && remote[1] == 0 && u32::from_be(remote[2]) == 0xffff);
+    // Every new connection gets the per-ACK callback, so that a limit set
+    // while it runs puts it under window control too: with the flag only
+    // set while something was throttled, a download limited mid-transfer
+    // had seconds at 1.39x the limit. The callback returns at once while
+    // nothing is throttled, or for unthrottled owners (86 ns per segment
+    // sent, bpf_stats included).
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return 1 };
-    let Some(procs) = (unsafe { PROCS.get(&owner.tgid) }) else {
-        return 1;
-    };
+    let procs = owner_slots(owner);
     if let Some(slot) = slot_of(procs.up).filter(|s| s.mode == SlotMode::Bucket as u32) {
-        setsockopt_u32(&ctx, SOL_SOCKET, SO_MAX_PACING_RATE, pacing_rate(slot.rate).min(u32::MAX as u64 - 1) as u32);
+        setsockopt_u32(
+            &ctx,
+            SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            pacing_rate(slot.rate, wire_v6).min(u32::MAX as u64 - 1) as u32,
+        );
     }
     if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {
-        let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
-        setsockopt_u32(&ctx, SOL_TCP, TCP_WINDOW_CLAMP, window_clamp(slot.rate, rtt_us));
+        if slot.rwnd_gain != 0 {
+            control_window(&ctx);
+        } else {
+            let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
+            setsockopt_u32(&ctx, SOL_TCP, TCP_WINDOW_CLAMP, window_clamp(slot.rate, rtt_us));
+        }
     }
     1
+}
+
+/// Keeps a download socket's receive window at its share of the rate times
+/// its smoothed RTT (see `rwnd`). Runs for every segment sent, so it
+/// calls into TCP only when the window should move by more than 1/64, or
+/// once an epoch (autotuning raises the clamp when it grows the buffer).
+#[inline(always)]
+fn control_window(ctx: &SockOpsContext) {
+    if !throttling() {
+        return;
+    }
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    let Some(owner) = owner_of(sk) else { return };
+    let down = owner_slots(owner).down;
+    let Some(slot) = slot_of(down).filter(|s| s.mode == SlotMode::Bucket as u32 && s.rwnd_gain != 0) else {
+        // No longer throttled: lift the clamp once (autotuning takes over).
+        if owner.clamp != 0 {
+            owner.clamp = 0;
+            setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, i32::MAX as u32);
+        }
+        return;
+    };
+    // The minimum RTT, not the smoothed one: a receiver's RTT samples come
+    // from the handshake and the ACKs of what little it sent, and a delayed
+    // ACK (up to 40 ms) in the smoothed value made equal sockets' windows
+    // differ by half (shares 0.84-1.24 of ten streams).
+    let min = unsafe { (*ctx.ops).rtt_min } as u64;
+    let srtt_us = if min != 0 { min } else { (unsafe { (*ctx.ops).srtt_us } >> 3) as u64 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tat = unsafe { ptr::read_volatile(&slot.tat_ns) };
+    let debt = if tat > now { tat - now } else { 0 };
+    let burst = if slot.burst_ns == 0 { 1 } else { slot.burst_ns };
+    let fill = if debt >= burst { 65536 } else { (debt << 16) / burst };
+    let active = core::cmp::max(slot.active_cur, slot.active_prev);
+    let e = (now >> EPOCH_SHIFT) as u32;
+    let new_epoch = owner.clamp_epoch != e;
+    if new_epoch {
+        let rx = unsafe { (*ctx.ops).bytes_received } as u32;
+        if owner.clamp_epoch.wrapping_add(1) == e && owner.clamp != 0 {
+            // Payload of an equal share in one epoch (1448 of 1500 bytes).
+            let a = if active == 0 { 1 } else { active };
+            let share = slot.rate * 1448 / 1500 * (1 << EPOCH_SHIFT) / 1_000_000_000 / a;
+            owner.share_adj = share_adjust(owner.share_adj, rx.wrapping_sub(owner.rx_mark) as u64, share);
+        }
+        owner.rx_mark = rx;
+    }
+    let adj = if owner.share_adj == 0 { 1024 } else { owner.share_adj as u64 };
+    let w = rwnd((slot.rate * adj) >> 10, srtt_us, active, slot.rwnd_gain as u64, fill, slot.rwnd_floor as u64);
+    let cur = owner.clamp;
+    let diff = if w > cur { w - cur } else { cur - w };
+    if diff > cur / 64 || new_epoch {
+        owner.clamp = w;
+        owner.clamp_epoch = e;
+        setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, w);
+    }
 }

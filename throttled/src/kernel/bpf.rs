@@ -237,10 +237,14 @@ impl Datapath {
         self.slots.set(id, slot, 0).map_err(map_err("CT_SLOTS"))
     }
 
-    /// Updates a slot's parameters without resetting its bucket state.
+    /// Updates a slot's parameters without resetting its bucket state or
+    /// its count of active sockets.
     pub fn update_slot(&mut self, id: u32, mut slot: Slot) -> Result<(), BpfError> {
         if let Ok(cur) = self.slots.get(&id, 0) {
             slot.tat_ns = cur.tat_ns;
+            slot.epoch = cur.epoch;
+            slot.active_cur = cur.active_cur;
+            slot.active_prev = cur.active_prev;
         }
         self.set_slot(id, &slot)
     }
