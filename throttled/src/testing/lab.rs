@@ -68,6 +68,9 @@ impl Lab {
         // Leftovers of a crashed earlier run.
         sh_quiet(&["ip", "netns", "del", &ns]);
         sh_quiet(&["ip", "link", "del", &veth]);
+        // A killed daemon's IFB: with records in its own state directory,
+        // another daemon leaves it alone.
+        sh_quiet(&["ip", "link", "del", &format!("cti-{veth}")]);
         let dir = std::env::temp_dir().join(format!("ct-lab-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let lab =
