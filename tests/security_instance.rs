@@ -236,9 +236,6 @@ fn kill_9_recovery_sweeps_only_the_recorded_objects() {
     let mut crashed = shaping_daemon(&dir1, &lab1, target.0.id());
     let mode = std::fs::metadata(&state1).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o700, "a missing state directory is created 0700, not {mode:o}");
-    let mut want = [format!("ifb-{ifb1}.json"), format!("qdisc-{ifb1}.json"), format!("qdisc-{}.json", lab1.veth)];
-    want.sort();
-    assert_eq!(records(&state1), want, "the IFB and both replaced roots are recorded");
     crashed.kill9();
     let old = ifindex(&ifb1).expect("the crash left its IFB (else the test is void)");
     assert_eq!(htb_roots(&lab1.veth), 1, "the crash left its HTB root");
@@ -253,6 +250,9 @@ fn kill_9_recovery_sweeps_only_the_recorded_objects() {
     assert_eq!(ifindex(&ifb_of(&lab2)), None, "the other daemon left its IFB");
     assert!(records(&dir2.path.join("state")).is_empty(), "the other daemon left records");
 
+    let mut want = [format!("ifb-{ifb1}.json"), format!("qdisc-{ifb1}.json"), format!("qdisc-{}.json", lab1.veth)];
+    want.sort();
+    assert_eq!(records(&state1), want, "the crash left a record of its IFB and of both roots it replaced");
     let mut restarted = shaping_daemon(&dir1, &lab1, target.0.id());
     let links = sh(&["ip", "-o", "link", "show"]);
     assert_eq!(links.lines().filter(|l| l.contains(&format!(" {ifb1}:"))).count(), 1, "{links}");

@@ -1,8 +1,9 @@
 //! An HTB tree that a backend owns on one device: the root qdisc it replaced
 //! (recorded in the state directory first, so a crashed run can still
-//! restore it), our root `c7:` with an unlimited default class, and one class per
-//! throttle slot. Shared by `tc_htb` (on each interface) and `ifb_tc` (on
-//! each IFB), together with [`HtbFleet`], their common slot bookkeeping.
+//! restore it), our root `c7:` with an unlimited default class, and one
+//! class per throttle slot. Shared by `tc_htb` (on each interface) and
+//! `ifb_tc` (on each IFB), together with [`HtbFleet`], their common slot
+//! bookkeeping.
 use std::path::{Path, PathBuf};
 
 use throttle_common::{rate::Rate, Counters, Slot};
