@@ -8,6 +8,7 @@ pub mod logging;
 pub mod manager;
 pub mod notify;
 pub mod state;
+pub mod statefs;
 pub mod target;
 pub mod testing;
 

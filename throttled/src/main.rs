@@ -91,7 +91,7 @@ The config: defaults per direction, interfaces, health policy, log filter.
 Standing limits by name, executable, unit or cgroup.
 .TP
 \fI/var/lib/chadthrottle/\fR
-Saved throttles, saved root qdiscs, and the instance lock.
+Saved throttles, records of the IFB devices it creates and the root qdiscs it replaces (a restart after a crash sweeps exactly these), and the instance lock. It is created 0700; the daemon refuses to start if it is writable by group or others or owned by another user, and never follows a symlink in it.
 .SH ENVIRONMENT
 .TP
 \fBRUST_LOG\fR
@@ -100,7 +100,7 @@ Log filter; it wins over the config's \fIlog\fR.
 \fBNOTIFY_SOCKET\fR, \fBWATCHDOG_USEC\fR, \fBJOURNAL_STREAM\fR
 Set by systemd: readiness and watchdog pings, and structured logs to journald.
 .SH EXIT STATUS
-0 after a clean shutdown, 78 for a bad config, 1 for any other failure to start.
+0 after a clean shutdown, 78 for a bad config, 1 for any other failure to start, such as another process owning org.chadthrottle on the system bus (checked before anything is built; the name is never taken from its owner).
 .SH SEE ALSO
 \fBthrottlectl\fR(1), \fBsystemd.exec\fR(5), \fBtc-htb\fR(8)
 "#;
@@ -162,6 +162,9 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let notify = Notifier::from_env();
+    if !args.no_dbus {
+        refuse_if_name_owned().await?;
+    }
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
     let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
@@ -169,7 +172,18 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         let m = manager.clone();
         tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
-    let first = if no_dbus { None } else { serve_bus(&manager).await };
+    let first = match no_dbus {
+        true => None,
+        false => match serve_bus(&manager).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Lost a race for the name: undo everything, then fail.
+                let m = manager.clone();
+                tokio::task::spawn_blocking(move || m.teardown()).await?.context("removing throttles")?;
+                return Err(e);
+            }
+        },
+    };
     let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), first)));
     // Ready only now: the name is owned and the saved throttles are back.
     let mut status = manager.status();
@@ -222,17 +236,41 @@ async fn core_answers(manager: &Arc<Manager>, within: Duration) -> bool {
     matches!(tokio::time::timeout(within, tokio::task::spawn_blocking(move || m.status())).await, Ok(Ok(_)))
 }
 
+/// The error a second daemon exits with: it must not build anything, or
+/// it would fight the first over the same kernel and the same name.
+fn name_owned(owner: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is already owned on the system bus by {owner}: another chadthrottled is running; not starting",
+        dbus::BUS_NAME
+    )
+}
+
+/// Before any kernel change: a name owned by someone else means another
+/// daemon runs. No bus to ask is fine: the API comes when the bus does.
+async fn refuse_if_name_owned() -> anyhow::Result<()> {
+    match dbus::name_owner().await {
+        Ok(Some(owner)) => Err(name_owned(&owner)),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "no system bus to ask who owns the name");
+            Ok(())
+        }
+    }
+}
+
 /// Without a system bus the daemon still enforces its rules; the API is
-/// absent (and said so) until the bus appears.
-async fn serve_bus(manager: &Arc<Manager>) -> Option<dbus::Served> {
+/// absent (and said so) until the bus appears. A name taken in the
+/// meantime is an error.
+async fn serve_bus(manager: &Arc<Manager>) -> anyhow::Result<Option<dbus::Served>> {
     match dbus::serve(manager.clone()).await {
         Ok(s) => {
             tracing::info!(name = dbus::BUS_NAME, "serving the D-Bus API");
-            Some(s)
+            Ok(Some(s))
         }
+        Err(zbus::Error::NameTaken) => Err(name_owned("another process")),
         Err(e) => {
             tracing::warn!(error = %e, "no D-Bus API yet: cannot serve on the system bus; retrying in the background");
-            None
+            Ok(None)
         }
     }
 }

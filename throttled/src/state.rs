@@ -5,15 +5,15 @@
 //! every so often the journal is folded into a new snapshot. Also the lock
 //! that keeps a second daemon off the same state.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Read, Seek, Write},
-    os::{fd::AsRawFd, unix::fs::DirBuilderExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Defaults, target::Target, Rate};
+use crate::{config::Defaults, statefs, target::Target, Rate};
 
 pub const VERSION: u32 = 1;
 const SNAPSHOT: &str = "throttles.json";
@@ -99,6 +99,8 @@ pub enum StateError {
     AlreadyRunning { path: PathBuf, pid: Option<u32> },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("refusing the state directory {path}: {reason}")]
+    UnsafeDir { path: PathBuf, reason: String },
 }
 
 #[derive(Clone, Debug)]
@@ -139,7 +141,7 @@ impl StateStore {
     fn read_all(&self, journals: &[(u64, PathBuf)]) -> Result<Option<State>, Damage> {
         let mut state = self.read_snapshot()?;
         for (_, path) in journals {
-            let text = fs::read(path).map_err(|e| Damage { path: path.clone(), reason: e.to_string() })?;
+            let text = statefs::read(path).map_err(|e| Damage { path: path.clone(), reason: e.to_string() })?;
             let s = state.get_or_insert_with(|| State { version: VERSION, next_id: 1, ..Default::default() });
             replay(s, path, &text)?;
         }
@@ -151,7 +153,7 @@ impl StateStore {
 
     fn read_snapshot(&self) -> Result<Option<State>, Damage> {
         let damage = |reason: String| Damage { path: self.path.clone(), reason };
-        let bytes = match fs::read(&self.path) {
+        let bytes = match statefs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(damage(e.to_string())),
@@ -202,23 +204,17 @@ impl StateStore {
     /// anything fails, and the new one survives a crash of the daemon whole;
     /// `sync` makes it survive a power loss too.
     pub fn write(&self, s: &State) -> Result<(), StateError> {
-        let tmp = self.path.with_extension("json.tmp");
         let res = (|| {
             self.make_dir()?;
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(s).map_err(io::Error::other)?)?;
-            fs::rename(&tmp, &self.path)
+            statefs::replace(&self.path, &serde_json::to_vec(s).map_err(io::Error::other)?, false)
         })();
-        res.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            self.write_error(&self.path, source)
-        })
+        res.map_err(|source| self.write_error(&self.path, source))
     }
 
     /// Flushes the snapshot and the directory's entries to the disk.
     pub fn sync(&self) -> Result<(), StateError> {
-        File::open(&self.path).and_then(|f| f.sync_all()).map_err(|e| self.write_error(&self.path, e))?;
-        File::open(&self.dir).and_then(|f| f.sync_all()).map_err(|e| self.write_error(&self.dir, e))
+        statefs::open_read(&self.path).and_then(|f| f.sync_all()).map_err(|e| self.write_error(&self.path, e))?;
+        statefs::sync_dir(&self.dir).map_err(|e| self.write_error(&self.dir, e))
     }
 
     /// A new, empty journal whose first entry will be `first`.
@@ -226,8 +222,8 @@ impl StateStore {
         let path = self.dir.join(format!("{JOURNAL}{first}"));
         let open = || {
             self.make_dir()?;
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
-            f.set_len(0).map(|_| f) // a crashed run's journal of this name held nothing newer
+            // A crashed run's journal of this name held nothing newer.
+            statefs::create_new(&path, true)
         };
         match open() {
             Ok(file) => Ok(Journal { file, path }),
@@ -247,7 +243,9 @@ impl StateStore {
         Ok(())
     }
 
+    /// The directory was checked at start; it may have been removed since.
     fn make_dir(&self) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)
     }
 
@@ -306,12 +304,15 @@ pub struct InstanceLock {
 }
 
 impl InstanceLock {
+    /// Refuses a state directory that anyone but this daemon's user could
+    /// plant files in (and creates it 0700 when missing), before any file
+    /// in it is opened.
     pub fn acquire(state_dir: &Path) -> Result<InstanceLock, StateError> {
+        statefs::prepare_dir(state_dir)
+            .map_err(|reason| StateError::UnsafeDir { path: state_dir.to_path_buf(), reason })?;
         let path = state_dir.join("lock");
         let io_err = |source| StateError::Io { path: path.clone(), source };
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir).map_err(io_err)?;
-        let mut f =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err)?;
+        let mut f = statefs::open_lock(&path).map_err(io_err)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut text = String::new();
@@ -326,6 +327,8 @@ impl InstanceLock {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     struct Tmp(PathBuf);
@@ -501,6 +504,38 @@ mod tests {
         let e = s.write(&changed).unwrap_err();
         assert!(matches!(e, StateError::Write { .. }) && e.to_string().contains("throttles.json"), "{e}");
         assert_eq!(s.load().unwrap(), Some(sample()), "the old state must survive");
+    }
+
+    #[test]
+    fn planted_symlinks_are_not_followed() {
+        use std::os::unix::fs::symlink;
+        let t = Tmp::new("links");
+        fs::create_dir_all(&t.0).unwrap();
+        let secret = t.0.with_extension("secret");
+        fs::write(&secret, "precious").unwrap();
+        for name in ["lock", "throttles.json.tmp", "throttles.journal.1"] {
+            symlink(&secret, t.0.join(name)).unwrap();
+        }
+        let e = InstanceLock::acquire(&t.0).err().expect("a symlinked lock is refused");
+        assert!(e.to_string().contains("lock: it is a symbolic link"), "{e}");
+        let s = StateStore::new(&t.0);
+        save(&s, &sample());
+        s.open_journal(1).unwrap().append(1, 8, Change::Delete(3)).unwrap();
+        let after = State { seq: 1, next_id: 8, throttles: vec![], ..sample() };
+        assert_eq!(s.load().unwrap(), Some(after));
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "precious");
+        let _ = fs::remove_file(secret);
+    }
+
+    #[test]
+    fn a_state_directory_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tmp::new("mode");
+        fs::create_dir_all(&t.0).unwrap();
+        fs::set_permissions(&t.0, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = InstanceLock::acquire(&t.0).err().expect("refused");
+        assert!(matches!(e, StateError::UnsafeDir { .. }), "{e}");
+        assert!(!t.0.join("lock").exists(), "nothing is made in a refused directory");
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! An HTB tree that a backend owns on one device: the root qdisc it replaced
-//! (saved to the state directory first, so a crashed run can still restore
-//! it), our root `c7:` with an unlimited default class, and one class per
-//! throttle slot. Shared by `tc_htb` (on each interface) and `ifb_tc` (on
-//! each IFB), together with [`HtbFleet`], their common slot bookkeeping.
+//! (recorded in the state directory first, so a crashed run can still
+//! restore it), our root `c7:` with an unlimited default class, and one
+//! class per throttle slot. Shared by `tc_htb` (on each interface) and
+//! `ifb_tc` (on each IFB), together with [`HtbFleet`], their common slot
+//! bookkeeping.
 use std::path::{Path, PathBuf};
 
 use throttle_common::{rate::Rate, Counters, Slot};
 
-use super::{interfaces::InterfacePolicy, BackendError, Context, Health, SlotId};
+use super::{
+    interfaces::InterfacePolicy,
+    records::{self, RootRecord},
+    BackendError, Context, Health, SlotId,
+};
 use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, QdiscInfo};
 
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
@@ -32,7 +37,7 @@ pub struct HtbDevice {
     pub ifindex: u32,
     pub name: String,
     saved: Option<QdiscInfo>,
-    state_file: PathBuf,
+    record: PathBuf,
 }
 
 pub fn is_ours(q: &QdiscInfo) -> bool {
@@ -40,25 +45,37 @@ pub fn is_ours(q: &QdiscInfo) -> bool {
 }
 
 impl HtbDevice {
-    /// Replaces the root qdisc of `ifindex` with our HTB tree. A tree left by
-    /// a crashed run is recognised by its handle and replaced, and the
-    /// original root it had saved is the one restored later.
+    /// Replaces the root qdisc of `ifindex` with our HTB tree, recording
+    /// the replaced root on the disk first. A tree that this state
+    /// directory recorded (a crashed run's) is replaced, and the original
+    /// root it recorded is the one restored later; an unrecorded tree of
+    /// ours belongs to another instance and is left alone.
     pub fn install(nl: &Netlink, ifindex: u32, name: &str, state_dir: &Path) -> Result<Self, NetlinkError> {
-        let state_file = saved_path(state_dir, name);
-        let root = nl.root_qdisc(ifindex)?;
-        let saved = match root {
-            Some(q) if is_ours(&q) => {
-                // HTB cannot be "changed" into an identical HTB: start afresh.
-                nl.delete_root_qdisc(ifindex)?;
-                read_saved(&state_file)
-            }
-            other => other,
+        let ours = records::read_root(state_dir, name);
+        let (saved, leftover) = match nl.root_qdisc(ifindex)? {
+            Some(q) if is_ours(&q) => match ours {
+                Some(r) => (r.saved.map(|q| QdiscInfo { ifindex, ..q }), true),
+                None => {
+                    return Err(NetlinkError::Foreign(format!("{name} already has another chadthrottled's HTB root")))
+                }
+            },
+            other => (other, false),
         };
-        write_saved(&state_file, saved.as_ref());
+        let record = RootRecord { device: name.to_string(), ifindex, saved: saved.clone() };
+        records::write_root(state_dir, &record).map_err(|e| {
+            NetlinkError::Foreign(format!(
+                "not shaping {name}: cannot record its root qdisc in {}: {e}",
+                state_dir.display()
+            ))
+        })?;
+        if leftover {
+            // HTB cannot be "changed" into an identical HTB: start afresh.
+            nl.delete_root_qdisc(ifindex)?;
+        }
         nl.add_htb_root(ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
         let parent = tc_handle(HTB_MAJOR, 0);
         nl.add_htb_class(ifindex, tc_handle(HTB_MAJOR, DEFAULT_MINOR), parent, UNLIMITED, UNLIMITED, burst(UNLIMITED))?;
-        Ok(HtbDevice { ifindex, name: name.to_string(), saved, state_file })
+        Ok(HtbDevice { ifindex, name: name.to_string(), saved, record: records::root_path(state_dir, name) })
     }
 
     /// Puts our root back after someone removed it, keeping the original
@@ -130,43 +147,21 @@ impl HtbDevice {
     }
 
     /// Puts back the root qdisc we replaced. A device that vanished is fine.
+    /// The record goes once our root is gone; otherwise the next start
+    /// tries again.
     pub fn restore(self, nl: &Netlink) -> Result<(), NetlinkError> {
         let res = match &self.saved {
             Some(q) if !q.is_default_root() => nl.restore_qdisc(q),
             _ => nl.delete_root_qdisc(self.ifindex),
         };
-        let _ = std::fs::remove_file(&self.state_file);
-        match res {
+        let res = match res {
             Err(e) if e.errno() == Some(libc::ENODEV) || e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other,
+        };
+        if res.is_ok() {
+            records::remove(&self.record);
         }
-    }
-}
-
-/// Where the root qdisc replaced on device `name` is saved.
-pub fn saved_path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join(format!("{SAVED_PREFIX}{name}.json"))
-}
-
-pub const SAVED_PREFIX: &str = "qdisc-";
-
-pub fn read_saved(path: &Path) -> Option<QdiscInfo> {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-/// Best effort: without a state directory a crash loses only the original
-/// qdisc's options; the device still gets its default root back.
-fn write_saved(path: &Path, q: Option<&QdiscInfo>) {
-    let Some(q) = q else {
-        let _ = std::fs::remove_file(path);
-        return;
-    };
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
-        .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(q).unwrap_or_default()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
-        tracing::warn!(path = %path.display(), error = %e, "could not save the original root qdisc");
+        res
     }
 }
 

@@ -10,7 +10,9 @@ use throttle_common::{rate::Rate, Counters};
 use super::{
     htb::{HasHtb, HtbDevice, HtbFleet},
     interfaces::{ifb_name, InterfacePolicy},
-    probe, Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
+    probe,
+    records::{self, IfbRecord},
+    Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
 };
 use crate::kernel::netlink::Netlink;
 
@@ -45,13 +47,19 @@ impl IfbTcBackend {
     fn install(&mut self, ctx: &mut Context<'_>, ifindex: u32, iface: &str) -> Result<(), BackendError> {
         let nl = self.fleet.nl()?.clone();
         let name = ifb_name(iface, ifindex);
-        // A device of ours left by a crashed run: replace it, never duplicate it.
-        if let Some(old) = nl.link_index(&name).map_err(self.fleet.err())? {
-            tracing::info!(backend = NAME, ifb = name, "removing a leftover IFB");
-            nl.delete_link(old).map_err(self.fleet.err())?;
-        }
-        let ifb = nl.create_ifb(&name).map_err(self.fleet.err())?;
+        self.remove_leftover(&nl, &name)?;
+        // On the disk before the device exists: a crash at any point
+        // leaves a record for the next start's sweep.
+        self.record(&IfbRecord { name: name.clone(), ifindex: None })?;
+        let ifb = match nl.create_ifb(&name) {
+            Ok(i) => i,
+            Err(e) => {
+                records::remove(&records::ifb_path(&self.state_dir, &name));
+                return Err(self.fleet.err()(e));
+            }
+        };
         let built = (|| {
+            self.record(&IfbRecord { name: name.clone(), ifindex: Some(ifb) })?;
             let htb = HtbDevice::install(&nl, ifb, &name, &self.state_dir).map_err(self.fleet.err())?;
             self.fleet.populate(&htb)?;
             let link = ctx.datapath.attach_classifier(iface, ifindex, ifb)?;
@@ -64,10 +72,35 @@ impl IfbTcBackend {
                 Ok(())
             }
             Err(e) => {
-                let _ = nl.delete_link(ifb);
+                if nl.delete_link(ifb).is_ok() {
+                    records::remove(&records::ifb_path(&self.state_dir, &name));
+                }
                 Err(e)
             }
         }
+    }
+
+    /// A device of ours (recorded by this state directory) left by a
+    /// crashed run is replaced, never duplicated; an unrecorded one of that
+    /// name is another instance's, and is left alone.
+    fn remove_leftover(&self, nl: &Netlink, name: &str) -> Result<(), BackendError> {
+        let Some(old) = nl.link_index(name).map_err(self.fleet.err())? else { return Ok(()) };
+        let recorded = records::read_ifb(&self.state_dir, name).is_some_and(|r| r.ifindex.is_none_or(|i| i == old));
+        if !recorded {
+            let reason = format!("{name} exists and is not ours (another chadthrottled's?): leaving it alone");
+            return Err(BackendError::Failed { name: NAME, reason });
+        }
+        tracing::info!(backend = NAME, ifb = name, "removing a leftover IFB");
+        nl.delete_link(old).map_err(self.fleet.err())?;
+        records::remove(&records::ifb_path(&self.state_dir, name));
+        Ok(())
+    }
+
+    fn record(&self, r: &IfbRecord) -> Result<(), BackendError> {
+        records::write_ifb(&self.state_dir, r).map_err(|e| BackendError::Failed {
+            name: NAME,
+            reason: format!("cannot record {} in {}: {e}", r.name, self.state_dir.display()),
+        })
     }
 
     /// What is wrong with a device's IFB or classifier (the tree is checked
@@ -91,11 +124,19 @@ impl IfbTcBackend {
             tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "classifier already detached");
         }
         let Some(nl) = &self.fleet.nl else { return };
-        let ifb = dev.htb.ifindex;
+        let (ifb, name) = (dev.htb.ifindex, dev.htb.name.clone());
         let _ = dev.htb.restore(nl);
-        if let Err(e) = nl.delete_link(ifb) {
-            tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "IFB already gone");
+        match nl.delete_link(ifb) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::ENODEV) || e.errno() == Some(libc::ENOENT) => {
+                tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "IFB already gone");
+            }
+            Err(e) => {
+                tracing::warn!(backend = NAME, interface = dev.iface, error = %e, "could not delete the IFB");
+                return; // its record stays, for the next start's sweep
+            }
         }
+        records::remove(&records::ifb_path(&self.state_dir, &name));
     }
 }
 

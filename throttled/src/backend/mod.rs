@@ -7,6 +7,7 @@ pub mod ifb_tc;
 pub mod interfaces;
 pub mod leftovers;
 pub mod probe;
+pub mod records;
 pub mod tc_htb;
 
 use std::fmt;

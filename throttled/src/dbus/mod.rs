@@ -13,7 +13,13 @@ pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
 
-use zbus::{fdo::ObjectManager, object_server::SignalEmitter, zvariant::ObjectPath, Connection};
+use zbus::{
+    fdo::{DBusProxy, ObjectManager, RequestNameFlags},
+    names::BusName,
+    object_server::SignalEmitter,
+    zvariant::ObjectPath,
+    Connection,
+};
 
 use self::{
     service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
@@ -90,6 +96,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// object again and re-claims the name. Throttles are untouched throughout.
 pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
     let mut delay = RETRY_MIN;
+    let mut told_taken = false;
     loop {
         if let Some(s) = served.take() {
             s.conn.closed().await;
@@ -101,6 +108,14 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
             Ok(s) => {
                 tracing::info!(name = BUS_NAME, "serving the D-Bus API");
                 served = Some(s);
+                told_taken = false;
+            }
+            Err(zbus::Error::NameTaken) => {
+                // Never taken from its owner: served again once it is free.
+                if !std::mem::replace(&mut told_taken, true) {
+                    tracing::warn!(name = BUS_NAME, "another process owns the name on the bus; not taking it");
+                }
+                delay = (delay * 2).min(RETRY_MAX);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "the system bus is not back yet");
@@ -125,8 +140,30 @@ fn return_big_buffers() {
     }
 }
 
+/// Who owns the name on the system bus, if anyone: `Err` when there is no
+/// bus to ask. Asked before the daemon builds anything, so that a second
+/// daemon goes away without touching the first one's kernel objects.
+pub async fn name_owner() -> zbus::Result<Option<String>> {
+    let conn = zbus::connection::Builder::system()?.build().await?;
+    let bus = DBusProxy::new(&conn).await?;
+    let name = BusName::try_from(BUS_NAME)?;
+    if !bus.name_has_owner(name.clone()).await? {
+        return Ok(None);
+    }
+    let owner = match bus.get_name_owner(name.clone()).await {
+        Ok(o) => o.to_string(),
+        Err(_) => return Ok(Some("a process that just left".into())),
+    };
+    Ok(Some(match bus.get_connection_unix_process_id(name).await {
+        Ok(pid) => format!("pid {pid} ({owner})"),
+        Err(_) => owner,
+    }))
+}
+
 /// Serves every object, then owns the name (so no client sees a half-served
-/// daemon), then turns events into signals until the connection drops.
+/// daemon), then turns events into signals until the connection drops. The
+/// name is never taken from an owner, nor given up to a later claimant:
+/// `zbus::Error::NameTaken` when someone else has it.
 pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
     return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
@@ -143,7 +180,7 @@ pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
         add_throttle(&conn, &mgr, id, None).await?;
     }
     let guards = Task(guard_control_path(&conn, &mgr).await?);
-    conn.request_name(BUS_NAME).await?;
+    conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into()).await?;
     let c = conn.clone();
     let signals = tokio::spawn(async move {
         while let Some(n) = events.recv().await {

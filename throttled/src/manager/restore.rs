@@ -186,8 +186,8 @@ impl Core {
         }
         let path = self.config.state_dir.join(REJECTED);
         let res = (|| {
-            use std::{io::Write, os::unix::fs::OpenOptionsExt};
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+            use std::io::Write;
+            let mut f = crate::statefs::open_append(&path)?;
             rejected.iter().try_for_each(|r| writeln!(f, "{r}"))
         })();
         match res {

@@ -114,6 +114,9 @@ impl Lab {
             sh_quiet(&["ip", "netns", "del", n]);
         }
         sh_quiet(&["ip", "link", "del", &veth]);
+        // A killed daemon's IFB: with records in its own state directory,
+        // another daemon leaves it alone.
+        sh_quiet(&["ip", "link", "del", &format!("cti-{veth}")]);
         std::fs::create_dir_all(&dir).unwrap();
         let lab = Lab { ns, veth, server_ip, server_ip6, router: None, delay: None, servers: vec![], dir };
         sh(&["ip", "netns", "add", &lab.ns]);
