@@ -84,9 +84,9 @@ const BASE_RTT_MS: f64 = 0.05;
 /// The lab for a round trip: the plain veth pair, or the delay line.
 fn lab_for(rtt_ms: f64) -> Lab {
     if rtt_ms <= BASE_RTT_MS {
-        Lab::new(90)
+        Lab::new(240)
     } else {
-        Lab::with_delay(91, Duration::from_secs_f64(rtt_ms / 2000.0))
+        Lab::with_delay(241, Duration::from_secs_f64(rtt_ms / 2000.0))
     }
 }
 
