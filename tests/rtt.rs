@@ -307,7 +307,7 @@ fn download_ifb_tc_80ms_10m() {
 /// 20 ms, 156 ms at 80 ms; `ifb_tc` before its queue was sized for the
 /// path: 234 and 404 ms). On the plain lab (0.05 ms) the limiter sees the
 /// local sender's 64 KiB GSO aggregates, and each one dropped is up to 45
-/// segments sent again: measured 3.6-9.5% at 256 KiB/s and 7.5-10.4% at
+/// segments sent again: measured 3.6-8.4% at 256 KiB/s and 7.5-10.4% at
 /// 1 MiB/s (4.9-7.8% with the former queue), so those bounds are looser.
 #[test]
 fn download_ifb_tc_20ms_256k() {
