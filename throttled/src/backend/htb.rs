@@ -27,10 +27,38 @@ pub fn classid(slot: SlotId) -> u32 {
     tc_handle(HTB_MAJOR, slot as u16)
 }
 
-/// HTB burst: at least one 64 KiB GSO packet plus an MTU, and 10 ms at the
-/// rate, so the 4 ms timer granularity (HZ=250) never starves a class.
+/// A full-size Ethernet frame.
+const MTU_FRAME: u64 = 1514;
+
+/// HTB burst: 2 ms at the rate, at least two full-size packets. The burst
+/// passes at line rate, hiding the queue from the sender's slow start
+/// (hystart watches the RTT): the former 66 KiB minimum was 64 ms at
+/// 1 MiB/s, and slow start overshot into the queue. HTB's watchdog is an
+/// hrtimer, and a GSO packet larger than the burst only runs the class
+/// into debt, so a small burst neither starves the class nor loses rate.
 fn burst(rate: u64) -> u32 {
-    (rate / 100).max(66 * 1024).min(u32::MAX as u64) as u32
+    (rate / 500).max(2 * MTU_FRAME).min(u32::MAX as u64) as u32
+}
+
+/// The leaf queue's target, as time at the rate. A tail-drop queue loses
+/// a burst each time the window outgrows path + queue: the larger the
+/// queue, the fewer retransmits, the longer the delay. Measured through
+/// the test kit's delay line (tests/rtt.rs), 80, 100 and 120 ms retransmit
+/// ~1.6, ~1.3 and ~0.9% at 80 ms/1 MiB/s; 120 ms holds ≤ 1% at 20 and
+/// 80 ms, at 1 and 10 MiB/s. The daemon does not know the path's RTT.
+const QUEUE_MS: u64 = 120;
+/// Room for one 64 KiB GSO/GRO aggregate as the qdisc counts it (with the
+/// headers of its 45 segments, ~67 KiB) and a few packets: a smaller byte
+/// FIFO never accepts a full aggregate. At 256 KiB/s this floor is the
+/// queue (280 ms of MTU-sized packets).
+const QUEUE_FLOOR: u64 = 72 << 10;
+/// A single flow's window rarely exceeds the receiver's 6 MiB default
+/// `tcp_rmem` maximum: a longer queue only adds delay.
+const QUEUE_CAP: u64 = 16 << 20;
+
+/// The leaf byte FIFO's limit for a class at `rate` bytes/s.
+fn queue_limit(rate: u64) -> u32 {
+    (rate.saturating_mul(QUEUE_MS) / 1000).clamp(QUEUE_FLOOR, QUEUE_CAP) as u32
 }
 
 pub struct HtbDevice {
@@ -116,9 +144,9 @@ impl HtbDevice {
 
     /// HTB's default leaf FIFO counts packets, and GRO/GSO packets reach
     /// 64 KiB: at 1 MiB/s it held over a second of queue. A byte FIFO of
-    /// ~50 ms at the rate (at least two super-packets) bounds the delay.
+    /// [`queue_limit`] bounds the delay.
     fn bound_queue(&self, nl: &Netlink, slot: SlotId, rate: u64) -> Result<(), NetlinkError> {
-        let limit = (rate / 20).clamp(128 << 10, u32::MAX as u64) as u32;
+        let limit = queue_limit(rate);
         nl.set_bfifo_leaf(self.ifindex, classid(slot), tc_handle(LEAF_MAJOR_BASE + slot as u16, 0), limit)
     }
 
@@ -294,5 +322,26 @@ impl<D: HasHtb> HtbFleet<D> {
     pub fn remove_all(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
         let slots: Vec<SlotId> = self.slots.keys().copied().collect();
         slots.into_iter().try_for_each(|s| self.remove(ctx, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_is_time_at_the_rate_within_floor_and_cap() {
+        assert_eq!(queue_limit(256 << 10), 72 << 10, "the floor: one GSO aggregate and a few packets");
+        assert_eq!(queue_limit(1 << 20), (1 << 20) * 120 / 1000);
+        assert_eq!(queue_limit(10 << 20), (10 << 20) * 120 / 1000);
+        assert_eq!(queue_limit(1 << 40), 16 << 20);
+        assert_eq!(queue_limit(u64::MAX), 16 << 20);
+    }
+
+    #[test]
+    fn burst_is_two_ms_at_the_rate_or_two_packets() {
+        assert_eq!(burst(10 << 20), (10 << 20) / 500);
+        assert_eq!(burst(256 << 10), 3028);
+        assert_eq!(burst(u64::MAX), u32::MAX);
     }
 }
