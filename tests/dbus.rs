@@ -49,16 +49,12 @@ impl Api {
 
     /// `gdbus call` on the daemon: Ok(stdout) or Err(the error text, with its name).
     fn call(&self, path: &str, method: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("gdbus")
-            .args(["call", "--address", self.bus.address(), "--dest", "org.chadthrottle", "--object-path", path])
-            .args(["--method", method])
-            .args(args)
-            .output()
-            .unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
+        output(
+            Command::new("gdbus")
+                .args(["call", "--address", self.bus.address(), "--dest", "org.chadthrottle", "--object-path", path])
+                .args(["--method", method])
+                .args(args),
+        )
     }
 
     fn manager(&self, method: &str, args: &[&str]) -> Result<String, String> {
@@ -307,9 +303,7 @@ fn throttlectl() -> std::path::PathBuf {
 /// Runs a command as `uid` (setpriv, no supplementary groups); returns
 /// (exit code, stdout + stderr).
 fn as_user<S: AsRef<str>>(uid: (u32, u32), bus: &PrivateBus, prog: &std::path::Path, args: &[S]) -> (i32, String) {
-    let out = Command::new("setpriv")
-        .args(["--reuid", &uid.0.to_string(), "--regid", &uid.1.to_string(), "--clear-groups"])
-        .arg(prog)
+    let out = user_cmd(uid, prog.to_str().unwrap())
         .args(args.iter().map(AsRef::as_ref))
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .output()
@@ -319,9 +313,7 @@ fn as_user<S: AsRef<str>>(uid: (u32, u32), bus: &PrivateBus, prog: &std::path::P
 }
 
 fn sleeper_as(uid: (u32, u32)) -> Sleeper {
-    let ids = [uid.0.to_string(), uid.1.to_string()];
-    let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "sleep", "60"];
-    Sleeper(Command::new("setpriv").args(args).spawn().unwrap())
+    Sleeper(user_cmd(uid, "sleep").arg("60").spawn().unwrap())
 }
 
 /// A real polkitd decides: a user may limit their own process but not
@@ -597,11 +589,9 @@ const OBSERVE_RULES: &str = r#"polkit.addRule(function(action, subject) {
 
 /// Sends a small UDP datagram to loopback every 50 ms, as `uid`.
 fn chatter_as(uid: (u32, u32)) -> Sleeper {
-    let ids = [uid.0.to_string(), uid.1.to_string()];
     let script = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
                   while True:\n s.sendto(b'x'*200,('127.0.0.1',9)); time.sleep(0.05)";
-    let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "/usr/bin/python3", "-c", script];
-    Sleeper(Command::new("setpriv").args(args).spawn().unwrap())
+    Sleeper(user_cmd(uid, "/usr/bin/python3").args(["-c", script]).spawn().unwrap())
 }
 
 /// GetTopProcesses as `uid` through busctl: (pid, uid) of every entry.

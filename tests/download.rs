@@ -306,7 +306,8 @@ fn ipv6_download() {
     let limit = 2.0 * MIB;
     print("IPv6 download 2M", &r, limit, 3, 1428.0);
     assert_rate("IPv6 download", r.ip_rate, limit, 0.03);
-    assert!(r.report.mean(3) / limit > 0.93, "IPv6 download goodput {:.3}", r.report.mean(3) / limit);
+    // IPv6 carries 0.952 of the IP rate at most: 0.92 is the rate bound in goodput.
+    assert!(r.report.mean(3) / limit > 0.92, "IPv6 download goodput {:.3}", r.report.mean(3) / limit);
 }
 
 /// IPv6 download through a 20 ms round trip: window control holds it as

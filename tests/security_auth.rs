@@ -77,16 +77,7 @@ impl Api {
 
 /// `prog args` as `uid` (setpriv, no supplementary groups).
 fn run_as(uid: (u32, u32), prog: &str, args: &[&str]) -> Result<String, String> {
-    let ids = [uid.0.to_string(), uid.1.to_string()];
-    let out = Command::new("setpriv")
-        .args(["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", prog])
-        .args(args)
-        .output()
-        .unwrap();
-    match out.status.success() {
-        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-    }
+    output(user_cmd(uid, prog).args(args))
 }
 
 /// A process of `uid` that lives until dropped.
@@ -94,9 +85,7 @@ struct Sleeper(Child);
 
 impl Sleeper {
     fn of(uid: (u32, u32)) -> Sleeper {
-        let ids = [uid.0.to_string(), uid.1.to_string()];
-        let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "sleep", "120"];
-        Sleeper(Command::new("setpriv").args(args).spawn().unwrap())
+        Sleeper(user_cmd(uid, "sleep").arg("120").spawn().unwrap())
     }
     fn pid(&self) -> String {
         self.0.id().to_string()

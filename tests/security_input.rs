@@ -82,16 +82,12 @@ impl Api {
 
     /// `gdbus call`: Ok(stdout) or Err(stderr, with the error's name).
     fn gdbus(&self, path: &str, method: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("gdbus")
-            .args(["call", "--address", self.bus.address(), "--dest", DEST, "--object-path", path])
-            .args(["--method", method])
-            .args(args)
-            .output()
-            .unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
+        output(
+            Command::new("gdbus")
+                .args(["call", "--address", self.bus.address(), "--dest", DEST, "--object-path", path])
+                .args(["--method", method])
+                .args(args),
+        )
     }
 
     fn manager(&self, method: &str, args: &[&str]) -> Result<String, String> {
@@ -382,11 +378,7 @@ fn oversized_arguments_are_refused_early_and_never_echoed() {
             .chain(["/org/chadthrottle", MGR, method, sig].map(String::from))
             .chain(args.iter().map(|a| a.to_string()))
             .collect();
-        let out = Command::new("setpriv")
-            .args(["--reuid", &user.0.to_string(), "--regid", &user.1.to_string(), "--clear-groups", "busctl"])
-            .args(&all)
-            .output()
-            .unwrap();
+        let out = user_cmd(user, "busctl").args(&all).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("too long"), "{method}: {:.300}", err);
         assert!(err.len() < 300, "{method}: a {} byte error echoes the argument", err.len());

@@ -66,18 +66,12 @@ impl Api {
     /// `gdbus call` as `uid` (setpriv, no supplementary groups): Ok(stdout)
     /// or Err(the error, with its name).
     fn call(&self, uid: Uid, path: &str, method: &str, args: &[&str]) -> Result<String, String> {
-        let ids = [uid.0.to_string(), uid.1.to_string()];
-        let out = Command::new("setpriv")
-            .args(["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", "gdbus", "call"])
-            .args(["--address", self.bus.address(), "--dest", "org.chadthrottle", "--object-path", path])
-            .args(["--method", method])
-            .args(args)
-            .output()
-            .unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        }
+        output(
+            user_cmd(uid, "gdbus")
+                .args(["call", "--address", self.bus.address(), "--dest", "org.chadthrottle", "--object-path", path])
+                .args(["--method", method])
+                .args(args),
+        )
     }
 
     /// Manager.Limit on a pid with a{sv} `opts` (GVariant text).
@@ -132,10 +126,8 @@ impl Sleeper {
 
     /// `prog` (a sleep) as `uid`.
     fn run(uid: Uid, prog: &str) -> Sleeper {
-        let ids = [uid.0.to_string(), uid.1.to_string()];
-        let args = ["--reuid", &ids[0], "--regid", &ids[1], "--clear-groups", prog, "300"];
         let name = format!("Name:\t{}", prog.rsplit('/').next().unwrap_or(prog));
-        let s = Sleeper(Command::new("setpriv").args(args).spawn().unwrap());
+        let s = Sleeper(user_cmd(uid, prog).arg("300").spawn().unwrap());
         // Limit it only once it runs as the user (setpriv switches, then execs).
         let status = format!("/proc/{}/status", s.pid());
         let is_user = || {

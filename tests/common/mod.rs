@@ -51,3 +51,20 @@ pub fn kernel_procs_entries() -> usize {
     let v: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
     v.as_array().map_or(0, Vec::len)
 }
+
+/// `prog` run as `uid` (real and effective uid and gid, no supplementary
+/// groups), through setpriv.
+pub fn user_cmd(uid: (u32, u32), prog: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", &uid.0.to_string(), "--regid", &uid.1.to_string(), "--clear-groups", prog]);
+    c
+}
+
+/// Runs `cmd` to its end: Ok(stdout) on success, else Err(stderr), trimmed.
+pub fn output(cmd: &mut std::process::Command) -> Result<String, String> {
+    let out = cmd.output().unwrap();
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
