@@ -85,7 +85,9 @@ fn delay_line(tag: u8, one_way_ms: u64) {
         eprintln!("reverse={reverse} over IPv6 at 10 MiB/s: sender RTT mean {mean:.2} ms, per second {per_sec:.1?}");
         // Slow start's bursts queue in the first second.
         let mid = median(&per_sec[1..]);
-        assert!((rtt - 0.5..=rtt + 3.0).contains(&mid), "sender RTT {mid:.2} ms from second 1, want {rtt} ms");
+        // The kernel's smoothed RTT includes the receiver's delayed ACKs and
+        // any scheduling delay on a busy 2-vCPU VM (23.5 ms seen at 20 ms).
+        assert!((rtt - 0.5..=rtt + 5.0).contains(&mid), "sender RTT {mid:.2} ms from second 1, want {rtt} ms");
         // Unpaced: the line's capacity (the forwarder's queue shows in the RTT).
         assert!(lab.wait_idle(5201), "the iperf3 server is still busy");
         let r = lab.client(&format!("ct-rtt-{tag}"), 5201, 4, reverse).wait();
