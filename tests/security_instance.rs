@@ -82,7 +82,9 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
 /// (the limit is made once the flow runs) to the last full one.
 #[track_caller]
 fn assert_held(what: &str, r: &IperfResult) {
-    let full = &r.intervals[1..r.intervals.len().saturating_sub(1)];
+    // The limit is applied over the bus once the flow runs: on a busy VM
+    // that may take the first second, so judge from the third.
+    let full = &r.intervals[2..r.intervals.len().saturating_sub(1)];
     let per_second: Vec<String> = full.iter().map(|b| format!("{:.2}", b / LIMIT)).collect();
     eprintln!("{what}: per second / limit: [{}]", per_second.join(" "));
     assert!(full.iter().all(|b| b / LIMIT <= 1.1), "{what}: the limit let go: {per_second:?}");

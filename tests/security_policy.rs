@@ -5,7 +5,7 @@
 //! a share of the throttle slots. Callers are gdbus run as test users.
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Child;
 
 use common::*;
 use throttled::testing::bus::{test_user, Polkit, PrivateBus};
@@ -132,8 +132,8 @@ impl Sleeper {
         let status = format!("/proc/{}/status", s.pid());
         let is_user = || {
             let text = std::fs::read_to_string(&status).unwrap_or_default();
-            let uid = text.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
-            text.contains(&name) && uid == Some(ids[0].as_str())
+            let real = text.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+            text.contains(&name) && real == Some(uid.0.to_string().as_str())
         };
         assert!(wait_until(std::time::Duration::from_secs(5), is_user), "sleep did not start as {}", uid.0);
         s

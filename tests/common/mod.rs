@@ -38,11 +38,35 @@ pub fn check_accuracy(lab: &Lab, m: &Manager, tag: u8, spec: &LimitSpec, limit: 
 
 /// The daemon with a scratch config path (absent, so the defaults) and
 /// state directory: no host config is read and no host state is written.
-pub fn isolated_daemon(state: &ScratchDir, args: &[&str]) -> std::process::Child {
+pub fn isolated_daemon(state: &ScratchDir, args: &[&str]) -> Reaped {
     let conf = state.path.join("chadthrottled.toml");
     let dirs = ["--config", conf.to_str().unwrap(), "--state-dir", state.path.to_str().unwrap()];
     let all: Vec<&str> = dirs.into_iter().chain(args.iter().copied()).collect();
-    spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &all)
+    Reaped(spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &all))
+}
+
+/// A child that is killed and reaped when dropped, so a failed assertion
+/// never leaves it running.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Entries of the daemon's kernel process map, as bpftool reads them.
