@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -81,21 +81,14 @@ fn object_path(reply: &str) -> String {
     reply.split('\'').nth(1).unwrap_or_default().to_string()
 }
 
-struct Sleeper(Child);
+type Sleeper = Reaped;
 
-impl Sleeper {
+impl Reaped {
     fn new() -> Sleeper {
-        Sleeper(Command::new("sleep").arg("60").spawn().unwrap())
+        Reaped(Command::new("sleep").arg("60").spawn().unwrap())
     }
     fn pid(&self) -> String {
         self.0.id().to_string()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -313,7 +306,7 @@ fn as_user<S: AsRef<str>>(uid: (u32, u32), bus: &PrivateBus, prog: &std::path::P
 }
 
 fn sleeper_as(uid: (u32, u32)) -> Sleeper {
-    Sleeper(user_cmd(uid, "sleep").arg("60").spawn().unwrap())
+    Reaped(user_cmd(uid, "sleep").arg("60").spawn().unwrap())
 }
 
 /// A real polkitd decides: a user may limit their own process but not
@@ -591,7 +584,7 @@ const OBSERVE_RULES: &str = r#"polkit.addRule(function(action, subject) {
 fn chatter_as(uid: (u32, u32)) -> Sleeper {
     let script = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
                   while True:\n s.sendto(b'x'*200,('127.0.0.1',9)); time.sleep(0.05)";
-    Sleeper(user_cmd(uid, "/usr/bin/python3").args(["-c", script]).spawn().unwrap())
+    Reaped(user_cmd(uid, "/usr/bin/python3").args(["-c", script]).spawn().unwrap())
 }
 
 /// GetTopProcesses as `uid` through busctl: (pid, uid) of every entry.

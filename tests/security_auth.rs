@@ -81,21 +81,14 @@ fn run_as(uid: (u32, u32), prog: &str, args: &[&str]) -> Result<String, String> 
 }
 
 /// A process of `uid` that lives until dropped.
-struct Sleeper(Child);
+type Sleeper = Reaped;
 
-impl Sleeper {
+impl Reaped {
     fn of(uid: (u32, u32)) -> Sleeper {
-        Sleeper(user_cmd(uid, "sleep").arg("120").spawn().unwrap())
+        Reaped(user_cmd(uid, "sleep").arg("120").spawn().unwrap())
     }
     fn pid(&self) -> String {
         self.0.id().to_string()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

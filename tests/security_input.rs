@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -135,21 +135,14 @@ fn object_path(reply: &str) -> String {
     reply.split('\'').nth(1).unwrap_or_default().to_string()
 }
 
-struct Kid(Child);
+type Kid = Reaped;
 
-impl Kid {
+impl Reaped {
     fn spawn(prog: &str, args: &[&str]) -> Kid {
-        Kid(Command::new(prog).args(args).stdin(Stdio::null()).spawn().unwrap())
+        Reaped(Command::new(prog).args(args).stdin(Stdio::null()).spawn().unwrap())
     }
     fn pid(&self) -> u32 {
         self.0.id()
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -208,18 +208,11 @@ fn shaping_daemon(dir: &ScratchDir, lab: &Lab, pid: u32) -> Daemon {
 }
 
 /// A sleeping process, killed on drop.
-struct Sleeper(std::process::Child);
+type Sleeper = Reaped;
 
-impl Sleeper {
+impl Reaped {
     fn new() -> Sleeper {
-        Sleeper(Command::new("sleep").arg("120").spawn().unwrap())
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Reaped(Command::new("sleep").arg("120").spawn().unwrap())
     }
 }
 

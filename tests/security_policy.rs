@@ -5,8 +5,6 @@
 //! a share of the throttle slots. Callers are gdbus run as test users.
 mod common;
 
-use std::process::Child;
-
 use common::*;
 use throttled::testing::bus::{test_user, Polkit, PrivateBus};
 
@@ -117,9 +115,9 @@ fn object_path(reply: &str) -> String {
 }
 
 /// `sleep` running as `uid`, killed on drop.
-struct Sleeper(Child);
+type Sleeper = Reaped;
 
-impl Sleeper {
+impl Reaped {
     fn new(uid: Uid) -> Sleeper {
         Self::run(uid, "sleep")
     }
@@ -127,7 +125,7 @@ impl Sleeper {
     /// `prog` (a sleep) as `uid`.
     fn run(uid: Uid, prog: &str) -> Sleeper {
         let name = format!("Name:\t{}", prog.rsplit('/').next().unwrap_or(prog));
-        let s = Sleeper(user_cmd(uid, prog).arg("300").spawn().unwrap());
+        let s = Reaped(user_cmd(uid, prog).arg("300").spawn().unwrap());
         // Limit it only once it runs as the user (setpriv switches, then execs).
         let status = format!("/proc/{}/status", s.pid());
         let is_user = || {
@@ -141,13 +139,6 @@ impl Sleeper {
 
     fn pid(&self) -> u32 {
         self.0.id()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
