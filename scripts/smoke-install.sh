@@ -21,6 +21,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Build before installing, so that a failure ends the log with the compiler's
+# own error: the eBPF object builds nested in build.rs, and its errors would
+# otherwise sit above cargo's backtrace. One retry covers a transient fetch of
+# the std sources that -Zbuild-std needs.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+build_log=$(mktemp)
+build_release() { cargo build --release --workspace >"$build_log" 2>&1; }
+if ! build_release; then
+  echo "smoke: release build failed; its errors:" >&2
+  grep -E '(^|: )error(\[|:)|panicked|No space|Killed' "$build_log" | tail -40 >&2 || true
+  echo "smoke: retrying the release build once" >&2
+  build_release || { tail -60 "$build_log" >&2; grep -E '(^|: )error(\[|:)' "$build_log" | tail -20 >&2; df -h . >&2; fail "release build"; }
+fi
+rm -f "$build_log"
+
 echo "smoke: scripts/install.sh with PREFIX=$PREFIX"
 bash scripts/install.sh
 ctl="$PREFIX/bin/throttlectl"
