@@ -80,6 +80,8 @@ pub struct App {
     asked: Option<(Sort, Scope)>,
     /// A history or backend list is asked for and not answered yet.
     loading: bool,
+    /// The daemon has answered at least once since the last time it was lost.
+    pub answered: bool,
     pub quit: bool,
 }
 
@@ -99,6 +101,7 @@ impl App {
             backends_error: None,
             asked: None,
             loading: false,
+            answered: false,
             quit: false,
         }
     }
@@ -371,6 +374,7 @@ impl App {
     }
 
     fn found(&mut self) {
+        self.answered = true;
         if self.lost.take().is_some() {
             self.info("connected to chadthrottled");
         }
@@ -378,6 +382,7 @@ impl App {
 
     fn failed(&mut self, f: Failure) {
         if f.code() == 5 {
+            self.answered = false;
             self.lost = Some(f.to_string());
         } else {
             self.error(f.to_string());

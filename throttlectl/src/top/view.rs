@@ -51,7 +51,11 @@ fn header(app: &App) -> Paragraph<'static> {
 fn list(f: &mut Frame, app: &App, area: Rect) {
     let rows = app.visible();
     if rows.is_empty() {
-        let text = if app.procs.is_empty() { "waiting for chadthrottled…" } else { "no process matches the filter" };
+        let text = match (app.procs.is_empty(), app.answered) {
+            (false, _) => "no process matches the filter",
+            (true, false) => "waiting for chadthrottled…",
+            (true, true) => "no process has had traffic yet",
+        };
         f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
         return;
     }

@@ -225,3 +225,28 @@ fn help_lists_every_key() {
         assert!(s.contains(k) && s.contains(what), "{k} {what}: {s}");
     }
 }
+
+#[test]
+fn rates_from_1000_to_1023_units_fit_their_column() {
+    let mut a = app();
+    let mut p = a.procs[0].clone();
+    p.down_rate = 1_041_613; // 1017.2 KiB/s
+    p.up_rate = 1_023_948; // 999.9 KiB/s
+    a.apply(Reply::Top { sort: Sort::Down, scope: Scope::Internet, result: Ok(vec![p]) });
+    let s = render(&a, 100, 8);
+    let row = s.lines().find(|l| l.contains("4242")).unwrap();
+    assert!(row.contains(" 1.0 MiB/s") && row.contains(" 999.9 KiB/s"), "{row}");
+    assert!(!row.contains("017.2"), "{row}");
+}
+
+#[test]
+fn an_empty_answer_is_not_waiting_for_the_daemon() {
+    let mut a = App::new(Sort::Down, Scope::Internet);
+    let s = render(&a, 100, 8);
+    assert!(s.contains("waiting for chadthrottled"), "{s}");
+    a.tick();
+    a.apply(Reply::Top { sort: Sort::Down, scope: Scope::Internet, result: Ok(Vec::new()) });
+    let s = render(&a, 100, 8);
+    assert!(!s.contains("waiting for chadthrottled"), "{s}");
+    assert!(s.contains("no process has had traffic yet"), "{s}");
+}
