@@ -11,9 +11,10 @@ use std::{
 };
 
 use common::*;
+use throttle_common::Direction;
 use throttled::testing::rss_kib;
 use throttled::{
-    backend::{Direction, Health},
+    backend::Health,
     config::FailurePolicy,
     manager::{Event, LimitSpec, Manager, ManagerError, ManagerOptions, RemovalReason},
     target::Target,

@@ -2,10 +2,13 @@
 //! layouts, their limits, and (with the `user` feature) the rate syntax.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+mod direction;
 #[cfg(feature = "user")]
 pub mod rate;
 #[cfg(feature = "user")]
 pub mod text;
+
+pub use direction::Direction;
 
 /// Map capacities. Slots are per throttle and direction; slot 0 means "none".
 pub const MAX_SLOTS: u32 = 4096;

@@ -1,69 +1,11 @@
 //! The daemon's API as seen from the client: proxies, lookups and the
 //! failures a user sees, each with a distinct exit code.
-use std::{collections::HashMap, process::ExitCode};
+use std::process::ExitCode;
 
 use futures_util::StreamExt;
-use zbus::{
-    zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value},
-    Connection,
-};
-
-#[zbus::proxy(
-    interface = "org.chadthrottle.Manager",
-    default_service = "org.chadthrottle",
-    default_path = "/org/chadthrottle"
-)]
-pub trait Manager {
-    #[zbus(allow_interactive_auth)]
-    fn limit(&self, kind: &str, target: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<OwnedObjectPath>;
-    #[zbus(allow_interactive_auth)]
-    fn remove(&self, throttle: &ObjectPath<'_>) -> zbus::Result<()>;
-    fn list_throttles(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
-    fn list_backends(&self) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
-    #[zbus(allow_interactive_auth)]
-    fn set_default_backend(&self, direction: &str, backend: &str) -> zbus::Result<()>;
-    #[zbus(allow_interactive_auth)]
-    fn migrate(&self, throttle: &ObjectPath<'_>, direction: &str, backend: &str) -> zbus::Result<()>;
-    #[zbus(allow_interactive_auth)]
-    fn migrate_backend(&self, from: &str, to: &str) -> zbus::Result<u32>;
-    fn get_stats(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
-    /// sort: down, up or total; scope: all, internet or local.
-    fn get_top_processes(&self, count: u32, sort: &str, scope: &str) -> zbus::Result<Vec<HashMap<String, OwnedValue>>>;
-    /// kind: process (id = pid) or throttle; (up, down) bytes/s, one a second, oldest first.
-    fn get_history(&self, kind: &str, id: u32) -> zbus::Result<Vec<(u64, u64)>>;
-    #[zbus(allow_interactive_auth)]
-    fn reload(&self) -> zbus::Result<()>;
-    #[zbus(property)]
-    fn version(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn default_upload_backend(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn default_download_backend(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(interface = "org.chadthrottle.Throttle", default_service = "org.chadthrottle")]
-pub trait Throttle {
-    #[zbus(property)]
-    fn id(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn kind(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn target(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn down_limit(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn up_limit(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn down_backend(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn up_backend(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn pids(&self) -> zbus::Result<Vec<u32>>;
-    #[zbus(property)]
-    fn status(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn status_detail(&self) -> zbus::Result<String>;
-}
+use throttle_api::{Error, BUS_NAME, MANAGER_INTERFACE};
+pub use throttle_api::{ManagerProxy, ThrottleProxy};
+use zbus::{zvariant::OwnedObjectPath, Connection};
 
 /// One throttle as the CLI shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -147,8 +89,8 @@ impl Client {
     pub async fn monitor(&self, json: bool) -> Result<(), Failure> {
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
-            .sender("org.chadthrottle")?
-            .interface("org.chadthrottle.Manager")?
+            .sender(BUS_NAME)?
+            .interface(MANAGER_INTERFACE)?
             .build();
         let mut stream = zbus::MessageStream::for_match_rule(rule, &self.conn, None).await?;
         while let Some(msg) = stream.next().await {
@@ -217,36 +159,44 @@ impl From<zbus::Error> for Failure {
             return Failure::other(e);
         };
         let text = msg.clone().unwrap_or_else(|| name.to_string());
-        match name.as_str() {
-            "org.chadthrottle.Error.NotAuthorized" => Failure {
+        match Error::from(e) {
+            Error::NotAuthorized(_) => Failure {
                 code: 3,
                 msg: text,
                 hint: Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
             },
             // A refusal too: the caller's user already has its share of throttles.
-            "org.chadthrottle.Error.QuotaExceeded" => Failure {
+            Error::QuotaExceeded(_) => Failure {
                 code: 3,
                 msg: text,
                 hint: Some("remove one of your throttles first, or ask an admin to raise limits.per_user"),
             },
             // Not a refusal: too many checks in flight for this user just now.
-            "org.chadthrottle.Error.Busy" | "org.freedesktop.DBus.Error.LimitsExceeded" => Failure {
-                code: 6,
-                msg: text,
-                hint: Some("the daemon is busy (too many requests from this user); try again in a moment"),
+            Error::Busy(_) => busy(text),
+            Error::NoSuchProcess(_) | Error::NoSuchThrottle(_) => Failure::not_found(text),
+            Error::InvalidArgument(_) | Error::UnknownBackend(_) | Error::BackendUnavailable(_) => Failure::usage(text),
+            Error::BackendFailed(_) | Error::Internal(_) => Failure::other(text),
+            // Not ours: the bus's own errors.
+            Error::ZBus(e) => match e {
+                zbus::Error::MethodError(name, ..) => match name.as_str() {
+                    "org.freedesktop.DBus.Error.LimitsExceeded" => busy(text),
+                    "org.freedesktop.DBus.Error.InvalidArgs" => Failure::usage(text),
+                    "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+                        Failure::unreachable(format!("chadthrottled is not on the bus ({text})"))
+                    }
+                    _ => Failure::other(text),
+                },
+                _ => Failure::other(text),
             },
-            "org.chadthrottle.Error.NoSuchProcess" | "org.chadthrottle.Error.NoSuchThrottle" => {
-                Failure::not_found(text)
-            }
-            "org.chadthrottle.Error.InvalidArgument"
-            | "org.chadthrottle.Error.UnknownBackend"
-            | "org.chadthrottle.Error.BackendUnavailable"
-            | "org.freedesktop.DBus.Error.InvalidArgs" => Failure::usage(text),
-            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
-                Failure::unreachable(format!("chadthrottled is not on the bus ({text})"))
-            }
-            _ => Failure::other(text),
         }
+    }
+}
+
+fn busy(text: String) -> Failure {
+    Failure {
+        code: 6,
+        msg: text,
+        hint: Some("the daemon is busy (too many requests from this user); try again in a moment"),
     }
 }
 

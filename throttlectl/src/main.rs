@@ -5,11 +5,11 @@ mod cli;
 mod output;
 mod top;
 
-use std::{collections::HashMap, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser};
+use throttle_api::LimitOptions;
 use throttle_common::rate::Rate;
-use zbus::zvariant::Value;
 
 use crate::{
     api::{Client, Failure},
@@ -60,16 +60,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.cmd {
         Cmd::Limit { target, down, up, backend, down_backend, up_backend, tree, exe, unit, cgroup } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
-            let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
-            down.map(|r| opts.insert("down", Value::U64(r.bytes_per_sec())));
-            up.map(|r| opts.insert("up", Value::U64(r.bytes_per_sec())));
-            for (k, v) in [("backend", backend), ("down_backend", down_backend), ("up_backend", up_backend)] {
-                v.map(|v| opts.insert(k, Value::from(v)));
-            }
             if down.is_none() && up.is_none() {
                 return Err(Failure::usage("give --down and/or --up"));
             }
-            let path = c.manager.limit(kind, &value, opts).await.map_err(Failure::from)?;
+            let opts = LimitOptions {
+                down: down.map(|r| r.bytes_per_sec()),
+                up: up.map(|r| r.bytes_per_sec()),
+                backend,
+                down_backend,
+                up_backend,
+            };
+            let path = c.manager.limit(kind, &value, &opts).await.map_err(Failure::from)?;
             output::throttle(&c.throttle(&path).await?, json);
             warn_if_unsaved(&c).await;
         }

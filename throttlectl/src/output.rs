@@ -1,17 +1,11 @@
 //! Human tables and JSON (a stable schema: field names are the API's).
-use std::collections::HashMap;
-
+use throttle_api::{BackendStatus, Stats};
 use throttle_common::rate::Rate;
-use zbus::zvariant::OwnedValue;
 
 use crate::api::ThrottleView;
 
 fn rate(b: u64) -> String {
     Rate::from_bytes(b).map_or("-".into(), |r| r.to_string())
-}
-
-fn get<T: TryFrom<OwnedValue>>(d: &HashMap<String, OwnedValue>, k: &str) -> Option<T> {
-    d.get(k).and_then(|v| v.try_clone().ok()).and_then(|v| T::try_from(v).ok())
 }
 
 pub fn throttle(t: &ThrottleView, json: bool) {
@@ -64,21 +58,21 @@ pub fn list(ts: &[ThrottleView], json: bool) {
     }
 }
 
-pub fn backends(bs: &[HashMap<String, OwnedValue>], json: bool) {
+pub fn backends(bs: &[BackendStatus], json: bool) {
     let rows: Vec<serde_json::Value> = bs
         .iter()
         .map(|b| {
             serde_json::json!({
-                "name": get::<String>(b, "name"),
-                "directions": get::<Vec<String>>(b, "directions"),
-                "priority": get::<String>(b, "priority"),
-                "available": get::<bool>(b, "available"),
-                "reason": get::<String>(b, "reason"),
-                "default_for": get::<Vec<String>>(b, "default_for"),
-                "active": get::<u32>(b, "active"),
-                "pids": get::<Vec<u32>>(b, "pids"),
-                "health": get::<String>(b, "health"),
-                "health_detail": get::<String>(b, "health_detail"),
+                "name": b.name,
+                "directions": b.directions,
+                "priority": b.priority,
+                "available": b.available,
+                "reason": b.reason,
+                "default_for": b.default_for,
+                "active": b.active,
+                "pids": b.pids,
+                "health": b.health,
+                "health_detail": b.health_detail,
             })
         })
         .collect();
@@ -113,9 +107,9 @@ pub fn backends(bs: &[HashMap<String, OwnedValue>], json: bool) {
     }
 }
 
-pub fn stats(d: &HashMap<String, OwnedValue>, json: bool) {
-    let (n, p, s) = (get::<u32>(d, "throttles"), get::<u32>(d, "processes"), get::<String>(d, "status"));
-    let (state, detail) = (get::<String>(d, "state"), get::<String>(d, "state_detail"));
+pub fn stats(d: &Stats, json: bool) {
+    let (n, p, s) = (d.throttles, d.processes, d.status.clone());
+    let (state, detail) = (d.state.clone(), d.state_detail.clone());
     if json {
         let v =
             serde_json::json!({ "throttles": n, "processes": p, "status": s, "state": state, "state_detail": detail });
@@ -132,13 +126,12 @@ pub fn stats(d: &HashMap<String, OwnedValue>, json: bool) {
 }
 
 /// The daemon's warning when the saved state cannot be written, if any.
-pub fn state_warning(d: &HashMap<String, OwnedValue>) -> Option<String> {
-    (get::<String>(d, "state").as_deref() == Some("broken"))
-        .then(|| get::<String>(d, "state_detail").unwrap_or_default())
+pub fn state_warning(d: &Stats) -> Option<String> {
+    (d.state.as_deref() == Some("broken")).then(|| d.state_detail.clone().unwrap_or_default())
 }
 
-pub fn status(version: &str, d: &HashMap<String, OwnedValue>, up: String, down: String, json: bool) {
-    let s = get::<String>(d, "status").unwrap_or_default();
+pub fn status(version: &str, d: &Stats, up: String, down: String, json: bool) {
+    let s = d.status.clone().unwrap_or_default();
     let warning = state_warning(d);
     if json {
         let v = serde_json::json!({ "running": true, "version": version, "status": s, "default_up": up,

@@ -13,8 +13,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use throttle_common::Direction;
 use throttled::{
-    backend::Direction,
     manager::{LimitSpec, Manager, ManagerOptions},
     testing::lab::{Lab, MIB},
     Rate,

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use throttle_common::Direction;
 use throttled::{
-    backend::Direction,
     manager::{LimitSpec, Manager},
     target::Target,
     testing::{

@@ -56,9 +56,9 @@ fn top(bus: &PrivateBus) -> usize {
     let out = bus
         .busctl(&[
             "call",
-            "org.chadthrottle",
-            "/org/chadthrottle",
-            "org.chadthrottle.Manager",
+            throttle_api::BUS_NAME,
+            throttle_api::MANAGER_PATH,
+            throttle_api::MANAGER_INTERFACE,
             "GetTopProcesses",
             "uss",
             "1000",

@@ -1,10 +1,7 @@
 //! Where the TUI's data comes from: a trait, and the daemon over D-Bus.
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use zbus::zvariant::{OwnedValue, Value};
+use throttle_api::{BackendStatus, LimitOptions, TopProcess};
 
 use super::model::{Backend, Dir, Proc, Sample, Scope, Sort};
 use crate::api::{Client, Failure, ThrottleView};
@@ -120,11 +117,9 @@ impl Source for Dbus {
     }
 
     async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure> {
-        let mut opts: HashMap<&str, Value<'_>> = HashMap::new();
-        down.map(|b| opts.insert("down", Value::U64(b)));
-        up.map(|b| opts.insert("up", Value::U64(b)));
+        let opts = LimitOptions { down, up, ..Default::default() };
         let pid = pid.to_string();
-        self.call(WRITE, async |c| c.manager.limit("pid", &pid, opts).await.map(drop).map_err(fail)).await
+        self.call(WRITE, async |c| c.manager.limit("pid", &pid, &opts).await.map(drop).map_err(fail)).await
     }
 
     async fn remove(&mut self, t: &ThrottleView) -> Result<(), Failure> {
@@ -136,47 +131,50 @@ impl Source for Dbus {
     }
 }
 
-fn get<T: TryFrom<OwnedValue>>(d: &HashMap<String, OwnedValue>, k: &str) -> Option<T> {
-    d.get(k).and_then(|v| v.try_clone().ok()).and_then(|v| T::try_from(v).ok())
-}
-
 /// Missing or mistyped keys read as empty: an older daemon still shows.
-pub fn proc_of(d: &HashMap<String, OwnedValue>) -> Proc {
-    let n = |k| get::<u64>(d, k).unwrap_or(0);
+pub fn proc_of(d: &TopProcess) -> Proc {
+    let d = d.clone();
     Proc {
-        pid: get(d, "pid").unwrap_or(0),
-        name: get(d, "name").unwrap_or_default(),
-        exe: get(d, "exe").unwrap_or_default(),
-        down_rate: n("down_rate"),
-        up_rate: n("up_rate"),
-        down_total: n("down_total"),
-        up_total: n("up_total"),
-        throttled: get(d, "throttled").unwrap_or(false),
-        throttle_ids: get(d, "throttle_ids").unwrap_or_default(),
-        backends: get(d, "backends").unwrap_or_default(),
-        down_limit: n("down_limit"),
-        up_limit: n("up_limit"),
+        pid: d.pid.unwrap_or(0),
+        name: d.name.unwrap_or_default(),
+        exe: d.exe.unwrap_or_default(),
+        down_rate: d.down_rate.unwrap_or(0),
+        up_rate: d.up_rate.unwrap_or(0),
+        down_total: d.down_total.unwrap_or(0),
+        up_total: d.up_total.unwrap_or(0),
+        throttled: d.throttled.unwrap_or(false),
+        throttle_ids: d.throttle_ids.unwrap_or_default(),
+        backends: d.backends.unwrap_or_default(),
+        down_limit: d.down_limit.unwrap_or(0),
+        up_limit: d.up_limit.unwrap_or(0),
     }
 }
 
-pub fn backend_of(d: &HashMap<String, OwnedValue>) -> Backend {
+pub fn backend_of(d: &BackendStatus) -> Backend {
+    let d = d.clone();
     Backend {
-        name: get(d, "name").unwrap_or_default(),
-        directions: get(d, "directions").unwrap_or_default(),
-        priority: get(d, "priority").unwrap_or_default(),
-        available: get(d, "available").unwrap_or(false),
-        reason: get(d, "reason").unwrap_or_default(),
-        default_for: get(d, "default_for").unwrap_or_default(),
-        active: get(d, "active").unwrap_or(0),
+        name: d.name.unwrap_or_default(),
+        directions: d.directions.unwrap_or_default(),
+        priority: d.priority.unwrap_or_default(),
+        available: d.available.unwrap_or(false),
+        reason: d.reason.unwrap_or_default(),
+        default_for: d.default_for.unwrap_or_default(),
+        active: d.active.unwrap_or(0),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use zbus::zvariant::{serialized::Context, to_bytes, Type, Value, LE};
+
     use super::*;
 
-    fn dict(pairs: Vec<(&str, Value<'_>)>) -> HashMap<String, OwnedValue> {
-        pairs.into_iter().map(|(k, v)| (k.to_string(), OwnedValue::try_from(v).unwrap())).collect()
+    /// `pairs` as the daemon would send them, read as the proxy reads them.
+    fn dict<T: for<'d> serde::Deserialize<'d> + Type>(pairs: Vec<(&str, Value<'_>)>) -> T {
+        let map: HashMap<&str, Value<'_>> = pairs.into_iter().collect();
+        to_bytes(Context::new_dbus(LE, 0), &map).unwrap().deserialize().unwrap().0
     }
 
     #[test]

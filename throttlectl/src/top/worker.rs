@@ -104,7 +104,7 @@ mod tests {
 
     fn throttle(id: u32, kind: &str, target: &str, pids: &[u32]) -> ThrottleView {
         ThrottleView {
-            path: zbus::zvariant::OwnedObjectPath::try_from(format!("/org/chadthrottle/throttles/{id}")).unwrap(),
+            path: zbus::zvariant::OwnedObjectPath::try_from(throttle_api::throttle_path(id)).unwrap(),
             id,
             kind: kind.into(),
             target: target.into(),

@@ -10,34 +10,12 @@ pub mod probe;
 pub mod records;
 pub mod tc_htb;
 
-use std::fmt;
-
-use throttle_common::{rate::Rate, Counters};
+use throttle_common::{rate::Rate, Counters, Direction};
 
 use crate::kernel::bpf::{BpfError, Datapath};
 
 /// Every backend the daemon knows, by name (config validation uses this).
 pub const NAMES: [&str; 3] = ["ebpf", "tc_htb", "ifb_tc"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Up,
-    Down,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Up, Direction::Down];
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Up => "upload",
-            Direction::Down => "download",
-        })
-    }
-}
 
 /// Ranks the automatic choice of backend: higher is preferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]

@@ -5,18 +5,16 @@
 use std::{collections::HashMap, marker::PhantomData};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use throttle_common::text::quote;
+use throttle_api::options as opt;
+use throttle_common::{text::quote, Direction};
 use zbus::zvariant::{Signature, Type, Value};
 
 use super::errors::{Error, Result};
 use crate::{
-    backend::Direction,
     manager::{LimitSpec, ThrottleId},
     target::Target,
     Rate,
 };
-
-pub const THROTTLES_PATH: &str = "/org/chadthrottle/throttles";
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -73,9 +71,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Options<'a> {
 /// Most entries an options dict may have (five keys are known).
 const MAX_OPTIONS: usize = 16;
 
-/// Options: `down`/`up` (bytes per second as t, or a rate string as s),
-/// `backend`, `up_backend`, `down_backend` (s). Unknown or repeated keys,
-/// and options that would be ignored, are errors.
+/// Options (`throttle_api::options`): `down`/`up` (bytes per second as t,
+/// or a rate string as s), `backend`, `up_backend`, `down_backend` (s).
+/// Unknown or repeated keys, and options that would be ignored, are errors.
 pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
     if options.0.len() > MAX_OPTIONS {
         return Err(invalid(format!("{} options is too many (at most {MAX_OPTIONS})", options.0.len())));
@@ -94,17 +92,12 @@ pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
         }
         seen.push(key);
         match *key {
-            "down" => spec.down = Some(rate(key, value)?),
-            "up" => spec.up = Some(rate(key, value)?),
-            "backend" => spec.backend = Some(string(key, value)?),
-            "up_backend" => spec.up_backend = Some(string(key, value)?),
-            "down_backend" => spec.down_backend = Some(string(key, value)?),
-            other => {
-                return Err(invalid(format!(
-                    "unknown option {} (down, up, backend, up_backend, down_backend)",
-                    quote(other)
-                )))
-            }
+            opt::DOWN => spec.down = Some(rate(key, value)?),
+            opt::UP => spec.up = Some(rate(key, value)?),
+            opt::BACKEND => spec.backend = Some(string(key, value)?),
+            opt::UP_BACKEND => spec.up_backend = Some(string(key, value)?),
+            opt::DOWN_BACKEND => spec.down_backend = Some(string(key, value)?),
+            other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }
     spec.check().map_err(Error::from)?;
@@ -140,15 +133,10 @@ pub fn direction(s: &str) -> Result<Option<Direction>> {
     }
 }
 
-pub fn throttle_path(id: ThrottleId) -> String {
-    format!("{THROTTLES_PATH}/{id}")
-}
+pub use throttle_api::throttle_path;
 
 pub fn throttle_id(path: &str) -> Result<ThrottleId> {
-    path.strip_prefix(THROTTLES_PATH)
-        .and_then(|r| r.strip_prefix('/'))
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| Error::NoSuchThrottle(format!("{} is not a throttle", quote(path))))
+    throttle_api::throttle_id(path).ok_or_else(|| Error::NoSuchThrottle(format!("{} is not a throttle", quote(path))))
 }
 
 #[cfg(test)]

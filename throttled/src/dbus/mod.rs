@@ -22,13 +22,13 @@ use zbus::{
 };
 
 use self::{
-    service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals, MANAGER_PATH},
+    service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals},
     strict::Strict,
     throttle::ThrottleIface,
 };
 use crate::manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo};
 
-pub const BUS_NAME: &str = "org.chadthrottle";
+pub use throttle_api::{BUS_NAME, MANAGER_PATH};
 
 /// The API on one bus connection. Dropping it stops its signals.
 pub struct Served {

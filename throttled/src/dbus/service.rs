@@ -3,6 +3,8 @@
 //! the manager. No logic of its own.
 use std::{collections::HashMap, sync::Arc};
 
+use throttle_api::{BackendStatus, Stats, TopProcess};
+use throttle_common::Direction;
 use zbus::{
     interface,
     message::Header,
@@ -18,14 +20,13 @@ use super::{
     throttle::ThrottleIface,
 };
 use crate::{
-    backend::{Availability, Direction, Health},
+    backend::{Availability, Health},
     manager::{
         monitor::{Scope, SortBy},
-        Actor, BackendInfo, Grant, Manager, ManagerError, Need, Reader, Request, ThrottleId, ThrottleInfo, TopEntry,
+        Actor, BackendInfo, Grant, Manager, ManagerError, Need, Ownership, Reader, Request, ThrottleId, ThrottleInfo,
+        TopEntry,
     },
 };
-
-pub const MANAGER_PATH: &str = "/org/chadthrottle";
 
 /// Runs a manager call off the async threads (it takes a mutex and may
 /// talk to the kernel).
@@ -77,7 +78,7 @@ pub async fn authorize_traffic(
         _ if me == 0 => true,
         Some(root) => {
             let pids: Vec<u32> = std::iter::once(root.pid).chain(info.covered.iter().copied()).collect();
-            blocking(mgr, move |m| Ok(pids.iter().all(|p| m.process_owner(*p) == Some(me)))).await?
+            blocking(mgr, move |m| Ok(m.ownership(me, &pids))).await? == Ownership::Own
         }
         None => false,
     };
@@ -175,10 +176,10 @@ impl ManagerIface {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+    ) -> Result<Vec<BackendStatus>> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
         let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
-        infos.iter().map(backend_dict).collect()
+        Ok(infos.iter().map(backend_status).collect())
     }
 
     /// Sets the backend for new throttles in a direction ("up" or "down").
@@ -230,24 +231,20 @@ impl ManagerIface {
     /// slots and slots_used: the kernel's throttle slots (one per limited
     /// direction) and those taken; per_user_throttles: how many throttles
     /// each user but root may have made (config limits.per_user).
-    async fn get_stats(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<HashMap<String, OwnedValue>> {
+    async fn get_stats(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Stats> {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
         let s = read(&self.mgr, |r| Ok(r.stats())).await?;
         let (state, detail) = health_parts(&s.state);
-        dict([
-            ("throttles", Value::from(s.throttles as u32)),
-            ("processes", Value::from(s.processes as u32)),
-            ("status", Value::from(s.status)),
-            ("state", Value::from(state)),
-            ("state_detail", Value::from(detail)),
-            ("slots", Value::from(s.slots as u32)),
-            ("slots_used", Value::from(s.slots_used as u32)),
-            ("per_user_throttles", Value::from(s.per_user)),
-        ])
+        Ok(Stats {
+            throttles: Some(s.throttles as u32),
+            processes: Some(s.processes as u32),
+            status: Some(s.status),
+            state: Some(state.into()),
+            state_detail: Some(detail),
+            slots: Some(s.slots as u32),
+            slots_used: Some(s.slots_used as u32),
+            per_user_throttles: Some(s.per_user),
+        })
     }
 
     /// The busiest processes, throttled or not, busiest first: every
@@ -264,14 +261,14 @@ impl ManagerIface {
         scope: &str,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<Vec<HashMap<String, OwnedValue>>> {
+    ) -> Result<Vec<TopProcess>> {
         args::bounded(&[sort, scope])?;
         let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
         let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
         let owner = visible_owner(conn, &hdr).await?;
         let count = count.min(MAX_TOP) as usize;
         let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
-        top.iter().map(top_dict).collect()
+        Ok(top.iter().map(top_process).collect())
     }
 
     /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
@@ -299,7 +296,7 @@ impl ManagerIface {
             return read(&self.mgr, move |r| r.throttle_history(id)).await;
         }
         if let Some(me) = visible_owner(conn, &hdr).await? {
-            if blocking(&self.mgr, move |m| Ok(m.process_owner(id))).await?.is_some_and(|uid| uid != me) {
+            if blocking(&self.mgr, move |m| Ok(m.ownership(me, &[id]))).await? == Ownership::Other {
                 return Err(Error::NotAuthorized(format!(
                     "pid {id} belongs to another user: seeing its traffic needs {OBSERVE_ALL}"
                 )));
@@ -425,42 +422,42 @@ pub fn health_parts(h: &Health) -> (&'static str, String) {
 /// Longest answer GetTopProcesses gives.
 const MAX_TOP: u32 = 1000;
 
-fn top_dict(e: &TopEntry) -> Result<HashMap<String, OwnedValue>> {
+fn top_process(e: &TopEntry) -> TopProcess {
     let t = &e.traffic;
-    dict([
-        ("pid", Value::from(t.pid)),
-        ("uid", Value::from(t.uid)),
-        ("name", Value::from(t.name.as_str())),
-        ("exe", Value::from(t.exe.as_str())),
-        ("down_rate", Value::from(t.down_rate)),
-        ("up_rate", Value::from(t.up_rate)),
-        ("down_total", Value::from(t.down_total)),
-        ("up_total", Value::from(t.up_total)),
-        ("throttled", Value::from(!e.throttles.is_empty())),
-        ("throttle_ids", Value::from(e.throttles.clone())),
-        ("backends", Value::from(e.backends.clone())),
-        ("down_limit", Value::from(e.down_limit)),
-        ("up_limit", Value::from(e.up_limit)),
-    ])
+    TopProcess {
+        pid: Some(t.pid),
+        uid: Some(t.uid),
+        name: Some(t.name.clone()),
+        exe: Some(t.exe.clone()),
+        down_rate: Some(t.down_rate),
+        up_rate: Some(t.up_rate),
+        down_total: Some(t.down_total),
+        up_total: Some(t.up_total),
+        throttled: Some(!e.throttles.is_empty()),
+        throttle_ids: Some(e.throttles.clone()),
+        backends: Some(e.backends.iter().map(|b| b.to_string()).collect()),
+        down_limit: Some(e.down_limit),
+        up_limit: Some(e.up_limit),
+    }
 }
 
-fn backend_dict(b: &BackendInfo) -> Result<HashMap<String, OwnedValue>> {
-    let names = |d: &[Direction]| d.iter().map(|d| direction_name(*d)).collect::<Vec<_>>();
+fn backend_status(b: &BackendInfo) -> BackendStatus {
+    let names = |d: &[Direction]| d.iter().map(|d| direction_name(*d).to_string()).collect::<Vec<_>>();
     let (available, reason) = match &b.availability {
         Availability::Available => (true, String::new()),
         Availability::Unavailable(r) => (false, r.clone()),
     };
     let (health, detail) = health_parts(&b.health);
-    dict([
-        ("name", Value::from(b.name)),
-        ("directions", Value::from(names(&b.directions))),
-        ("priority", Value::from(format!("{:?}", b.priority))),
-        ("available", Value::from(available)),
-        ("reason", Value::from(reason)),
-        ("default_for", Value::from(names(&b.default_for))),
-        ("active", Value::from(b.active as u32)),
-        ("pids", Value::from(b.pids.clone())),
-        ("health", Value::from(health)),
-        ("health_detail", Value::from(detail)),
-    ])
+    BackendStatus {
+        name: Some(b.name.into()),
+        directions: Some(names(&b.directions)),
+        priority: Some(format!("{:?}", b.priority)),
+        available: Some(available),
+        reason: Some(reason),
+        default_for: Some(names(&b.default_for)),
+        active: Some(b.active as u32),
+        pids: Some(b.pids.clone()),
+        health: Some(health.into()),
+        health_detail: Some(detail),
+    }
 }

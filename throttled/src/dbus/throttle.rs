@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use throttle_common::Direction;
 use zbus::{
     interface, message::Header, object_server::SignalEmitter, zvariant::OwnedValue, zvariant::Value, Connection,
 };
@@ -18,10 +19,7 @@ use super::{
     errors::{Error, Result},
     service::{authorize_target, authorize_traffic, blocking, dict, read},
 };
-use crate::{
-    backend::Direction,
-    manager::{Manager, Origin, Request, ThrottleId, ThrottleInfo},
-};
+use crate::manager::{Manager, Origin, Request, ThrottleId, ThrottleInfo};
 
 pub struct ThrottleIface {
     pub mgr: Arc<Manager>,

@@ -7,7 +7,7 @@ use std::{
     sync::{atomic::AtomicBool, atomic::Ordering, Arc, Mutex, OnceLock, Weak},
 };
 
-use throttle_common::{rate::Rate, ProcSlots};
+use throttle_common::{rate::Rate, Direction, ProcSlots};
 
 use super::{
     coverage::{self, Assignment, Candidate},
@@ -18,7 +18,7 @@ use super::{
     TopEntry,
 };
 use crate::{
-    backend::{Context, Direction, Health, SlotId},
+    backend::{Context, Health, SlotId},
     config::{Config, Defaults},
     kernel::{
         bpf::Datapath,

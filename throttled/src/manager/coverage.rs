@@ -1,7 +1,7 @@
 //! Which throttle limits a process, per direction, when several targets
 //! match it. Pure, so the rule is unit-tested without a kernel.
 use super::ThrottleId;
-use crate::backend::Direction;
+use throttle_common::Direction;
 
 /// One throttle whose target matches the process.
 #[derive(Clone, Copy, Debug)]

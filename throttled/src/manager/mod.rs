@@ -22,15 +22,15 @@ use std::{
     time::Duration,
 };
 
-use throttle_common::{rate::Rate, Counters, MAX_SLOTS};
+use throttle_common::{rate::Rate, Counters, Direction, MAX_SLOTS};
 
 use self::core::Core;
 pub use self::{
     core::Origin,
-    policy::{Actor, Grant, Need, Request},
+    policy::{Actor, Grant, Need, Ownership, Request},
 };
 use crate::{
-    backend::{Availability, BackendError, Direction, Health, Priority},
+    backend::{Availability, BackendError, Health, Priority},
     config::{ConfigError, FailurePolicy, Loaded},
     kernel::{bpf::BpfError, procmon::ProcMonitor},
     state::StateError,
@@ -491,10 +491,16 @@ impl Manager {
         self.lock().top(count, sort, scope, owner)
     }
 
-    /// The uid of a process the monitor knows, else from /proc.
-    pub fn process_owner(&self, pid: u32) -> Option<u32> {
-        let known = self.lock().monitor.owner(pid);
-        known.or_else(|| crate::kernel::procfs::uid(pid).ok())
+    /// Whether `pids` are `uid`'s processes: each one's uid as the monitor
+    /// knows it, else from /proc. The D-Bus layer's only question about
+    /// who owns a process.
+    pub fn ownership(&self, uid: u32, pids: &[u32]) -> Ownership {
+        let known: Vec<Option<u32>> = {
+            let core = self.lock();
+            pids.iter().map(|p| core.monitor.owner(*p)).collect()
+        };
+        let owner = |(pid, known): (&u32, Option<u32>)| known.or_else(|| crate::kernel::procfs::uid(*pid).ok());
+        Ownership::of(uid, pids.iter().zip(known).map(owner))
     }
 
     /// A process's (up, down) bytes/s, one per second, oldest first; empty

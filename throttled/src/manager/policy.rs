@@ -15,10 +15,10 @@
 //!   throttles at a time, so no user can take every kernel slot.
 use std::collections::BTreeMap;
 
-use throttle_common::rate::Rate;
+use throttle_common::{rate::Rate, Direction};
 
 use super::{core::Core, LimitSpec, ManagerError, ThrottleId};
-use crate::{backend::Direction, kernel::procfs, target::Target};
+use crate::{kernel::procfs, target::Target};
 
 /// What a caller was authorized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +72,34 @@ pub enum Request {
     /// Throttle.SetLimits.
     Change(ThrottleId, LimitSpec),
     Remove(ThrottleId),
+}
+
+/// Whose some processes are, for a caller: all the caller's, at least one
+/// another user's, or neither (some are unknown, e.g. gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    Own,
+    Other,
+    Unknown,
+}
+
+impl Ownership {
+    /// From each process's owner, as far as known.
+    pub fn of(uid: u32, owners: impl IntoIterator<Item = Option<u32>>) -> Ownership {
+        let mut all_own = true;
+        for owner in owners {
+            match owner {
+                Some(o) if o != uid => return Ownership::Other,
+                Some(_) => {}
+                None => all_own = false,
+            }
+        }
+        if all_own {
+            Ownership::Own
+        } else {
+            Ownership::Unknown
+        }
+    }
 }
 
 /// An existing throttle, as far as the policy cares.
@@ -198,6 +226,14 @@ mod tests {
 
     fn down(r: &str) -> LimitSpec {
         LimitSpec { down: Some(rate(r)), ..Default::default() }
+    }
+
+    #[test]
+    fn ownership_needs_every_process_and_names_another_users_first() {
+        assert_eq!(Ownership::of(1000, [Some(1000), Some(1000)]), Ownership::Own);
+        assert_eq!(Ownership::of(1000, [Some(1000), None]), Ownership::Unknown);
+        assert_eq!(Ownership::of(1000, [None, Some(0)]), Ownership::Other);
+        assert_eq!(Ownership::of(1000, []), Ownership::Own);
     }
 
     fn existing(admin: bool, tree: bool) -> Existing {

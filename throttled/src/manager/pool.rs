@@ -4,11 +4,13 @@
 //! their last throttle goes.
 use std::cell::Cell;
 
+use throttle_common::Direction;
+
 use super::ManagerError;
 use crate::{
     backend::{
         ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
-        Backend, BackendError, Direction, Health,
+        Backend, BackendError, Health,
     },
     config::{Config, Defaults},
 };

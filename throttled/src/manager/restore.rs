@@ -3,7 +3,7 @@
 //! what changed in the config and the rules.
 use std::collections::BTreeSet;
 
-use throttle_common::text::quote;
+use throttle_common::{text::quote, Direction};
 
 use super::{
     core::{Core, Origin, Pending},
@@ -11,7 +11,7 @@ use super::{
     BackendInfo, Event, LimitSpec, ManagerError, ManagerOptions, RemovalReason, ThrottleId,
 };
 use crate::{
-    backend::{leftovers, Context, Direction, Health},
+    backend::{leftovers, Context, Health},
     config::{self, Config, Defaults, Rule},
     kernel::{
         bpf::{Datapath, DatapathOptions},

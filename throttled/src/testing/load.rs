@@ -2,14 +2,12 @@
 //! connections of their own making mixed calls (limit, change, remove, list,
 //! stats) on processes of their own, so that every error is unexpected.
 use std::{
-    collections::HashMap,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use zbus::zvariant::{OwnedObjectPath, Value};
-
-const MGR: &str = "org.chadthrottle.Manager";
+use throttle_api::{LimitOptions, BUS_NAME, MANAGER_INTERFACE as MGR, MANAGER_PATH};
+use zbus::zvariant::OwnedObjectPath;
 
 /// `sleep` processes to limit, killed on drop.
 pub struct Sleepers(Vec<Child>);
@@ -38,18 +36,18 @@ pub async fn connect(address: &str) -> zbus::Result<zbus::Connection> {
 }
 
 pub async fn limit(c: &zbus::Connection, pid: u32, down: u64) -> zbus::Result<OwnedObjectPath> {
-    let opts: HashMap<&str, Value<'_>> = HashMap::from([("down", Value::U64(down))]);
+    let opts = LimitOptions { down: Some(down), ..Default::default() };
     let args = ("pid", pid.to_string(), opts);
-    let reply = c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Limit", &args).await?;
+    let reply = c.call_method(Some(BUS_NAME), MANAGER_PATH, Some(MGR), "Limit", &args).await?;
     reply.body().deserialize()
 }
 
 pub async fn remove(c: &zbus::Connection, path: &OwnedObjectPath) -> zbus::Result<()> {
-    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Remove", &(path,)).await.map(drop)
+    c.call_method(Some(BUS_NAME), MANAGER_PATH, Some(MGR), "Remove", &(path,)).await.map(drop)
 }
 
 async fn call0(c: &zbus::Connection, iface: &str, method: &str) -> zbus::Result<()> {
-    c.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(iface), method, &()).await.map(drop)
+    c.call_method(Some(BUS_NAME), MANAGER_PATH, Some(iface), method, &()).await.map(drop)
 }
 
 pub fn ms(d: Duration) -> f64 {

@@ -1,0 +1,80 @@
+//! The `a{sv}` options of `Manager.Limit` and `Throttle.SetLimits`.
+//!
+//! The daemon reads the dict entry by entry (it refuses a repeated or
+//! unknown key, and takes a rate as t or as a string such as "1M"); a
+//! client sends a [`LimitOptions`].
+use serde::Serialize;
+use zbus::zvariant::{as_value, Type};
+
+/// Bytes per second (t), or a rate string (s).
+pub const DOWN: &str = "down";
+pub const UP: &str = "up";
+/// The backend for both directions (s).
+pub const BACKEND: &str = "backend";
+pub const UP_BACKEND: &str = "up_backend";
+pub const DOWN_BACKEND: &str = "down_backend";
+/// Every key, in the order error messages list them.
+pub const KEYS: [&str; 5] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND];
+
+/// Options as a client sends them: only the given ones go on the wire.
+/// The field names are the keys above (a test holds them equal).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Type)]
+#[zvariant(signature = "a{sv}")]
+pub struct LimitOptions {
+    /// Bytes per second.
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub down: Option<u64>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub up: Option<u64>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub up_backend: Option<String>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub down_backend: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use zbus::zvariant::{serialized::Context, to_bytes, OwnedValue, Value, LE};
+
+    use super::*;
+
+    fn decode(o: &LimitOptions) -> HashMap<String, OwnedValue> {
+        let bytes = to_bytes(Context::new_dbus(LE, 0), o).unwrap();
+        bytes.deserialize().unwrap().0
+    }
+
+    #[test]
+    fn field_names_are_the_keys() {
+        let all = LimitOptions {
+            down: Some(1),
+            up: Some(2),
+            backend: Some("ebpf".into()),
+            up_backend: Some("tc_htb".into()),
+            down_backend: Some("ifb_tc".into()),
+        };
+        let mut keys: Vec<String> = decode(&all).into_keys().collect();
+        keys.sort();
+        let mut want = KEYS.map(String::from).to_vec();
+        want.sort();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn only_given_options_are_sent_with_their_types() {
+        let o = LimitOptions { down: Some(2048), backend: Some("ebpf".into()), ..Default::default() };
+        let d = decode(&o);
+        assert_eq!(d.len(), 2);
+        assert_eq!(&*d[DOWN], &Value::U64(2048));
+        assert_eq!(&*d[BACKEND], &Value::from("ebpf"));
+        // Byte for byte what a HashMap of the same entries sends.
+        let one = LimitOptions { up: Some(7), ..Default::default() };
+        let map: HashMap<&str, Value<'_>> = HashMap::from([(UP, Value::U64(7))]);
+        let ctx = Context::new_dbus(LE, 0);
+        assert_eq!(to_bytes(ctx, &one).unwrap().bytes(), to_bytes(ctx, &map).unwrap().bytes());
+        assert!(decode(&LimitOptions::default()).is_empty());
+    }
+}

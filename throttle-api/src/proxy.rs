@@ -1,0 +1,106 @@
+//! Client proxies of `org.chadthrottle.Manager` and `org.chadthrottle.Throttle`.
+//! Changes may wait for a polkit agent (`allow_interactive_auth`).
+use std::collections::HashMap;
+
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
+
+use crate::{BackendStatus, LimitOptions, Stats, TopProcess};
+
+#[zbus::proxy(
+    interface = "org.chadthrottle.Manager",
+    default_service = "org.chadthrottle",
+    default_path = "/org/chadthrottle"
+)]
+pub trait Manager {
+    /// kind: pid, tree, name, exe, cgroup or unit.
+    #[zbus(allow_interactive_auth)]
+    fn limit(&self, kind: &str, target: &str, options: &LimitOptions) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(allow_interactive_auth)]
+    fn remove(&self, throttle: &ObjectPath<'_>) -> zbus::Result<()>;
+    fn list_throttles(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+    fn list_backends(&self) -> zbus::Result<Vec<BackendStatus>>;
+    /// direction: up or down.
+    #[zbus(allow_interactive_auth)]
+    fn set_default_backend(&self, direction: &str, backend: &str) -> zbus::Result<()>;
+    /// direction: up, down, or "" for both.
+    #[zbus(allow_interactive_auth)]
+    fn migrate(&self, throttle: &ObjectPath<'_>, direction: &str, backend: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
+    fn migrate_backend(&self, from: &str, to: &str) -> zbus::Result<u32>;
+    fn get_stats(&self) -> zbus::Result<Stats>;
+    /// sort: down, up or total; scope: all, internet or local.
+    fn get_top_processes(&self, count: u32, sort: &str, scope: &str) -> zbus::Result<Vec<TopProcess>>;
+    /// kind: process (id = pid) or throttle; (up, down) bytes/s, one a second, oldest first.
+    fn get_history(&self, kind: &str, id: u32) -> zbus::Result<Vec<(u64, u64)>>;
+    #[zbus(allow_interactive_auth)]
+    fn reload(&self) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn features(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn monitor_enabled(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn default_upload_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn default_download_backend(&self) -> zbus::Result<String>;
+
+    #[zbus(signal)]
+    fn throttle_added(&self, throttle: ObjectPath<'_>) -> zbus::Result<()>;
+    /// reason: requested, process-exited or reload.
+    #[zbus(signal)]
+    fn throttle_removed(&self, throttle: ObjectPath<'_>, reason: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn default_backend_changed(&self, direction: &str, backend: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn backend_health_changed(&self, backend: &str, health: &str, detail: &str) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn throttle_migrated(&self, throttle: ObjectPath<'_>, direction: &str, from: &str, to: &str) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(interface = "org.chadthrottle.Throttle", default_service = "org.chadthrottle")]
+pub trait Throttle {
+    #[zbus(allow_interactive_auth)]
+    fn remove(&self) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
+    fn set_limits(&self, options: &LimitOptions) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn target(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn origin(&self) -> zbus::Result<String>;
+    /// Bytes per second; 0 = unlimited.
+    #[zbus(property)]
+    fn down_limit(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn up_limit(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn down_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn up_backend(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn down_rate(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn up_rate(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn down_accuracy(&self) -> zbus::Result<f64>;
+    #[zbus(property)]
+    fn up_accuracy(&self) -> zbus::Result<f64>;
+    #[zbus(property)]
+    fn pids(&self) -> zbus::Result<Vec<u32>>;
+    #[zbus(property)]
+    fn excluded(&self) -> zbus::Result<Vec<u32>>;
+    /// "active", or "failed" (see StatusDetail).
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn status_detail(&self) -> zbus::Result<String>;
+    /// {down,up}_{bytes,packets,dropped_bytes,dropped_packets}.
+    #[zbus(property)]
+    fn counters(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+}
