@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{backend::NAMES, target::Target, Rate};
+use crate::{backend::NAMES, limit::LimitSpec, target::Target, Rate};
 
 pub const DEFAULT_CONFIG: &str = "/etc/chadthrottle/chadthrottled.toml";
 const MAX_INTERVAL_SECS: i64 = 3600;
@@ -109,11 +109,7 @@ impl Default for Config {
 pub struct Rule {
     pub source: PathBuf,
     pub target: Target,
-    pub down: Option<Rate>,
-    pub up: Option<Rate>,
-    pub backend: Option<String>,
-    pub up_backend: Option<String>,
-    pub down_backend: Option<String>,
+    pub spec: LimitSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -376,15 +372,14 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
             return Err(src.field(b, field, "names a backend for a direction without a limit"));
         }
     }
-    let rule = Rule {
-        source: src.file.into(),
-        target,
+    let spec = LimitSpec {
         down,
         up,
         backend: backend(src, r.backend, "backend")?,
         up_backend: backend(src, r.up_backend, "up_backend")?,
         down_backend: backend(src, r.down_backend, "down_backend")?,
     };
+    let rule = Rule { source: src.file.into(), target, spec };
     Ok((rule, span))
 }
 
@@ -501,7 +496,7 @@ mod tests {
         assert!(!l.config.exempt_loopback);
         let targets: Vec<String> = l.rules.iter().map(|r| r.target.to_string()).collect();
         assert_eq!(targets, ["unit backup.service", "name firefox"], "file-name order");
-        assert_eq!(l.rules[1].up.unwrap().bytes_per_sec(), 2048);
+        assert_eq!(l.rules[1].spec.up.unwrap().bytes_per_sec(), 2048);
         assert!(l.rules[0].source.ends_with("a.toml"));
     }
 

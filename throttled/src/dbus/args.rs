@@ -107,7 +107,7 @@ pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
             }
         }
     }
-    spec.check().map_err(Error::from)?;
+    spec.check().map_err(|e| Error::from(crate::manager::ManagerError::from(e)))?;
     Ok(spec)
 }
 

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     backend::{Availability, Direction, Health},
     manager::{
-        monitor::{Scope, SortBy},
+        traffic::{Scope, SortBy},
         Actor, BackendInfo, Grant, Manager, ManagerError, Need, Reader, Request, ThrottleId, ThrottleInfo, TopEntry,
     },
 };
