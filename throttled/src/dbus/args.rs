@@ -12,7 +12,7 @@ use super::errors::{Error, Result};
 use crate::{
     backend::Direction,
     manager::{LimitSpec, ThrottleId},
-    target::Target,
+    target::{Target, TargetSpec},
     Rate,
 };
 
@@ -38,7 +38,9 @@ pub fn bounded(args: &[&str]) -> Result<()> {
 /// `kind` is pid, tree, name, exe, cgroup or unit; a pid is decimal.
 pub fn target(kind: &str, value: &str) -> Result<Target> {
     bounded(&[kind, value])?;
-    Target::parse(kind, value).map_err(|e| crate::manager::ManagerError::from(e).into())
+    TargetSpec::parse(kind, value)
+        .and_then(TargetSpec::resolve)
+        .map_err(|e| crate::manager::ManagerError::from(e).into())
 }
 
 /// An `a{sv}` as the caller sent it, every entry in order and borrowed

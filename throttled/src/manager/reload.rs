@@ -10,11 +10,37 @@ use crate::{
     backend::Direction,
     config::{self, Config, Defaults, Rule},
     persist::Change,
+    target::Target,
 };
 
+/// A rule with its target resolved for the table (a cgroup path given
+/// with the mount point in front loses it).
+pub(super) struct Resolved<'a> {
+    pub rule: &'a Rule,
+    pub target: Target,
+}
+
+/// Every rule's target resolved, all or nothing; two rules that resolve to
+/// the same target are refused, as the same target written twice is.
+pub(super) fn resolve_rules(rules: &[Rule]) -> Result<Vec<Resolved<'_>>, ManagerError> {
+    let mut out: Vec<Resolved<'_>> = Vec::with_capacity(rules.len());
+    for rule in rules {
+        let at = |e: String| {
+            ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", rule.source.display(), rule.target))
+        };
+        let target = rule.target.clone().resolve().map_err(|e| at(e.to_string()))?;
+        if let Some(first) = out.iter().find(|r| r.target == target) {
+            return Err(at(format!("{target} is already limited by a rule in {}", first.rule.source.display())));
+        }
+        out.push(Resolved { rule, target });
+    }
+    Ok(out)
+}
+
 impl Core {
-    pub(super) fn apply_rule(&mut self, rule: &Rule) -> Result<ThrottleId, ManagerError> {
-        let id = self.limit(rule.target.clone(), &rule.spec, Origin::Rule(rule.source.clone()))?;
+    pub(super) fn apply_rule(&mut self, r: &Resolved<'_>) -> Result<ThrottleId, ManagerError> {
+        let rule = r.rule;
+        let id = self.limit(r.target.clone(), &rule.spec, Origin::Rule(rule.source.clone()))?;
         if let Some(t) = self.throttles.get_mut(&id) {
             t.origin = Origin::Rule(rule.source.clone());
         }
@@ -22,8 +48,8 @@ impl Core {
     }
 
     /// Every backend a rule names must be usable, checked before any change.
-    pub(super) fn validate_rules(&self, rules: &[Rule]) -> Result<(), ManagerError> {
-        for r in rules {
+    pub(super) fn validate_rules(&self, rules: &[Resolved<'_>]) -> Result<(), ManagerError> {
+        for Resolved { rule: r, .. } in rules {
             let spec = &r.spec;
             spec.check().map_err(|e| {
                 ManagerError::InvalidArgument(format!("{}: rule for {}: {e}", r.source.display(), r.target))
@@ -42,10 +68,11 @@ impl Core {
         let path = self.config_path.clone().unwrap_or_else(|| config::DEFAULT_CONFIG.into());
         let mut loaded = config::load(&path)?;
         self.overrides.apply(&mut loaded.config);
-        self.validate_rules(&loaded.rules)?;
+        let rules = resolve_rules(&loaded.rules)?;
+        self.validate_rules(&rules)?;
         let old = std::mem::replace(&mut self.config, loaded.config);
         self.apply_config_change(&old);
-        self.sync_rules(&loaded.rules);
+        self.sync_rules(&rules);
         self.retry_pending();
         self.persist();
         tracing::info!(config = %path.display(), rules = loaded.rules.len(), "reloaded");
@@ -70,7 +97,7 @@ impl Core {
 
     /// Rule throttles whose rule is gone are removed; unchanged ones are not
     /// touched; changed ones change in place.
-    pub(super) fn sync_rules(&mut self, rules: &[Rule]) {
+    pub(super) fn sync_rules(&mut self, rules: &[Resolved<'_>]) {
         let stale: Vec<ThrottleId> = self
             .throttles
             .iter()
@@ -80,14 +107,15 @@ impl Core {
         for id in stale {
             let _ = self.remove(id, RemovalReason::Reload);
         }
-        for rule in rules {
-            if self.find(&rule.target).is_some_and(|id| self.rule_unchanged(id, rule)) {
+        for r in rules {
+            let rule = r.rule;
+            if self.find(&r.target).is_some_and(|id| self.rule_unchanged(id, rule)) {
                 continue;
             }
-            if let Some(id) = self.find(&rule.target).filter(|id| self.drops_direction(*id, rule)) {
+            if let Some(id) = self.find(&r.target).filter(|id| self.drops_direction(*id, rule)) {
                 let _ = self.remove(id, RemovalReason::Reload);
             }
-            if let Err(e) = self.apply_rule(rule) {
+            if let Err(e) = self.apply_rule(r) {
                 tracing::error!(rule = %rule.source.display(), target = %rule.target, error = %e, "rule not applied");
             }
         }

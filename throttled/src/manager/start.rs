@@ -9,7 +9,7 @@ use super::{
     core::{Core, Origin, Pending},
     events::{Event, RemovalReason},
     policy::Made,
-    reload::effective_defaults,
+    reload::{effective_defaults, resolve_rules},
     LimitSpec, ManagerError, ManagerOptions, ThrottleId,
 };
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
 
 impl Core {
     pub fn start(opts: &ManagerOptions) -> Result<Core, ManagerError> {
+        let rules = resolve_rules(&opts.loaded.rules)?;
         let mut config = opts.loaded.config.clone();
         opts.overrides.apply(&mut config);
         let lock = InstanceLock::acquire(&config.state_dir)?;
@@ -56,9 +57,9 @@ impl Core {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "ignoring the saved throttles; the rules still apply"),
         }
-        for rule in &opts.loaded.rules {
-            if let Err(e) = core.apply_rule(rule) {
-                tracing::error!(rule = %rule.source.display(), target = %rule.target, error = %e, "rule not applied");
+        for r in &rules {
+            if let Err(e) = core.apply_rule(r) {
+                tracing::error!(rule = %r.rule.source.display(), target = %r.target, error = %e, "rule not applied");
             }
         }
         core.persist();
