@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use futures_util::StreamExt;
-use throttled::state::StateStore;
+use throttled::persist::StateStore;
 use throttled::testing::{
     bus::PrivateBus,
     load::{connect, limit, round, Mix, Sleepers},

@@ -11,7 +11,7 @@ use std::{
 
 use common::*;
 use throttled::manager::{
-    monitor::{ProcessTraffic, Scope, SortBy},
+    traffic::{ProcessTraffic, Scope, SortBy},
     LimitSpec, Manager,
 };
 

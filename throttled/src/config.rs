@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{backend::NAMES, target::Target, Rate};
+use crate::{backend::NAMES, limit::LimitSpec, target::TargetSpec, Rate};
 
 pub const DEFAULT_CONFIG: &str = "/etc/chadthrottle/chadthrottled.toml";
 const MAX_INTERVAL_SECS: i64 = 3600;
@@ -108,12 +108,9 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     pub source: PathBuf,
-    pub target: Target,
-    pub down: Option<Rate>,
-    pub up: Option<Rate>,
-    pub backend: Option<String>,
-    pub up_backend: Option<String>,
-    pub down_backend: Option<String>,
+    /// As written: the manager resolves it (a cgroup's mount point).
+    pub target: TargetSpec,
+    pub spec: LimitSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -376,31 +373,26 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
             return Err(src.field(b, field, "names a backend for a direction without a limit"));
         }
     }
-    let rule = Rule {
-        source: src.file.into(),
-        target,
+    let spec = LimitSpec {
         down,
         up,
         backend: backend(src, r.backend, "backend")?,
         up_backend: backend(src, r.up_backend, "up_backend")?,
         down_backend: backend(src, r.down_backend, "down_backend")?,
     };
+    let rule = Rule { source: src.file.into(), target, spec };
     Ok((rule, span))
 }
 
-fn target(src: &Source<'_>, r: &RawRule, span: Range<usize>) -> Result<Target, ConfigError> {
-    type Make = fn(&str) -> Result<Target, crate::target::TargetError>;
-    let keys: [(&str, &Option<Spanned<String>>, Make); 4] = [
-        ("name", &r.name, Target::name),
-        ("exe", &r.exe, Target::exe),
-        ("cgroup", &r.cgroup, Target::cgroup),
-        ("unit", &r.unit, Target::unit),
-    ];
-    let given: Vec<_> = keys.iter().filter_map(|(k, v, f)| v.as_ref().map(|v| (*k, v, f))).collect();
+/// The rule's target, its form checked only: nothing is read from the system.
+fn target(src: &Source<'_>, r: &RawRule, span: Range<usize>) -> Result<TargetSpec, ConfigError> {
+    let keys: [(&str, &Option<Spanned<String>>); 4] =
+        [("name", &r.name), ("exe", &r.exe), ("cgroup", &r.cgroup), ("unit", &r.unit)];
+    let given: Vec<_> = keys.iter().filter_map(|(k, v)| v.as_ref().map(|v| (*k, v))).collect();
     match given[..] {
-        [(key, value, make)] => make(value.get_ref()).map_err(|e| src.field(value, key, e)),
+        [(key, value)] => TargetSpec::parse(key, value.get_ref()).map_err(|e| src.field(value, key, e)),
         [] => Err(src.error(Some(span), "rule: give exactly one target: name, exe, cgroup or unit")),
-        [_, (key, value, _), ..] => {
+        [_, (key, value), ..] => {
             Err(src.field(value, key, "a rule has exactly one target (name, exe, cgroup or unit)"))
         }
     }
@@ -501,7 +493,7 @@ mod tests {
         assert!(!l.config.exempt_loopback);
         let targets: Vec<String> = l.rules.iter().map(|r| r.target.to_string()).collect();
         assert_eq!(targets, ["unit backup.service", "name firefox"], "file-name order");
-        assert_eq!(l.rules[1].up.unwrap().bytes_per_sec(), 2048);
+        assert_eq!(l.rules[1].spec.up.unwrap().bytes_per_sec(), 2048);
         assert!(l.rules[0].source.ends_with("a.toml"));
     }
 

@@ -4,11 +4,11 @@ pub mod backend;
 pub mod config;
 pub mod dbus;
 pub mod kernel;
+pub mod limit;
 pub mod logging;
 pub mod manager;
 pub mod notify;
-pub mod state;
-pub mod statefs;
+pub mod persist;
 pub mod target;
 pub mod testing;
 

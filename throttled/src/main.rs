@@ -179,7 +179,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
             Err(e) => {
                 // Lost a race for the name: undo everything, then fail.
                 let m = manager.clone();
-                tokio::task::spawn_blocking(move || m.teardown()).await?.context("removing throttles")?;
+                tokio::task::spawn_blocking(move || m.shutdown()).await?.context("removing throttles")?;
                 return Err(e);
             }
         },
@@ -227,7 +227,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         task.abort();
         let _ = task.await;
     }
-    tokio::task::spawn_blocking(move || manager.teardown()).await?.context("removing throttles")?;
+    tokio::task::spawn_blocking(move || manager.shutdown()).await?.context("removing throttles")?;
     Ok(())
 }
 

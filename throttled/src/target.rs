@@ -1,6 +1,7 @@
 //! What a throttle covers: a process (optionally with its descendants), every
 //! process of a name or executable, or a cgroup / systemd unit. Parsing and
-//! validation of user input, matching against a process's facts, and the
+//! validation of user input (`TargetSpec`, without I/O) and resolving it
+//! into the model (`Target`), matching against a process's facts, and the
 //! precedence rule between overlapping targets.
 use std::{fmt, path::Path};
 
@@ -72,27 +73,101 @@ pub fn parse_pid(value: &str) -> Result<u32, TargetError> {
     }
 }
 
-impl Target {
-    /// The one validation of a target, for API calls and saved state alike:
-    /// `kind` is pid, tree, name, exe, cgroup or unit.
-    pub fn parse(kind: &str, value: &str) -> Result<Target, TargetError> {
+/// A target as a caller or a rule gives it, its form checked without any
+/// I/O. `resolve` is the separate step that reads what the model needs: a
+/// pid's process and start time, or the cgroup v2 mount point (so parsing
+/// rules never reads /proc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A process by pid (a thread id resolves to its process).
+    Pid { pid: u32, tree: bool },
+    /// A normalized cgroup path, maybe with the mount point in front.
+    Cgroup { path: String },
+    /// A target that needs nothing from the system.
+    Ready(Target),
+}
+
+impl TargetSpec {
+    /// The one validation of a target's form, for API calls, rules and
+    /// saved state alike: `kind` is pid, tree, name, exe, cgroup or unit.
+    pub fn parse(kind: &str, value: &str) -> Result<TargetSpec, TargetError> {
         match kind {
-            "pid" => Target::pid(parse_pid(value)?, false),
-            "tree" => Target::pid(parse_pid(value)?, true),
-            "name" => Target::name(value),
-            "exe" => Target::exe(value),
-            "cgroup" => Target::cgroup(value),
-            "unit" => Target::unit(value),
+            "pid" => Ok(TargetSpec::Pid { pid: parse_pid(value)?, tree: false }),
+            "tree" => Ok(TargetSpec::Pid { pid: parse_pid(value)?, tree: true }),
+            "name" => Target::name(value).map(TargetSpec::Ready),
+            "exe" => Target::exe(value).map(TargetSpec::Ready),
+            "cgroup" => TargetSpec::cgroup(value),
+            "unit" => Target::unit(value).map(TargetSpec::Ready),
             other => Err(invalid(format!("unknown target kind {} (pid, tree, name, exe, cgroup, unit)", quote(other)))),
         }
     }
 
+    pub fn cgroup(path: &str) -> Result<TargetSpec, TargetError> {
+        let p = clean_path(path, "cgroup path")?;
+        if p == "/" {
+            return Err(invalid(format!("cgroup {} is the root cgroup: {WHOLE_SYSTEM}", quote(path))));
+        }
+        Ok(TargetSpec::Cgroup { path: p })
+    }
+
+    /// The model's target: a pid becomes a live, non-kernel process with
+    /// its start time (`NoSuchProcess` when there is none); a cgroup path
+    /// given with the cgroup v2 mount point in front loses it.
+    pub fn resolve(self) -> Result<Target, TargetError> {
+        match self {
+            TargetSpec::Pid { pid, tree } => resolve_pid(pid, tree),
+            TargetSpec::Cgroup { path } => resolve_cgroup(&path),
+            TargetSpec::Ready(t) => Ok(t),
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSpec::Pid { pid, tree: false } => write!(f, "pid {pid}"),
+            TargetSpec::Pid { pid, tree: true } => write!(f, "pid {pid} and descendants"),
+            TargetSpec::Cgroup { path } => write!(f, "cgroup {}", escape(path, QUOTE_MAX)),
+            TargetSpec::Ready(t) => t.fmt(f),
+        }
+    }
+}
+
+fn resolve_pid(pid: u32, tree: bool) -> Result<Target, TargetError> {
+    if pid == 0 {
+        return Err(invalid("pid 0 is not a process"));
+    }
+    let tgid = procfs::tgid(pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    if procfs::is_kernel_thread(tgid).unwrap_or(false) {
+        return Err(invalid(format!("pid {pid} is a kernel thread")));
+    }
+    if tgid == 1 {
+        return Err(invalid(format!("pid 1 is init: {WHOLE_SYSTEM}")));
+    }
+    let ident = procfs::ident(tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
+    Ok(Target::Pid { ident, tree })
+}
+
+fn resolve_cgroup(path: &str) -> Result<Target, TargetError> {
+    let mut p = path.to_string();
+    if let Ok(root) = crate::kernel::cgroup::cgroup2_mount() {
+        if let Ok(rel) = Path::new(&p).strip_prefix(&root) {
+            p = format!("/{}", rel.display());
+        }
+    }
+    if p == "/" {
+        return Err(invalid(format!("cgroup {} is the root cgroup: {WHOLE_SYSTEM}", quote(path))));
+    }
+    Ok(Target::Cgroup { path: p })
+}
+
+impl Target {
     /// A saved target, validated exactly as an API call's: the same target
     /// comes back, or why not (a pid target also when its process, pid and
     /// start time, is gone).
     pub fn revalidate(&self) -> Result<Target, TargetError> {
         let (kind, value) = self.parts();
-        let fresh = Target::parse(kind, &value)?;
+        let fresh = TargetSpec::parse(kind, &value)?.resolve()?;
         match (self, &fresh) {
             (Target::Pid { ident: saved, .. }, Target::Pid { ident: now, .. }) if saved != now => {
                 Err(TargetError::NoSuchProcess(saved.pid))
@@ -102,20 +177,10 @@ impl Target {
         }
     }
 
-    /// A live, non-kernel process; a thread id resolves to its process.
+    /// A live, non-kernel process (a thread id resolves to its process):
+    /// parses and resolves, so it reads /proc.
     pub fn pid(pid: u32, tree: bool) -> Result<Target, TargetError> {
-        if pid == 0 {
-            return Err(invalid("pid 0 is not a process"));
-        }
-        let tgid = procfs::tgid(pid).map_err(|_| TargetError::NoSuchProcess(pid))?;
-        if procfs::is_kernel_thread(tgid).unwrap_or(false) {
-            return Err(invalid(format!("pid {pid} is a kernel thread")));
-        }
-        if tgid == 1 {
-            return Err(invalid(format!("pid 1 is init: {WHOLE_SYSTEM}")));
-        }
-        let ident = procfs::ident(tgid).map_err(|_| TargetError::NoSuchProcess(pid))?;
-        Ok(Target::Pid { ident, tree })
+        resolve_pid(pid, tree)
     }
 
     pub fn name(name: &str) -> Result<Target, TargetError> {
@@ -133,18 +198,10 @@ impl Target {
     }
 
     /// A path under the cgroup v2 root (`/system.slice/x.service`), or the
-    /// same path with the mount point in front.
+    /// same path with the mount point in front: parses and resolves, so it
+    /// reads the mount table.
     pub fn cgroup(path: &str) -> Result<Target, TargetError> {
-        let mut p = clean_path(path, "cgroup path")?;
-        if let Ok(root) = crate::kernel::cgroup::cgroup2_mount() {
-            if let Ok(rel) = Path::new(&p).strip_prefix(&root) {
-                p = format!("/{}", rel.display());
-            }
-        }
-        if p == "/" {
-            return Err(invalid(format!("cgroup {} is the root cgroup: {WHOLE_SYSTEM}", quote(path))));
-        }
-        Ok(Target::Cgroup { path: p })
+        TargetSpec::cgroup(path)?.resolve()
     }
 
     pub fn unit(unit: &str) -> Result<Target, TargetError> {
@@ -372,6 +429,18 @@ mod tests {
             Target::name("x").unwrap().rank(1),
         ];
         assert!(ranks.windows(2).all(|w| w[0] > w[1]), "{ranks:?}");
+    }
+
+    #[test]
+    fn parsing_reads_nothing_resolving_does() {
+        let spec = TargetSpec::parse("pid", &u32::MAX.to_string()).unwrap();
+        assert_eq!(spec, TargetSpec::Pid { pid: u32::MAX, tree: false });
+        assert_eq!(spec.resolve(), Err(TargetError::NoSuchProcess(u32::MAX)));
+        let cg = TargetSpec::parse("cgroup", "/a//b/").unwrap();
+        assert_eq!(cg, TargetSpec::Cgroup { path: "/a/b".into() });
+        assert_eq!(cg.resolve(), Ok(Target::Cgroup { path: "/a/b".into() }));
+        assert!(TargetSpec::parse("cgroup", "/").is_err());
+        assert_eq!(TargetSpec::parse("name", "x").unwrap().to_string(), "name x");
     }
 
     #[test]

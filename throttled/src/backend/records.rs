@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::netlink::QdiscInfo, statefs};
+use crate::{kernel::netlink::QdiscInfo, persist::statefs};
 
 /// `qdisc-<device>.json`: a root qdisc we replaced.
 pub const ROOT_PREFIX: &str = "qdisc-";

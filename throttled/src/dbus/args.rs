@@ -12,7 +12,7 @@ use zbus::zvariant::{Signature, Type, Value};
 use super::errors::{Error, Result};
 use crate::{
     manager::{LimitSpec, ThrottleId},
-    target::Target,
+    target::{Target, TargetSpec},
     Rate,
 };
 
@@ -36,7 +36,9 @@ pub fn bounded(args: &[&str]) -> Result<()> {
 /// `kind` is pid, tree, name, exe, cgroup or unit; a pid is decimal.
 pub fn target(kind: &str, value: &str) -> Result<Target> {
     bounded(&[kind, value])?;
-    Target::parse(kind, value).map_err(|e| crate::manager::ManagerError::from(e).into())
+    TargetSpec::parse(kind, value)
+        .and_then(TargetSpec::resolve)
+        .map_err(|e| crate::manager::ManagerError::from(e).into())
 }
 
 /// An `a{sv}` as the caller sent it, every entry in order and borrowed
@@ -100,7 +102,7 @@ pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
             other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }
-    spec.check().map_err(Error::from)?;
+    spec.check().map_err(|e| Error::from(crate::manager::ManagerError::from(e)))?;
     Ok(spec)
 }
 

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     backend::{Availability, Health},
     manager::{
-        monitor::{Scope, SortBy},
+        traffic::{Scope, SortBy},
         Actor, BackendInfo, Grant, Manager, ManagerError, Need, Ownership, Reader, Request, ThrottleId, ThrottleInfo,
         TopEntry,
     },

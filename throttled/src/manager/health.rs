@@ -1,7 +1,8 @@
 //! Health: the shared programs and every running backend are checked
 //! periodically and after interface events. A broken backend is repaired,
 //! failed over to the next backend by priority, or only reported, as the
-//! config says; every change of health becomes an event.
+//! config says; every change of health becomes an event. The health thread
+//! also takes in the saver's reports on flushing (the "state" component).
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -87,6 +88,17 @@ impl Core {
         }
     }
 
+    /// Interface backends follow interfaces that appear, vanish or change
+    /// routes; health is checked right after.
+    pub fn refresh_interfaces(&mut self) {
+        for b in self.pool.backends.iter_mut().filter(|b| b.is_initialized()) {
+            if let Err(e) = b.refresh_interfaces(&mut Context { datapath: &mut self.datapath }) {
+                tracing::warn!(backend = b.name(), error = %e, "could not follow interfaces");
+            }
+        }
+        self.check_health();
+    }
+
     /// Periodic work: health, then pattern matches (cgroup moves have no event).
     fn periodic(&mut self) {
         self.check_health();
@@ -108,7 +120,11 @@ pub fn run_checks(core: &Mutex<Core>, stop: &AtomicBool) {
             sample_in_chunks(core);
             sampled = Instant::now();
         }
-        let interval = lock(core).config.health.interval;
+        let interval = {
+            let mut c = lock(core);
+            c.note_sync(); // whether the saved state reaches the disk
+            c.config.health.interval
+        };
         if last.elapsed() >= interval {
             lock(core).periodic();
             last = Instant::now();
@@ -149,16 +165,5 @@ pub fn follow_links(core: &Mutex<Core>, stop: &AtomicBool) {
                 return;
             }
         }
-    }
-}
-
-impl Core {
-    pub fn refresh_interfaces(&mut self) {
-        for b in self.pool.backends.iter_mut().filter(|b| b.is_initialized()) {
-            if let Err(e) = b.refresh_interfaces(&mut Context { datapath: &mut self.datapath }) {
-                tracing::warn!(backend = b.name(), error = %e, "could not follow interfaces");
-            }
-        }
-        self.check_health();
     }
 }

@@ -1,16 +1,23 @@
 //! The throttle manager: owns the data path and the backend pool, maps
 //! processes to throttles, follows processes and interfaces, checks health,
-//! persists runtime throttles and applies the declarative rules. The D-Bus
-//! layer and the CLI are thin clients of this.
+//! saves runtime throttles and applies the declarative rules. The D-Bus
+//! layer and the CLI are thin clients of this. `Manager` is the facade: it
+//! takes the core's lock and runs its background threads.
+mod assign;
 mod core;
 mod coverage;
+mod events;
 mod health;
-pub mod monitor;
-mod persist;
+mod lifecycle;
+mod migrate;
 pub mod policy;
 mod pool;
 mod rates;
-mod restore;
+mod reload;
+mod report;
+mod saving;
+mod start;
+pub mod traffic;
 
 use std::{
     path::PathBuf,
@@ -22,18 +29,22 @@ use std::{
     time::Duration,
 };
 
-use throttle_common::{rate::Rate, Counters, Direction, MAX_SLOTS};
+use throttle_common::{Direction, MAX_SLOTS};
 
 use self::core::Core;
 pub use self::{
     core::Origin,
+    events::{Event, Notice, RemovalReason},
     policy::{Actor, Grant, Need, Ownership, Request},
+    report::{BackendInfo, DirectionStats, Stats, ThrottleInfo, TopEntry},
 };
+pub use crate::limit::LimitSpec;
 use crate::{
-    backend::{Availability, BackendError, Health, Priority},
+    backend::BackendError,
     config::{ConfigError, FailurePolicy, Loaded},
     kernel::{bpf::BpfError, procmon::ProcMonitor},
-    state::StateError,
+    limit::InvalidLimit,
+    persist::StateError,
     target::{Target, TargetError},
 };
 
@@ -59,56 +70,6 @@ impl Protected {
             Protected::Bus => "the system bus (dbus-daemon)",
             Protected::Polkit => "polkitd",
         }
-    }
-}
-
-/// Limits and backend choices for one throttle. `None` leaves a direction
-/// as it is (unlimited for a new throttle).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LimitSpec {
-    pub down: Option<Rate>,
-    pub up: Option<Rate>,
-    /// Backend for both directions; `None` picks the default per direction.
-    pub backend: Option<String>,
-    pub up_backend: Option<String>,
-    pub down_backend: Option<String>,
-}
-
-impl LimitSpec {
-    pub fn rate(&self, dir: Direction) -> Option<Rate> {
-        match dir {
-            Direction::Up => self.up,
-            Direction::Down => self.down,
-        }
-    }
-
-    /// The one validation of limits, for API calls and saved state alike:
-    /// at least one rate; `backend` or per-direction backends, not both;
-    /// a direction's backend only with that direction's rate (nothing given
-    /// is silently ignored).
-    pub fn check(&self) -> Result<(), ManagerError> {
-        let invalid = |m: &str| Err(ManagerError::InvalidArgument(m.into()));
-        if self.down.is_none() && self.up.is_none() {
-            return invalid("give a download or an upload limit");
-        }
-        if self.backend.is_some() && (self.up_backend.is_some() || self.down_backend.is_some()) {
-            return invalid("backend and up_backend/down_backend exclude each other");
-        }
-        if self.down_backend.is_some() && self.down.is_none() {
-            return invalid("down_backend given without a down limit");
-        }
-        if self.up_backend.is_some() && self.up.is_none() {
-            return invalid("up_backend given without an up limit");
-        }
-        Ok(())
-    }
-
-    pub fn backend_for(&self, dir: Direction) -> Option<&str> {
-        match dir {
-            Direction::Up => self.up_backend.as_deref(),
-            Direction::Down => self.down_backend.as_deref(),
-        }
-        .or(self.backend.as_deref())
     }
 }
 
@@ -156,123 +117,10 @@ impl From<TargetError> for ManagerError {
     }
 }
 
-/// Why a throttle went away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemovalReason {
-    Requested,
-    ProcessExited,
-    /// Its rule left `rules.d` (or changed target) on reload.
-    Reload,
-}
-
-/// What happened, in order, for the API's signals.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    ThrottleAdded {
-        id: ThrottleId,
-    },
-    ThrottleChanged {
-        id: ThrottleId,
-    },
-    ThrottleRemoved {
-        id: ThrottleId,
-        reason: RemovalReason,
-    },
-    ThrottleMigrated {
-        id: ThrottleId,
-        direction: Direction,
-        from: &'static str,
-        to: &'static str,
-    },
-    DefaultChanged {
-        direction: Direction,
-        backend: &'static str,
-    },
-    /// `component` is a backend name, "datapath" for the shared programs,
-    /// or "state" for the saved throttles (broken while they cannot be
-    /// written: the limits apply, but a restart would lose them).
-    HealthChanged {
-        component: &'static str,
-        health: Health,
-    },
-}
-
-/// An event for listeners, with the throttle it is about (added, changed
-/// or migrated) as it was right after.
-#[derive(Clone, Debug)]
-pub struct Notice {
-    pub event: Event,
-    pub info: Option<ThrottleInfo>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct DirectionStats {
-    pub backend: &'static str,
-    pub rate: Rate,
-    pub counters: Counters,
-    /// Bytes per second passed over the last few seconds (rolling window).
-    pub current: u64,
-    /// Achieved rate over the limit while the limit was binding (`None`
-    /// until it has been).
-    pub accuracy: Option<f64>,
-}
-
-/// A process in the monitor, with what limits it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TopEntry {
-    pub traffic: monitor::ProcessTraffic,
-    pub throttles: Vec<ThrottleId>,
-    pub backends: Vec<&'static str>,
-    /// Bytes/s, 0 when that direction is not limited.
-    pub down_limit: u64,
-    pub up_limit: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThrottleInfo {
-    pub id: ThrottleId,
-    pub target: Target,
-    pub origin: Origin,
-    /// Processes this throttle limits in at least one direction.
-    pub covered: Vec<u32>,
-    /// Processes the target matches that are never limited (init, the
-    /// daemon, the bus, polkitd: see `Protected`).
-    pub excluded: Vec<u32>,
-    /// Why a saved throttle is not applied now (it stays saved and is
-    /// retried); `None` while it is applied.
-    pub failed: Option<String>,
-    pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
-}
-
-/// Daemon-wide numbers for `GetStats`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stats {
-    pub throttles: usize,
-    /// Processes in the kernel's map.
-    pub processes: usize,
-    /// One line: "3 throttles on ebpf, tc_htb".
-    pub status: String,
-    /// Whether the saved state can be written.
-    pub state: Health,
-    /// The kernel's throttle slots (one per limited direction), and how
-    /// many are taken.
-    pub slots: usize,
-    pub slots_used: usize,
-    /// Throttles each non-root user may have made (`limits.per_user`).
-    pub per_user: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendInfo {
-    pub name: &'static str,
-    pub directions: Vec<Direction>,
-    pub priority: Priority,
-    pub availability: Availability,
-    /// The directions for which this is the default for new throttles.
-    pub default_for: Vec<Direction>,
-    pub active: usize,
-    pub pids: Vec<u32>,
-    pub health: Health,
+impl From<InvalidLimit> for ManagerError {
+    fn from(e: InvalidLimit) -> Self {
+        ManagerError::InvalidArgument(e.to_string())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -324,15 +172,13 @@ impl Manager {
     pub fn start(opts: &ManagerOptions) -> Result<Self, ManagerError> {
         let monitor = ProcMonitor::open(Duration::from_millis(200)).map_err(ManagerError::ProcMonitor)?;
         let core = Arc::new(Mutex::new(Core::start(opts)?));
-        let self_ref = core.lock().unwrap_or_else(|p| p.into_inner()).self_ref.clone();
-        let _ = self_ref.set(Arc::downgrade(&core));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (c, s) = (core.clone(), stop.clone());
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map_err(ManagerError::Io)
         };
-        threads.push(spawn("procmon", Box::new(move || core::follow_processes(monitor, &c, &s)))?);
+        threads.push(spawn("procmon", Box::new(move || lifecycle::follow_processes(monitor, &c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
         threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
@@ -344,8 +190,9 @@ impl Manager {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A change: runs under the lock, which it leaves saved (journaled)
-    /// for the next start.
+    /// A change, under the core's lock. The core saves each change itself
+    /// (a journal entry, or a snapshot) before it returns, so a caller
+    /// answered has its change saved.
     fn mutate<T>(&self, f: impl FnOnce(&mut Core) -> T) -> T {
         f(&mut self.lock())
     }
@@ -487,7 +334,7 @@ impl Manager {
 
     /// The `count` busiest processes, throttled or not; with `owner`, only
     /// that user's.
-    pub fn top(&self, count: usize, sort: monitor::SortBy, scope: monitor::Scope, owner: Option<u32>) -> Vec<TopEntry> {
+    pub fn top(&self, count: usize, sort: traffic::SortBy, scope: traffic::Scope, owner: Option<u32>) -> Vec<TopEntry> {
         self.lock().top(count, sort, scope, owner)
     }
 
@@ -497,7 +344,7 @@ impl Manager {
     pub fn ownership(&self, uid: u32, pids: &[u32]) -> Ownership {
         let known: Vec<Option<u32>> = {
             let core = self.lock();
-            pids.iter().map(|p| core.monitor.owner(*p)).collect()
+            pids.iter().map(|p| core.accounting.owner(*p)).collect()
         };
         let owner = |(pid, known): (&u32, Option<u32>)| known.or_else(|| crate::kernel::procfs::uid(*pid).ok());
         Ownership::of(uid, pids.iter().zip(known).map(owner))
@@ -506,7 +353,7 @@ impl Manager {
     /// A process's (up, down) bytes/s, one per second, oldest first; empty
     /// for a live process that has sent nothing yet.
     pub fn process_history(&self, pid: u32) -> Result<Vec<(u64, u64)>, ManagerError> {
-        match self.lock().monitor.history(pid) {
+        match self.lock().accounting.history(pid) {
             Some(h) => Ok(h),
             None if crate::kernel::procfs::comm(pid).is_ok() => Ok(Vec::new()),
             None => Err(ManagerError::NoSuchProcess(pid)),
@@ -531,13 +378,11 @@ impl Manager {
     /// Every event from now on, in order, each with the throttle it is
     /// about as it was right then: a listener never needs the lock.
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<Notice> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.lock().subscribers.push(tx);
-        rx
+        self.lock().events.subscribe()
     }
 
     pub fn take_events(&self) -> Vec<Event> {
-        self.lock().events.drain(..).collect()
+        self.lock().events.take()
     }
 
     /// Number of processes in the kernel's process map (for leak checks).
@@ -556,19 +401,15 @@ impl Manager {
     }
 
     /// Removes every throttle and restores what the backends replaced; the
-    /// programs detach when `self` drops. Persisted state is kept.
-    pub fn shutdown(self) -> Result<(), ManagerError> {
-        self.teardown()
-    }
-
-    /// As `shutdown`, for a manager that is shared; idempotent.
-    pub fn teardown(&self) -> Result<(), ManagerError> {
+    /// programs detach when `self` drops. The saved state is kept.
+    /// Idempotent, and callable on a shared manager.
+    pub fn shutdown(&self) -> Result<(), ManagerError> {
         self.stop.store(true, Ordering::Relaxed);
         let threads: Vec<_> = self.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for t in threads {
             let _ = t.join();
         }
-        self.lock().teardown()
+        self.lock().shutdown()
     }
 }
 
@@ -598,7 +439,7 @@ impl Reader<'_> {
             throttles: c.throttles.len(),
             processes: c.datapath.tracked_procs(),
             status: c.status(),
-            state: c.state_health.clone(),
+            state: c.saving.health.clone(),
             slots: MAX_SLOTS as usize - 1,
             slots_used: MAX_SLOTS as usize - 1 - c.free_slots.len(),
             per_user: c.config.limits.per_user,
@@ -625,6 +466,6 @@ impl Reader<'_> {
 
 impl Drop for Manager {
     fn drop(&mut self) {
-        let _ = self.teardown();
+        let _ = self.shutdown();
     }
 }

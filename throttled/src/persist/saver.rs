@@ -5,20 +5,25 @@
 //! most the changes of that moment, and nobody waits for the disk. Every
 //! so often, and whenever an append fails, the whole state becomes a new
 //! snapshot and a new journal starts; the old journals go once the snapshot
-//! is on the disk.
+//! is on the disk. The syncer reports whether flushing works over a
+//! channel; the saver's owner reads it (`sync_failure`), so nothing on the
+//! syncer's thread ever calls back into the manager.
 use std::{
     collections::BTreeSet,
     fs::File,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        mpsc::{self, Receiver, Sender},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use crate::state::{Change, Journal, State, StateError, StateStore};
+use super::{Change, Journal, State, StateError, StateStore};
 
-/// Told when flushing to the disk starts failing (`Some(reason)`) and when
+/// Sent when flushing to the disk starts failing (`Some(reason)`) and when
 /// it works again (`None`).
-pub type OnSync = Box<dyn Fn(Option<String>) + Send + Sync>;
+type SyncReport = Option<String>;
 
 /// The journal is folded into a snapshot after this many entries, or four
 /// per saved throttle if that is more: a snapshot costs about as much as
@@ -39,12 +44,20 @@ pub struct Saver {
     /// The throttles the saved state holds.
     saved: BTreeSet<u32>,
     syncer: Syncer,
+    reports: Receiver<SyncReport>,
 }
 
 impl Saver {
-    pub fn new(store: StateStore, on_sync: OnSync) -> std::io::Result<Saver> {
-        let syncer = Syncer::start(store.clone(), on_sync)?;
-        Ok(Saver { store, journal: None, seq: 0, entries: 0, saved: BTreeSet::new(), syncer })
+    pub fn new(store: StateStore) -> std::io::Result<Saver> {
+        let (tx, reports) = mpsc::channel();
+        let syncer = Syncer::start(store.clone(), tx)?;
+        Ok(Saver { store, journal: None, seq: 0, entries: 0, saved: BTreeSet::new(), syncer, reports })
+    }
+
+    /// What the syncer reported since the last call, if anything: the
+    /// latest word on flushing (`Some(None)`: it works again).
+    pub fn sync_failure(&self) -> Option<Option<String>> {
+        self.reports.try_iter().last()
     }
 
     /// Numbers changes on from a loaded state, so that the old journals
@@ -119,10 +132,10 @@ fn lock(m: &Mutex<Work>) -> MutexGuard<'_, Work> {
 }
 
 impl Syncer {
-    fn start(store: StateStore, on_sync: OnSync) -> std::io::Result<Syncer> {
+    fn start(store: StateStore, reports: Sender<SyncReport>) -> std::io::Result<Syncer> {
         let shared = Arc::new((Mutex::new(Work::default()), Condvar::new()));
         let s = shared.clone();
-        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &on_sync))?;
+        let thread = std::thread::Builder::new().name("persist".into()).spawn(move || run(&s, &store, &reports))?;
         Ok(Syncer { shared, thread: Some(thread) })
     }
 
@@ -147,7 +160,7 @@ impl Syncer {
     }
 }
 
-fn run(shared: &(Mutex<Work>, Condvar), store: &StateStore, on_sync: &OnSync) {
+fn run(shared: &(Mutex<Work>, Condvar), store: &StateStore, reports: &Sender<SyncReport>) {
     let (m, cv) = shared;
     let mut failing: Option<String> = None;
     let mut flushed = Instant::now() - FLUSH_EVERY;
@@ -184,7 +197,7 @@ fn run(shared: &(Mutex<Work>, Condvar), store: &StateStore, on_sync: &OnSync) {
             tracing::error!(error = e, "saved throttles may not survive a power loss");
         }
         if now != failing {
-            on_sync(now.clone());
+            let _ = reports.send(now.clone()); // the saver may be gone
             failing = now;
         }
     }
@@ -196,8 +209,7 @@ impl Drop for Syncer {
         let (m, cv) = &*self.shared;
         lock(m).stop = true;
         cv.notify_all();
-        // The syncer itself may drop the last reference to the core.
-        if let Some(t) = self.thread.take().filter(|t| t.thread().id() != std::thread::current().id()) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -206,7 +218,7 @@ impl Drop for Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{state::PersistedThrottle, target::Target};
+    use crate::{limit::LimitSpec, persist::PersistedThrottle, target::Target};
 
     struct Dir(std::path::PathBuf);
 
@@ -234,31 +246,19 @@ mod tests {
     }
 
     fn throttle(id: u32) -> PersistedThrottle {
-        PersistedThrottle {
-            id,
-            target: Target::name(&format!("p{id}")).unwrap(),
-            down: Some("1M".parse().unwrap()),
-            up: None,
-            down_backend: None,
-            up_backend: None,
-            admin: true,
-            creator: None,
-        }
+        let spec = LimitSpec { down: Some("1M".parse().unwrap()), ..Default::default() };
+        PersistedThrottle { id, target: Target::name(&format!("p{id}")).unwrap(), spec, admin: true, creator: None }
     }
 
     fn state(ids: impl IntoIterator<Item = u32>, next_id: u32) -> State {
         State { version: 1, next_id, throttles: ids.into_iter().map(throttle).collect(), ..Default::default() }
     }
 
-    fn noop() -> OnSync {
-        Box::new(|_| {})
-    }
-
     #[test]
     fn changes_are_journaled_then_folded() {
         let d = Dir::new("fold");
         let store = StateStore::new(&d.0);
-        let mut s = Saver::new(store.clone(), noop()).unwrap();
+        let mut s = Saver::new(store.clone()).unwrap();
         s.snapshot(state([], 1)).unwrap();
         for id in 1..=10 {
             assert!(s.record(id + 1, Change::Put(throttle(id))).unwrap());
@@ -285,14 +285,14 @@ mod tests {
     fn a_restart_resumes_numbering_and_drops_old_journals() {
         let d = Dir::new("resume");
         let store = StateStore::new(&d.0);
-        let mut s = Saver::new(store.clone(), noop()).unwrap();
+        let mut s = Saver::new(store.clone()).unwrap();
         s.snapshot(state([], 1)).unwrap();
         s.record(2, Change::Put(throttle(1))).unwrap();
         s.record(3, Change::Put(throttle(2))).unwrap();
         drop(s);
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.seq, 2);
-        let mut s = Saver::new(store.clone(), noop()).unwrap();
+        let mut s = Saver::new(store.clone()).unwrap();
         s.resume(&loaded);
         s.snapshot(loaded.clone()).unwrap();
         s.record(3, Change::Delete(1)).unwrap();
@@ -307,7 +307,7 @@ mod tests {
         // The state directory is a file: nothing can be written.
         std::fs::write(&d.0, b"").unwrap();
         let store = StateStore::new(&d.0);
-        let mut s = Saver::new(store.clone(), noop()).unwrap();
+        let mut s = Saver::new(store.clone()).unwrap();
         let e = s.snapshot(state([], 1)).unwrap_err();
         assert!(e.to_string().contains("throttles.json"), "{e}");
         assert!(s.wants_snapshot());
@@ -324,18 +324,17 @@ mod tests {
 
     #[test]
     fn sync_failures_are_reported_once() {
-        let changes = Arc::new(Mutex::new(Vec::new()));
-        let c = changes.clone();
+        let (tx, rx) = mpsc::channel();
         // A state directory under a file: its snapshot cannot be flushed.
         let store = StateStore::new(std::path::Path::new("/proc/version/x"));
-        let syncer = Syncer::start(store, Box::new(move |m| c.lock().unwrap().push(m))).unwrap();
+        let syncer = Syncer::start(store, tx).unwrap();
         for seq in 1..=3 {
             let (m, cv) = &*syncer.shared;
             lock(m).snapshot = Some(seq);
             cv.notify_one();
         }
         drop(syncer);
-        let changes = changes.lock().unwrap();
+        let changes: Vec<SyncReport> = rx.try_iter().collect();
         assert_eq!(changes.len(), 1, "one failure, reported once: {changes:?}");
         assert!(changes[0].as_deref().is_some_and(|r| r.contains("/proc/version/x")), "{changes:?}");
     }

@@ -50,7 +50,7 @@ impl FromStr for SortBy {
     }
 }
 
-/// One process as the monitor reports it; rates in bytes/s, totals in bytes.
+/// One process as traffic accounting reports it; rates in bytes/s, totals in bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessTraffic {
     pub pid: u32,
@@ -141,7 +141,7 @@ pub struct ProcName {
 /// Who a process is, or `None` when it is gone.
 pub type Namer = fn(u32) -> Option<ProcName>;
 
-pub struct Monitor {
+pub struct Accounting {
     window: Duration,
     history: usize,
     series: HashMap<u32, Series>,
@@ -154,13 +154,13 @@ fn proc_names(pid: u32) -> Option<ProcName> {
     Some(ProcName { name: f.comm, exe: f.exe.unwrap_or_default(), uid })
 }
 
-impl Monitor {
-    pub fn new(cfg: &MonitorConfig) -> Monitor {
-        Monitor::with_namer(cfg, proc_names)
+impl Accounting {
+    pub fn new(cfg: &MonitorConfig) -> Accounting {
+        Accounting::with_namer(cfg, proc_names)
     }
 
-    pub fn with_namer(cfg: &MonitorConfig, namer: Namer) -> Monitor {
-        Monitor { window: cfg.window, history: cfg.history, series: HashMap::new(), namer }
+    pub fn with_namer(cfg: &MonitorConfig, namer: Namer) -> Accounting {
+        Accounting { window: cfg.window, history: cfg.history, series: HashMap::new(), namer }
     }
 
     /// One reading of the kernel's counters. Returns the pids whose process
@@ -249,13 +249,13 @@ mod tests {
         (pid, t)
     }
 
-    fn monitor() -> Monitor {
-        Monitor::with_namer(&MonitorConfig { enabled: true, window: Duration::from_secs(5), history: 60 }, named)
+    fn accounting() -> Accounting {
+        Accounting::with_namer(&MonitorConfig { enabled: true, window: Duration::from_secs(5), history: 60 }, named)
     }
 
     #[test]
     fn rates_totals_scopes_and_order() {
-        let mut m = monitor();
+        let mut m = accounting();
         let t = Instant::now();
         for s in 0..=10u64 {
             let at = t + Duration::from_secs(s);
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn history_is_capped() {
-        let mut m = monitor();
+        let mut m = accounting();
         let t = Instant::now();
         for s in 0..200u64 {
             m.sample(t + Duration::from_secs(s), &[reading(1, s, s, 0)]);
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn gone_and_evicted_processes_leave() {
-        let mut m = monitor();
+        let mut m = accounting();
         let t = Instant::now();
         // pid 5000 has no /proc entry: reported back to be forgotten.
         let gone = m.sample(t, &[reading(1, 1, 1, 0), reading(5000, 1, 1, 0)]);

@@ -1,118 +1,26 @@
-//! Runtime throttles saved under the state directory: a snapshot
-//! (`throttles.json`, replaced by a rename) and the changes made since, one
-//! JSON line each, appended to a journal (`throttles.journal.<first seq>`).
-//! A change costs one small append instead of a rewrite of every throttle;
-//! every so often the journal is folded into a new snapshot. Also the lock
-//! that keeps a second daemon off the same state.
+//! The saved state's files: a snapshot (`throttles.json`, replaced by a
+//! rename) and the journals of changes made since
+//! (`throttles.journal.<first seq>`); loading applies every later journal
+//! entry to the snapshot, and every so often the journal is folded into a
+//! new snapshot.
 use std::{
-    fs::{self, File},
-    io::{self, Read, Seek, Write},
-    os::fd::AsRawFd,
+    fs, io,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use super::{
+    journal::{replay, Damage},
+    statefs, Journal, State, StateError, VERSION,
+};
 
-use crate::{config::Defaults, statefs, target::Target, Rate};
-
-pub const VERSION: u32 = 1;
 const SNAPSHOT: &str = "throttles.json";
 /// Journal files are this prefix and the sequence number of their first entry.
 const JOURNAL: &str = "throttles.journal.";
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PersistedThrottle {
-    pub id: u32,
-    pub target: Target,
-    pub down: Option<Rate>,
-    pub up: Option<Rate>,
-    pub down_backend: Option<String>,
-    pub up_backend: Option<String>,
-    /// Set by root, a limit-any caller or the daemon: lifting it needs
-    /// limit-any. A record from before this field is taken as admin-set.
-    #[serde(default = "admin_set")]
-    pub admin: bool,
-    /// The uid whose call created it (its per-user share); `None`: the daemon.
-    #[serde(default)]
-    pub creator: Option<u32>,
-}
-
-fn admin_set() -> bool {
-    true
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct State {
-    pub version: u32,
-    /// The last journal entry this state includes.
-    #[serde(default)]
-    pub seq: u64,
-    pub next_id: u32,
-    /// Default backends chosen at runtime (they override the config's).
-    pub defaults: Defaults,
-    pub throttles: Vec<PersistedThrottle>,
-}
-
-/// One saved change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    /// A runtime throttle as it is now, new or changed.
-    Put(PersistedThrottle),
-    /// A throttle that is saved no more.
-    Delete(u32),
-    /// The default backends chosen at runtime.
-    Defaults(Defaults),
-}
-
-/// A journal line: `{"seq":8,"next_id":5,"put":{...}}`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Entry {
-    seq: u64,
-    next_id: u32,
-    #[serde(flatten)]
-    change: Change,
-}
-
-impl State {
-    fn apply(&mut self, e: Entry) {
-        (self.seq, self.next_id) = (e.seq, e.next_id);
-        match e.change {
-            Change::Put(p) => match self.throttles.iter_mut().find(|t| t.id == p.id) {
-                Some(t) => *t = p,
-                None => self.throttles.push(p),
-            },
-            Change::Delete(id) => self.throttles.retain(|t| t.id != id),
-            Change::Defaults(d) => self.defaults = d,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("saved state {path} is unreadable ({reason}); it was moved to {moved}")]
-    Corrupt { path: PathBuf, reason: String, moved: String },
-    #[error("cannot save state to {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("another chadthrottled ({}) is using {path}", pid.map_or("pid unknown".into(), |p| format!("pid {p}")))]
-    AlreadyRunning { path: PathBuf, pid: Option<u32> },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("refusing the state directory {path}: {reason}")]
-    UnsafeDir { path: PathBuf, reason: String },
-}
 
 #[derive(Clone, Debug)]
 pub struct StateStore {
     dir: PathBuf,
     path: PathBuf,
-}
-
-/// Where a load stopped trusting the files.
-struct Damage {
-    path: PathBuf,
-    reason: String,
 }
 
 impl StateStore {
@@ -226,7 +134,7 @@ impl StateStore {
             statefs::create_new(&path, true)
         };
         match open() {
-            Ok(file) => Ok(Journal { file, path }),
+            Ok(file) => Ok(Journal::new(file, path)),
             Err(e) => Err(self.write_error(&path, e)),
         }
     }
@@ -258,78 +166,17 @@ impl StateStore {
     }
 }
 
-/// Applies one journal's entries that `state` does not include yet.
-fn replay(state: &mut State, path: &Path, text: &[u8]) -> Result<(), Damage> {
-    for line in text.split_inclusive(|b| *b == b'\n') {
-        if !line.ends_with(b"\n") {
-            tracing::warn!(journal = %path.display(), bytes = line.len(), "skipping a change cut short by a crash or a full disk");
-            break;
-        }
-        let entry: Entry =
-            serde_json::from_slice(line).map_err(|e| Damage { path: path.into(), reason: e.to_string() })?;
-        if entry.seq > state.seq {
-            state.apply(entry);
-        }
-    }
-    Ok(())
-}
-
-/// The journal being appended to.
-pub struct Journal {
-    file: File,
-    path: PathBuf,
-}
-
-impl Journal {
-    /// One line, in one write: it survives a crash of the daemon as soon
-    /// as this returns, and a power loss once synced.
-    pub fn append(&mut self, seq: u64, next_id: u32, change: Change) -> Result<(), StateError> {
-        let mut line = serde_json::to_vec(&Entry { seq, next_id, change }).map_err(io::Error::other);
-        if let Ok(l) = &mut line {
-            l.push(b'\n');
-        }
-        line.and_then(|l| self.file.write_all(&l))
-            .map_err(|source| StateError::Write { path: self.path.clone(), source })
-    }
-
-    /// A handle for syncing from another thread.
-    pub fn handle(&self) -> io::Result<File> {
-        self.file.try_clone()
-    }
-}
-
-/// An exclusive lock on `state_dir/lock`, held while the value lives.
-pub struct InstanceLock {
-    _file: File,
-}
-
-impl InstanceLock {
-    /// Refuses a state directory that anyone but this daemon's user could
-    /// plant files in (and creates it 0700 when missing), before any file
-    /// in it is opened.
-    pub fn acquire(state_dir: &Path) -> Result<InstanceLock, StateError> {
-        statefs::prepare_dir(state_dir)
-            .map_err(|reason| StateError::UnsafeDir { path: state_dir.to_path_buf(), reason })?;
-        let path = state_dir.join("lock");
-        let io_err = |source| StateError::Io { path: path.clone(), source };
-        let mut f = statefs::open_lock(&path).map_err(io_err)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut text = String::new();
-            let _ = f.read_to_string(&mut text);
-            return Err(StateError::AlreadyRunning { path, pid: text.trim().parse().ok() });
-        }
-        let write = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| writeln!(f, "{}", std::process::id()));
-        write.map_err(io_err)?;
-        Ok(InstanceLock { _file: f })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::fs::OpenOptions;
+    use std::{fs::OpenOptions, io::Write};
 
     use super::*;
+    use crate::{
+        config::Defaults,
+        limit::LimitSpec,
+        persist::{Change, InstanceLock, PersistedThrottle},
+        target::Target,
+    };
 
     struct Tmp(PathBuf);
 
@@ -349,16 +196,14 @@ mod tests {
     }
 
     fn throttle(id: u32, name: &str) -> PersistedThrottle {
-        PersistedThrottle {
-            id,
-            target: Target::name(name).unwrap(),
-            down: Some("1M".parse().unwrap()),
-            up: None,
-            down_backend: Some("ebpf".into()),
-            up_backend: None,
-            admin: false,
-            creator: Some(1000),
-        }
+        let spec =
+            LimitSpec { down: Some("1M".parse().unwrap()), down_backend: Some("ebpf".into()), ..Default::default() };
+        PersistedThrottle { id, target: Target::name(name).unwrap(), spec, admin: false, creator: Some(1000) }
+    }
+
+    fn up2m(mut t: PersistedThrottle) -> PersistedThrottle {
+        t.spec.up = Some("2M".parse().unwrap());
+        t
     }
 
     fn sample() -> State {
@@ -416,8 +261,7 @@ mod tests {
         save(&s, &sample());
         let mut j = s.open_journal(1).unwrap();
         j.append(1, 8, Change::Put(throttle(7, "curl"))).unwrap();
-        j.append(2, 8, Change::Put(PersistedThrottle { up: Some("2M".parse().unwrap()), ..throttle(3, "firefox") }))
-            .unwrap();
+        j.append(2, 8, Change::Put(up2m(throttle(3, "firefox")))).unwrap();
         j.append(3, 9, Change::Put(throttle(8, "wget"))).unwrap();
         j.append(4, 9, Change::Delete(7)).unwrap();
         j.append(5, 9, Change::Defaults(Defaults { up: None, down: Some("ifb_tc".into()) })).unwrap();
@@ -425,10 +269,7 @@ mod tests {
             seq: 5,
             next_id: 9,
             defaults: Defaults { up: None, down: Some("ifb_tc".into()) },
-            throttles: vec![
-                PersistedThrottle { up: Some("2M".parse().unwrap()), ..throttle(3, "firefox") },
-                throttle(8, "wget"),
-            ],
+            throttles: vec![up2m(throttle(3, "firefox")), throttle(8, "wget")],
             ..sample()
         };
         assert_eq!(s.load().unwrap(), Some(want.clone()));

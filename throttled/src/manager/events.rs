@@ -1,0 +1,100 @@
+//! What happened, in order: every event goes through `Events::send` to the
+//! live listeners (the D-Bus layer turns them into signals) and into a
+//! bounded queue of recent events (`Manager::take_events`): one path, so
+//! the two never disagree.
+use throttle_common::Direction;
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::{ThrottleId, ThrottleInfo};
+use crate::backend::Health;
+
+/// Events kept for the API when nobody reads them.
+const MAX_EVENTS: usize = 4096;
+
+/// Why a throttle went away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovalReason {
+    Requested,
+    ProcessExited,
+    /// Its rule left `rules.d` (or changed target) on reload.
+    Reload,
+}
+
+/// What happened, in order, for the API's signals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    ThrottleAdded {
+        id: ThrottleId,
+    },
+    ThrottleChanged {
+        id: ThrottleId,
+    },
+    ThrottleRemoved {
+        id: ThrottleId,
+        reason: RemovalReason,
+    },
+    ThrottleMigrated {
+        id: ThrottleId,
+        direction: Direction,
+        from: &'static str,
+        to: &'static str,
+    },
+    DefaultChanged {
+        direction: Direction,
+        backend: &'static str,
+    },
+    /// `component` is a backend name, "datapath" for the shared programs,
+    /// or "state" for the saved throttles (broken while they cannot be
+    /// written: the limits apply, but a restart would lose them).
+    HealthChanged {
+        component: &'static str,
+        health: Health,
+    },
+}
+
+/// An event for listeners, with the throttle it is about (added, changed
+/// or migrated) as it was right after.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub event: Event,
+    pub info: Option<ThrottleInfo>,
+}
+
+/// Listeners and the recent events.
+#[derive(Default)]
+pub struct Events {
+    subscribers: Vec<UnboundedSender<Notice>>,
+    recent: VecDeque<Event>,
+}
+
+impl Events {
+    /// Every event from now on, in order.
+    pub fn subscribe(&mut self) -> UnboundedReceiver<Notice> {
+        let (tx, rx) = unbounded_channel();
+        self.subscribers.push(tx);
+        rx
+    }
+
+    /// Whether anyone listens (only then is a throttle's info worth reading).
+    pub fn wants_info(&self) -> bool {
+        !self.subscribers.is_empty()
+    }
+
+    pub fn send(&mut self, event: Event, info: Option<ThrottleInfo>) {
+        if !self.subscribers.is_empty() {
+            let notice = Notice { event: event.clone(), info };
+            self.subscribers.retain(|s| s.send(notice.clone()).is_ok());
+        }
+        if self.recent.len() >= MAX_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(event);
+    }
+
+    /// The recent events, oldest first, forgotten once taken.
+    pub fn take(&mut self) -> Vec<Event> {
+        self.recent.drain(..).collect()
+    }
+}
