@@ -2,16 +2,14 @@
 //! (recorded in the state directory first, so a crashed run can still
 //! restore it), our root `c7:` with an unlimited default class, and one
 //! class per throttle slot. Shared by `tc_htb` (on each interface) and
-//! `ifb_tc` (on each IFB), together with [`HtbFleet`], their common slot
-//! bookkeeping.
+//! `ifb_tc` (on each IFB) through [`super::fleet::HtbFleet`].
 use std::path::{Path, PathBuf};
 
-use throttle_common::{rate::Rate, Counters, Slot};
+use throttle_common::rate::Rate;
 
 use super::{
-    interfaces::InterfacePolicy,
     records::{self, RootRecord},
-    BackendError, Context, Health, SlotId,
+    SlotId,
 };
 use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, QdiscInfo};
 
@@ -205,123 +203,6 @@ pub trait HasHtb {
 impl HasHtb for HtbDevice {
     fn htb(&self) -> &HtbDevice {
         self
-    }
-}
-
-/// What `tc_htb` and `ifb_tc` share: the netlink handle, the live slots and
-/// one HTB tree per device, each slot a class on every tree.
-pub struct HtbFleet<D> {
-    pub name: &'static str,
-    pub nl: Option<Netlink>,
-    /// Keyed by the managed interface's ifindex.
-    pub devices: std::collections::BTreeMap<u32, D>,
-    pub slots: std::collections::BTreeMap<SlotId, Rate>,
-}
-
-impl<D: HasHtb> HtbFleet<D> {
-    pub fn new(name: &'static str) -> Self {
-        HtbFleet { name, nl: None, devices: Default::default(), slots: Default::default() }
-    }
-
-    pub fn nl(&self) -> Result<&Netlink, BackendError> {
-        self.nl.as_ref().ok_or(BackendError::Failed { name: self.name, reason: "not initialized".into() })
-    }
-
-    pub fn err(&self) -> impl Fn(NetlinkError) -> BackendError {
-        let name = self.name;
-        move |e| BackendError::Failed { name, reason: e.to_string() }
-    }
-
-    /// Managed interfaces (by ifindex) that are no longer `wanted`.
-    pub fn gone(&self, wanted: &[crate::kernel::netlink::LinkInfo]) -> Vec<u32> {
-        self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect()
-    }
-
-    /// Adds every live slot's class to a freshly installed tree.
-    pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        self.slots.iter().try_for_each(|(&slot, &rate)| dev.add_class(nl, slot, rate).map_err(self.err()))
-    }
-
-    pub fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, rate: Rate) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for d in self.devices.values() {
-            d.htb().add_class(nl, slot, rate).map_err(self.err())?;
-        }
-        ctx.datapath.set_slot(slot, &Slot::classify(classid(slot)))?;
-        self.slots.insert(slot, rate);
-        Ok(())
-    }
-
-    pub fn change(&mut self, slot: SlotId, rate: Rate) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for d in self.devices.values() {
-            d.htb().change_class(nl, slot, rate).map_err(self.err())?;
-        }
-        self.slots.insert(slot, rate);
-        Ok(())
-    }
-
-    pub fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId) -> Result<(), BackendError> {
-        self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: self.name, slot })?;
-        ctx.datapath.clear_slot(slot)?;
-        let nl = self.nl()?;
-        for d in self.devices.values() {
-            if let Err(e) = d.htb().remove_class(nl, slot) {
-                tracing::warn!(backend = self.name, device = d.htb().name, error = %e, "could not delete class");
-            }
-        }
-        Ok(())
-    }
-
-    /// Class counters summed over every device: the kernel's own numbers.
-    pub fn stats(&self, slot: SlotId) -> Result<Counters, BackendError> {
-        let mut c = Counters::default();
-        for d in self.devices.values() {
-            let s = d.htb().stats(self.nl()?, slot).map_err(self.err())?;
-            c.pass_bytes += s.bytes;
-            c.pass_pkts += s.packets;
-            c.drop_pkts += s.drops;
-        }
-        Ok(c)
-    }
-
-    /// The first broken tree, checking `extra` (e.g. "is the IFB up") first.
-    /// With no interface to manage, throttles hold nothing: degraded.
-    pub fn health(&self, policy: &InterfacePolicy, extra: impl Fn(&Netlink, &D) -> Result<(), String>) -> Health {
-        let Some(nl) = &self.nl else { return Health::Idle };
-        if self.devices.is_empty() {
-            return Health::Degraded(policy.none_present());
-        }
-        for d in self.devices.values() {
-            if let Err(why) = extra(nl, d).and_then(|_| d.htb().check(nl, self.slots.keys().copied())) {
-                return Health::Broken(why);
-            }
-        }
-        // Keyed by the managed interface's index.
-        match self.devices.iter().find(|(idx, _)| nl.link(**idx).is_ok_and(|l| l.is_some_and(|l| !l.up))) {
-            Some((_, d)) => Health::Degraded(format!("{} is down", d.iface())),
-            None => Health::Healthy,
-        }
-    }
-
-    /// Rebuilds every tree that `check` finds broken (devices still present).
-    pub fn repair_trees(&self) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for d in self.devices.values().map(HasHtb::htb) {
-            if d.check(nl, self.slots.keys().copied()).is_err() {
-                tracing::info!(backend = self.name, device = d.name, "rebuilding the HTB tree");
-                d.reinstall(nl).map_err(self.err())?;
-                self.populate(d)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes every slot (before the trees go away).
-    pub fn remove_all(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        let slots: Vec<SlotId> = self.slots.keys().copied().collect();
-        slots.into_iter().try_for_each(|s| self.remove(ctx, s))
     }
 }
 

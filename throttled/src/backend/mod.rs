@@ -2,6 +2,7 @@
 //! one or both directions; the shared attribution programs map processes to
 //! slots, so a backend never deals with processes, only with slots.
 pub mod ebpf;
+pub mod fleet;
 pub mod htb;
 pub mod ifb_tc;
 pub mod interfaces;

@@ -1,0 +1,234 @@
+//! The two HTB backends as one: [`HtbFleet`] keeps the netlink handle, the
+//! live slots and one HTB tree per managed interface (each slot a class on
+//! every tree), and implements [`Backend`] for both. What differs, which
+//! device carries the tree and how it is built, checked and torn down, is
+//! the [`HtbKind`]: `tc_htb` shapes each interface's egress, `ifb_tc` an IFB
+//! per interface fed from its ingress.
+use std::{collections::BTreeMap, marker::PhantomData, path::PathBuf};
+
+use throttle_common::{rate::Rate, Counters, Slot};
+
+use super::{
+    htb::{classid, HasHtb, HtbDevice},
+    interfaces::InterfacePolicy,
+    probe::{self, TcFeatures},
+    Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
+};
+use crate::kernel::netlink::{LinkInfo, Netlink, NetlinkError};
+
+/// What one HTB backend adds to the shared fleet.
+pub trait HtbKind: Send + Sized + 'static {
+    /// What the fleet keeps per managed interface.
+    type Device: HasHtb + Send;
+    const NAME: &'static str;
+    const DIRECTION: Direction;
+    /// Whether the kernel has what the backend needs.
+    fn features(f: &TcFeatures) -> Result<(), String>;
+    /// Shapes interface `ifindex`: builds its device, with every live slot's
+    /// class, into `fleet.devices`.
+    fn install(
+        fleet: &mut HtbFleet<Self>,
+        ctx: &mut Context<'_>,
+        ifindex: u32,
+        iface: &str,
+    ) -> Result<(), BackendError>;
+    /// Undoes `install` (the interface went, or the backend stops).
+    fn uninstall(
+        fleet: &HtbFleet<Self>,
+        ctx: &mut Context<'_>,
+        ifindex: u32,
+        dev: Self::Device,
+    ) -> Result<(), BackendError>;
+    /// What is wrong with the device, its tree included, if anything.
+    fn problem(fleet: &HtbFleet<Self>, ctx: &Context<'_>, dev: &Self::Device) -> Option<String>;
+    /// Mends the device of `ifindex`, which `problem` found broken.
+    fn rebuild(fleet: &mut HtbFleet<Self>, ctx: &mut Context<'_>, ifindex: u32) -> Result<(), BackendError>;
+}
+
+pub struct HtbFleet<K: HtbKind> {
+    pub policy: InterfacePolicy,
+    pub state_dir: PathBuf,
+    pub nl: Option<Netlink>,
+    /// Keyed by the managed interface's ifindex.
+    pub devices: BTreeMap<u32, K::Device>,
+    pub slots: BTreeMap<SlotId, Rate>,
+    kind: PhantomData<K>,
+}
+
+impl<K: HtbKind> HtbFleet<K> {
+    pub fn new(policy: InterfacePolicy, state_dir: PathBuf) -> Self {
+        HtbFleet { policy, state_dir, nl: None, devices: BTreeMap::new(), slots: BTreeMap::new(), kind: PhantomData }
+    }
+
+    pub fn nl(&self) -> Result<&Netlink, BackendError> {
+        self.nl.as_ref().ok_or(BackendError::Failed { name: K::NAME, reason: "not initialized".into() })
+    }
+
+    pub fn err(&self) -> impl Fn(NetlinkError) -> BackendError {
+        |e| BackendError::Failed { name: K::NAME, reason: e.to_string() }
+    }
+
+    /// Managed interfaces (by ifindex) that are no longer `wanted`.
+    fn gone(&self, wanted: &[LinkInfo]) -> Vec<u32> {
+        self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect()
+    }
+
+    /// Adds every live slot's class to a freshly installed tree.
+    pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        self.slots.iter().try_for_each(|(&slot, &rate)| dev.add_class(nl, slot, rate).map_err(self.err()))
+    }
+
+    /// What is wrong with a tree, if anything (for `HtbKind::problem`).
+    pub fn tree_problem(&self, dev: &HtbDevice) -> Option<String> {
+        dev.check(self.nl.as_ref()?, self.slots.keys().copied()).err()
+    }
+
+    /// Removes every slot (before the trees go away).
+    fn remove_all(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        let slots: Vec<SlotId> = self.slots.keys().copied().collect();
+        slots.into_iter().try_for_each(|s| self.remove(ctx, s, K::DIRECTION))
+    }
+}
+
+impl<K: HtbKind> Backend for HtbFleet<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn priority(&self) -> Priority {
+        Priority::Good
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { directions: vec![K::DIRECTION], change_in_place: true, all_interfaces: false, shaping: true }
+    }
+    fn availability(&self) -> Availability {
+        match K::features(probe::tc_features()) {
+            Ok(()) => Availability::Available,
+            Err(e) => Availability::Unavailable(e),
+        }
+    }
+    fn init(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        if let Availability::Unavailable(reason) = self.availability() {
+            return Err(BackendError::Unavailable { name: K::NAME, reason });
+        }
+        self.nl = Some(Netlink::new().map_err(self.err())?);
+        self.refresh_interfaces(ctx)
+    }
+    fn is_initialized(&self) -> bool {
+        self.nl.is_some()
+    }
+
+    fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction, rate: Rate) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            d.htb().add_class(nl, slot, rate).map_err(self.err())?;
+        }
+        ctx.datapath.set_slot(slot, &Slot::classify(classid(slot)))?;
+        self.slots.insert(slot, rate);
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        slot: SlotId,
+        _dir: Direction,
+        rate: Rate,
+    ) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            d.htb().change_class(nl, slot, rate).map_err(self.err())?;
+        }
+        self.slots.insert(slot, rate);
+        Ok(())
+    }
+
+    fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: K::NAME, slot })?;
+        ctx.datapath.clear_slot(slot)?;
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            if let Err(e) = d.htb().remove_class(nl, slot) {
+                tracing::warn!(backend = K::NAME, device = d.htb().name, error = %e, "could not delete class");
+            }
+        }
+        Ok(())
+    }
+
+    /// Class counters summed over every device: the kernel's own numbers.
+    fn stats(&self, _ctx: &Context<'_>, slot: SlotId, _dir: Direction) -> Result<Counters, BackendError> {
+        let mut c = Counters::default();
+        for d in self.devices.values() {
+            let s = d.htb().stats(self.nl()?, slot).map_err(self.err())?;
+            c.pass_bytes += s.bytes;
+            c.pass_pkts += s.packets;
+            c.drop_pkts += s.drops;
+        }
+        Ok(c)
+    }
+
+    fn active(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The first broken device; with no interface to manage, throttles hold
+    /// nothing: degraded.
+    fn health(&self, ctx: &Context<'_>) -> Health {
+        let Some(nl) = &self.nl else { return Health::Idle };
+        if self.devices.is_empty() {
+            return Health::Degraded(self.policy.none_present());
+        }
+        if let Some(why) = self.devices.values().find_map(|d| K::problem(self, ctx, d)) {
+            return Health::Broken(why);
+        }
+        // Keyed by the managed interface's index.
+        match self.devices.iter().find(|(idx, _)| nl.link(**idx).is_ok_and(|l| l.is_some_and(|l| !l.up))) {
+            Some((_, d)) => Health::Degraded(format!("{} is down", d.iface())),
+            None => Health::Healthy,
+        }
+    }
+
+    fn refresh_interfaces(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        let wanted = self.policy.resolve(self.nl()?).map_err(self.err())?;
+        for idx in self.gone(&wanted) {
+            let Some(dev) = self.devices.remove(&idx) else { continue };
+            tracing::info!(backend = K::NAME, interface = dev.iface(), "interface gone");
+            // Vanished, or no longer managed: either way, undo our part.
+            if let Err(e) = K::uninstall(self, ctx, idx, dev) {
+                tracing::warn!(backend = K::NAME, error = %e, "could not restore the root qdisc");
+            }
+        }
+        let new: Vec<_> = wanted.into_iter().filter(|l| !self.devices.contains_key(&l.index)).collect();
+        for link in new {
+            K::install(self, ctx, link.index, &link.name)?;
+        }
+        Ok(())
+    }
+
+    fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        if !self.is_initialized() {
+            return Ok(());
+        }
+        self.refresh_interfaces(ctx)?;
+        let broken: Vec<u32> =
+            self.devices.iter().filter(|(_, d)| K::problem(self, ctx, d).is_some()).map(|(i, _)| *i).collect();
+        broken.into_iter().try_for_each(|idx| K::rebuild(self, ctx, idx))
+    }
+
+    fn set_interface_policy(&mut self, policy: InterfacePolicy) {
+        self.policy = policy;
+    }
+
+    /// Every device is undone even if one fails; the first error is
+    /// returned.
+    fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
+        self.remove_all(ctx)?;
+        let mut first = Ok(());
+        for (idx, dev) in std::mem::take(&mut self.devices) {
+            let res = K::uninstall(self, ctx, idx, dev);
+            first = first.and(res);
+        }
+        self.nl = None;
+        first
+    }
+}
