@@ -3,11 +3,11 @@ use core::{arch::asm, ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE},
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get, bpf_tcp_sock,
+        bpf_get_current_pid_tgid, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get, bpf_tcp_sock,
     },
-    macros::{cgroup_skb, cgroup_sock, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, map, sock_ops},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
-    programs::{SkBuffContext, SockContext, SockOpsContext},
+    programs::{SkBuffContext, SockContext, SockOpsContext, SockoptContext},
 };
 use throttle_common::{
     is_link_local, is_local_connection, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
@@ -80,6 +80,10 @@ const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 /// skips it: measured, the window never moved after the handshake.)
 const BPF_SOCK_OPS_HDR_OPT_LEN_CB: u32 = 14;
 const BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG: i32 = 1 << 6;
+/// `bpf_{get,set}sockopt` option of a TCP socket's sock_ops callback flags
+/// (Linux 6.11); userspace `setsockopt` does not know it (ENOPROTOOPT), so
+/// `ct_setsockopt` claims it for the daemon.
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 const SOL_TCP: i32 = 6;
 const AF_INET6: u32 = 10;
@@ -455,7 +459,7 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
         control_window(&ctx);
         return 1;
     }
-    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) || !throttling() {
         return 1;
     }
     let v6 = ctx.family() == AF_INET6;
@@ -470,13 +474,6 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     }
     // A v4-mapped peer is IPv4 on the wire.
     let wire_v6 = v6 && !(remote[0] == 0 && remote[1] == 0 && u32::from_be(remote[2]) == 0xffff);
-    // Every new connection gets the per-ACK callback, so that a limit set
-    // while it runs puts it under window control too: with the flag only
-    // set while something was throttled, a download limited mid-transfer
-    // had seconds at 1.39x the limit. The callback returns at once while
-    // nothing is throttled, or for unthrottled owners (86 ns per segment
-    // sent, bpf_stats included).
-    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return 1 };
     let procs = owner_slots(owner);
@@ -490,6 +487,10 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     }
     if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {
         if slot.rwnd_gain != 0 {
+            // The per-ACK callback only for throttled downloads: it costs
+            // every segment sent ~85 ns. A socket whose owner is throttled
+            // later gets it from the daemon (`ct_setsockopt`).
+            let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
             control_window(&ctx);
         } else {
             let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
@@ -505,9 +506,6 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
 /// once an epoch (autotuning raises the clamp when it grows the buffer).
 #[inline(always)]
 fn control_window(ctx: &SockOpsContext) {
-    if !throttling() {
-        return;
-    }
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return };
     let down = owner_slots(owner).down;
@@ -516,6 +514,11 @@ fn control_window(ctx: &SockOpsContext) {
         if owner.clamp != 0 {
             owner.clamp = 0;
             setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, i32::MAX as u32);
+        }
+        // Released: the callback goes too. (Another slot, say while a
+        // limit migrates between backends, keeps it for the next one.)
+        if down == 0 {
+            let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
         }
         return;
     };
@@ -552,4 +555,38 @@ fn control_window(ctx: &SockOpsContext) {
         owner.clamp_epoch = e;
         setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, w);
     }
+}
+
+/// `setsockopt(SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &on)` from userspace
+/// turns the window-control callback of that TCP socket on (1) or off (0):
+/// the daemon's way to put a download that was already running under
+/// window control (only `sock_ops` can set the flags otherwise). Anyone
+/// may do it to their own socket; it only tunes how the socket's own limit
+/// is enforced. Every other option passes untouched.
+#[cgroup_sockopt(setsockopt)]
+pub fn ct_setsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    if unsafe { (*so).level != SOL_TCP || (*so).optname != TCP_BPF_SOCK_OPS_CB_FLAGS } {
+        return 1;
+    }
+    let (start, end) = unsafe { ((*so).__bindgen_anon_2.optval as usize, (*so).__bindgen_anon_3.optval_end as usize) };
+    let Some(on) = peek_at::<i32>(start, end, 0) else { return 1 };
+    let sk = unsafe { (*so).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    let mut cur: i32 = 0;
+    if unsafe { bpf_getsockopt(sk.cast(), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, ptr::from_mut(&mut cur).cast(), 4) } != 0
+    {
+        return 0;
+    }
+    let mut flags =
+        if on != 0 { cur | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG } else { cur & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG };
+    let opt = ptr::from_mut(&mut flags).cast();
+    if unsafe { bpf_setsockopt(sk.cast(), SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, opt, 4) } != 0 {
+        return 0;
+    }
+    // Done here: the kernel's own setsockopt is skipped.
+    unsafe { (*so).optlen = -1 };
+    1
 }

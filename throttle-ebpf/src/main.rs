@@ -9,7 +9,11 @@
 //!   arriving packet, which has none yet, and redirects throttled traffic to
 //!   the interface's IFB, whose HTB shapes it.
 //! - `sock_ops` paces new TCP connections of throttled processes, so egress
-//!   shaping happens in TCP itself and the bucket rarely has to drop.
+//!   shaping happens in TCP itself and the bucket rarely has to drop, and
+//!   keeps the receive window of their downloads at rate × RTT through a
+//!   per-ACK callback that only throttled download sockets get.
+//! - `ct_setsockopt` (cgroup setsockopt) lets the daemon turn that callback
+//!   on for a socket that was already running when its owner got a limit.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]

@@ -139,7 +139,14 @@ impl Backend for EbpfBackend {
                 }
                 Direction::Down => {
                     let rtt = sockets::rtt_us(s).unwrap_or(0) as u64;
-                    sockets::set_window_clamp(s, rate.map(|r| window_clamp(r.bytes_per_sec(), rtt)))
+                    // A fixed clamp at once; window control replaces it
+                    // from the next ACK on, where the kernel has it.
+                    let clamp = sockets::set_window_clamp(s, rate.map(|r| window_clamp(r.bytes_per_sec(), rtt)));
+                    let control = rate.is_some() && rwnd_tuning().0 != 0;
+                    if let Err(e) = sockets::set_window_control(s, control) {
+                        tracing::debug!(pid = tgid, error = %e, "no window control for an existing socket");
+                    }
+                    clamp
                 }
             };
             if let Err(e) = r {

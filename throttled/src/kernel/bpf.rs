@@ -7,9 +7,9 @@ use std::{fs::File, os::fd::AsRawFd};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, SkStorage},
     programs::{
-        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId,
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, ProgramError, SchedClassifier, SockOps,
-        TcAttachType,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, cgroup_sockopt::CgroupSockoptLinkId,
+        sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
+        CgroupSock, CgroupSockopt, ProgramError, SchedClassifier, SockOps, TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -21,9 +21,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 
 /// Names of our programs and maps as the kernel reports them (tests and
 /// leftover detection look them up by these).
-pub const PROGRAM_NAMES: [&str; 5] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_ifb_cls"];
+pub const PROGRAM_NAMES: [&str; 6] =
+    ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_setsockopt", "ct_ifb_cls"];
 /// The programs attached at the cgroup v2 root for the daemon's lifetime.
-pub const CGROUP_PROGRAMS: [&str; 4] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops"];
+pub const CGROUP_PROGRAMS: [&str; 5] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_setsockopt"];
 pub const MAP_NAMES: [&str; 7] =
     ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN", "CT_IFB", "CT_PROC_TRAFFIC"];
 const CLASSIFIER: &str = "ct_ifb_cls";
@@ -327,12 +328,14 @@ enum CgroupLink {
     Sock(CgroupSockLinkId),
     Skb(CgroupSkbLinkId),
     Ops(SockOpsLinkId),
+    Sockopt(CgroupSockoptLinkId),
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
     match name {
         "ct_sock_create" => program::<CgroupSock>(ebpf, name)?.load(),
         "ct_sockops" => program::<SockOps>(ebpf, name)?.load(),
+        "ct_setsockopt" => program::<CgroupSockopt>(ebpf, name)?.load(),
         _ => program::<CgroupSkb>(ebpf, name)?.load(),
     }
     .map_err(prog_err(name))
@@ -344,6 +347,7 @@ fn attach(ebpf: &mut Ebpf, cg: &File, name: &'static str) -> Result<CgroupLink, 
     let link = match name {
         "ct_sock_create" => program::<CgroupSock>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Sock),
         "ct_sockops" => program::<SockOps>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Ops),
+        "ct_setsockopt" => program::<CgroupSockopt>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Sockopt),
         "ct_egress" => skb(ebpf, CgroupSkbAttachType::Egress)?.map(CgroupLink::Skb),
         _ => skb(ebpf, CgroupSkbAttachType::Ingress)?.map(CgroupLink::Skb),
     };
@@ -356,6 +360,7 @@ fn detach(ebpf: &mut Ebpf, name: &'static str, link: CgroupLink) {
         CgroupLink::Sock(l) => program::<CgroupSock>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Skb(l) => program::<CgroupSkb>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Ops(l) => program::<SockOps>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
+        CgroupLink::Sockopt(l) => program::<CgroupSockopt>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
     };
     if let Err(e) = res.and_then(|r| r) {
         tracing::debug!(program = name, error = %e, "stale link");
@@ -368,6 +373,7 @@ fn attach_type(name: &str) -> u32 {
         "ct_ingress" => 0,
         "ct_egress" => 1,
         "ct_sock_create" => 2,
+        "ct_setsockopt" => 22,
         _ => 3, // sock_ops
     }
 }

@@ -132,3 +132,13 @@ pub fn set_window_clamp(sock: &InetSocket, bytes: Option<u32>) -> io::Result<()>
 pub fn set_max_pacing_rate(sock: &InetSocket, rate: Option<u64>) -> io::Result<()> {
     setsockopt(sock, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate.unwrap_or(u64::MAX))
 }
+
+/// `TCP_BPF_SOCK_OPS_CB_FLAGS`: unknown to the kernel's own setsockopt; our
+/// `ct_setsockopt` program takes it (see throttle-ebpf).
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
+
+/// Turns the data path's per-ACK receive-window control on or off for a
+/// TCP socket that already exists (new ones get it from `sock_ops`).
+pub fn set_window_control(sock: &InetSocket, on: bool) -> io::Result<()> {
+    setsockopt(sock, libc::IPPROTO_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &libc::c_int::from(on))
+}
