@@ -16,6 +16,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # program builds them itself on first use; doing that same build here keeps it
 # out of the first test's time.
 cargo build -p throttled -p throttlectl
+# tests/ is listed, not auto-discovered: every file there must have its entry.
+for f in tests/*.rs; do
+  grep -qx "path = \"${f#tests/}\"" tests/Cargo.toml || { echo "test.sh: $f is not a [[test]] in tests/Cargo.toml" >&2; exit 1; }
+done
 # Kernel tests share the cgroup root and namespaces: run them one at a time.
 host_state_before=$(ls -d /var/lib/chadthrottle /etc/chadthrottle 2>/dev/null || true)
 cargo test --workspace -- --test-threads=1
