@@ -33,7 +33,7 @@ export PREFIX BINDIR SBINDIR DATADIR MANDIR SYSCONFDIR UNITDIR DBUS_POLICYDIR PO
 all: build
 
 build:
-	cargo build --release --workspace
+	cargo build --release -p throttled -p throttlectl
 
 install: build install-files
 	@if [ -z "$(DESTDIR)$(NO_START)" ]; then scripts/service.sh start; fi

@@ -12,10 +12,12 @@ old=$(mktemp -d /tmp/ct-ab-XXXXXX)
 trap 'git worktree remove --force "$old" >/dev/null 2>&1 || rm -rf "$old"' EXIT
 git worktree add --detach "$old" "$rev" >/dev/null
 (cd "$old" && cargo build --release -q -p throttled --bin chadthrottled)
-cargo build --release -q -p throttled --bin chadthrottled --example bench_ab
+cargo build --release -q -p throttle-bench --bin bench_ab
+# On its own, as installed (without the benchmarks' `testing` feature).
+cargo build --release -q -p throttled --bin chadthrottled
 echo "| daemon | round | p50 | p99 | Limit p99 | daemon CPU per call | calls/s | CPU stolen |"
 echo "|---|---|---|---|---|---|---|---|"
 for _ in $(seq "$pairs"); do
-  ./target/release/examples/bench_ab "$old/target/release/chadthrottled" "$(git rev-parse --short "$rev")"
-  ./target/release/examples/bench_ab ./target/release/chadthrottled "this tree"
+  ./target/release/bench_ab "$old/target/release/chadthrottled" "$(git rev-parse --short "$rev")"
+  ./target/release/bench_ab ./target/release/chadthrottled "this tree"
 done

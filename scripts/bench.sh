@@ -25,16 +25,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/bootstrap.sh
-cargo build --release -p throttled --example bench --example bench_core --example bench_monitor --example bench_load --bin chadthrottled
+cargo build --release -p throttle-bench --bin bench --bin bench_core --bin bench_monitor --bin bench_load
+# The daemon as installed: built on its own, without the `testing` feature
+# that the benchmarks enable in throttled.
+cargo build --release -p throttled --bin chadthrottled
 data=$(mktemp) rtt=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp) series80=$(mktemp)
 trap 'rm -f "$data" "$rtt" "$core" "$mon" "$load" "$series" "$series80"' EXIT
-case "$only" in all|data) ./target/release/examples/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
+case "$only" in all|data) ./target/release/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
 # Downloads only: the round trip matters where the sender is remote.
-case "$only" in all|rtt) ./target/release/examples/bench --dirs down --rates 256K,1M,10M --rtts 0.05,20,80 \
+case "$only" in all|rtt) ./target/release/bench --dirs down --rates 256K,1M,10M --rtts 0.05,20,80 \
   --warmup 3 --skip-control --skip-overhead --plot-csv "$series80" --plot-at 80 | tee "$rtt" ;; esac
-case "$only" in all|core) ./target/release/examples/bench_core | tee "$core" ;; esac
-case "$only" in all|monitor) ./target/release/examples/bench_monitor | tee "$mon" ;; esac
-case "$only" in all|load) ./target/release/examples/bench_load | tee "$load" ;; esac
+case "$only" in all|core) ./target/release/bench_core | tee "$core" ;; esac
+case "$only" in all|monitor) ./target/release/bench_monitor | tee "$mon" ;; esac
+case "$only" in all|load) ./target/release/bench_load | tee "$load" ;; esac
 $write || exit 0
 # The per-second plot of every backend at 10 MiB/s (gnuplot, no X).
 plot() { # series-csv png title

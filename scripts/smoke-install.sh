@@ -27,7 +27,7 @@ trap cleanup EXIT
 # the std sources that -Zbuild-std needs.
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 build_log=$(mktemp)
-build_release() { cargo build --release --workspace >"$build_log" 2>&1; }
+build_release() { cargo build --release -p throttled -p throttlectl >"$build_log" 2>&1; }
 if ! build_release; then
   echo "smoke: release build failed; its errors:" >&2
   grep -E '(^|: )error(\[|:)|panicked|No space|Killed' "$build_log" | tail -40 >&2 || true

@@ -17,7 +17,7 @@ fn bounded(caps: &str) -> String {
 /// setpriv's arguments for the daemon under `bounding`, with scratch config
 /// and state, no bus, and `extra`.
 fn under<'a>(bounding: &'a str, state: &'a ScratchDir, extra: &[&'a str]) -> Vec<&'a str> {
-    let daemon = env!("CARGO_BIN_EXE_chadthrottled");
+    let daemon = daemon_bin();
     let dirs = ["--config", "/nonexistent/chadthrottled.toml", "--state-dir", state.path.to_str().unwrap()];
     [&["--bounding-set", bounding, daemon][..], &dirs[..], &["--no-dbus"][..], extra].concat()
 }
@@ -25,7 +25,7 @@ fn under<'a>(bounding: &'a str, state: &'a ScratchDir, extra: &[&'a str]) -> Vec
 fn setpriv() -> Option<std::path::PathBuf> {
     let p = which("setpriv");
     if p.is_none() {
-        throttled::testing::missing("setpriv is not installed (util-linux; run scripts/bootstrap.sh)");
+        throttle_testkit::missing("setpriv is not installed (util-linux; run scripts/bootstrap.sh)");
     }
     p
 }

@@ -12,7 +12,7 @@ use std::{
 
 use common::*;
 use throttle_common::Direction;
-use throttled::testing::rss_kib;
+use throttle_testkit::rss_kib;
 use throttled::{
     backend::Health,
     config::FailurePolicy,
@@ -62,7 +62,7 @@ fn named_binary(dir: &Path, name: &str, tool: &str) -> PathBuf {
 }
 
 fn start(state: &ScratchDir, ifaces: &[&str]) -> Manager {
-    Manager::start(&throttled::testing::options(state, ifaces)).unwrap()
+    Manager::start(&common::options(state, ifaces)).unwrap()
 }
 
 /// `limit ct-nm-a` covers the running process and one started later, and
@@ -158,7 +158,7 @@ fn unit_and_cgroup_targets() {
     let root = throttled::kernel::cgroup::cgroup2_mount().unwrap();
     let cg = TestCgroup::new(&root, "ct-test.slice/ct-unit-1.scope");
     let dir = ScratchDir::new("unit");
-    let mut opts = throttled::testing::options(&dir, &[]);
+    let mut opts = common::options(&dir, &[]);
     opts.loaded.config.health.interval = Duration::from_secs(1);
     let m = Manager::start(&opts).unwrap();
     let inside = Named::spawn(&dir.path, "ct-unit-a");
@@ -329,7 +329,7 @@ fn five_thousand_short_processes_leave_nothing() {
 }
 
 fn daemon(conf: &Path) -> Daemon {
-    Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &["--config", conf.to_str().unwrap(), "--no-dbus"], &[])
+    Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap(), "--no-dbus"], &[])
 }
 
 fn write_config(dir: &ScratchDir, config: &str, rules: &[(&str, &str)]) -> PathBuf {
@@ -477,7 +477,7 @@ fn failover_moves_throttles_to_the_next_backend() {
     let Some(_g) = begin() else { return };
     let lab = Lab::new(124);
     let dir = ScratchDir::new("failover");
-    let mut opts = throttled::testing::options(&dir, &[&lab.veth]);
+    let mut opts = common::options(&dir, &[&lab.veth]);
     opts.loaded.config.health.policy = FailurePolicy::Failover;
     let m = Manager::start(&opts).unwrap();
     let p = Named::spawn(&dir.path, "ct-failover");

@@ -21,7 +21,7 @@ fn accuracy(tag: u8, limit: &str, reverse: bool) {
     let mut lab = Lab::new(tag);
     lab.server(5201);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     let s = if reverse { spec(Some(limit), None) } else { spec(None, Some(limit)) };
     check_accuracy(&lab, &m, tag, &s, rate(limit), reverse);
 }
@@ -53,7 +53,7 @@ fn two_processes(tag: u8, reverse: bool) {
     lab.server(5201);
     lab.server(5202);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     let secs = if reverse { 16 } else { 8 };
     let a = lab.client("ct-client-a", 5201, secs, reverse);
     let b = lab.client("ct-client-b", 5202, secs, reverse);
@@ -103,7 +103,7 @@ fn limit_running_transfer_started_before_daemon() {
     let c = lab.client("ct-client-run", 5201, 12, true);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     m.limit_pid(c.pid(), &spec(Some("1M"), None)).unwrap();
     let r = c.wait();
     eprintln!("intervals (MiB/s): {:?}", r.intervals.iter().map(|v| v / MIB).collect::<Vec<_>>());
@@ -122,7 +122,7 @@ fn unlimit_restores_speed() {
     let mut lab = Lab::new(18);
     lab.server(5201);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     let c = lab.client("ct-client-unl", 5201, 8, false);
     let id = m.limit_pid(c.pid(), &spec(None, Some("1M"))).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(4));
@@ -141,7 +141,7 @@ fn tree_covers_forked_child() {
     let mut lab = Lab::new(19);
     lab.server(5201);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     // Upload: this checks coverage of a forked child, so it uses the
     // direction whose accuracy does not vary run to run (download is policed).
     let parent = lab.client_via_shell("ct-client-tree", 5201, 12, false, 0.5);

@@ -9,10 +9,8 @@ use std::{
 };
 
 use common::*;
-use throttled::{
-    dbus::polkit::ACTIONS,
-    testing::bus::{dbus_dir, test_user, Polkit, PrivateBus},
-};
+use throttle_testkit::bus::{dbus_dir, test_user, Polkit, PrivateBus};
+use throttled::dbus::polkit::ACTIONS;
 
 const MGR: &str = "org.chadthrottle.Manager";
 
@@ -34,7 +32,7 @@ impl Api {
     /// callers; `env` goes to the daemon.
     fn start_with(tag: &str, rules: Option<&str>, env: &[(&str, &str)]) -> Option<Api> {
         if which("gdbus").is_none() || which("busctl").is_none() {
-            throttled::testing::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
+            throttle_testkit::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
             return None;
         }
         let bus = PrivateBus::start(tag)?;
@@ -73,7 +71,7 @@ impl Api {
 /// The daemon on `bus`, with its state in `dir`; interface backends get an
 /// interface that does not exist, so no host interface is ever shaped.
 fn daemon_on(bus: &PrivateBus, dir: &ScratchDir, env: &[(&str, &str)]) -> Daemon {
-    bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), dir, "ct-none0", env)
+    bus.daemon(daemon_bin(), dir, "ct-none0", env)
 }
 
 /// The object path in gdbus's `(objectpath '/x',)`.
@@ -269,7 +267,7 @@ fn norm(s: &str) -> String {
 #[test]
 fn shipped_bus_files_are_valid() {
     let Some(xmllint) = which("xmllint") else {
-        throttled::testing::missing("xmllint is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("xmllint is not installed (run scripts/bootstrap.sh)");
         return;
     };
     for f in ["org.chadthrottle.conf", "org.chadthrottle.Manager.xml", "org.chadthrottle.Throttle.xml"] {
@@ -288,7 +286,7 @@ const RULES: &str = r#"polkit.addRule(function(action, subject) {
 });"#;
 
 fn throttlectl() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_BIN_EXE_chadthrottled")).with_file_name("throttlectl");
+    let p = std::path::Path::new(daemon_bin()).with_file_name("throttlectl");
     assert!(p.exists(), "{} is not built (scripts/test.sh builds the workspace first)", p.display());
     p
 }
@@ -399,7 +397,7 @@ fn only_root_may_own_the_name() {
 /// and the policy is valid against polkit's DTD.
 #[test]
 fn polkit_actions_are_declared_and_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../throttled"));
     let policy = std::fs::read_to_string(dir.join("../polkit/org.chadthrottle.policy")).unwrap();
     let mut used: Vec<String> = Vec::new();
     for f in ["src/dbus/polkit.rs", "src/dbus/service.rs", "src/dbus/throttle.rs"] {
@@ -417,7 +415,7 @@ fn polkit_actions_are_declared_and_valid() {
         assert!(policy.contains(&format!("<action id=\"{id}\">")), "{id} is used but not in the .policy file");
     }
     let Some(xmllint) = which("xmllint") else {
-        throttled::testing::missing("xmllint is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("xmllint is not installed (run scripts/bootstrap.sh)");
         return;
     };
     let dtd = "/usr/share/polkit-1/policyconfig-1.dtd";

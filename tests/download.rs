@@ -177,7 +177,7 @@ fn lab_with_server(tag: u8) -> Lab {
 }
 
 fn manager(state: &ScratchDir) -> Manager {
-    Manager::start(&throttled::testing::options(state, &[])).unwrap()
+    Manager::start(&common::options(state, &[])).unwrap()
 }
 
 /// Asserts the IP-layer rate within ±`tol` of the limit.
@@ -461,7 +461,7 @@ fn cost() {
     let lab = lab_with_server(219);
     let state = ScratchDir::new("dl");
     let others: Vec<u32> = prog_stats().into_keys().collect();
-    let mut o = throttled::testing::options(&state, &[]);
+    let mut o = common::options(&state, &[]);
     o.loaded.config.monitor.enabled = std::env::var("CT_COST_MONITOR").map_or(true, |v| v != "0");
     let m = Manager::start(&o).unwrap();
     let mine: Vec<u32> = prog_stats().into_keys().filter(|id| !others.contains(id)).collect();

@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::*;
-use throttled::testing::bus::{write_config, PrivateBus};
+use throttle_testkit::bus::{write_config, PrivateBus};
 
 /// The IP-layer limit of every case, in bytes/s.
 const LIMIT: f64 = 2.0 * MIB;
@@ -191,7 +191,7 @@ struct Rig {
 impl Rig {
     fn new(tag: u8, backend: &'static str, reverse: bool) -> Option<Rig> {
         if which("busctl").is_none() || which("bpftool").is_none() {
-            throttled::testing::missing("busctl and bpftool are needed (run scripts/bootstrap.sh)");
+            throttle_testkit::missing("busctl and bpftool are needed (run scripts/bootstrap.sh)");
             return None;
         }
         let mut lab = Lab::new(tag);
@@ -211,7 +211,7 @@ impl Rig {
     fn start_daemon(&mut self) {
         let env = [("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())];
         let args = ["--config", self.conf.to_str().unwrap()];
-        self.daemon = Some(Daemon::start_logged(env!("CARGO_BIN_EXE_chadthrottled"), &args, &env, &self.log));
+        self.daemon = Some(Daemon::start_logged(daemon_bin(), &args, &env, &self.log));
     }
 
     fn daemon(&mut self) -> &mut Daemon {
@@ -678,7 +678,7 @@ fn state_directory_full() {
         told: &|rig, _| rig.monitor.since(full_at).iter().any(|s| is_health(s, "state", "broken")),
         throughout: true,
     };
-    let throttlectl = Path::new(env!("CARGO_BIN_EXE_chadthrottled")).with_file_name("throttlectl");
+    let throttlectl = Path::new(daemon_bin()).with_file_name("throttlectl");
     let warning = Arc::new(Mutex::new(String::new()));
     let w = warning.clone();
     run_case(&mut rig, &case, |rig, pid| {

@@ -14,13 +14,13 @@ use common::*;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_chadthrottled")).parent().unwrap().to_path_buf()
+    Path::new(daemon_bin()).parent().unwrap().to_path_buf()
 }
 
 /// Runs `make TARGET` with these variables; returns stdout.
 fn make(target: &str, vars: &[(&str, &str)]) -> String {
     let Some(mk) = which("make") else {
-        throttled::testing::missing("make is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("make is not installed (run scripts/bootstrap.sh)");
         return String::new();
     };
     let mut cmd = Command::new(mk);
@@ -103,7 +103,7 @@ fn packager_layout_and_clean_uninstall() {
 #[test]
 fn installed_xml_is_well_formed() {
     let Some(xmllint) = which("xmllint") else {
-        throttled::testing::missing("xmllint is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("xmllint is not installed (run scripts/bootstrap.sh)");
         return;
     };
     let dir = ScratchDir::new("install-xml");

@@ -31,7 +31,7 @@ fn ct_maps() -> Vec<String> {
 fn bpftool_attached() -> Vec<String> {
     let root = throttled::kernel::cgroup::cgroup2_mount().unwrap();
     let Some(bpftool) = which("bpftool") else {
-        throttled::testing::missing("bpftool is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("bpftool is not installed (run scripts/bootstrap.sh)");
         return vec![];
     };
     let out = sh(&[bpftool.to_str().unwrap(), "-j", "cgroup", "show", root.to_str().unwrap()]);
@@ -109,7 +109,7 @@ fn dropping_the_loader_leaves_nothing_attached() {
     let Some(_g) = begin() else { return };
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     assert_loaded();
     let spec = LimitSpec { down: Some("2M".parse().unwrap()), ..Default::default() };
     m.limit_pid(target.id(), &spec).unwrap();
@@ -124,7 +124,7 @@ fn dropping_the_loader_leaves_nothing_attached() {
 fn bad_input_is_rejected_and_changes_nothing() {
     let Some(_g) = begin() else { return };
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     let one = LimitSpec { down: Some("1M".parse().unwrap()), ..Default::default() };
     assert!(matches!(m.limit_pid(0, &one), Err(ManagerError::InvalidArgument(_))));
     assert!(matches!(m.limit_pid(2, &one), Err(ManagerError::InvalidArgument(_))), "kernel thread");
@@ -149,7 +149,7 @@ fn loopback_is_exempt_by_default() {
     let mut lab = Lab::new(20);
     lab.server(5201);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     let c = lab.client_in_ns("ct-client-lo", "127.0.0.1", 5201, 4);
     let spec = LimitSpec { up: Some("1M".parse().unwrap()), down: Some("1M".parse().unwrap()), ..Default::default() };
     let id = m.limit_pid(c.pid(), &spec).unwrap();

@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, time::Duration};
 use common::*;
 use futures_util::StreamExt;
 use throttled::persist::StateStore;
-use throttled::testing::{
+use throttle_testkit::{
     bus::PrivateBus,
     load::{connect, limit, round, Mix, Sleepers},
     rss_kib,
@@ -29,7 +29,7 @@ fn fifty_clients_against_500_throttles() {
     let Some(_g) = begin() else { return };
     let Some(bus) = PrivateBus::start("load") else { return };
     let dir = ScratchDir::new("load");
-    let mut d = bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), &dir, "ct-none0", &[("RUST_LOG", "warn")]);
+    let mut d = bus.daemon(daemon_bin(), &dir, "ct-none0", &[("RUST_LOG", "warn")]);
     let sleepers = Sleepers::spawn(BASE + CLIENTS * 20 + 1);
     let pids = sleepers.pids();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

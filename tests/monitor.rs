@@ -71,7 +71,7 @@ fn compare(m: &Manager, c: Iperf, t0: Instant, reverse: bool, scope: Scope, what
 }
 
 fn manager(state: &ScratchDir, ifaces: &[&str]) -> Manager {
-    let m = Manager::start(&throttled::testing::options(state, ifaces)).unwrap();
+    let m = Manager::start(&common::options(state, ifaces)).unwrap();
     assert!(m.monitoring(), "the monitor is on by default");
     m
 }

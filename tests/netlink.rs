@@ -13,7 +13,7 @@ use throttled::kernel::netlink::{tc_handle, ClassInfo, LinkEvent, LinkEvents, Ne
 
 fn root() -> bool {
     if unsafe { libc::geteuid() } != 0 {
-        throttled::testing::require_root("netlink tests");
+        throttle_testkit::require_root("netlink tests");
         return false;
     }
     true

@@ -185,7 +185,7 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download
     };
     lab.server(5201);
     let state = ScratchDir::new("rtt");
-    let m = Manager::start(&throttled::testing::options(&state, &[&lab.veth])).unwrap();
+    let m = Manager::start(&common::options(&state, &[&lab.veth])).unwrap();
     let c = lab.client(&format!("ct-rtt-{tag}"), 5201, SECS, true);
     let spec = LimitSpec { down: Some(limit.parse().unwrap()), backend: Some(backend.into()), ..Default::default() };
     let id = m.limit_pid(c.pid(), &spec).unwrap();

@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::*;
-use throttled::testing::bus::{test_user, Polkit, PrivateBus};
+use throttle_testkit::bus::{test_user, Polkit, PrivateBus};
 
 const MGR: &str = "org.chadthrottle.Manager";
 const THROTTLE: &str = "org.chadthrottle.Throttle";
@@ -38,14 +38,14 @@ impl Api {
     fn start(tag: &str, rules: &str) -> Option<Api> {
         for tool in ["gdbus", "busctl", "dbus-monitor", "setpriv"] {
             if which(tool).is_none() {
-                throttled::testing::missing(&format!("{tool} is needed (run scripts/bootstrap.sh)"));
+                throttle_testkit::missing(&format!("{tool} is needed (run scripts/bootstrap.sh)"));
                 return None;
             }
         }
         let bus = PrivateBus::start(tag)?;
         let polkit = Some(Polkit::start(&bus, rules)?);
         let dir = ScratchDir::new(&format!("api-{tag}"));
-        let daemon = bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), &dir, "ct-none0", &[]);
+        let daemon = bus.daemon(daemon_bin(), &dir, "ct-none0", &[]);
         Some(Api { daemon, polkit, bus, _dir: dir })
     }
 

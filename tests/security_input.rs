@@ -13,10 +13,8 @@ use std::{
 };
 
 use common::*;
-use throttled::{
-    kernel::procfs,
-    testing::bus::{test_user, write_config, Polkit, PrivateBus},
-};
+use throttle_testkit::bus::{test_user, write_config, Polkit, PrivateBus};
+use throttled::kernel::procfs;
 
 const MGR: &str = "org.chadthrottle.Manager";
 const THR: &str = "org.chadthrottle.Throttle";
@@ -39,7 +37,7 @@ impl Api {
     /// `prepare` may write saved state into the state directory first.
     fn start_with_state(tag: &str, polkit: bool, prepare: impl FnOnce(&Path)) -> Option<Api> {
         if which("gdbus").is_none() || which("busctl").is_none() {
-            throttled::testing::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
+            throttle_testkit::missing("gdbus and busctl are needed (run scripts/bootstrap.sh)");
             return None;
         }
         let bus = PrivateBus::start(tag)?;
@@ -68,7 +66,7 @@ impl Api {
         let conf = write_config(&self.dir, "ct-none0");
         // Plain text (no colours), so that any escape sequence came from input.
         let env = [("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address()), ("RUST_LOG", "info"), ("NO_COLOR", "1")];
-        let bin = env!("CARGO_BIN_EXE_chadthrottled");
+        let bin = daemon_bin();
         self.daemon = Some(Daemon::start_logged(bin, &["--config", conf.to_str().unwrap()], &env, &self.log));
     }
 
@@ -327,7 +325,7 @@ fn throttles_over_the_slot_limit_stay_saved_and_are_retried() {
         assert_eq!(saved["throttles"].as_array().unwrap().len(), n as usize, "failed throttles were dropped");
     };
     check(&api);
-    let throttlectl = Path::new(env!("CARGO_BIN_EXE_chadthrottled")).with_file_name("throttlectl");
+    let throttlectl = Path::new(daemon_bin()).with_file_name("throttlectl");
     if throttlectl.exists() {
         let out = Command::new(&throttlectl).args(["--bus", api.bus.address(), "list"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -377,7 +375,7 @@ fn oversized_arguments_are_refused_early_and_never_echoed() {
         assert!(err.len() < 300, "{method}: a {} byte error echoes the argument", err.len());
     }
     // As root, 30 MB arguments over zbus, ten times.
-    let rss0 = throttled::testing::rss_kib(api.daemon_pid());
+    let rss0 = throttle_testkit::rss_kib(api.daemon_pid());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let conn = zbus::connection::Builder::address(api.bus.address()).unwrap().build().await.unwrap();
@@ -402,7 +400,7 @@ fn oversized_arguments_are_refused_early_and_never_echoed() {
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    let rss1 = throttled::testing::rss_kib(api.daemon_pid());
+    let rss1 = throttle_testkit::rss_kib(api.daemon_pid());
     eprintln!("daemon RSS {} MiB before ten 30 MB calls, {} MiB after", rss0 >> 10, rss1 >> 10);
     // Before: 25 MiB grew to 85 MiB and stayed (malloc kept the buffers).
     assert!(rss1 < rss0 + (16 << 10), "the daemon kept {} MiB", rss1.saturating_sub(rss0) >> 10);

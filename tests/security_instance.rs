@@ -15,12 +15,9 @@ use std::{
 };
 
 use common::*;
-use throttled::{
-    kernel::netlink::Netlink,
-    testing::bus::{write_config, PrivateBus},
-};
+use throttle_testkit::bus::{write_config, PrivateBus};
+use throttled::kernel::netlink::Netlink;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chadthrottled");
 /// The download limit of every flow here, in bytes/s (the API's "2M").
 const LIMIT: f64 = 2.0 * MIB;
 
@@ -56,7 +53,7 @@ fn limit_down(bus: &PrivateBus, pid: u32) {
 /// it said. One still running after 15 s failed the test (it is stopped
 /// first, so that it cleans up).
 fn refused(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut c = Command::new(BIN)
+    let mut c = Command::new(daemon_bin())
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
@@ -107,7 +104,7 @@ struct Seen {
 fn a_second_daemon_leaves_the_first_alone() {
     let Some(_g) = begin() else { return };
     if which("busctl").is_none() {
-        throttled::testing::missing("busctl is needed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("busctl is needed (run scripts/bootstrap.sh)");
         return;
     }
     let (mut lab1, mut lab2) = (Lab::new(170), Lab::new(171));
@@ -116,7 +113,7 @@ fn a_second_daemon_leaves_the_first_alone() {
     let Some(bus_a) = PrivateBus::start("si-a") else { return };
     let Some(bus_b) = PrivateBus::start("si-b") else { return };
     let (dir1, dir2) = (ScratchDir::new("si-first"), ScratchDir::new("si-second"));
-    let mut first = bus_a.daemon(BIN, &dir1, &lab1.veth, &[]);
+    let mut first = bus_a.daemon(daemon_bin(), &dir1, &lab1.veth, &[]);
     let owner = name_owner(&bus_a).expect("the first daemon owns the name");
     let c1 = lab1.client("ct-si-first", 5201, 18, true);
     limit_down(&bus_a, c1.pid());
@@ -144,7 +141,7 @@ fn a_second_daemon_leaves_the_first_alone() {
     checks.push(seen("after a second daemon was refused"));
 
     // On its own bus: it runs, with its own download limit, then stops.
-    let mut second = bus_b.daemon(BIN, &dir2, &lab2.veth, &[]);
+    let mut second = bus_b.daemon(daemon_bin(), &dir2, &lab2.veth, &[]);
     checks.push(seen("after the second daemon started"));
     let c2 = lab2.client("ct-si-second", 5201, 8, true);
     limit_down(&bus_b, c2.pid());
@@ -204,7 +201,7 @@ fn shaping_daemon(dir: &ScratchDir, lab: &Lab, pid: u32) -> Daemon {
         "--down-backend",
         "ifb_tc",
     ];
-    Daemon::start(BIN, &args, &[])
+    Daemon::start(daemon_bin(), &args, &[])
 }
 
 /// A sleeping process, killed on drop.
@@ -320,7 +317,7 @@ fn planted_symlinks_are_never_followed() {
         let (dir, state) = planted(&format!("si-link-{tag}"), &secret, &[name.into()]);
         let conf = write_config(&dir, "ct-si-none");
         let args = ["--config", conf.to_str().unwrap(), "--no-dbus", "--pid", &pid, "--up", "1M", "--backend", "ebpf"];
-        let mut d = Daemon::start(BIN, &args, &[]);
+        let mut d = Daemon::start(daemon_bin(), &args, &[]);
         d.stop();
         secret.assert_unchanged(name);
         let saved = std::fs::read_to_string(state.join("throttles.json")).unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use throttled::testing::bus::{test_user, Polkit, PrivateBus};
+use throttle_testkit::bus::{test_user, Polkit, PrivateBus};
 
 const MGR: &str = "org.chadthrottle.Manager";
 const THR: &str = "org.chadthrottle.Throttle";
@@ -37,7 +37,7 @@ struct Api {
 impl Api {
     fn start(tag: &str, limits: &str) -> Option<Api> {
         if which("gdbus").is_none() {
-            throttled::testing::missing("gdbus is needed (run scripts/bootstrap.sh)");
+            throttle_testkit::missing("gdbus is needed (run scripts/bootstrap.sh)");
             return None;
         }
         let bus = PrivateBus::start(tag)?;
@@ -58,7 +58,7 @@ impl Api {
         }
         let env = [("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())];
         let args = ["--config", self.conf.to_str().unwrap()];
-        self.daemon = Some(Daemon::start(env!("CARGO_BIN_EXE_chadthrottled"), &args, &env));
+        self.daemon = Some(Daemon::start(daemon_bin(), &args, &env));
     }
 
     /// `gdbus call` as `uid` (setpriv, no supplementary groups): Ok(stdout)
@@ -283,7 +283,7 @@ fn the_manager_checks_again_under_its_lock() {
     let Some(_g) = begin() else { return };
     let user = test_user(USER);
     let dir = ScratchDir::new("sp-core");
-    let mut opts = throttled::testing::options(&dir, &[]);
+    let mut opts = common::options(&dir, &[]);
     opts.loaded.config.limits.per_user = 1;
     let m = Manager::start(&opts).unwrap();
     let own = Actor { uid: user.0, grant: Grant::Own };

@@ -12,14 +12,14 @@ fn unit_copy(dir: &ScratchDir) -> std::path::PathBuf {
     let unit =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/chadthrottled.service")).unwrap();
     let p = dir.path.join("chadthrottled.service");
-    std::fs::write(&p, unit.replace("/usr/sbin/chadthrottled", env!("CARGO_BIN_EXE_chadthrottled"))).unwrap();
+    std::fs::write(&p, unit.replace("/usr/sbin/chadthrottled", daemon_bin())).unwrap();
     p
 }
 
 fn analyze() -> Option<std::path::PathBuf> {
     let a = which("systemd-analyze");
     if a.is_none() {
-        throttled::testing::missing("systemd-analyze is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("systemd-analyze is not installed (run scripts/bootstrap.sh)");
     }
     a
 }
@@ -105,7 +105,7 @@ fn logs_reach_journald_with_structured_fields() {
     let pid = target.id().to_string();
     let script = r#"mount -t tmpfs ct-run /run && mkdir -p /run/systemd/journal &&
         mount --bind "$0" /run/systemd/journal && exec "$@" 2>>"$CT_STDERR""#;
-    let daemon = env!("CARGO_BIN_EXE_chadthrottled");
+    let daemon = daemon_bin();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
     let mut d = Daemon::start(
         "unshare",

@@ -17,7 +17,7 @@ fn rate(s: &str) -> Rate {
 }
 
 fn options(lab: &Lab, state: &ScratchDir) -> ManagerOptions {
-    throttled::testing::options(state, &[&lab.veth])
+    common::options(state, &[&lab.veth])
 }
 
 fn up(r: &str) -> LimitSpec {
@@ -261,7 +261,7 @@ fn leftovers_of_a_crash_are_adopted() {
 fn interfaces_are_followed() {
     let Some(_g) = begin() else { return };
     let state = ScratchDir::new("42");
-    let opts = throttled::testing::options(&state, &["ct-veth42"]);
+    let opts = common::options(&state, &["ct-veth42"]);
     let m = Manager::start(&opts).unwrap();
     let mut target = Command::new("sleep").arg("30").spawn().unwrap();
     m.limit_pid(target.id(), &up("3M")).unwrap();
@@ -292,7 +292,7 @@ fn availability_probe_is_truthful_and_private() {
     let Some(_g) = begin() else { return };
     let before = sh(&["ip", "-o", "link", "show"]);
     let state = ScratchDir::new("m");
-    let m = Manager::start(&throttled::testing::options(&state, &[])).unwrap();
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
     for b in m.backends() {
         assert!(b.availability.is_available(), "{} unavailable here: {:?}", b.name, b.availability);
         assert_eq!(b.health, Health::Idle, "{} is set up before its first throttle", b.name);

@@ -12,10 +12,10 @@ use std::{
 };
 
 use common::*;
-use throttled::testing::bus::PrivateBus;
+use throttle_testkit::bus::PrivateBus;
 
 fn throttlectl() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_chadthrottled")).with_file_name("throttlectl")
+    Path::new(daemon_bin()).with_file_name("throttlectl")
 }
 
 /// A tmux server of its own, killed on drop.
@@ -67,7 +67,7 @@ impl Drop for Tmux {
 }
 
 fn start_daemon(bus: &PrivateBus, dir: &ScratchDir, iface: &str) -> Daemon {
-    bus.daemon(env!("CARGO_BIN_EXE_chadthrottled"), dir, iface, &[])
+    bus.daemon(daemon_bin(), dir, iface, &[])
 }
 
 fn default_for(bus: &PrivateBus, backend: &str) -> Vec<String> {
@@ -81,7 +81,7 @@ fn default_for(bus: &PrivateBus, backend: &str) -> Vec<String> {
 fn top_under_tmux() {
     let Some(_g) = begin() else { return };
     if which("tmux").is_none() {
-        throttled::testing::missing("tmux is not installed (run scripts/bootstrap.sh)");
+        throttle_testkit::missing("tmux is not installed (run scripts/bootstrap.sh)");
         return;
     }
     let Some(bus) = PrivateBus::start("tui") else { return };

@@ -1,14 +1,60 @@
-//! Shared by the integration tests. The lab itself lives in the library so
-//! that the benchmark uses the same code.
+//! Shared by the integration tests (`mod common;` in each). The lab itself
+//! lives in throttle-testkit so that the benchmarks use the same code.
 #![allow(dead_code, unused_imports)]
 
-use std::sync::MutexGuard;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{MutexGuard, OnceLock},
+};
 
-pub use throttled::testing::{lab::*, ScratchDir};
+pub use throttle_testkit::{lab::*, ScratchDir};
 use throttled::{
-    manager::{LimitSpec, Manager},
+    manager::{LimitSpec, Manager, ManagerOptions},
     Rate,
 };
+
+/// Manager options with a private state directory and, for the interface
+/// backends, only the given interfaces (never the host's).
+pub fn options(state: &ScratchDir, interfaces: &[&str]) -> ManagerOptions {
+    let mut o = ManagerOptions::default();
+    o.loaded.config.state_dir = state.path.clone();
+    o.loaded.config.interfaces = Some(interfaces.iter().map(|s| s.to_string()).collect());
+    o
+}
+
+/// The daemon's binary; throttlectl is next to it. Cargo gives a package's
+/// tests only its own binaries (CARGO_BIN_EXE_*), and the daemon is another
+/// package's: the first call builds both, with this test's profile, so a
+/// test never runs a stale daemon (a no-op when they are current).
+pub fn daemon_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| build_bins().join("chadthrottled").to_str().unwrap().to_string())
+}
+
+/// Runs `cargo build` for the daemon and throttlectl; returns their directory.
+fn build_bins() -> PathBuf {
+    // This test runs as <target>/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let profile = match exe.parent().and_then(Path::parent).and_then(Path::file_name).and_then(|p| p.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "--message-format=json", "--profile", &profile])
+        .args(["-p", "throttled", "-p", "throttlectl", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running cargo to build the daemon");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "building the daemon failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let daemon = stdout.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|m| {
+        let bin = m["target"]["name"] == "chadthrottled" && m["executable"].is_string();
+        bin.then(|| PathBuf::from(m["executable"].as_str().unwrap()))
+    });
+    daemon.expect("cargo reported no chadthrottled binary").parent().unwrap().to_path_buf()
+}
 
 /// Serializes kernel tests. `None`: prerequisites are missing, and the test
 /// returns (reported as skipped locally; `prerequisites` fails under CI).
@@ -42,7 +88,7 @@ pub fn isolated_daemon(state: &ScratchDir, args: &[&str]) -> Reaped {
     let conf = state.path.join("chadthrottled.toml");
     let dirs = ["--config", conf.to_str().unwrap(), "--state-dir", state.path.to_str().unwrap()];
     let all: Vec<&str> = dirs.into_iter().chain(args.iter().copied()).collect();
-    Reaped(spawn_daemon(env!("CARGO_BIN_EXE_chadthrottled"), &all))
+    Reaped(spawn_daemon(daemon_bin(), &all))
 }
 
 /// A child that is killed and reaped when dropped, so a failed assertion

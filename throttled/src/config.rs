@@ -561,7 +561,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testing::fuzz_cases(3000)))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(throttle_testkit::fuzz_cases(3000)))]
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = parse_config(Path::new("c.toml"), &text);

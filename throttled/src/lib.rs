@@ -1,5 +1,6 @@
 //! `chadthrottled`'s library: the kernel data path, the backends and the
-//! throttle manager, usable without D-Bus (tests and benchmarks drive it).
+//! throttle manager, usable without D-Bus (tests and benchmarks drive it; the `testing`
+//! feature adds the methods only they use).
 pub mod backend;
 pub mod config;
 pub mod dbus;
@@ -10,6 +11,5 @@ pub mod manager;
 pub mod notify;
 pub mod persist;
 pub mod target;
-pub mod testing;
 
 pub use throttle_common::rate::{Rate, RateError};

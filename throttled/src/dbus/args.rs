@@ -289,7 +289,7 @@ mod tests {
     // Decoding never panics: every input is accepted or an InvalidArgument
     // (or, for a well-formed pid, NoSuchProcess).
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testing::fuzz_cases(5_000)))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(throttle_testkit::fuzz_cases(5_000)))]
         #[test]
         fn limits_decoding_never_panics(
             pairs in proptest::collection::vec(

@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn live_fork_and_exit_are_seen() {
         if unsafe { libc::geteuid() } != 0 {
-            return crate::testing::require_root("proc connector");
+            return throttle_testkit::require_root("proc connector");
         }
         let mon = ProcMonitor::open(Duration::from_millis(200)).unwrap();
         let mut c = std::process::Command::new("true").spawn().unwrap();

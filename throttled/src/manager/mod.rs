@@ -41,7 +41,7 @@ pub use self::{
 pub use crate::limit::LimitSpec;
 use crate::{
     backend::BackendError,
-    config::{ConfigError, FailurePolicy, Loaded},
+    config::{ConfigError, Loaded},
     kernel::{bpf::BpfError, procmon::ProcMonitor},
     limit::InvalidLimit,
     persist::StateError,
@@ -322,7 +322,8 @@ impl Manager {
         self.lock().check_health();
     }
 
-    pub fn set_failure_policy(&self, policy: FailurePolicy) {
+    #[cfg(feature = "testing")]
+    pub fn set_failure_policy(&self, policy: crate::config::FailurePolicy) {
         self.lock().config.health.policy = policy;
     }
 
@@ -381,16 +382,19 @@ impl Manager {
         self.lock().events.subscribe()
     }
 
+    #[cfg(feature = "testing")]
     pub fn take_events(&self) -> Vec<Event> {
         self.lock().events.take()
     }
 
     /// Number of processes in the kernel's process map (for leak checks).
+    #[cfg(feature = "testing")]
     pub fn kernel_proc_entries(&self) -> usize {
         self.lock().datapath.proc_count()
     }
 
     /// The kernel's slots for a process (tests check precedence with this).
+    #[cfg(feature = "testing")]
     pub fn kernel_proc(&self, tgid: u32) -> Option<throttle_common::ProcSlots> {
         self.lock().datapath.proc(tgid)
     }

@@ -2,20 +2,21 @@
 //! (the worst second against the limit), the time a migration call takes,
 //! and process churn against a name throttle. Prints Markdown.
 //!
-//! `cargo run --release -p throttled --example bench_core`
+//! `cargo run --release -p throttle-bench --bin bench_core`
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
 use throttle_common::Direction;
+use throttle_bench::options;
+use throttle_testkit::{
+    lab::{which, Lab},
+    ScratchDir,
+};
 use throttled::{
     manager::{LimitSpec, Manager},
     target::Target,
-    testing::{
-        lab::{which, Lab},
-        options, ScratchDir,
-    },
     Rate,
 };
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use throttled::testing::{bus::PrivateBus, cpu_secs, lab::Daemon, rss_kib, ScratchDir};
+use throttle_testkit::{bus::PrivateBus, cpu_secs, lab::Daemon, rss_kib, ScratchDir};
 
 /// Forks `n` children that each send a 200-byte UDP datagram to a local
 /// discard port every 100 ms, and stay alive until killed.

@@ -6,7 +6,7 @@
 //! `bench_ab DAEMON LABEL`
 use std::time::Duration;
 
-use throttled::testing::{
+use throttle_testkit::{
     bus::PrivateBus,
     cpu_secs,
     load::{connect, limit, ms, percentile, round, Mix, Sleepers},

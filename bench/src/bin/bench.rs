@@ -1,7 +1,7 @@
 //! Data-path benchmark: accuracy, overhead and per-packet cost of the
 //! backends, measured with iperf3 in a test namespace. Prints Markdown.
 //!
-//! `cargo run --release -p throttled --example bench -- [--rates 256K,1M,10M,100M] [--dirs up,down]
+//! `cargo run --release -p throttle-bench --bin bench -- [--rates 256K,1M,10M,100M] [--dirs up,down]
 //!  [--backends ebpf,tc_htb,ifb_tc,tc-script] [--secs 10] [--warmup 2] [--rtts 0.05,20,80]
 //!  [--skip-overhead] [--skip-control] [--plot-csv PATH [--plot-at RTT]]`
 //!
@@ -14,9 +14,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use throttle_common::Direction;
+use throttle_bench::options;
+use throttle_testkit::lab::{Lab, MIB};
 use throttled::{
     manager::{LimitSpec, Manager, ManagerOptions},
-    testing::lab::{Lab, MIB},
     Rate,
 };
 
@@ -213,9 +214,9 @@ mod tc_script {
     use std::process::Command;
 
     use anyhow::{bail, Context as _};
+    use throttle_testkit::lab::Lab;
     use throttled::{
         kernel::netlink::{ClassStats, Netlink},
-        testing::lab::Lab,
         Rate,
     };
 
@@ -445,11 +446,11 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism()?,
         std::env::var("CT_TUNE").ok()
     );
-    let state = throttled::testing::ScratchDir::new("bench");
+    let state = throttle_testkit::ScratchDir::new("bench");
     if o.cost_only {
         let mut lab = lab_for(BASE_RTT_MS);
         lab.server(5201);
-        return print_cost(&lab, &throttled::testing::options(&state, &[&lab.veth]));
+        return print_cost(&lab, &options(&state, &[&lab.veth]));
     }
     println!(
         "| backend | direction | limit | round trip | goodput / limit | IP-layer rate / limit | per-second min–max \
@@ -461,7 +462,7 @@ fn main() -> anyhow::Result<()> {
     for (i, &rtt) in o.rtts.iter().enumerate() {
         let mut lab = lab_for(rtt);
         lab.server(5201);
-        let m = Manager::start(&throttled::testing::options(&state, &[&lab.veth]))?;
+        let m = Manager::start(&options(&state, &[&lab.veth]))?;
         for backend in &o.backends {
             for dir in &o.dirs {
                 let Some(l) = limiter(&m, &lab, backend, dir == "down") else { continue };
@@ -499,7 +500,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut lab = lab_for(BASE_RTT_MS);
     lab.server(5201);
-    let opts = throttled::testing::options(&state, &[&lab.veth]);
+    let opts = options(&state, &[&lab.veth]);
     print_cost(&lab, &opts)?;
     println!("\n| another process throttled with | direction | without our objects | with them | ratio (median of 5 rounds) |");
     println!("|---|---|---|---|---|");

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use throttled::testing::{
+use throttle_testkit::{
     bus::PrivateBus,
     cpu_secs,
     load::{connect, limit, ms, percentile, remove, round, Mix, Sleepers, CALLS as KINDS},

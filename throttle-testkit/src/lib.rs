@@ -77,12 +77,3 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
-
-/// Manager options with a private state directory and, for the interface
-/// backends, only the given interfaces (never the host's).
-pub fn options(state: &ScratchDir, interfaces: &[&str]) -> crate::manager::ManagerOptions {
-    let mut o = crate::manager::ManagerOptions::default();
-    o.loaded.config.state_dir = state.path.clone();
-    o.loaded.config.interfaces = Some(interfaces.iter().map(|s| s.to_string()).collect());
-    o
-}
