@@ -6,6 +6,7 @@ pub mod dbus;
 pub mod kernel;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod notify;
 pub mod state;
 pub mod statefs;

@@ -10,6 +10,7 @@ use throttled::{
     config, dbus,
     logging::{self, LogTarget},
     manager::{LimitSpec, Manager, ManagerOptions, Overrides},
+    metrics::{self, adapter::ManagerSource, CallStats},
     notify::Notifier,
     target::Target,
     Rate,
@@ -165,7 +166,11 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     if !args.no_dbus {
         refuse_if_name_owned().await?;
     }
+    let metrics_cfg = opts.loaded.config.metrics.clone();
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
+    // The D-Bus layer is to record into `calls` (not wired yet).
+    let calls = CallStats::default();
+    let _metrics = start_metrics(&metrics_cfg, &manager, calls).await;
     let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
         // Backends talk netlink synchronously: never on the async threads.
@@ -229,6 +234,16 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     }
     tokio::task::spawn_blocking(move || manager.teardown()).await?.context("removing throttles")?;
     Ok(())
+}
+
+/// The exporter is optional: a port it cannot bind is logged, and the
+/// throttles are enforced all the same.
+async fn start_metrics(cfg: &config::MetricsConfig, manager: &Arc<Manager>, calls: CallStats) -> metrics::Running {
+    let source = Arc::new(ManagerSource::new(manager.clone(), calls, cfg.top_names));
+    metrics::start(cfg, source).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "no metrics");
+        metrics::Running::default()
+    })
 }
 
 async fn core_answers(manager: &Arc<Manager>, within: Duration) -> bool {
