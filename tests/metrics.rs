@@ -97,14 +97,16 @@ impl Prometheus {
         Prometheus { child, addr }
     }
 
+    /// The answer to an instant query (`Null` when Prometheus does not answer).
+    fn answer(&self, q: &str) -> serde_json::Value {
+        let path = format!("/api/v1/query?query={}", encode_query(q));
+        let Ok((_, _, body)) = try_get(self.addr, &path, "application/json") else { return serde_json::Value::Null };
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
     /// An instant query's samples: (labels, value).
     fn query(&self, q: &str) -> Vec<(serde_json::Value, f64)> {
-        let path = format!("/api/v1/query?query={}", encode_query(q));
-        let Ok((status, _, body)) = try_get(self.addr, &path, "application/json") else { return Vec::new() };
-        if !status.contains(" 200 ") {
-            return Vec::new();
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let v = self.answer(q);
         let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
         results.into_iter().filter_map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?))).collect()
     }
@@ -185,6 +187,7 @@ fn prometheus_scrapes_a_throttles_byte_counter() {
     assert_eq!(limit.first().map(|(_, v)| *v), Some(1048576.0));
     let calls = prom.query("chadthrottle_dbus_calls_total{method=\"Limit\",result=\"ok\"}");
     assert_eq!(calls.first().map(|(_, v)| *v), Some(1.0));
+    dashboard_queries_run(&prom);
 
     // The scrape Prometheus made was OpenMetrics; the text format on request.
     let (status, headers, om) = get(exporter, "/metrics", "application/openmetrics-text;version=1.0.0");
@@ -202,6 +205,69 @@ fn prometheus_scrapes_a_throttles_byte_counter() {
     drop(running);
     let _ = m.remove(id);
     let _ = client.wait();
+}
+
+/// Every query of the shipped Grafana dashboard is valid PromQL to this
+/// Prometheus, and the throttle panels show data.
+fn dashboard_queries_run(prom: &Prometheus) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib/grafana-chadthrottle.json"));
+    let dashboard: serde_json::Value = serde_json::from_str(&text.unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().replace("$instance", ".*").replace("$__rate_interval", "10s"));
+        }
+    }
+    assert!(exprs.len() >= 12, "{exprs:?}");
+    for e in &exprs {
+        let a = prom.answer(e);
+        assert_eq!(a["status"], "success", "dashboard query {e}: {a}");
+    }
+    let rate = prom.answer(&exprs[0]);
+    assert!(!rate["data"]["result"].as_array().unwrap().is_empty(), "the first panel has no data: {rate}");
+}
+
+/// The real daemon with `[metrics]` in its config: it serves `/metrics`
+/// with a throttle given on its command line, writes the textfile, and
+/// both pass promtool.
+#[test]
+fn the_daemon_serves_what_its_config_asks_for() {
+    let Some(_g) = begin() else { return };
+    if !prometheus_installed() {
+        return;
+    }
+    let state = ScratchDir::new("metrics-daemon");
+    let addr = free_port();
+    let textfile = state.path.join("chadthrottle.prom");
+    let conf = format!(
+        "[metrics]\nlisten = \"{addr}\"\ntextfile = \"{}\"\ntextfile_interval_secs = 1\ntop_names = 3\n",
+        textfile.display()
+    );
+    std::fs::write(state.path.join("chadthrottled.toml"), conf).unwrap();
+    let target = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = target.id().to_string();
+    let mut d = isolated_daemon(&state, &["--no-dbus", "--pid", &pid, "--up", "1M"]);
+    let limit = "chadthrottle_throttle_limit_bytes_per_second{id=\"1\",kind=\"pid\",target=\"\",direction=\"up\"";
+    let (mut status, mut headers, mut text) = Default::default();
+    // A snapshot is reused for a second: poll.
+    let shown = wait_until(Duration::from_secs(3), || {
+        (status, headers, text) = get(addr, "/metrics", "text/plain");
+        text.lines().any(|l| l.starts_with(limit) && l.ends_with(" 1048576"))
+    });
+    assert!(status.contains(" 200 ") && headers.contains("version=0.0.4"), "{status}\n{headers}");
+    assert!(shown, "{text}");
+    assert!(text.contains(&format!("chadthrottle_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    assert!(!text.contains(&format!("\"{pid}\"")), "a pid in a label:\n{text}");
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{text}"));
+    let mut file = String::new();
+    let written = wait_until(Duration::from_secs(5), || {
+        file = std::fs::read_to_string(&textfile).unwrap_or_default();
+        file.contains(limit)
+    });
+    assert!(written, "the textfile never showed the throttle: {file:?}");
+    promtool_check(&file).unwrap_or_else(|e| panic!("promtool on the textfile: {e}\n{file}"));
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert!(d.wait().unwrap().success(), "the daemon did not exit cleanly");
 }
 
 /// `n` throttles with both directions, on the three backends.

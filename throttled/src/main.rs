@@ -168,15 +168,15 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     }
     let metrics_cfg = opts.loaded.config.metrics.clone();
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
-    // The D-Bus layer is to record into `calls` (not wired yet).
-    let calls = CallStats::default();
-    let _metrics = start_metrics(&metrics_cfg, &manager, calls).await;
     let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
         // Backends talk netlink synchronously: never on the async threads.
         let m = manager.clone();
         tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
+    // The D-Bus layer is to record into `calls` (not wired yet).
+    let calls = CallStats::default();
+    let _metrics = start_metrics(&metrics_cfg, &manager, calls).await;
     let first = match no_dbus {
         true => None,
         false => match serve_bus(&manager).await {

@@ -119,3 +119,24 @@ fn floats_print_as_prometheus_reads_them() {
     assert_eq!(Float(f64::NAN).to_string(), "NaN");
     assert_eq!(Float(f64::INFINITY).to_string(), "+Inf");
 }
+
+/// The shipped Grafana dashboard names only metrics the exporter writes.
+#[test]
+fn the_dashboard_uses_only_exported_metrics() {
+    let dashboard = include_str!("../../../contrib/grafana-chadthrottle.json");
+    let text = encode(&sample(), Format::Prometheus);
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ").or(Some(l)).and_then(|l| l.split([' ', '{']).next()))
+        .collect();
+    let mut used = 0;
+    for (i, _) in dashboard.match_indices("chadthrottle_") {
+        let name: String = dashboard[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        if name == "chadthrottle_" {
+            continue; // the uid and tags, not a metric
+        }
+        assert!(exported.contains(name.as_str()), "the dashboard uses {name}, which is not exported");
+        used += 1;
+    }
+    assert!(used >= 12, "{used}");
+}
