@@ -27,6 +27,26 @@ pub struct Config {
     pub health: HealthConfig,
     pub monitor: MonitorConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus exporter; off unless `listen` or `textfile` is given.
+/// Read at start only (a reload keeps the running exporter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served, e.g. 127.0.0.1:9559.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A file for node_exporter's textfile collector, replaced atomically.
+    pub textfile: Option<PathBuf>,
+    pub textfile_interval: Duration,
+    /// Process names shown (the busiest), to bound cardinality.
+    pub top_names: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: None, textfile: None, textfile_interval: Duration::from_secs(15), top_names: 20 }
+    }
 }
 
 /// Shares of the kernel's throttle slots.
@@ -100,6 +120,7 @@ impl Default for Config {
             health: HealthConfig { interval: Duration::from_secs(5), policy: FailurePolicy::Repair },
             monitor: MonitorConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -193,6 +214,16 @@ struct RawConfig {
     health: Option<RawHealth>,
     monitor: Option<RawMonitor>,
     limits: Option<RawLimits>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+    textfile: Option<Spanned<String>>,
+    textfile_interval_secs: Option<Spanned<i64>>,
+    top_names: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +293,9 @@ fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigError> {
     if let Some(m) = raw.monitor {
         c.monitor = monitor(&src, m)?;
     }
+    if let Some(m) = raw.metrics {
+        c.metrics = metrics(&src, m)?;
+    }
     if let Some(p) = raw.limits.and_then(|l| l.per_user) {
         let max = i64::from(throttle_common::MAX_SLOTS - 1);
         if !(0..=max).contains(p.get_ref()) {
@@ -285,6 +319,33 @@ fn monitor(src: &Source<'_>, m: RawMonitor) -> Result<MonitorConfig, ConfigError
             return Err(src.field(&h, "monitor.history", "must be 60–3600 samples"));
         }
         c.history = *h.get_ref() as usize;
+    }
+    Ok(c)
+}
+
+fn metrics(src: &Source<'_>, m: RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let mut c = MetricsConfig::default();
+    if let Some(l) = m.listen {
+        let addr = l.get_ref().parse().map_err(|_| src.field(&l, "metrics.listen", "expected ADDRESS:PORT"))?;
+        c.listen = Some(addr);
+    }
+    if let Some(t) = m.textfile {
+        if !t.get_ref().starts_with('/') {
+            return Err(src.field(&t, "metrics.textfile", "must be an absolute path"));
+        }
+        c.textfile = Some(t.into_inner().into());
+    }
+    if let Some(i) = m.textfile_interval_secs {
+        if !(1..=MAX_INTERVAL_SECS).contains(i.get_ref()) {
+            return Err(src.field(&i, "metrics.textfile_interval_secs", format!("must be 1–{MAX_INTERVAL_SECS}")));
+        }
+        c.textfile_interval = Duration::from_secs(*i.get_ref() as u64);
+    }
+    if let Some(n) = m.top_names {
+        if !(0..=1000).contains(n.get_ref()) {
+            return Err(src.field(&n, "metrics.top_names", "must be 0–1000"));
+        }
+        c.top_names = *n.get_ref() as usize;
     }
     Ok(c)
 }
@@ -431,6 +492,11 @@ mod tests {
         assert_eq!((c.state_dir, c.exempt_loopback, c.health), (d.state_dir, d.exempt_loopback, d.health));
         assert_eq!((c.monitor, c.limits), (d.monitor, d.limits));
         assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
+        assert_eq!(
+            (c.metrics.textfile_interval, c.metrics.top_names),
+            (d.metrics.textfile_interval, d.metrics.top_names)
+        );
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9559".parse().unwrap()));
     }
 
     /// `#name = value` lines (not prose, not the indented rule example).
@@ -509,6 +575,10 @@ mod tests {
             ("[limits]\nper_user = -1\n", "limits.per_user: must be 0–4095"),
             ("[limits]\nper_user = 4096\n", "limits.per_user"),
             ("[limits]\nper_uid = 3\n", "unknown field `per_uid`"),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen: expected ADDRESS:PORT"),
+            ("[metrics]\ntextfile = \"m.prom\"\n", "metrics.textfile: must be an absolute path"),
+            ("[metrics]\ntop_names = 1001\n", "metrics.top_names"),
+            ("[metrics]\ntextfile_interval_secs = 0\n", "metrics.textfile_interval_secs"),
             ("[health]\npolicy = \"reboot\"\n", "unknown variant `reboot`"),
             ("state_dir = \"relative\"\n", "state_dir: must be an absolute path"),
             ("interfaces = [\"a b\"]\n", "interfaces"),

@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod limit;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod notify;
 pub mod persist;
 pub mod target;

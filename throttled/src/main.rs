@@ -10,6 +10,7 @@ use throttled::{
     config, dbus,
     logging::{self, LogTarget},
     manager::{LimitSpec, Manager, ManagerOptions, Overrides},
+    metrics::{self, adapter::ManagerSource, CallStats},
     notify::Notifier,
     target::Target,
     Rate,
@@ -165,6 +166,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     if !args.no_dbus {
         refuse_if_name_owned().await?;
     }
+    let metrics_cfg = opts.loaded.config.metrics.clone();
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
     let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
@@ -172,6 +174,9 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         let m = manager.clone();
         tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
+    // The D-Bus layer is to record into `calls` (not wired yet).
+    let calls = CallStats::default();
+    let _metrics = start_metrics(&metrics_cfg, &manager, calls).await;
     let first = match no_dbus {
         true => None,
         false => match serve_bus(&manager).await {
@@ -229,6 +234,16 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     }
     tokio::task::spawn_blocking(move || manager.shutdown()).await?.context("removing throttles")?;
     Ok(())
+}
+
+/// The exporter is optional: a port it cannot bind is logged, and the
+/// throttles are enforced all the same.
+async fn start_metrics(cfg: &config::MetricsConfig, manager: &Arc<Manager>, calls: CallStats) -> metrics::Running {
+    let source = Arc::new(ManagerSource::new(manager.clone(), calls, cfg.top_names));
+    metrics::start(cfg, source).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "no metrics");
+        metrics::Running::default()
+    })
 }
 
 async fn core_answers(manager: &Arc<Manager>, within: Duration) -> bool {
