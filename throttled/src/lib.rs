@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod notify;
 pub mod persist;
 pub mod target;
+pub mod usage;
 
 pub use throttle_common::rate::{Rate, RateError};
