@@ -12,12 +12,12 @@ use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use futures_util::StreamExt;
-use throttled::persist::StateStore;
 use throttle_testkit::{
     bus::PrivateBus,
     load::{connect, limit, round, Mix, Sleepers},
     rss_kib,
 };
+use throttled::persist::StateStore;
 
 const BASE: usize = 500;
 const CLIENTS: usize = 50;

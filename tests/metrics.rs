@@ -20,7 +20,6 @@ use throttled::{
     config::MetricsConfig,
     manager::{LimitSpec, Manager},
     metrics::{self, adapter::ManagerSource, *},
-
 };
 
 /// GET `path` over HTTP/1.1: (status line, headers, body).

@@ -1,7 +1,7 @@
 //! What a throttle enforces: a rate per direction and, optionally, the
 //! backends. API calls, rules and saved throttles all carry this one type.
-use throttle_common::Direction;
 use serde::{Deserialize, Serialize};
+use throttle_common::Direction;
 
 use crate::Rate;
 

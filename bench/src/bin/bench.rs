@@ -13,8 +13,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use throttle_common::Direction;
 use throttle_bench::options;
+use throttle_common::Direction;
 use throttle_testkit::lab::{Lab, MIB};
 use throttled::{
     manager::{LimitSpec, Manager, ManagerOptions},

@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use throttle_common::Direction;
 use throttle_bench::options;
+use throttle_common::Direction;
 use throttle_testkit::{
     lab::{which, Lab},
     ScratchDir,

@@ -2,8 +2,8 @@
 //! live listeners (the D-Bus layer turns them into signals) and into a
 //! bounded queue of recent events (`Manager::take_events`): one path, so
 //! the two never disagree.
-use throttle_common::Direction;
 use std::collections::VecDeque;
+use throttle_common::Direction;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 

@@ -1,7 +1,7 @@
 //! Moving limits between backends, make-before-break: one throttle's
 //! direction, one throttle, or everything on a backend.
-use throttle_common::Direction;
 use throttle_common::rate::Rate;
+use throttle_common::Direction;
 
 use super::{
     core::{Core, Limit, Throttle},

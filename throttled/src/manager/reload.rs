@@ -1,7 +1,6 @@
 //! The declarative side: rules applied at start, and on reload the config
 //! and rules read again with only the difference applied; default backends
 //! chosen at runtime.
-use throttle_common::Direction;
 use super::{
     core::{Core, Origin},
     events::{Event, RemovalReason},
@@ -12,6 +11,7 @@ use crate::{
     persist::Change,
     target::Target,
 };
+use throttle_common::Direction;
 
 /// A rule with its target resolved for the table (a cgroup path given
 /// with the mount point in front loses it).

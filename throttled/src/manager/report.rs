@@ -1,8 +1,8 @@
 //! Sampling and reporting: every limit's counters into its rolling window
 //! (once a second, in chunks), every process's traffic, and what the API
 //! reports: a throttle's info, the list, the status line, backends, `top`.
-use throttle_common::Direction;
 use std::collections::BTreeMap;
+use throttle_common::Direction;
 
 use throttle_common::{rate::Rate, Counters};
 

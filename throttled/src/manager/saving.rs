@@ -3,7 +3,6 @@
 //! (`persist`). Whether the state can be saved is the health component
 //! "state": broken while a change cannot be saved or flushed (the limits
 //! still apply; only the next start would lose them).
-use throttle_common::Direction;
 use super::{
     core::{Core, Origin},
     events::Event,
@@ -14,6 +13,7 @@ use crate::{
     limit::LimitSpec,
     persist::{Change, PersistedThrottle, Saver, State, StateError, StateStore, VERSION},
 };
+use throttle_common::Direction;
 
 /// The health component of the saved state.
 pub const STATE_COMPONENT: &str = "state";

@@ -1,8 +1,8 @@
 //! Start: clean up after a crashed run, load the data path, restore the
 //! saved runtime throttles (each validated as an API call would be), and
 //! retry saved throttles that could not be applied.
-use throttle_common::Direction;
 use std::collections::BTreeSet;
+use throttle_common::Direction;
 
 use throttle_common::text::quote;
 
