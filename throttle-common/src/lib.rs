@@ -65,7 +65,7 @@ pub enum SlotMode {
     /// Police with the slot's GCRA bucket (the `ebpf` backend).
     Bucket = 1,
     /// Write `classid` into `skb->priority` and pass (HTB classifies on it).
-    Classify = 2,
+    HtbClass = 2,
 }
 
 /// One throttle direction. `tat_ns` is the GCRA theoretical arrival time,
@@ -179,9 +179,9 @@ impl Slot {
         s
     }
 
-    /// A slot that only classifies into an HTB class.
-    pub fn classify(classid: u32) -> Self {
-        Slot { mode: SlotMode::Classify as u32, classid, ..Default::default() }
+    /// A slot that only marks packets for an HTB class (`skb->priority`).
+    pub fn htb_class(classid: u32) -> Self {
+        Slot { mode: SlotMode::HtbClass as u32, classid, ..Default::default() }
     }
 
     /// Nanoseconds of credit that `len` bytes consume.

@@ -91,7 +91,7 @@ fn sock(skb: *mut core::ffi::c_void, proto: u8, tuple: *mut bpf_sock_tuple, len:
 fn class_of(sk: *mut bpf_sock) -> Option<u32> {
     let owner = owner_of(unsafe { bpf_sk_fullsock(sk) })?;
     let slot = slot_of(owner_slots(owner).down)?;
-    (slot.mode == SlotMode::Classify as u32).then_some(slot.classid)
+    (slot.mode == SlotMode::HtbClass as u32).then_some(slot.classid)
 }
 
 #[classifier]

@@ -308,7 +308,7 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     }
     let id = owner_slots(owner).up;
     let Some(slot) = slot_of(id) else { return PASS };
-    if slot.mode == SlotMode::Classify as u32 {
+    if slot.mode == SlotMode::HtbClass as u32 {
         unsafe { (*ctx.skb.skb).priority = slot.classid };
         count(id, len, true);
         return PASS;

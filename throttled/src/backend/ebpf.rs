@@ -106,27 +106,27 @@ impl Backend for EbpfBackend {
     }
 
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
-        ctx.datapath.clear_slot(slot)?;
-        ctx.datapath.set_slot(slot, &Self::slot(rate, dir))?;
+        ctx.programs.clear_slot(slot)?;
+        ctx.programs.set_slot(slot, &Self::slot(rate, dir))?;
         self.slots.insert((slot, dir), rate);
         Ok(())
     }
 
     fn change(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
         let cur = self.slots.get_mut(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
-        ctx.datapath.update_slot(slot, Self::slot(rate, dir))?;
+        ctx.programs.update_slot(slot, Self::slot(rate, dir))?;
         *cur = rate;
         Ok(())
     }
 
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
         self.slots.remove(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
-        ctx.datapath.clear_slot(slot)?;
+        ctx.programs.clear_slot(slot)?;
         Ok(())
     }
 
     fn cover(&mut self, ctx: &mut Context<'_>, _slot: SlotId, dir: Direction, tgid: u32, rate: Option<Rate>) {
-        let exempt = ctx.datapath.exempt_loopback();
+        let exempt = ctx.programs.exempt_loopback();
         // New connections are tuned by the sock_ops program; existing ones here.
         let res = sockets::for_each_inet_socket(tgid, |s| {
             if !s.tcp || (s.local && exempt) {
@@ -162,7 +162,7 @@ impl Backend for EbpfBackend {
         if !self.slots.contains_key(&(slot, dir)) {
             return Err(BackendError::NoSuchSlot { name: NAME, slot });
         }
-        Ok(ctx.datapath.counters(slot)?)
+        Ok(ctx.programs.counters(slot)?)
     }
 
     fn active(&self) -> usize {
@@ -174,7 +174,7 @@ impl Backend for EbpfBackend {
             return Health::Idle;
         }
         for (&(slot, _), rate) in &self.slots {
-            match ctx.datapath.slot(slot) {
+            match ctx.programs.slot(slot) {
                 Ok(s) if s.mode == SlotMode::Bucket as u32 && s.rate == rate.bytes_per_sec() => {}
                 Ok(_) => return Health::Broken(format!("slot {slot} lost its bucket")),
                 Err(e) => return Health::Broken(e.to_string()),
@@ -188,18 +188,18 @@ impl Backend for EbpfBackend {
     fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
         for (&(slot, dir), &rate) in &self.slots {
             let want = Self::slot(rate, dir);
-            match ctx.datapath.slot(slot) {
+            match ctx.programs.slot(slot) {
                 Ok(s) if s.mode == want.mode && s.rate == want.rate => {}
-                _ => ctx.datapath.set_slot(slot, &want)?,
+                _ => ctx.programs.set_slot(slot, &want)?,
             }
         }
         Ok(())
     }
 
     fn prime(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
-        let mut s = ctx.datapath.slot(slot)?;
+        let mut s = ctx.programs.slot(slot)?;
         s.tat_ns = monotonic_ns() + s.burst_ns;
-        Ok(ctx.datapath.set_slot(slot, &s)?)
+        Ok(ctx.programs.set_slot(slot, &s)?)
     }
 
     fn cleanup(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {

@@ -123,7 +123,7 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
         for d in self.devices.values() {
             d.htb().add_class(nl, slot, rate).map_err(self.err())?;
         }
-        ctx.datapath.set_slot(slot, &Slot::classify(classid(slot)))?;
+        ctx.programs.set_slot(slot, &Slot::htb_class(classid(slot)))?;
         self.slots.insert(slot, rate);
         Ok(())
     }
@@ -145,7 +145,7 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
 
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
         self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: K::NAME, slot })?;
-        ctx.datapath.clear_slot(slot)?;
+        ctx.programs.clear_slot(slot)?;
         let nl = self.nl()?;
         for d in self.devices.values() {
             if let Err(e) = d.htb().remove_class(nl, slot) {

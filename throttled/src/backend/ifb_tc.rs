@@ -69,7 +69,7 @@ impl HtbKind for IfbTc {
             record(fleet, &IfbRecord { name: name.clone(), ifindex: Some(ifb) })?;
             let htb = HtbDevice::install(&nl, ifb, &name, &fleet.state_dir).map_err(fleet.err())?;
             fleet.populate(&htb)?;
-            let link = ctx.datapath.attach_classifier(iface, ifindex, ifb)?;
+            let link = ctx.programs.attach_classifier(iface, ifindex, ifb)?;
             Ok::<_, BackendError>(IfbDevice { iface: iface.to_string(), htb, link })
         })();
         match built {
@@ -96,7 +96,7 @@ impl HtbKind for IfbTc {
         ifindex: u32,
         dev: IfbDevice,
     ) -> Result<(), BackendError> {
-        if let Err(e) = ctx.datapath.detach_classifier(ifindex, dev.link) {
+        if let Err(e) = ctx.programs.detach_classifier(ifindex, dev.link) {
             tracing::debug!(backend = NAME, interface = dev.iface, error = %e, "classifier already detached");
         }
         let Some(nl) = &fleet.nl else { return Ok(()) };
@@ -125,7 +125,7 @@ impl HtbKind for IfbTc {
             Ok(Some(_)) => return Some(format!("{} is down", htb.name)),
             _ => return Some(format!("{} is gone", htb.name)),
         }
-        if !ctx.datapath.classifier_attached(&d.iface) {
+        if !ctx.programs.classifier_attached(&d.iface) {
             return Some(format!("the classifier on {} was detached", d.iface));
         }
         fleet.tree_problem(htb)

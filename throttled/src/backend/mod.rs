@@ -13,7 +13,7 @@ pub mod tc_htb;
 
 use throttle_common::{rate::Rate, Counters, Direction};
 
-use crate::kernel::bpf::{BpfError, Datapath};
+use crate::kernel::bpf::{BpfError, Programs};
 
 /// Every backend the daemon knows, by name (config validation uses this).
 pub const NAMES: [&str; 3] = ["ebpf", "tc_htb", "ifb_tc"];
@@ -81,7 +81,7 @@ pub enum BackendError {
 
 /// What backends get from the daemon: the shared data path.
 pub struct Context<'a> {
-    pub datapath: &'a mut Datapath,
+    pub programs: &'a mut Programs,
 }
 
 pub trait Backend: Send {

@@ -42,21 +42,21 @@ pub enum BpfError {
 }
 
 #[derive(Clone, Debug)]
-pub struct DatapathOptions {
+pub struct ProgramsOptions {
     /// Never police traffic on the loopback device.
     pub exempt_loopback: bool,
     /// Count every process's traffic (the monitor).
     pub monitor: bool,
 }
 
-impl Default for DatapathOptions {
+impl Default for ProgramsOptions {
     fn default() -> Self {
         Self { exempt_loopback: true, monitor: true }
     }
 }
 
 /// The attached attribution programs and their maps.
-pub struct Datapath {
+pub struct Programs {
     procs: HashMap<MapData, u32, ProcSlots>,
     slots: Array<MapData, Slot>,
     counters: PerCpuArray<MapData, Counters>,
@@ -96,8 +96,8 @@ where
     p.try_into().map_err(prog_err(name))
 }
 
-impl Datapath {
-    pub fn load(opts: &DatapathOptions) -> Result<Self, BpfError> {
+impl Programs {
+    pub fn load(opts: &ProgramsOptions) -> Result<Self, BpfError> {
         let cgroup_root = cgroup::cgroup2_mount().map_err(BpfError::NoCgroup2)?;
         let cg = File::open(&cgroup_root).map_err(BpfError::NoCgroup2)?;
         let exempt = u32::from(opts.exempt_loopback);
@@ -116,7 +116,7 @@ impl Datapath {
         let p: &mut SchedClassifier = program(&mut ebpf, CLASSIFIER)?;
         p.load().map_err(prog_err(CLASSIFIER))?;
 
-        let mut dp = Datapath {
+        let mut dp = Programs {
             procs: take_map(&mut ebpf, "CT_PROCS")?,
             slots: take_map(&mut ebpf, "CT_SLOTS")?,
             counters: take_map(&mut ebpf, "CT_COUNTERS")?,

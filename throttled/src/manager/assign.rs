@@ -190,12 +190,12 @@ impl Core {
 
     pub(super) fn apply_assignment(&mut self, tgid: u32, old: Assignment, new: Assignment) {
         let res = if new.is_empty() {
-            self.datapath.remove_proc(tgid)
+            self.programs.remove_proc(tgid)
         } else {
             if old.is_empty() {
                 self.seed_sockets(tgid);
             }
-            self.datapath.set_proc(tgid, self.slots(new))
+            self.programs.set_proc(tgid, self.slots(new))
         };
         if let Err(e) = res {
             tracing::warn!(pid = tgid, error = %e, "could not update the process map");
@@ -222,7 +222,7 @@ impl Core {
         let (slot, b, rate) = (l.slot, l.backend, joins.then_some(l.rate));
         let what = if joins { "process covered" } else { "process released" };
         tracing::debug!(throttle_id = id, pid = tgid, backend = self.pool.name(b), direction = %dir, "{what}");
-        self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, rate);
+        self.pool.backends[b].cover(&mut Context { programs: &mut self.programs }, slot, dir, tgid, rate);
     }
 
     /// With the monitor on, every process's older sockets get their owner
@@ -237,7 +237,7 @@ impl Core {
 
     /// Sockets opened before our programs were attached get their owner.
     pub(super) fn seed_sockets(&mut self, tgid: u32) {
-        let dp = &mut self.datapath;
+        let dp = &mut self.programs;
         let _ = sockets::for_each_inet_socket(tgid, |s| {
             let _ = dp.seed_owner(&s.fd, tgid);
         });

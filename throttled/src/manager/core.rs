@@ -22,7 +22,7 @@ use super::{
 use crate::{
     backend::{Context, Health, SlotId},
     config::{Config, Defaults},
-    kernel::{bpf::Datapath, procfs},
+    kernel::{bpf::Programs, procfs},
     persist::{InstanceLock, PersistedThrottle, StateStore},
     target::Target,
 };
@@ -63,7 +63,7 @@ pub struct Pending {
 }
 
 pub struct Core {
-    pub datapath: Datapath,
+    pub programs: Programs,
     pub pool: Pool,
     pub config: Config,
     pub config_path: Option<PathBuf>,
@@ -91,9 +91,9 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(datapath: Datapath, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
+    pub fn new(programs: Programs, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
         Ok(Core {
-            datapath,
+            programs,
             pool: Pool::new(&config),
             accounting: Accounting::new(&config.monitor),
             config,
@@ -226,7 +226,7 @@ impl Core {
     pub(super) fn apply_on(&mut self, backend: usize, dir: Direction, rate: Rate) -> Result<SlotId, ManagerError> {
         let slot = self.free_slots.pop().ok_or(ManagerError::SlotsExhausted)?;
         let b = &mut self.pool.backends[backend];
-        let ctx = &mut Context { datapath: &mut self.datapath };
+        let ctx = &mut Context { programs: &mut self.programs };
         let res = (|| {
             if !b.is_initialized() {
                 b.init(ctx)?;
@@ -258,7 +258,7 @@ impl Core {
 
     /// Lets go of a slot on its backend; the backend stops when idle.
     pub(super) fn release(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), ManagerError> {
-        let ctx = &mut Context { datapath: &mut self.datapath };
+        let ctx = &mut Context { programs: &mut self.programs };
         let res = self.pool.backends[backend].remove(ctx, slot, dir);
         if res.is_ok() {
             self.free_slots.push(slot);
@@ -270,7 +270,7 @@ impl Core {
     pub fn release_if_idle(&mut self, backend: usize) {
         let b = &mut self.pool.backends[backend];
         if b.is_initialized() && b.active() == 0 {
-            if let Err(e) = b.cleanup(&mut Context { datapath: &mut self.datapath }) {
+            if let Err(e) = b.cleanup(&mut Context { programs: &mut self.programs }) {
                 tracing::warn!(backend = b.name(), error = %e, "could not release an idle backend");
             }
             self.pool.health[backend] = Health::Idle;
@@ -328,12 +328,12 @@ impl Core {
         slot: SlotId,
         rate: Rate,
     ) -> Result<(), ManagerError> {
-        self.pool.backends[b].change(&mut Context { datapath: &mut self.datapath }, slot, dir, rate)?;
+        self.pool.backends[b].change(&mut Context { programs: &mut self.programs }, slot, dir, rate)?;
         if let Some(l) = self.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
             l.rate = rate;
         }
         for tgid in self.covered_in(id, dir) {
-            self.pool.backends[b].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, Some(rate));
+            self.pool.backends[b].cover(&mut Context { programs: &mut self.programs }, slot, dir, tgid, Some(rate));
         }
         Ok(())
     }

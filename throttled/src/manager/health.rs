@@ -22,7 +22,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 impl Core {
     pub fn check_health(&mut self) {
-        self.check_datapath();
+        self.check_programs();
         for i in 0..self.pool.backends.len() {
             if !self.pool.backends[i].is_initialized() {
                 continue;
@@ -41,7 +41,7 @@ impl Core {
     }
 
     fn backend_health(&mut self, i: usize) -> Health {
-        self.pool.backends[i].health(&Context { datapath: &mut self.datapath })
+        self.pool.backends[i].health(&Context { programs: &mut self.programs })
     }
 
     fn note_health(&mut self, i: usize, h: Health) {
@@ -53,18 +53,18 @@ impl Core {
     }
 
     /// The attribution programs serve every backend: always re-attached.
-    fn check_datapath(&mut self) {
-        let Err(why) = self.datapath.check() else { return };
+    fn check_programs(&mut self) {
+        let Err(why) = self.programs.check() else { return };
         tracing::warn!(reason = why, "attribution programs broken; re-attaching");
         self.emit(Event::HealthChanged { component: "datapath", health: Health::Broken(why) });
-        match self.datapath.repair() {
+        match self.programs.repair() {
             Ok(()) => self.emit(Event::HealthChanged { component: "datapath", health: Health::Healthy }),
             Err(e) => tracing::error!(error = %e, "could not re-attach the attribution programs"),
         }
     }
 
     fn repair(&mut self, i: usize) {
-        if let Err(e) = self.pool.backends[i].repair(&mut Context { datapath: &mut self.datapath }) {
+        if let Err(e) = self.pool.backends[i].repair(&mut Context { programs: &mut self.programs }) {
             tracing::error!(backend = self.pool.name(i), error = %e, "repair failed");
         }
         let h = self.backend_health(i);
@@ -92,7 +92,7 @@ impl Core {
     /// routes; health is checked right after.
     pub fn refresh_interfaces(&mut self) {
         for b in self.pool.backends.iter_mut().filter(|b| b.is_initialized()) {
-            if let Err(e) = b.refresh_interfaces(&mut Context { datapath: &mut self.datapath }) {
+            if let Err(e) = b.refresh_interfaces(&mut Context { programs: &mut self.programs }) {
                 tracing::warn!(backend = b.name(), error = %e, "could not follow interfaces");
             }
         }

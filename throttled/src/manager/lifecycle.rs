@@ -78,14 +78,14 @@ impl Core {
 
     pub fn process_exited(&mut self, tgid: u32) {
         self.accounting.exited(tgid);
-        self.datapath.forget_traffic(tgid);
+        self.programs.forget_traffic(tgid);
         if self.protected.values().any(|i| i.pid == tgid) {
             self.throttles.values_mut().for_each(|t| {
                 t.excluded.remove(&tgid);
             });
         }
         let Some(e) = self.procs.remove(&tgid) else { return };
-        if let Err(err) = self.datapath.remove_proc(tgid) {
+        if let Err(err) = self.programs.remove_proc(tgid) {
             tracing::warn!(pid = tgid, error = %err, "could not remove a process entry");
         }
         for id in e.matches {

@@ -32,7 +32,7 @@ impl Core {
         }
         self.pool.usable(to, dir)?;
         let slot = self.apply_on(to, dir, rate)?;
-        if let Err(e) = self.pool.backends[to].prime(&mut Context { datapath: &mut self.datapath }, slot, dir) {
+        if let Err(e) = self.pool.backends[to].prime(&mut Context { programs: &mut self.programs }, slot, dir) {
             tracing::debug!(error = %e, "could not prime the new bucket");
         }
         let covered = self.covered_in(id, dir);
@@ -40,14 +40,14 @@ impl Core {
             *l = Limit { slot, rate, backend: to };
         }
         for &tgid in &covered {
-            self.pool.backends[to].cover(&mut Context { datapath: &mut self.datapath }, slot, dir, tgid, Some(rate));
+            self.pool.backends[to].cover(&mut Context { programs: &mut self.programs }, slot, dir, tgid, Some(rate));
             let slots = self.procs.get(&tgid).map(|e| self.slots(e.assigned)).unwrap_or_default();
-            if let Err(e) = self.datapath.set_proc(tgid, slots) {
+            if let Err(e) = self.programs.set_proc(tgid, slots) {
                 tracing::warn!(pid = tgid, error = %e, "could not move a process to the new slot");
             }
         }
         for &tgid in &covered {
-            self.pool.backends[from].cover(&mut Context { datapath: &mut self.datapath }, old_slot, dir, tgid, None);
+            self.pool.backends[from].cover(&mut Context { programs: &mut self.programs }, old_slot, dir, tgid, None);
         }
         if let Err(e) = self.release(from, old_slot, dir) {
             tracing::warn!(throttle_id = id, backend = self.pool.name(from), error = %e, "old backend did not let go");

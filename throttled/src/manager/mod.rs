@@ -390,13 +390,13 @@ impl Manager {
     /// Number of processes in the kernel's process map (for leak checks).
     #[cfg(feature = "testing")]
     pub fn kernel_proc_entries(&self) -> usize {
-        self.lock().datapath.proc_count()
+        self.lock().programs.proc_count()
     }
 
     /// The kernel's slots for a process (tests check precedence with this).
     #[cfg(feature = "testing")]
     pub fn kernel_proc(&self, tgid: u32) -> Option<throttle_common::ProcSlots> {
-        self.lock().datapath.proc(tgid)
+        self.lock().programs.proc(tgid)
     }
 
     /// One line for status displays: "3 throttles on ebpf, tc_htb".
@@ -441,7 +441,7 @@ impl Reader<'_> {
         let c = &self.0;
         Stats {
             throttles: c.throttles.len(),
-            processes: c.datapath.tracked_procs(),
+            processes: c.programs.tracked_procs(),
             status: c.status(),
             state: c.saving.health.clone(),
             slots: MAX_SLOTS as usize - 1,
@@ -464,7 +464,7 @@ impl Reader<'_> {
     }
 
     pub fn monitoring(&self) -> bool {
-        self.0.datapath.monitoring()
+        self.0.programs.monitoring()
     }
 }
 

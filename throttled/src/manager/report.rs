@@ -140,7 +140,7 @@ impl Core {
     pub fn sample_throttles(&mut self, after: Option<ThrottleId>, n: usize) -> Option<ThrottleId> {
         let now = std::time::Instant::now();
         let span = (self.config.monitor.window, self.config.monitor.history);
-        let ctx = Context { datapath: &mut self.datapath };
+        let ctx = Context { programs: &mut self.programs };
         let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let mut last = None;
         for (&id, t) in self.throttles.range((from, std::ops::Bound::Unbounded)).take(n) {
@@ -159,10 +159,10 @@ impl Core {
     /// Every process's traffic, from the monitor's kernel map.
     pub fn sample_monitor(&mut self) {
         let now = std::time::Instant::now();
-        if self.datapath.monitoring() {
-            let readings = self.datapath.proc_traffic();
+        if self.programs.monitoring() {
+            let readings = self.programs.proc_traffic();
             for pid in self.accounting.sample(now, &readings) {
-                self.datapath.forget_traffic(pid);
+                self.programs.forget_traffic(pid);
             }
         }
     }
@@ -179,7 +179,7 @@ impl Core {
             return Ok(self.pending_info(id, p));
         }
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
-        let ctx = Context { datapath: &mut self.datapath };
+        let ctx = Context { programs: &mut self.programs };
         let mut directions = BTreeMap::new();
         for (&dir, l) in &t.limits {
             let b = &self.pool.backends[l.backend];
@@ -253,7 +253,7 @@ impl Core {
         let default_for = Direction::BOTH.into_iter().filter(|d| self.pool.default_index(*d).ok() == Some(i)).collect();
         let b = &self.pool.backends[i];
         let health =
-            if b.is_initialized() { b.health(&Context { datapath: &mut self.datapath }) } else { Health::Idle };
+            if b.is_initialized() { b.health(&Context { programs: &mut self.programs }) } else { Health::Idle };
         BackendInfo {
             name: b.name(),
             directions: b.capabilities().directions,

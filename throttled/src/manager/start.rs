@@ -17,7 +17,7 @@ use crate::{
     backend::leftovers,
     config::Defaults,
     kernel::{
-        bpf::{Datapath, DatapathOptions},
+        bpf::{Programs, ProgramsOptions},
         netlink::Netlink,
     },
     persist::{self, InstanceLock, PersistedThrottle, State, StateStore, Unusable},
@@ -36,16 +36,16 @@ impl Core {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not look for a previous run's leftovers"),
         }
-        let datapath = Datapath::load(&DatapathOptions {
+        let programs = Programs::load(&ProgramsOptions {
             exempt_loopback: config.exempt_loopback,
             monitor: config.monitor.enabled,
         })?;
         let store = StateStore::new(&config.state_dir);
         let saved = store.load();
-        let mut core = Core::new(datapath, config, store, lock).map_err(ManagerError::Io)?;
+        let mut core = Core::new(programs, config, store, lock).map_err(ManagerError::Io)?;
         core.config_path = opts.config_path.clone();
         core.overrides = opts.overrides.clone();
-        if core.datapath.monitoring() {
+        if core.programs.monitoring() {
             let t = std::time::Instant::now();
             core.seed_all_sockets();
             tracing::debug!(took = ?t.elapsed(), "owners recorded for existing sockets");
