@@ -275,7 +275,7 @@ fn shipped_bus_files_are_valid() {
         assert!(st.success(), "{f} is not well-formed XML");
     }
     let svc = std::fs::read_to_string(dbus_dir().join("org.chadthrottle.service")).unwrap();
-    assert!(svc.contains("Name=org.chadthrottle") && svc.contains("SystemdService=chadthrottled.service"));
+    assert!(svc.contains("Name=org.chadthrottle") && svc.contains("SystemdService=dbus-org.chadthrottle.service"));
 }
 
 /// test users: one polkit allows to limit its own processes, one it denies.
@@ -669,4 +669,56 @@ fn crafted_names_write_nothing_outside_the_state_directory() {
     assert!(files.iter().all(|f| ours(f)), "unexpected files: {files:?}");
     let saved = std::fs::read_to_string(state.join("throttles.json")).unwrap();
     assert!(serde_json::from_str::<serde_json::Value>(&saved).is_ok(), "the saved state is not valid JSON");
+}
+
+/// Bus activation asks systemd for the unit's alias, so a disabled unit (no
+/// `dbus-org.chadthrottle.service` link) is never started by the bus. A real
+/// dbus-daemon with systemd activation sends its request to the test, which
+/// stands in for systemd: it checks the unit name, starts the daemon, and
+/// the call that triggered the activation is answered by it.
+#[test]
+fn bus_activation_asks_systemd_for_the_alias() {
+    use futures_util::StreamExt as _;
+    let Some(_g) = begin() else { return };
+    if which("busctl").is_none() {
+        throttle_testkit::missing("busctl is needed (run scripts/bootstrap.sh)");
+        return;
+    }
+    let Some(bus) = PrivateBus::start_activating("activation") else { return };
+    let dir = ScratchDir::new("api-activation");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (unit, daemon, reply) = rt.block_on(async {
+        let conn = zbus::connection::Builder::address(bus.address()).unwrap().build().await.unwrap();
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.systemd1.Activator")
+            .unwrap()
+            .member("ActivationRequest")
+            .unwrap()
+            .build();
+        let mut requests = zbus::MessageStream::for_match_rule(rule, &conn, None).await.unwrap();
+        conn.request_name("org.freedesktop.systemd1").await.unwrap();
+        // An auto-starting call, as any client's first call is.
+        let addr = format!("--address={}", bus.address());
+        let client = tokio::task::spawn_blocking(move || {
+            output(Command::new("busctl").args([&addr, "--auto-start=yes", "--timeout=20", "get-property"]).args([
+                "org.chadthrottle",
+                "/org/chadthrottle",
+                MGR,
+                "Version",
+            ]))
+        });
+        let msg = tokio::time::timeout(Duration::from_secs(10), requests.next())
+            .await
+            .expect("no ActivationRequest within 10 s")
+            .unwrap()
+            .unwrap();
+        let unit: String = msg.body().deserialize().unwrap();
+        let daemon = daemon_on(&bus, &dir, &[]);
+        (unit, daemon, client.await.unwrap())
+    });
+    assert_eq!(unit, "dbus-org.chadthrottle.service", "the bus asked systemd for {unit}");
+    let version = reply.expect("the activating call was not answered");
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    drop(daemon);
 }

@@ -63,7 +63,7 @@ fn unit_has_what_the_bus_and_manager_expect() {
     }
     let svc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dbus/org.chadthrottle.service")).unwrap();
-    assert!(svc.contains("SystemdService=chadthrottled.service"));
+    assert!(svc.contains("SystemdService=dbus-org.chadthrottle.service"));
 }
 
 /// Fields of one journal native-protocol datagram (`KEY=value\n`, or
@@ -139,4 +139,57 @@ fn logs_reach_journald_with_structured_fields() {
     assert_eq!(covered.get("THROTTLE_ID"), applied.get("THROTTLE_ID"));
     let text = std::fs::read_to_string(&stderr).unwrap();
     assert!(!text.contains("limit applied"), "logs also went to stderr: {text}");
+}
+
+/// Logs written to a file (not a terminal) are plain text, and limits read
+/// as users write them: `down=1M`, not `Some(Rate(1048576))`.
+#[test]
+fn logs_to_a_file_are_plain_text_in_user_terms() {
+    let Some(_guard) = begin() else { return };
+    let dir = ScratchDir::new("plainlog");
+    let conf = dir.path.join("chadthrottled.toml");
+    std::fs::write(&conf, format!("state_dir = {:?}\n", dir.path.join("state").display().to_string())).unwrap();
+    let log = dir.path.join("log");
+    let target = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = target.id().to_string();
+    let args = ["--config", conf.to_str().unwrap(), "--no-dbus", "--log-target", "stderr", "--pid", &pid];
+    let mut d = Daemon::start_logged(
+        daemon_bin(),
+        &args.into_iter().chain(["--down", "1M", "--backend", "ebpf"]).collect::<Vec<_>>(),
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    d.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("throttle added"), "{text}");
+    assert!(!text.contains('\x1b'), "ANSI escapes in a log file: {text:?}");
+    assert!(text.contains("down=1M") && text.contains("up=none"), "{text}");
+    assert!(!text.contains("Some(") && !text.contains("Rate("), "{text}");
+}
+
+/// `--check-config` parses the config and rules as a start does, says what
+/// it found, and touches nothing: no state directory, no kernel object.
+#[test]
+fn check_config_validates_without_touching_anything() {
+    let dir = ScratchDir::new("checkconfig");
+    let state = dir.path.join("state");
+    let conf = dir.path.join("chadthrottled.toml");
+    std::fs::write(&conf, format!("state_dir = {:?}\n", state.display().to_string())).unwrap();
+    let rules = dir.path.join("rules.d");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("10-web.toml"), "[[rule]]\nname = \"firefox\"\ndown = \"1M\"\n").unwrap();
+    let run = |args: &[&str]| Command::new(daemon_bin()).args(args).output().unwrap();
+    let out = run(&["--check-config", conf.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("valid; 1 rule(s) in 1 file(s)"), "{stdout}");
+    // Without a path: the --config file.
+    let out = run(&["--config", conf.to_str().unwrap(), "--check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(rules.join("20-bad.toml"), "[[rule]]\nname = \"steam\"\ndown = \"fast\"\n").unwrap();
+    let out = run(&["--check-config", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("20-bad.toml") && stderr.contains("down"), "{stderr}");
+    assert!(!state.exists(), "--check-config created the state directory");
 }

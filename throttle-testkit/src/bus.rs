@@ -15,6 +15,8 @@ pub struct PrivateBus {
     child: std::process::Child,
     address: String,
     conf: PathBuf,
+    /// `--systemd-activation`, or nothing.
+    flags: Vec<&'static str>,
     _dir: ScratchDir,
 }
 
@@ -48,13 +50,24 @@ const CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bu
 </busconfig>
 "#;
 
+/// Lets root stand in for systemd on an activating bus.
+const SYSTEMD1_POLICY: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy user="root">
+    <allow own="org.freedesktop.systemd1"/>
+  </policy>
+</busconfig>
+"#;
+
 /// A dbus-daemon in the foreground (so that dropping it also reaps it), and
 /// its address without the per-run guid, so that clients can reconnect to
 /// a restarted bus.
-fn spawn_bus(daemon: &Path, conf: &Path) -> (std::process::Child, String) {
+fn spawn_bus(daemon: &Path, conf: &Path, flags: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(daemon)
         .arg(format!("--config-file={}", conf.display()))
         .args(["--nofork", "--print-address=1"])
+        .args(flags)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -74,6 +87,19 @@ pub fn dbus_dir() -> PathBuf {
 impl PrivateBus {
     /// `None` (or a panic under CI) when dbus-daemon is missing.
     pub fn start(tag: &str) -> Option<PrivateBus> {
+        Self::start_with(tag, false)
+    }
+
+    /// A bus that activates services as the system bus does under systemd
+    /// (`--systemd-activation`): our `dbus/org.chadthrottle.service` is in
+    /// its service directory, and activating it sends
+    /// `org.freedesktop.systemd1.Activator.ActivationRequest(unit)` to
+    /// whoever owns `org.freedesktop.systemd1` (root may own it here).
+    pub fn start_activating(tag: &str) -> Option<PrivateBus> {
+        Self::start_with(tag, true)
+    }
+
+    fn start_with(tag: &str, activating: bool) -> Option<PrivateBus> {
         let Some(daemon) = which("dbus-daemon") else {
             missing("dbus-daemon is not installed (run scripts/bootstrap.sh)");
             return None;
@@ -87,10 +113,20 @@ impl PrivateBus {
         if polkit.exists() {
             let _ = std::fs::copy(polkit, dir.path.join("system.d/org.freedesktop.PolicyKit1.conf"));
         }
+        let mut config = CONFIG.replace("@DIR@", &d);
+        let mut flags = Vec::new();
+        if activating {
+            std::fs::create_dir_all(dir.path.join("services")).unwrap();
+            let svc = dbus_dir().join("org.chadthrottle.service");
+            std::fs::copy(svc, dir.path.join("services/org.chadthrottle.service")).unwrap();
+            std::fs::write(dir.path.join("system.d/systemd1.conf"), SYSTEMD1_POLICY).unwrap();
+            config = config.replace("</busconfig>", &format!("  <servicedir>{d}/services</servicedir>\n</busconfig>"));
+            flags.push("--systemd-activation");
+        }
         let conf = dir.path.join("bus.conf");
-        std::fs::write(&conf, CONFIG.replace("@DIR@", &d)).unwrap();
-        let (child, address) = spawn_bus(&daemon, &conf);
-        Some(PrivateBus { child, address, conf, _dir: dir })
+        std::fs::write(&conf, config).unwrap();
+        let (child, address) = spawn_bus(&daemon, &conf, &flags);
+        Some(PrivateBus { child, address, conf, flags, _dir: dir })
     }
 
     /// Kills the bus and starts a new one at the same address, as a
@@ -98,7 +134,7 @@ impl PrivateBus {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, address) = spawn_bus(&which("dbus-daemon").unwrap(), &self.conf);
+        let (child, address) = spawn_bus(&which("dbus-daemon").unwrap(), &self.conf, &self.flags);
         assert_eq!(address, self.address, "the restarted bus moved");
         self.child = child;
     }

@@ -40,10 +40,18 @@ pub fn init(target: LogTarget, config_filter: Option<&str>) -> &'static str {
             "journald"
         }
         None => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour());
+            registry.with(fmt).init();
             "stderr"
         }
     }
+}
+
+/// Colours only for a person at a terminal: a log file, a pipe or a
+/// service manager gets plain text (and `NO_COLOR` is honoured).
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Routine info is "informational" (6) to journald, not "notice" (5).

@@ -62,6 +62,18 @@ pub enum Health {
     Broken(String),
 }
 
+/// As logs and users read it: "healthy", "broken: why".
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Idle => f.write_str("idle"),
+            Health::Degraded(why) => write!(f, "degraded: {why}"),
+            Health::Broken(why) => write!(f, "broken: {why}"),
+        }
+    }
+}
+
 /// A throttle slot id: one per throttle and direction, shared with the BPF maps.
 pub type SlotId = u32;
 

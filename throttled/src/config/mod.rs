@@ -114,6 +114,16 @@ pub enum FailurePolicy {
     None,
 }
 
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailurePolicy::Repair => "repair",
+            FailurePolicy::Failover => "failover",
+            FailurePolicy::None => "none",
+        })
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -213,7 +213,7 @@ impl Core {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
         let t = &self.throttles[&id];
-        tracing::info!(throttle_id = id, target = %t.target, down = ?spec.down, up = ?spec.up, processes = t.members.len(), "throttle added");
+        tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), processes = t.members.len(), "throttle added");
         if !t.excluded.is_empty() {
             tracing::info!(throttle_id = id, excluded = ?t.excluded, "protected processes match but are never limited (see its Excluded property)");
         }
@@ -358,7 +358,7 @@ impl Core {
         let res = self.unlink(id);
         if !matches!(res, Err(ManagerError::NoSuchThrottle(_))) {
             self.emit(Event::ThrottleRemoved { id, reason });
-            tracing::info!(throttle_id = id, ?reason, "throttle removed");
+            tracing::info!(throttle_id = id, %reason, "throttle removed");
         }
         res
     }
@@ -408,4 +408,9 @@ pub(super) fn same_target(a: &Target, b: &Target) -> bool {
         (Target::Pid { ident: x, .. }, Target::Pid { ident: y, .. }) => x == y,
         _ => a == b,
     }
+}
+
+/// A limit as users write it ("1M"), or "none", for the logs.
+fn rate_text(r: Option<Rate>) -> String {
+    r.map_or_else(|| "none".into(), |r| r.to_string())
 }

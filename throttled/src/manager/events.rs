@@ -22,6 +22,16 @@ pub enum RemovalReason {
     Reload,
 }
 
+impl std::fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemovalReason::Requested => "requested",
+            RemovalReason::ProcessExited => "process exited",
+            RemovalReason::Reload => "rule gone on reload",
+        })
+    }
+}
+
 /// What happened, in order, for the API's signals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

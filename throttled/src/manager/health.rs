@@ -30,7 +30,7 @@ impl Core {
             let h = self.backend_health(i);
             self.note_health(i, h.clone());
             if let Health::Broken(why) = h {
-                tracing::warn!(backend = self.pool.name(i), reason = why, policy = ?self.config.health.policy, "backend broken");
+                tracing::warn!(backend = self.pool.name(i), reason = why, policy = %self.config.health.policy, "backend broken");
                 match self.config.health.policy {
                     FailurePolicy::None => {}
                     FailurePolicy::Repair => self.repair(i),
@@ -46,7 +46,7 @@ impl Core {
 
     fn note_health(&mut self, i: usize, h: Health) {
         if self.pool.health[i] != h {
-            tracing::info!(backend = self.pool.name(i), health = ?h, "backend health changed");
+            tracing::info!(backend = self.pool.name(i), health = %h, "backend health changed");
             self.pool.health[i] = h.clone();
             self.emit(Event::HealthChanged { component: self.pool.name(i), health: h });
         }
