@@ -459,3 +459,44 @@ fn server_refuses_oversized_requests() {
 fn server_cap() -> usize {
     metrics::server::MAX_CONNECTIONS
 }
+
+/// The daemon on a bus counts every API call by method and result, and
+/// times it: calls made with busctl show up in `/metrics`, a refused one
+/// under its error's name, never under anything the caller sent.
+#[test]
+fn the_daemon_counts_and_times_its_dbus_calls() {
+    let Some(_g) = begin() else { return };
+    if !prometheus_installed() {
+        return;
+    }
+    let Some(bus) = throttle_testkit::bus::PrivateBus::start("metrics-calls") else { return };
+    let state = ScratchDir::new("metrics-calls");
+    let addr = free_port();
+    let conf = throttle_testkit::bus::write_config(&state, "ct-none0");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("\n[metrics]\nlisten = \"{addr}\"\n"));
+    std::fs::write(&conf, text).unwrap();
+    let env = [("DBUS_SYSTEM_BUS_ADDRESS", bus.address())];
+    let _d = throttle_testkit::lab::Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &env);
+    let call = |args: &[&str]| {
+        let base = ["call", "org.chadthrottle", "/org/chadthrottle", "org.chadthrottle.Manager"];
+        bus.busctl(&base.iter().copied().chain(args.iter().copied()).collect::<Vec<_>>())
+    };
+    for _ in 0..3 {
+        call(&["GetStats"]).expect("GetStats");
+    }
+    let refused = call(&["Limit", "ssa{sv}", "planet-7", "x", "0"]).expect_err("a bad kind must be refused");
+    assert!(refused.contains("InvalidArgument") || refused.contains("unknown"), "{refused}");
+    let stats = "chadthrottle_dbus_calls_total{method=\"GetStats\",result=\"ok\"} ";
+    let bad = "chadthrottle_dbus_calls_total{method=\"Limit\",result=\"org.chadthrottle.Error.InvalidArgument\"} 1";
+    let count = "chadthrottle_dbus_call_duration_seconds_count{method=\"GetStats\"} ";
+    let mut body = String::new();
+    let shown = wait_until(Duration::from_secs(3), || {
+        body = get(addr, "/metrics", "text/plain").2;
+        let n = |prefix: &str| body.lines().find_map(|l| l.strip_prefix(prefix)?.parse::<u64>().ok());
+        n(stats) >= Some(3) && body.contains(bad) && n(count) >= Some(3)
+    });
+    assert!(shown, "calls not counted:\n{body}");
+    assert!(!body.contains("planet-7"), "a caller's string became a label:\n{body}");
+    promtool_check(&body).unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{body}"));
+}

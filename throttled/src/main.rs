@@ -204,12 +204,12 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         let m = manager.clone();
         tokio::task::spawn_blocking(move || limit_from_args(&m, &args, pid)).await??;
     }
-    // The D-Bus layer is to record into `calls` (not wired yet).
+    // The D-Bus layer records each call into `calls`; the exporter reads them.
     let calls = CallStats::default();
-    let _metrics = start_metrics(&metrics_cfg, &manager, calls).await;
+    let _metrics = start_metrics(&metrics_cfg, &manager, calls.clone()).await;
     let first = match no_dbus {
         true => None,
-        false => match serve_bus(&manager).await {
+        false => match serve_bus(&manager, &calls).await {
             Ok(s) => s,
             Err(e) => {
                 // Lost a race for the name: undo everything, then fail.
@@ -219,7 +219,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
             }
         },
     };
-    let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), first)));
+    let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), calls, first)));
     // Ready only now: the name is owned and the saved throttles are back.
     let mut status = manager.status();
     notify.ready(&status);
@@ -306,8 +306,8 @@ async fn refuse_if_name_owned() -> anyhow::Result<()> {
 /// Without a system bus the daemon still enforces its rules; the API is
 /// absent (and said so) until the bus appears. A name taken in the
 /// meantime is an error.
-async fn serve_bus(manager: &Arc<Manager>) -> anyhow::Result<Option<dbus::Served>> {
-    match dbus::serve(manager.clone()).await {
+async fn serve_bus(manager: &Arc<Manager>, calls: &CallStats) -> anyhow::Result<Option<dbus::Served>> {
+    match dbus::serve(manager.clone(), calls.clone()).await {
         Ok(s) => {
             tracing::info!(name = dbus::BUS_NAME, "serving the D-Bus API");
             Ok(Some(s))

@@ -27,3 +27,23 @@ impl From<ManagerError> for Error {
         }
     }
 }
+
+/// A call's outcome as a metrics label: "ok", or the D-Bus error's name.
+pub fn result_name<T>(r: &Result<T>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => match e {
+            Error::ZBus(_) => "org.freedesktop.zbus.Error",
+            Error::NotAuthorized(_) => "org.chadthrottle.Error.NotAuthorized",
+            Error::Busy(_) => "org.chadthrottle.Error.Busy",
+            Error::InvalidArgument(_) => "org.chadthrottle.Error.InvalidArgument",
+            Error::NoSuchProcess(_) => "org.chadthrottle.Error.NoSuchProcess",
+            Error::NoSuchThrottle(_) => "org.chadthrottle.Error.NoSuchThrottle",
+            Error::UnknownBackend(_) => "org.chadthrottle.Error.UnknownBackend",
+            Error::BackendUnavailable(_) => "org.chadthrottle.Error.BackendUnavailable",
+            Error::BackendFailed(_) => "org.chadthrottle.Error.BackendFailed",
+            Error::QuotaExceeded(_) => "org.chadthrottle.Error.QuotaExceeded",
+            Error::Internal(_) => "org.chadthrottle.Error.Internal",
+        },
+    }
+}

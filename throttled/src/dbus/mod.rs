@@ -26,7 +26,10 @@ use self::{
     strict::Strict,
     throttle::ThrottleIface,
 };
-use crate::manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo};
+use crate::{
+    manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo},
+    metrics::CallStats,
+};
 
 pub use throttle_api::{BUS_NAME, MANAGER_PATH};
 
@@ -94,7 +97,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Keeps the API on the bus for as long as the daemon runs: when the
 /// connection drops (dbus-daemon restarted), it connects again, serves every
 /// object again and re-claims the name. Throttles are untouched throughout.
-pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
+pub async fn keep_serving(mgr: Arc<Manager>, calls: CallStats, mut served: Option<Served>) {
     let mut delay = RETRY_MIN;
     let mut told_taken = false;
     loop {
@@ -104,7 +107,7 @@ pub async fn keep_serving(mgr: Arc<Manager>, mut served: Option<Served>) {
             delay = RETRY_MIN;
         }
         tokio::time::sleep(delay).await;
-        match serve(mgr.clone()).await {
+        match serve(mgr.clone(), calls.clone()).await {
             Ok(s) => {
                 tracing::info!(name = BUS_NAME, "serving the D-Bus API");
                 served = Some(s);
@@ -164,11 +167,11 @@ pub async fn name_owner() -> zbus::Result<Option<String>> {
 /// daemon), then turns events into signals until the connection drops. The
 /// name is never taken from an owner, nor given up to a later claimant:
 /// `zbus::Error::NameTaken` when someone else has it.
-pub async fn serve(mgr: Arc<Manager>) -> zbus::Result<Served> {
+pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> {
     return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone() }))?
+        .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone(), calls }))?
         .serve_at(MANAGER_PATH, ObjectManager)?
         .build()
         .await?;

@@ -1,7 +1,7 @@
 //! `org.chadthrottle.Manager` at `/org/chadthrottle`: translates calls,
 //! authorizes them with polkit before anything changes, and hands them to
 //! the manager. No logic of its own.
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Instant};
 
 use throttle_api::{BackendStatus, Stats, TopProcess};
 use throttle_common::Direction;
@@ -15,12 +15,13 @@ use zbus::{
 
 use super::{
     args,
-    errors::{Error, Result},
+    errors::{self, Error, Result},
     polkit::{self, CONFIGURE, LIMIT_ANY, LIMIT_OWN, OBSERVE, OBSERVE_ALL},
     throttle::ThrottleIface,
 };
 use crate::{
     backend::{Availability, Health},
+    metrics::CallStats,
     manager::{
         traffic::{Scope, SortBy},
         Actor, BackendInfo, Grant, Manager, ManagerError, Need, Ownership, Reader, Request, ThrottleId, ThrottleInfo,
@@ -111,6 +112,17 @@ pub async fn authorize_target(mgr: &Arc<Manager>, conn: &Connection, hdr: &Heade
 
 pub struct ManagerIface {
     pub mgr: Arc<Manager>,
+    /// Each method's count, result and latency, for the metrics.
+    pub calls: CallStats,
+}
+
+/// Times one call into `calls`, labelled by method and result (never by
+/// anything the caller chose).
+async fn timed<T>(calls: &CallStats, method: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let start = Instant::now();
+    let r = call.await;
+    calls.observe(method, errors::result_name(&r), start.elapsed());
+    r
 }
 
 impl ManagerIface {
@@ -138,12 +150,14 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
+        timed(&self.calls, "Limit", async move {
         let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
         let actor = authorize_target(&self.mgr, conn, &hdr, Request::Limit(target.clone(), spec.clone())).await?;
         let limit = move |m: &Manager| m.limit_as(actor, target, &spec).map(|id| (id, m.summary(id).ok()));
         let (id, info) = blocking(&self.mgr, limit).await?;
         self.serve_now(conn, id, info).await?;
         path(id)
+    }).await
     }
 
     /// Removes a throttle.
@@ -153,10 +167,12 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        timed(&self.calls, "Remove", async move {
         args::bounded(&[throttle.as_str()])?;
         let id = args::throttle_id(throttle.as_str())?;
         let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
         blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
+    }).await
     }
 
     /// Object paths of every throttle.
@@ -165,9 +181,11 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<OwnedObjectPath>> {
+        timed(&self.calls, "ListThrottles", async move {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
         let ids = read(&self.mgr, |r| Ok(r.ids())).await?;
         ids.into_iter().map(path).collect()
+    }).await
     }
 
     /// Every backend: name, directions, priority, available, reason,
@@ -177,9 +195,11 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<BackendStatus>> {
+        timed(&self.calls, "ListBackends", async move {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
         let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
         Ok(infos.iter().map(backend_status).collect())
+    }).await
     }
 
     /// Sets the backend for new throttles in a direction ("up" or "down").
@@ -190,11 +210,13 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        timed(&self.calls, "SetDefaultBackend", async move {
         args::bounded(&[direction, &backend])?;
         let dir =
             args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
+    }).await
     }
 
     /// Moves a throttle (one direction, or both with "") to a backend.
@@ -206,10 +228,12 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
+        timed(&self.calls, "Migrate", async move {
         args::bounded(&[throttle.as_str(), direction, &backend])?;
         let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
+    }).await
     }
 
     /// Moves every throttle of one backend to another; returns how many moved.
@@ -220,9 +244,11 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
+        timed(&self.calls, "MigrateBackend", async move {
         args::bounded(&[&from, &to])?;
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
+    }).await
     }
 
     /// Daemon-wide numbers: throttles, processes (kernel map entries),
@@ -232,6 +258,7 @@ impl ManagerIface {
     /// direction) and those taken; per_user_throttles: how many throttles
     /// each user but root may have made (config limits.per_user).
     async fn get_stats(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Stats> {
+        timed(&self.calls, "GetStats", async move {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
         let s = read(&self.mgr, |r| Ok(r.stats())).await?;
         let (state, detail) = health_parts(&s.state);
@@ -245,6 +272,7 @@ impl ManagerIface {
             slots_used: Some(s.slots_used as u32),
             per_user_throttles: Some(s.per_user),
         })
+    }).await
     }
 
     /// The busiest processes, throttled or not, busiest first: every
@@ -262,6 +290,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<TopProcess>> {
+        timed(&self.calls, "GetTopProcesses", async move {
         args::bounded(&[sort, scope])?;
         let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
         let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
@@ -269,6 +298,7 @@ impl ManagerIface {
         let count = count.min(MAX_TOP) as usize;
         let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
         Ok(top.iter().map(top_process).collect())
+    }).await
     }
 
     /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
@@ -282,6 +312,7 @@ impl ManagerIface {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<(u64, u64)>> {
+        timed(&self.calls, "GetHistory", async move {
         let process = match kind {
             "process" => true,
             "throttle" => false,
@@ -303,12 +334,15 @@ impl ManagerIface {
             }
         }
         blocking(&self.mgr, move |m| m.process_history(id)).await
+    }).await
     }
 
     /// Re-reads the config and rules; on error nothing changes.
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
+        timed(&self.calls, "Reload", async move {
         polkit::authorize(conn, &hdr, CONFIGURE).await?;
         blocking(&self.mgr, |m| m.reload()).await
+    }).await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
