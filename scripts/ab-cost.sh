@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Before/after for the data path's cost per packet: this tree's benchmark
-# (throttled/examples/bench.rs) built against revision REV's eBPF programs
-# and daemon, and against this tree's, run alternately PAIRS times
-# (default 2), `--cost-only` each. Root; about 3 minutes a pair.
+# Before/after for the data path's cost per packet: revision REV's eBPF
+# programs and daemon against this tree's, each measured by its own
+# `bench --cost-only`, run alternately PAIRS times (default 2). Root; about
+# 3 minutes a pair.
 #   scripts/ab-cost.sh REV [PAIRS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,16 +12,24 @@ bash scripts/bootstrap.sh
 old=$(mktemp -d /tmp/ct-ab-XXXXXX)
 trap 'git worktree remove --force "$old" >/dev/null 2>&1 || rm -rf "$old"' EXIT
 git worktree add --detach "$old" "$rev" >/dev/null
-# The same measurement on both sides: this tree's benchmark.
-cp throttled/examples/bench.rs "$old/throttled/examples/bench.rs"
 # Dependencies built once: start the old tree from this tree's release build.
 [ -d target/release ] && mkdir -p "$old/target" && cp -a target/release "$old/target/"
-(cd "$old" && cargo build --release -q -p throttled --example bench)
-cargo build --release -q -p throttled --example bench
+# Each side measures with its own benchmark program (`bench --cost-only`,
+# the same code before and after it moved from throttled/examples to the
+# bench crate): a revision's programs are embedded in its own daemon library.
+build_bench() {
+  if [ -f throttled/examples/bench.rs ]; then
+    cargo build --release -q -p throttled --example bench && echo "$PWD/target/release/examples/bench"
+  else
+    cargo build --release -q -p throttle-bench --bin bench && echo "$PWD/target/release/bench"
+  fi
+}
+old_bench=$(cd "$old" && build_bench)
+new_bench=$(build_bench)
 short=$(git rev-parse --short "$rev")
 for i in $(seq "$pairs"); do
   echo "## $short (round $i)"
-  "$old/target/release/examples/bench" --cost-only
+  "$old_bench" --cost-only
   echo "## this tree (round $i)"
-  ./target/release/examples/bench --cost-only
+  "$new_bench" --cost-only
 done
