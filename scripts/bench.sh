@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Reproduces the tables of docs/BENCHMARKS.md (root; about 20 minutes).
+# Reproduces the tables of docs/BENCHMARKS.md (root; about 35 minutes).
 #   scripts/bench.sh                  print every table
 #   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
-#   scripts/bench.sh --only data|rtt|core|monitor|load
+#   scripts/bench.sh --only data|rtt|rtt6|core|monitor|load
 #                                     one benchmark: the data path (accuracy,
 #                                     control plane, cost with the monitor off
 #                                     and on, overhead), downloads at real
 #                                     round trips (0.05, 20 and 80 ms, through
 #                                     the test kit's delay line; ~7 minutes),
+#                                     both directions over IPv6 at those round
+#                                     trips (~12 minutes),
 #                                     the daemon core (migration, process
 #                                     churn), or the monitor's daemon CPU with
 #                                     500 processes, or the control plane
@@ -29,12 +31,15 @@ cargo build --release -p throttle-bench --bin bench --bin bench_core --bin bench
 # The daemon as installed: built on its own, without the `testing` feature
 # that the benchmarks enable in throttled.
 cargo build --release -p throttled --bin chadthrottled
-data=$(mktemp) rtt=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp) series80=$(mktemp)
-trap 'rm -f "$data" "$rtt" "$core" "$mon" "$load" "$series" "$series80"' EXIT
+data=$(mktemp) rtt=$(mktemp) rtt6=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) series=$(mktemp) series80=$(mktemp)
+trap 'rm -f "$data" "$rtt" "$rtt6" "$core" "$mon" "$load" "$series" "$series80"' EXIT
 case "$only" in all|data) ./target/release/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
 # Downloads only: the round trip matters where the sender is remote.
 case "$only" in all|rtt) ./target/release/bench --dirs down --rates 256K,1M,10M --rtts 0.05,20,80 \
   --warmup 3 --skip-control --skip-overhead --plot-csv "$series80" --plot-at 80 | tee "$rtt" ;; esac
+# IPv6, both directions, every backend and the script (its filters match ip6).
+case "$only" in all|rtt6) ./target/release/bench --family 6 --dirs up,down --rates 1M,10M --rtts 0.05,20,80 \
+  --warmup 3 --skip-control --skip-overhead | tee "$rtt6" ;; esac
 case "$only" in all|core) ./target/release/bench_core | tee "$core" ;; esac
 case "$only" in all|monitor) ./target/release/bench_monitor | tee "$mon" ;; esac
 case "$only" in all|load) ./target/release/bench_load | tee "$load" ;; esac
@@ -60,7 +65,7 @@ GP
 }
 plot "$series" docs/bench-per-second-10M.png "IP-layer rate per second under a 10 MiB/s limit (one iperf3 flow each)"
 plot "$series80" docs/bench-per-second-10M-80ms.png "Downloads at an 80 ms round trip: IP-layer rate per second under a 10 MiB/s limit"
-python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" "$rtt" <<'PY'
+python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" "$rtt" "$rtt6" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):
     for name, body in zip(names, tables):
@@ -82,10 +87,11 @@ if core:
 mon = open(sys.argv[4]).read().strip()
 if mon:
     doc = splice(doc, ["MONITOR"], [f"Measured {today}.\n\n{mon}"])
-rtt = open(sys.argv[6]).read().strip()
-if rtt:
-    head, table = rtt.split("\n\n", 1)
-    doc = splice(doc, ["RTT"], [f"{head} Measured {today}.\n\n{table}"])
+for arg, name in ((6, "RTT"), (7, "RTT6")):
+    rtt = open(sys.argv[arg]).read().strip()
+    if rtt:
+        head, table = rtt.split("\n\n", 1)
+        doc = splice(doc, [name], [f"{head} Measured {today}.\n\n{table}"])
 load = open(sys.argv[5]).read().strip()
 if load:
     doc = splice(doc, ["LOAD"], [f"Measured {today}.\n\n{load}"])

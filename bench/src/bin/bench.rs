@@ -39,6 +39,8 @@ struct Opts {
     warmup: u32,
     /// Skip the time-to-apply table.
     skip_control: bool,
+    /// Measure over IPv6 (the lab's fd20:: addresses) instead of IPv4.
+    v6: bool,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -54,6 +56,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         rtts: vec![BASE_RTT_MS],
         warmup: 2,
         skip_control: false,
+        v6: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -70,6 +73,13 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--rtts" => o.rtts = val()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--warmup" => o.warmup = val()?.parse()?,
             "--skip-control" => o.skip_control = true,
+            "--family" => {
+                o.v6 = match val()?.as_str() {
+                    "4" => false,
+                    "6" => true,
+                    f => bail!("--family is 4 or 6, not {f}"),
+                }
+            }
             _ => bail!("unknown argument {a}"),
         }
     }
@@ -111,7 +121,8 @@ struct Accuracy {
 /// way: HTB classes and a u32 filter on the flow's port).
 enum Limiter<'a> {
     Backend(&'a Manager, &'a str),
-    TcScript(&'a Lab),
+    /// The lab, and whether the flow is IPv6 (the script's filters name a family).
+    TcScript(&'a Lab, bool),
 }
 
 /// What the limit did so far, as the kernel counts.
@@ -157,14 +168,15 @@ fn spec_for(backend: &str, limit: Rate, down: bool) -> LimitSpec {
 fn apply<'a>(l: &Limiter<'a>, pid: u32, limit: Rate, down: bool) -> anyhow::Result<Box<dyn Applied + 'a>> {
     Ok(match *l {
         Limiter::Backend(m, name) => Box::new(BackendLimit(m, m.limit_pid(pid, &spec_for(name, limit, down))?)),
-        Limiter::TcScript(lab) => Box::new(tc_script::Script::apply(lab, limit, down)?),
+        Limiter::TcScript(lab, v6) => Box::new(tc_script::Script::apply(lab, limit, down, v6)?),
     })
 }
 
 /// One limited run; IP-layer bytes are sampled from the kernel once a second,
 /// and the first `warmup` seconds are left out of the rates.
-fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, secs: u32, warmup: u32) -> anyhow::Result<Accuracy> {
-    let c = lab.client("ct-bench", 5201, secs, down);
+/// `ip` is one of the server's addresses: the family measured.
+fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, ip: &str, secs: u32, warmup: u32) -> anyhow::Result<Accuracy> {
+    let c = lab.client_to("ct-bench", ip, 5201, secs, down);
     let applied = apply(l, c.pid(), limit, down)?;
     let start = Instant::now();
     let mut samples = Vec::new();
@@ -239,19 +251,29 @@ mod tc_script {
         run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb", "rate", &r, "ceil", &r])
     }
 
-    pub fn filter(dev: &str, port_match: &str, port: u16, classid: &str) -> anyhow::Result<()> {
+    /// `tc filter`'s protocol and u32 match keyword for a family.
+    fn family(v6: bool) -> (&'static str, &'static str) {
+        if v6 {
+            ("ipv6", "ip6")
+        } else {
+            ("ip", "ip")
+        }
+    }
+
+    pub fn filter(dev: &str, port_match: &str, port: u16, classid: &str, v6: bool) -> anyhow::Result<()> {
+        let (proto, sel) = family(v6);
         let p = port.to_string();
-        let m = ["match", "ip", port_match, &p, "0xffff", "flowid", classid];
-        run(&[&["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32"][..], &m]
+        let m = ["match", sel, port_match, &p, "0xffff", "flowid", classid];
+        run(&[&["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", "1", "u32"][..], &m]
             .concat())
     }
 
     /// HTB with an unlimited default class and one limited class for `port`.
-    pub fn htb(dev: &str, limit: Rate, port_match: &str, port: u16) -> anyhow::Result<()> {
+    pub fn htb(dev: &str, limit: Rate, port_match: &str, port: u16, v6: bool) -> anyhow::Result<()> {
         run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "99"])?;
         run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:99", "htb", "rate", "100gbit"])?;
         class(dev, "1:10", limit)?;
-        filter(dev, port_match, port, "1:10")
+        filter(dev, port_match, port, "1:10", v6)
     }
 
     pub struct Script {
@@ -262,7 +284,7 @@ mod tc_script {
     }
 
     impl Script {
-        pub fn apply(lab: &Lab, limit: Rate, down: bool) -> anyhow::Result<Script> {
+        pub fn apply(lab: &Lab, limit: Rate, down: bool, v6: bool) -> anyhow::Result<Script> {
             let dev = lab.veth.clone();
             let s = Script { shaped: if down { IFB.into() } else { dev.clone() }, dev, down, nl: Netlink::new()? };
             if down {
@@ -271,13 +293,13 @@ mod tc_script {
                 run(&["tc", "qdisc", "add", "dev", &s.dev, "handle", "ffff:", "ingress"])?;
                 let redirect = ["action", "mirred", "egress", "redirect", "dev", IFB];
                 let f = [
-                    "tc", "filter", "add", "dev", &s.dev, "parent", "ffff:", "protocol", "ip", "u32", "match", "u32",
-                    "0", "0",
+                    "tc", "filter", "add", "dev", &s.dev, "parent", "ffff:", "protocol", family(v6).0, "u32", "match",
+                    "u32", "0", "0",
                 ];
                 run(&[&f[..], &redirect].concat())?;
-                htb(IFB, limit, "sport", 5201)?;
+                htb(IFB, limit, "sport", 5201, v6)?;
             } else {
-                htb(&s.dev, limit, "dport", 5201)?;
+                htb(&s.dev, limit, "dport", 5201, v6)?;
             }
             Ok(s)
         }
@@ -357,14 +379,14 @@ fn apply_time(l: &Limiter<'_>, down: bool) -> anyhow::Result<Duration> {
             }
             ids.into_iter().try_for_each(|id| m.remove(id))?;
         }
-        Limiter::TcScript(lab) => {
+        Limiter::TcScript(lab, v6) => {
             let dev = &lab.veth;
             tc_script::run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "99"])?;
             for i in 0..20u16 {
                 let cls = format!("1:{:x}", 0x100 + i);
                 let t = Instant::now();
                 tc_script::class(dev, &cls, one)?;
-                tc_script::filter(dev, "dport", 6000 + i, &cls)?;
+                tc_script::filter(dev, "dport", 6000 + i, &cls, v6)?;
                 times.push(t.elapsed());
             }
             tc_script::run(&["tc", "qdisc", "del", "dev", dev, "root"])?;
@@ -465,9 +487,10 @@ fn main() -> anyhow::Result<()> {
         let m = Manager::start(&options(&state, &[&lab.veth]))?;
         for backend in &o.backends {
             for dir in &o.dirs {
-                let Some(l) = limiter(&m, &lab, backend, dir == "down") else { continue };
+                let Some(l) = limiter(&m, &lab, backend, dir == "down", o.v6) else { continue };
                 for rate in &o.rates {
-                    let run = || accuracy(&lab, &l, rate.parse()?, dir == "down", o.secs, o.warmup);
+                    let ip = if o.v6 { &lab.server_ip6 } else { &lab.server_ip };
+                    let run = || accuracy(&lab, &l, rate.parse()?, dir == "down", ip, o.secs, o.warmup);
                     let a = (1..8).fold(run(), |a, n| {
                         a.or_else(|e| {
                             eprintln!("{backend} {dir} {rate} at {rtt} ms: {e}; retry {n}");
@@ -515,10 +538,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// How `backend` limits `down`/up here, if it can.
-fn limiter<'a>(m: &'a Manager, lab: &'a Lab, backend: &'a str, down: bool) -> Option<Limiter<'a>> {
+fn limiter<'a>(m: &'a Manager, lab: &'a Lab, backend: &'a str, down: bool, v6: bool) -> Option<Limiter<'a>> {
     let want = if down { Direction::Down } else { Direction::Up };
     match backend {
-        "tc-script" => Some(Limiter::TcScript(lab)),
+        "tc-script" => Some(Limiter::TcScript(lab, v6)),
         name if m.backends().iter().any(|b| b.name == name && b.directions.contains(&want)) => {
             Some(Limiter::Backend(m, name))
         }
@@ -617,11 +640,11 @@ fn cost_rows(lab: &Lab, m: &Manager, mine: &[u32]) -> anyhow::Result<BTreeMap<&'
     ns.insert("3. unthrottled, another process throttled", busy);
     let l = Limiter::Backend(m, "ebpf");
     let up = ns_per_packet(mine, || {
-        let _ = accuracy(lab, &l, "10M".parse().unwrap(), false, 5, 2);
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), false, &lab.server_ip, 5, 2);
     })?;
     ns.insert("4. throttled upload at 10M (ebpf bucket: data out, ACKs in)", up);
     let down = ns_per_packet(mine, || {
-        let _ = accuracy(lab, &l, "10M".parse().unwrap(), true, 5, 2);
+        let _ = accuracy(lab, &l, "10M".parse().unwrap(), true, &lab.server_ip, 5, 2);
     })?;
     ns.insert("5. throttled download at 10M (ebpf bucket: data in, ACKs out)", down);
     Ok(ns)
