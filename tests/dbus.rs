@@ -355,7 +355,9 @@ fn polkit_decides_for_unprivileged_callers() {
     let _ = theirs;
 }
 
-/// Without polkit on the bus only root is allowed, and the error says why.
+/// Without polkit on the bus only root may change anything, and the error
+/// says why; reads (list, stats, backends, top of one's own processes) work
+/// for everyone, as the shipped `observe` default says.
 #[test]
 fn without_polkit_only_root_is_allowed() {
     let Some(_g) = begin() else { return };
@@ -366,6 +368,12 @@ fn without_polkit_only_root_is_allowed() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("polkit is unavailable"), "{out}");
     assert!(api.limit("pid", &own.pid(), "{'down': <'1M'>}").is_ok(), "root is always allowed");
+    for read in [&["list"][..], &["stats"], &["backends"], &["top", "--once"]] {
+        let (code, out) = as_user(allow, &api.bus, &throttlectl(), read);
+        assert_eq!(code, 0, "{read:?} without polkit: {out}");
+    }
+    let (_, listed) = as_user(allow, &api.bus, &throttlectl(), &["list"]);
+    assert!(listed.contains(&own.pid()), "{listed}");
 }
 
 /// The bus policy lets only root own org.chadthrottle.
