@@ -133,6 +133,8 @@ fn every_manager_method_over_the_bus() {
         ])
         .unwrap();
     assert!(managed.contains(&path), "{managed}");
+    // Only objects with an interface: no empty entry for the path between.
+    assert!(managed.starts_with("a{oa{sa{sv}}} 1 ") && !managed.contains("\"/org/chadthrottle/throttles\""), "{managed}");
     api.manager("Remove", &[&path]).unwrap();
     assert_eq!(api.manager("ListThrottles", &[]).unwrap(), "(@ao [],)");
     assert!(api.bus.busctl(&["introspect", "org.chadthrottle", &path]).is_err(), "the object outlived its throttle");

@@ -6,6 +6,7 @@ pub mod args;
 pub mod callers;
 pub mod errors;
 pub mod gate;
+pub mod objects;
 pub mod polkit;
 pub mod service;
 pub mod strict;
@@ -14,7 +15,7 @@ pub mod throttle;
 use std::{sync::Arc, time::Duration};
 
 use zbus::{
-    fdo::{DBusProxy, ObjectManager, RequestNameFlags},
+    fdo::{DBusProxy, RequestNameFlags},
     names::BusName,
     object_server::SignalEmitter,
     zvariant::ObjectPath,
@@ -172,7 +173,7 @@ pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> 
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
         .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone(), calls }))?
-        .serve_at(MANAGER_PATH, ObjectManager)?
+        .serve_at(MANAGER_PATH, objects::Objects { mgr: mgr.clone() })?
         .build()
         .await?;
     // A new bus reuses unique names: nothing learned on the old one stands.
