@@ -225,6 +225,13 @@ fn signals_reach_clients() {
     ] {
         assert!(out.contains(&want), "missing {want} in:\n{out}");
     }
+    // PropertiesChanged carries only what changed: the new rate alone, then
+    // the backend alone.
+    let changes: Vec<&str> = out.lines().filter(|l| l.contains("PropertiesChanged ('org.chadthrottle.Throttle'")).collect();
+    let rate = changes.iter().find(|l| l.contains("'DownLimit': <uint64 2097152>")).expect("no rate change");
+    assert!(!rate.contains("UpLimit") && !rate.contains("Backend") && !rate.contains("Status"), "{rate}");
+    let moved = changes.iter().find(|l| l.contains("'DownBackend': <'ifb_tc'>")).expect("no backend change");
+    assert!(!moved.contains("DownLimit") && !moved.contains("UpBackend"), "{moved}");
 }
 
 /// The shipped interface XML is what the running daemon says it serves.

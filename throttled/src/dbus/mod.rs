@@ -212,13 +212,6 @@ pub(crate) async fn add_throttle(
     conn.object_server().at(args::throttle_path(id), iface).await
 }
 
-fn reason(r: RemovalReason) -> &'static str {
-    match r {
-        RemovalReason::Requested => "requested",
-        RemovalReason::ProcessExited => "process-exited",
-        RemovalReason::Reload => "reload",
-    }
-}
 
 async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {
     let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
@@ -237,7 +230,7 @@ async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info 
                 Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
-            emitter.throttle_removed(path(id)?, reason(r)).await
+            emitter.throttle_removed(path(id)?, r.as_str()).await
         }
         Event::ThrottleChanged { id } => throttle_changed(conn, id, info).await,
         Event::ThrottleMigrated { id, direction, from, to } => {

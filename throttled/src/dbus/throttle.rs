@@ -27,6 +27,9 @@ pub struct ThrottleIface {
     /// The last summary read: one GetAll (or InterfacesAdded) reads a dozen
     /// properties, and each would otherwise queue for the core's lock.
     cached: Mutex<Option<(Instant, ThrottleInfo)>>,
+    /// The limit properties as clients last heard them (InterfacesAdded or
+    /// PropertiesChanged): a change signals only what differs.
+    told: Mutex<Vec<(&'static str, OwnedValue)>>,
 }
 
 /// Pull-only properties may be this stale; changed limits and backends
@@ -36,30 +39,31 @@ const CACHE_TTL: Duration = Duration::from_millis(200);
 impl ThrottleIface {
     /// `info`: the throttle as the caller just read it, if it did.
     pub fn new(mgr: Arc<Manager>, id: ThrottleId, info: Option<ThrottleInfo>) -> Self {
+        let told = Mutex::new(info.as_ref().map(limit_props).unwrap_or_default());
         let cached = Mutex::new(info.map(|i| (Instant::now(), i)));
-        ThrottleIface { mgr, id, cached }
+        ThrottleIface { mgr, id, cached, told }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ThrottleInfo)>> {
         self.cached.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Limits or backends changed: one PropertiesChanged with all four,
+    /// Limits, backends or status changed: one PropertiesChanged with the
+    /// values that differ from what clients last heard (none: no signal),
     /// from `info` (the throttle just after the change) if given.
     pub async fn limits_changed(&self, emitter: &SignalEmitter<'_>, info: Option<ThrottleInfo>) -> zbus::Result<()> {
         *self.cache() = info.map(|i| (Instant::now(), i));
-        let failed = |e: zbus::fdo::Error| zbus::Error::Failure(e.to_string());
-        let (down, down_backend) = self.direction(Direction::Down).await.map_err(failed)?;
-        let (up, up_backend) = self.direction(Direction::Up).await.map_err(failed)?;
-        let (status, detail) = self.status_parts().await.map_err(failed)?;
-        let changed = HashMap::from([
-            ("DownLimit", Value::from(down)),
-            ("UpLimit", Value::from(up)),
-            ("DownBackend", Value::from(down_backend)),
-            ("UpBackend", Value::from(up_backend)),
-            ("Status", Value::from(status)),
-            ("StatusDetail", Value::from(detail)),
-        ]);
+        let now = limit_props(&self.info().await.map_err(|e| zbus::Error::Failure(e.to_string()))?);
+        let changed: HashMap<&str, Value<'_>> = {
+            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = now.iter().filter(|(k, v)| !told.iter().any(|(tk, tv)| tk == k && tv == v));
+            let changed = fresh.filter_map(|(k, v)| Some((*k, Value::from(v.try_clone().ok()?)))).collect();
+            *told = now;
+            changed
+        };
+        if changed.is_empty() {
+            return Ok(());
+        }
         let name = <Self as zbus::object_server::Interface>::name();
         zbus::fdo::Properties::properties_changed(emitter, name, changed, Cow::Borrowed(&[])).await
     }
@@ -84,15 +88,11 @@ impl ThrottleIface {
     }
 
     async fn status_parts(&self) -> zbus::fdo::Result<(&'static str, String)> {
-        Ok(match self.info().await.map_err(fdo)?.failed {
-            None => ("active", String::new()),
-            Some(why) => ("failed", why),
-        })
+        Ok(status_of(&self.info().await.map_err(fdo)?))
     }
 
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
-        let info = self.info().await.map_err(fdo)?;
-        Ok(info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string())))
+        Ok(direction_of(&self.info().await.map_err(fdo)?, d))
     }
 }
 
@@ -111,6 +111,34 @@ impl ThrottleIface {
             Error::Busy(m) => zbus::fdo::Error::LimitsExceeded(m),
             e => fdo(e),
         })
+    }
+}
+
+/// The properties a change of limits, backends or status touches, as
+/// clients see them.
+fn limit_props(info: &ThrottleInfo) -> Vec<(&'static str, OwnedValue)> {
+    let ((down, down_backend), (up, up_backend)) = (direction_of(info, Direction::Down), direction_of(info, Direction::Up));
+    let (status, detail) = status_of(info);
+    let props = [
+        ("DownLimit", Value::from(down)),
+        ("UpLimit", Value::from(up)),
+        ("DownBackend", Value::from(down_backend)),
+        ("UpBackend", Value::from(up_backend)),
+        ("Status", Value::from(status)),
+        ("StatusDetail", Value::from(detail)),
+    ];
+    props.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect()
+}
+
+/// A direction's limit (0: none) and backend ("" for none).
+fn direction_of(info: &ThrottleInfo, d: Direction) -> (u64, String) {
+    info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string()))
+}
+
+fn status_of(info: &ThrottleInfo) -> (&'static str, String) {
+    match &info.failed {
+        None => ("active", String::new()),
+        Some(why) => ("failed", why.clone()),
     }
 }
 

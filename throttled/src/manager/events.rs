@@ -22,13 +22,20 @@ pub enum RemovalReason {
     Reload,
 }
 
+impl RemovalReason {
+    /// As the API's `ThrottleRemoved` signal and the logs give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemovalReason::Requested => "requested",
+            RemovalReason::ProcessExited => "process-exited",
+            RemovalReason::Reload => "reload",
+        }
+    }
+}
+
 impl std::fmt::Display for RemovalReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RemovalReason::Requested => "requested",
-            RemovalReason::ProcessExited => "process exited",
-            RemovalReason::Reload => "rule gone on reload",
-        })
+        f.write_str(self.as_str())
     }
 }
 
