@@ -133,6 +133,9 @@ fn every_manager_method_over_the_bus() {
         ])
         .unwrap();
     assert!(managed.contains(&path), "{managed}");
+    let backends =
+        api.bus.busctl(&["get-property", "org.chadthrottle", "/org/chadthrottle", MGR, "Backends"]).unwrap();
+    assert!(backends.starts_with("aa{sv} 3 ") && backends.contains("\"ebpf\""), "{backends}");
     // Only objects with an interface: no empty entry for the path between.
     assert!(managed.starts_with("a{oa{sa{sv}}} 1 ") && !managed.contains("\"/org/chadthrottle/throttles\""), "{managed}");
     api.manager("Remove", &[&path]).unwrap();
@@ -222,6 +225,8 @@ fn signals_reach_clients() {
         "org.freedesktop.DBus.ObjectManager.InterfacesAdded".to_string(),
         // One PropertiesChanged per change, with every moved property.
         "'DownLimit': <uint64 2097152>".to_string(),
+        // Backends, a property applets bind, follows the throttles.
+        "PropertiesChanged ('org.chadthrottle.Manager', {'Backends':".to_string(),
     ] {
         assert!(out.contains(&want), "missing {want} in:\n{out}");
     }

@@ -172,7 +172,7 @@ pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> 
     return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, Strict::new(ManagerIface { mgr: mgr.clone(), calls }))?
+        .serve_at(MANAGER_PATH, Strict::new(ManagerIface::new(mgr.clone(), calls)))?
         .serve_at(MANAGER_PATH, objects::Objects { mgr: mgr.clone() })?
         .build()
         .await?;
@@ -212,8 +212,15 @@ pub(crate) async fn add_throttle(
     conn.object_server().at(args::throttle_path(id), iface).await
 }
 
+/// The event's own signal, then `Backends` if the event changed it (a
+/// backend's throttles, pids, health or default role).
+async fn signal(conn: &Connection, mgr: &Arc<Manager>, notice: Notice) -> zbus::Result<()> {
+    event_signal(conn, mgr, notice).await?;
+    let iface = conn.object_server().interface::<_, Strict<ManagerIface>>(MANAGER_PATH).await?;
+    iface.get().await.announce_backends(iface.signal_emitter()).await
+}
 
-async fn signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {
+async fn event_signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {
     let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
     let path = |id| ObjectPath::try_from(args::throttle_path(id)).map(|p| p.into_owned());
     match ev {

@@ -114,6 +114,8 @@ pub struct ManagerIface {
     pub mgr: Arc<Manager>,
     /// Each method's count, result and latency, for the metrics.
     pub calls: CallStats,
+    /// `Backends` as clients last heard it: a change is signalled once.
+    told_backends: std::sync::Mutex<Vec<BackendStatus>>,
 }
 
 /// Times one call into `calls`, labelled by method and result (never by
@@ -126,6 +128,30 @@ async fn timed<T>(calls: &CallStats, method: &'static str, call: impl Future<Out
 }
 
 impl ManagerIface {
+    pub fn new(mgr: Arc<Manager>, calls: CallStats) -> Self {
+        ManagerIface { mgr, calls, told_backends: Default::default() }
+    }
+
+    async fn backends_now(&self) -> Result<Vec<BackendStatus>> {
+        let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
+        Ok(infos.iter().map(backend_status).collect())
+    }
+
+    /// After an event that may have changed a backend (its throttles, its
+    /// pids, its health, the defaults): PropertiesChanged for `Backends`,
+    /// only if it differs from what clients last heard.
+    pub async fn announce_backends(&self, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
+        let now = self.backends_now().await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
+        {
+            let mut told = self.told_backends.lock().unwrap_or_else(|p| p.into_inner());
+            if *told == now {
+                return Ok(());
+            }
+            *told = now;
+        }
+        self.backends_changed(emitter).await
+    }
+
     /// A client may use the returned path at once: serve the object now
     /// rather than when the event queue gets to it, and take it down again
     /// if the throttle went meanwhile (its process exited).
@@ -197,8 +223,7 @@ impl ManagerIface {
     ) -> Result<Vec<BackendStatus>> {
         timed(&self.calls, "ListBackends", async move {
         polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
-        Ok(infos.iter().map(backend_status).collect())
+        self.backends_now().await
     }).await
     }
 
@@ -372,6 +397,14 @@ impl ManagerIface {
     #[zbus(property(emits_changed_signal = "const"))]
     async fn monitor_enabled(&self) -> bool {
         read(&self.mgr, |r| Ok(r.monitoring())).await.unwrap_or(false)
+    }
+
+    /// What `ListBackends` returns, as a property an applet can bind:
+    /// PropertiesChanged when a backend's throttles, health or default role
+    /// change.
+    #[zbus(property)]
+    async fn backends(&self) -> zbus::fdo::Result<Vec<BackendStatus>> {
+        self.backends_now().await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
     }
 
     #[zbus(property)]
