@@ -744,3 +744,56 @@ fn bus_activation_asks_systemd_for_the_alias() {
     assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
     drop(daemon);
 }
+
+/// `hold`: a throttle that lasts while the caller's bus connection does,
+/// like power-profiles-daemon's HoldProfile. It ends (ThrottleRemoved with
+/// "released") when the client goes, is never saved, and never takes over
+/// an existing throttle.
+#[test]
+fn a_held_throttle_ends_with_its_client() {
+    let Some(_g) = begin() else { return };
+    let Some(mut api) = Api::start("hold") else { return };
+    let (held, kept) = (Sleeper::new(), Sleeper::new());
+    let kept_path = object_path(&api.limit("pid", &kept.pid(), "{'down': <'1M'>}").unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(zbus::connection::Builder::address(api.bus.address()).unwrap().build()).unwrap();
+    let limit = |target: &str, opts: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>| {
+        rt.block_on(client.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Limit", &("pid", target, opts)))
+    };
+    let hold = |extra: (&'static str, zbus::zvariant::Value<'static>)| {
+        std::collections::HashMap::from([("hold", zbus::zvariant::Value::from(true)), extra])
+    };
+    let reply = limit(&held.pid(), hold(("down", "2M".into()))).expect("a held Limit");
+    let path: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().unwrap();
+    let path = path.to_string();
+    assert_eq!(api.prop(&path, "org.chadthrottle.Throttle", "Origin"), "s \"held\"");
+    // Never over an existing throttle, and never on SetLimits.
+    let taken = limit(&kept.pid(), hold(("down", "2M".into()))).expect_err("a hold over a saved throttle");
+    assert!(taken.to_string().contains("InvalidArgument"), "{taken}");
+    let set = api.call(&kept_path, "org.chadthrottle.Throttle.SetLimits", &["{'down': <'2M'>, 'hold': <true>}"]);
+    assert!(set.is_err_and(|e| e.contains("InvalidArgument")), "SetLimits took hold");
+    // Not saved: a restart brings back only the other throttle.
+    let state = std::fs::read_dir(api._dir.path.join("state")).unwrap().flatten();
+    let saved: String = state.filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect();
+    let saved_id = |p: &str| {
+        let id = p.rsplit('/').next().unwrap().to_string();
+        saved.contains(&format!("\"id\":{id},")) || saved.contains(&format!("\"id\": {id},"))
+    };
+    assert!(saved_id(&kept_path) && !saved_id(&path), "a held throttle was saved: {saved}");
+    let mut mon = Command::new("gdbus")
+        .args(["monitor", "--address", api.bus.address(), "--dest", "org.chadthrottle"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    drop(rt);
+    let gone = wait_until(Duration::from_secs(2), || !api.manager("ListThrottles", &[]).unwrap().contains(&path));
+    let _ = mon.kill();
+    let out = String::from_utf8_lossy(&mon.wait_with_output().unwrap().stdout).into_owned();
+    assert!(gone, "the held throttle outlived its client");
+    assert!(out.contains(&format!("{MGR}.ThrottleRemoved (objectpath '{path}', 'released')")), "{out}");
+    assert!(api.manager("ListThrottles", &[]).unwrap().contains(&kept_path), "the other throttle went too");
+    api.daemon.stop();
+    let _ = &mut api;
+}

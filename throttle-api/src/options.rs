@@ -13,8 +13,11 @@ pub const UP: &str = "up";
 pub const BACKEND: &str = "backend";
 pub const UP_BACKEND: &str = "up_backend";
 pub const DOWN_BACKEND: &str = "down_backend";
+/// `Manager.Limit` only (b): the throttle ends when the caller's bus
+/// connection does, and is never saved; only for a target without one.
+pub const HOLD: &str = "hold";
 /// Every key, in the order error messages list them.
-pub const KEYS: [&str; 5] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND];
+pub const KEYS: [&str; 6] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD];
 
 /// Options as a client sends them: only the given ones go on the wire.
 /// The field names are the keys above (a test holds them equal).
@@ -32,6 +35,8 @@ pub struct LimitOptions {
     pub up_backend: Option<String>,
     #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
     pub down_backend: Option<String>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub hold: Option<bool>,
 }
 
 #[cfg(test)]
@@ -55,6 +60,7 @@ mod tests {
             backend: Some("ebpf".into()),
             up_backend: Some("tc_htb".into()),
             down_backend: Some("ifb_tc".into()),
+            hold: Some(true),
         };
         let mut keys: Vec<String> = decode(&all).into_keys().collect();
         keys.sort();

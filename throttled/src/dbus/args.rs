@@ -75,8 +75,18 @@ const MAX_OPTIONS: usize = 16;
 
 /// Options (`throttle_api::options`): `down`/`up` (bytes per second as t,
 /// or a rate string as s), `backend`, `up_backend`, `down_backend` (s).
-/// Unknown or repeated keys, and options that would be ignored, are errors.
+/// Unknown or repeated keys, and options that would be ignored, are errors;
+/// so is `hold` (see `limit_options`).
 pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
+    match limit_options(options)? {
+        (spec, false) => Ok(spec),
+        (_, true) => Err(invalid("hold is an option of Manager.Limit only".to_string())),
+    }
+}
+
+/// As `limits`, with `hold` (b) too: whether the throttle lasts only while
+/// the caller's connection does.
+pub fn limit_options(options: &Options<'_>) -> Result<(LimitSpec, bool)> {
     if options.0.len() > MAX_OPTIONS {
         return Err(invalid(format!("{} options is too many (at most {MAX_OPTIONS})", options.0.len())));
     }
@@ -87,6 +97,7 @@ pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
         }
     }
     let mut spec = LimitSpec::default();
+    let mut hold = false;
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in &options.0 {
         if seen.contains(key) {
@@ -99,11 +110,19 @@ pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
             opt::BACKEND => spec.backend = Some(string(key, value)?),
             opt::UP_BACKEND => spec.up_backend = Some(string(key, value)?),
             opt::DOWN_BACKEND => spec.down_backend = Some(string(key, value)?),
+            opt::HOLD => hold = boolean(key, value)?,
             other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }
     spec.check().map_err(|e| Error::from(crate::manager::ManagerError::from(e)))?;
-    Ok(spec)
+    Ok((spec, hold))
+}
+
+fn boolean(key: &str, v: &Value<'_>) -> Result<bool> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        other => Err(invalid(format!("{key}: expected b, got {}", other.value_signature()))),
+    }
 }
 
 fn rate(key: &str, v: &Value<'_>) -> Result<Rate> {

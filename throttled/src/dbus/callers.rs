@@ -100,7 +100,10 @@ pub fn gone(conn: &Connection, name: &str) {
 /// Drops callers' entries as their names leave the bus, until the
 /// connection closes. Subscribed before the connection serves anyone
 /// (see `serve`), so no name can leave unseen.
-pub async fn watch(conn: Connection) -> zbus::Result<impl std::future::Future<Output = ()>> {
+pub async fn watch(
+    conn: Connection,
+    on_gone: impl Fn(&str) + Send + 'static,
+) -> zbus::Result<impl std::future::Future<Output = ()>> {
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
     let mut changes = dbus.receive_name_owner_changed().await?;
     Ok(async move {
@@ -108,6 +111,7 @@ pub async fn watch(conn: Connection) -> zbus::Result<impl std::future::Future<Ou
             let Ok(args) = change.args() else { continue };
             if args.new_owner().is_none() && args.name().as_str().starts_with(':') {
                 gone(&conn, args.name().as_str());
+                on_gone(args.name().as_str());
             }
         }
     })

@@ -178,7 +178,11 @@ pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> 
         .await?;
     // A new bus reuses unique names: nothing learned on the old one stands.
     callers::connected(&conn);
-    let names = Task(tokio::spawn(callers::watch(conn.clone()).await?));
+    // Held throttles belonged to connections on the old bus: all gone now.
+    release(&mgr, None).await;
+    let m = mgr.clone();
+    let on_gone = move |name: &str| drop(tokio::spawn(release(&m, Some(name.to_string()))));
+    let names = Task(tokio::spawn(callers::watch(conn.clone(), on_gone).await?));
     let ids = service::read(&mgr, |r| Ok(r.ids())).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
@@ -194,6 +198,14 @@ pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> 
         }
     });
     Ok(Served { conn, signals, _names: names, _guards: guards })
+}
+
+/// Ends the throttles `holder` held (`None`: every held throttle).
+pub(crate) fn release(mgr: &Arc<Manager>, holder: Option<String>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let m = mgr.clone();
+    async move {
+        let _ = tokio::task::spawn_blocking(move || m.release(holder.as_deref())).await;
+    }
 }
 
 /// Serves a throttle's object, its properties read once for InterfacesAdded

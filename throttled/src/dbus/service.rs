@@ -177,10 +177,27 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
         timed(&self.calls, "Limit", async move {
-        let (target, spec) = (args::target(kind, target)?, args::limits(&options)?);
+        let (target, (spec, hold)) = (args::target(kind, target)?, args::limit_options(&options)?);
         let actor = authorize_target(&self.mgr, conn, &hdr, Request::Limit(target.clone(), spec.clone())).await?;
-        let limit = move |m: &Manager| m.limit_as(actor, target, &spec).map(|id| (id, m.summary(id).ok()));
+        // A held throttle is the caller's connection's: its unique name.
+        let holder = hold.then(|| hdr.sender().map(|s| s.to_string())).flatten();
+        let held = holder.clone();
+        let limit = move |m: &Manager| {
+            match &held {
+                Some(h) => m.limit_held(actor, target, &spec, h),
+                None => m.limit_as(actor, target, &spec),
+            }
+            .map(|id| (id, m.summary(id).ok()))
+        };
         let (id, info) = blocking(&self.mgr, limit).await?;
+        // A holder that left before its throttle existed was not seen
+        // leaving by the name watch: end its throttle now.
+        if let Some(h) = holder {
+            let name = zbus::names::BusName::try_from(h.as_str()).map_err(zbus::Error::from)?;
+            if !zbus::fdo::DBusProxy::new(conn).await?.name_has_owner(name).await? {
+                super::release(&self.mgr, Some(h)).await;
+            }
+        }
         self.serve_now(conn, id, info).await?;
         path(id)
     }).await

@@ -184,11 +184,13 @@ impl ThrottleIface {
         Ok(self.info().await.map_err(fdo)?.target.parts().1)
     }
 
-    /// "runtime", or the rules file it came from.
+    /// "runtime", "held" (it ends with the client that made it with
+    /// `hold`), or the rules file it came from.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn origin(&self) -> zbus::fdo::Result<String> {
         Ok(match self.info().await.map_err(fdo)?.origin {
             Origin::Runtime => "runtime".into(),
+            Origin::Held(_) => "held".into(),
             Origin::Rule(p) => p.display().to_string(),
         })
     }

@@ -32,6 +32,10 @@ use crate::{
 pub enum Origin {
     Runtime,
     Rule(PathBuf),
+    /// Made for a client that holds it (`hold`): it ends when that client's
+    /// bus connection does, and is never saved. The string names the
+    /// holder (its unique bus name).
+    Held(String),
 }
 
 pub struct Limit {
@@ -139,6 +143,34 @@ impl Core {
     /// As `limit_by`, for the daemon itself (rules, the command line).
     pub fn limit(&mut self, target: Target, spec: &LimitSpec, origin: Origin) -> Result<ThrottleId, ManagerError> {
         self.limit_by(target, spec, origin, None)
+    }
+
+    /// A new throttle on `target` that lasts while `holder` does. A target
+    /// that already has a throttle is refused: a hold never takes over a
+    /// saved or rule-made throttle.
+    pub fn limit_held(&mut self, target: Target, spec: &LimitSpec, holder: &str, by: Actor) -> Result<ThrottleId, ManagerError> {
+        if let Some(id) = self.find(&target) {
+            let msg = format!("{target} already has throttle {id}; a hold makes a new throttle only");
+            return Err(ManagerError::InvalidArgument(msg));
+        }
+        self.limit_by(target, spec, Origin::Held(holder.to_string()), Some(by))
+    }
+
+    /// Ends every throttle `holder` holds (`None`: every held throttle, as
+    /// after a reconnection to the bus, when every old holder is gone).
+    pub fn release(&mut self, holder: Option<&str>) -> Vec<ThrottleId> {
+        let held: Vec<ThrottleId> = self
+            .throttles
+            .iter()
+            .filter(|(_, t)| matches!(&t.origin, Origin::Held(h) if holder.is_none_or(|want| want == h)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &held {
+            if let Err(e) = self.remove(*id, RemovalReason::Released) {
+                tracing::warn!(throttle_id = id, error = %e, "could not end a held throttle");
+            }
+        }
+        held
     }
 
     /// Limits `target` for `by` (`None`: the daemon), if the policy lets

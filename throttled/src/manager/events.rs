@@ -20,6 +20,8 @@ pub enum RemovalReason {
     ProcessExited,
     /// Its rule left `rules.d` (or changed target) on reload.
     Reload,
+    /// The client holding it (`hold`) left the bus.
+    Released,
 }
 
 impl RemovalReason {
@@ -29,6 +31,7 @@ impl RemovalReason {
             RemovalReason::Requested => "requested",
             RemovalReason::ProcessExited => "process-exited",
             RemovalReason::Reload => "reload",
+            RemovalReason::Released => "released",
         }
     }
 }

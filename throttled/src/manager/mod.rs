@@ -223,6 +223,23 @@ impl Manager {
         self.mutate(|c| c.limit_by(target, spec, Origin::Runtime, Some(actor)))
     }
 
+    /// As `limit_as`, for a throttle that ends with `holder` (see
+    /// `Core::limit_held`).
+    pub fn limit_held(
+        &self,
+        actor: Actor,
+        target: Target,
+        spec: &LimitSpec,
+        holder: &str,
+    ) -> Result<ThrottleId, ManagerError> {
+        self.mutate(|c| c.limit_held(target, spec, holder, actor))
+    }
+
+    /// Ends the throttles `holder` held (`None`: all held throttles).
+    pub fn release(&self, holder: Option<&str>) -> Vec<ThrottleId> {
+        self.mutate(|c| c.release(holder))
+    }
+
     /// As `change`, for a caller authorized as `actor`.
     pub fn change_as(&self, actor: Actor, id: ThrottleId, spec: &LimitSpec) -> Result<(), ManagerError> {
         self.mutate(|c| {
