@@ -167,7 +167,10 @@ impl ManagerIface {
 #[interface(name = "org.chadthrottle.Manager")]
 impl ManagerIface {
     /// Limits a target; returns the throttle's object path. A target that
-    /// already has a throttle changes in place (same path).
+    /// already has a throttle changes in place (same path). Options: down,
+    /// up (t bytes/s, or s such as "1M"), backend, up_backend, down_backend
+    /// (s), hold (b: the throttle ends when this caller's connection does,
+    /// and is never saved; only for a target without a throttle).
     async fn limit(
         &self,
         kind: &str,
@@ -437,7 +440,8 @@ impl ManagerIface {
     #[zbus(signal)]
     pub async fn throttle_added(emitter: &SignalEmitter<'_>, throttle: ObjectPath<'_>) -> zbus::Result<()>;
 
-    /// `reason`: requested, process-exited or reload.
+    /// `reason`: requested, process-exited, reload, or released (the client
+    /// that held it with `hold` left the bus).
     #[zbus(signal)]
     pub async fn throttle_removed(
         emitter: &SignalEmitter<'_>,
