@@ -133,11 +133,13 @@ fn every_manager_method_over_the_bus() {
         ])
         .unwrap();
     assert!(managed.contains(&path), "{managed}");
-    let backends =
-        api.bus.busctl(&["get-property", "org.chadthrottle", "/org/chadthrottle", MGR, "Backends"]).unwrap();
+    let backends = api.bus.busctl(&["get-property", "org.chadthrottle", "/org/chadthrottle", MGR, "Backends"]).unwrap();
     assert!(backends.starts_with("aa{sv} 3 ") && backends.contains("\"ebpf\""), "{backends}");
     // Only objects with an interface: no empty entry for the path between.
-    assert!(managed.starts_with("a{oa{sa{sv}}} 1 ") && !managed.contains("\"/org/chadthrottle/throttles\""), "{managed}");
+    assert!(
+        managed.starts_with("a{oa{sa{sv}}} 1 ") && !managed.contains("\"/org/chadthrottle/throttles\""),
+        "{managed}"
+    );
     api.manager("Remove", &[&path]).unwrap();
     assert_eq!(api.manager("ListThrottles", &[]).unwrap(), "(@ao [],)");
     assert!(api.bus.busctl(&["introspect", "org.chadthrottle", &path]).is_err(), "the object outlived its throttle");
@@ -232,7 +234,8 @@ fn signals_reach_clients() {
     }
     // PropertiesChanged carries only what changed: the new rate alone, then
     // the backend alone.
-    let changes: Vec<&str> = out.lines().filter(|l| l.contains("PropertiesChanged ('org.chadthrottle.Throttle'")).collect();
+    let changes: Vec<&str> =
+        out.lines().filter(|l| l.contains("PropertiesChanged ('org.chadthrottle.Throttle'")).collect();
     let rate = changes.iter().find(|l| l.contains("'DownLimit': <uint64 2097152>")).expect("no rate change");
     assert!(!rate.contains("UpLimit") && !rate.contains("Backend") && !rate.contains("Status"), "{rate}");
     let moved = changes.iter().find(|l| l.contains("'DownBackend': <'ifb_tc'>")).expect("no backend change");
@@ -758,7 +761,13 @@ fn a_held_throttle_ends_with_its_client() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = rt.block_on(zbus::connection::Builder::address(api.bus.address()).unwrap().build()).unwrap();
     let limit = |target: &str, opts: std::collections::HashMap<&str, zbus::zvariant::Value<'_>>| {
-        rt.block_on(client.call_method(Some("org.chadthrottle"), "/org/chadthrottle", Some(MGR), "Limit", &("pid", target, opts)))
+        rt.block_on(client.call_method(
+            Some("org.chadthrottle"),
+            "/org/chadthrottle",
+            Some(MGR),
+            "Limit",
+            &("pid", target, opts),
+        ))
     };
     let hold = |extra: (&'static str, zbus::zvariant::Value<'static>)| {
         std::collections::HashMap::from([("hold", zbus::zvariant::Value::from(true)), extra])

@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 backend,
                 down_backend,
                 up_backend,
+                hold: None,
             };
             let path = c.manager.limit(kind, &value, &opts).await.map_err(Failure::from)?;
             output::throttle(&c.throttle(&path).await?, json);

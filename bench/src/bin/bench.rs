@@ -175,7 +175,15 @@ fn apply<'a>(l: &Limiter<'a>, pid: u32, limit: Rate, down: bool) -> anyhow::Resu
 /// One limited run; IP-layer bytes are sampled from the kernel once a second,
 /// and the first `warmup` seconds are left out of the rates.
 /// `ip` is one of the server's addresses: the family measured.
-fn accuracy(lab: &Lab, l: &Limiter<'_>, limit: Rate, down: bool, ip: &str, secs: u32, warmup: u32) -> anyhow::Result<Accuracy> {
+fn accuracy(
+    lab: &Lab,
+    l: &Limiter<'_>,
+    limit: Rate,
+    down: bool,
+    ip: &str,
+    secs: u32,
+    warmup: u32,
+) -> anyhow::Result<Accuracy> {
     let c = lab.client_to("ct-bench", ip, 5201, secs, down);
     let applied = apply(l, c.pid(), limit, down)?;
     let start = Instant::now();
@@ -293,8 +301,20 @@ mod tc_script {
                 run(&["tc", "qdisc", "add", "dev", &s.dev, "handle", "ffff:", "ingress"])?;
                 let redirect = ["action", "mirred", "egress", "redirect", "dev", IFB];
                 let f = [
-                    "tc", "filter", "add", "dev", &s.dev, "parent", "ffff:", "protocol", family(v6).0, "u32", "match",
-                    "u32", "0", "0",
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    &s.dev,
+                    "parent",
+                    "ffff:",
+                    "protocol",
+                    family(v6).0,
+                    "u32",
+                    "match",
+                    "u32",
+                    "0",
+                    "0",
                 ];
                 run(&[&f[..], &redirect].concat())?;
                 htb(IFB, limit, "sport", 5201, v6)?;

@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{backend::NAMES, limit::LimitSpec, target::TargetSpec, Rate};
+use crate::{backend::NAMES, limit::LimitSpec, target::TargetSpec};
 
 mod rules;
 use rules::load_rules;

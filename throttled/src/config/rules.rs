@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::Deserialize;
 use toml::Spanned;
 
 use super::{backend, io_error, ConfigError, Rule, Source};

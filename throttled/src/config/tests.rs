@@ -17,10 +17,7 @@ fn shipped_config_documents_the_real_defaults() {
     assert_eq!((c.state_dir, c.exempt_loopback, c.health), (d.state_dir, d.exempt_loopback, d.health));
     assert_eq!((c.monitor, c.limits), (d.monitor, d.limits));
     assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
-    assert_eq!(
-        (c.metrics.textfile_interval, c.metrics.top_names),
-        (d.metrics.textfile_interval, d.metrics.top_names)
-    );
+    assert_eq!((c.metrics.textfile_interval, c.metrics.top_names), (d.metrics.textfile_interval, d.metrics.top_names));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9559".parse().unwrap()));
 }
 

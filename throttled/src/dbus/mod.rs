@@ -28,7 +28,7 @@ use self::{
     throttle::ThrottleIface,
 };
 use crate::{
-    manager::{Event, Manager, Notice, Protected, RemovalReason, ThrottleId, ThrottleInfo},
+    manager::{Event, Manager, Notice, Protected, ThrottleId, ThrottleInfo},
     metrics::CallStats,
 };
 
@@ -201,10 +201,13 @@ pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> 
 }
 
 /// Ends the throttles `holder` held (`None`: every held throttle).
-pub(crate) fn release(mgr: &Arc<Manager>, holder: Option<String>) -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn release(
+    mgr: &Arc<Manager>,
+    holder: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let m = mgr.clone();
     async move {
-        let _ = tokio::task::spawn_blocking(move || m.release(holder.as_deref())).await;
+        let _ = tokio::task::spawn_blocking(move || m.release_held(holder.as_deref())).await;
     }
 }
 
@@ -229,7 +232,8 @@ pub(crate) async fn add_throttle(
 async fn signal(conn: &Connection, mgr: &Arc<Manager>, notice: Notice) -> zbus::Result<()> {
     event_signal(conn, mgr, notice).await?;
     let iface = conn.object_server().interface::<_, Strict<ManagerIface>>(MANAGER_PATH).await?;
-    iface.get().await.announce_backends(iface.signal_emitter()).await
+    let announced = iface.get().await.announce_backends(iface.signal_emitter()).await;
+    announced
 }
 
 async fn event_signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {

@@ -21,12 +21,12 @@ use super::{
 };
 use crate::{
     backend::{Availability, Health},
-    metrics::CallStats,
     manager::{
         traffic::{Scope, SortBy},
         Actor, BackendInfo, Grant, Manager, ManagerError, Need, Ownership, Reader, Request, ThrottleId, ThrottleInfo,
         TopEntry,
     },
+    metrics::CallStats,
 };
 
 /// Runs a manager call off the async threads (it takes a mutex and may
@@ -180,30 +180,31 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
         timed(&self.calls, "Limit", async move {
-        let (target, (spec, hold)) = (args::target(kind, target)?, args::limit_options(&options)?);
-        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Limit(target.clone(), spec.clone())).await?;
-        // A held throttle is the caller's connection's: its unique name.
-        let holder = hold.then(|| hdr.sender().map(|s| s.to_string())).flatten();
-        let held = holder.clone();
-        let limit = move |m: &Manager| {
-            match &held {
-                Some(h) => m.limit_held(actor, target, &spec, h),
-                None => m.limit_as(actor, target, &spec),
+            let (target, (spec, hold)) = (args::target(kind, target)?, args::limit_options(&options)?);
+            let actor = authorize_target(&self.mgr, conn, &hdr, Request::Limit(target.clone(), spec.clone())).await?;
+            // A held throttle is the caller's connection's: its unique name.
+            let holder = hold.then(|| hdr.sender().map(|s| s.to_string())).flatten();
+            let held = holder.clone();
+            let limit = move |m: &Manager| {
+                match &held {
+                    Some(h) => m.limit_held(actor, target, &spec, h),
+                    None => m.limit_as(actor, target, &spec),
+                }
+                .map(|id| (id, m.summary(id).ok()))
+            };
+            let (id, info) = blocking(&self.mgr, limit).await?;
+            // A holder that left before its throttle existed was not seen
+            // leaving by the name watch: end its throttle now.
+            if let Some(h) = holder {
+                let name = zbus::names::BusName::try_from(h.as_str()).map_err(zbus::Error::from)?;
+                if !zbus::fdo::DBusProxy::new(conn).await?.name_has_owner(name).await? {
+                    super::release(&self.mgr, Some(h)).await;
+                }
             }
-            .map(|id| (id, m.summary(id).ok()))
-        };
-        let (id, info) = blocking(&self.mgr, limit).await?;
-        // A holder that left before its throttle existed was not seen
-        // leaving by the name watch: end its throttle now.
-        if let Some(h) = holder {
-            let name = zbus::names::BusName::try_from(h.as_str()).map_err(zbus::Error::from)?;
-            if !zbus::fdo::DBusProxy::new(conn).await?.name_has_owner(name).await? {
-                super::release(&self.mgr, Some(h)).await;
-            }
-        }
-        self.serve_now(conn, id, info).await?;
-        path(id)
-    }).await
+            self.serve_now(conn, id, info).await?;
+            path(id)
+        })
+        .await
     }
 
     /// Removes a throttle.
@@ -214,11 +215,12 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         timed(&self.calls, "Remove", async move {
-        args::bounded(&[throttle.as_str()])?;
-        let id = args::throttle_id(throttle.as_str())?;
-        let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
-        blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
-    }).await
+            args::bounded(&[throttle.as_str()])?;
+            let id = args::throttle_id(throttle.as_str())?;
+            let actor = authorize_target(&self.mgr, conn, &hdr, Request::Remove(id)).await?;
+            blocking(&self.mgr, move |m| m.remove_as(actor, id)).await
+        })
+        .await
     }
 
     /// Object paths of every throttle.
@@ -228,10 +230,11 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<OwnedObjectPath>> {
         timed(&self.calls, "ListThrottles", async move {
-        polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let ids = read(&self.mgr, |r| Ok(r.ids())).await?;
-        ids.into_iter().map(path).collect()
-    }).await
+            polkit::authorize(conn, &hdr, OBSERVE).await?;
+            let ids = read(&self.mgr, |r| Ok(r.ids())).await?;
+            ids.into_iter().map(path).collect()
+        })
+        .await
     }
 
     /// Every backend: name, directions, priority, available, reason,
@@ -242,9 +245,10 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<BackendStatus>> {
         timed(&self.calls, "ListBackends", async move {
-        polkit::authorize(conn, &hdr, OBSERVE).await?;
-        self.backends_now().await
-    }).await
+            polkit::authorize(conn, &hdr, OBSERVE).await?;
+            self.backends_now().await
+        })
+        .await
     }
 
     /// Sets the backend for new throttles in a direction ("up" or "down").
@@ -256,12 +260,13 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         timed(&self.calls, "SetDefaultBackend", async move {
-        args::bounded(&[direction, &backend])?;
-        let dir =
-            args::direction(direction)?.ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
-        polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
-    }).await
+            args::bounded(&[direction, &backend])?;
+            let dir = args::direction(direction)?
+                .ok_or_else(|| Error::InvalidArgument("direction must be up or down".into()))?;
+            polkit::authorize(conn, &hdr, CONFIGURE).await?;
+            blocking(&self.mgr, move |m| m.set_default(dir, &backend)).await
+        })
+        .await
     }
 
     /// Moves a throttle (one direction, or both with "") to a backend.
@@ -274,11 +279,12 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<()> {
         timed(&self.calls, "Migrate", async move {
-        args::bounded(&[throttle.as_str(), direction, &backend])?;
-        let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
-        polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
-    }).await
+            args::bounded(&[throttle.as_str(), direction, &backend])?;
+            let (id, dir) = (args::throttle_id(throttle.as_str())?, args::direction(direction)?);
+            polkit::authorize(conn, &hdr, CONFIGURE).await?;
+            blocking(&self.mgr, move |m| m.migrate(id, dir, &backend)).await
+        })
+        .await
     }
 
     /// Moves every throttle of one backend to another; returns how many moved.
@@ -290,10 +296,11 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u32> {
         timed(&self.calls, "MigrateBackend", async move {
-        args::bounded(&[&from, &to])?;
-        polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
-    }).await
+            args::bounded(&[&from, &to])?;
+            polkit::authorize(conn, &hdr, CONFIGURE).await?;
+            Ok(blocking(&self.mgr, move |m| m.migrate_backend(&from, &to)).await? as u32)
+        })
+        .await
     }
 
     /// Daemon-wide numbers: throttles, processes (kernel map entries),
@@ -304,20 +311,21 @@ impl ManagerIface {
     /// each user but root may have made (config limits.per_user).
     async fn get_stats(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Stats> {
         timed(&self.calls, "GetStats", async move {
-        polkit::authorize(conn, &hdr, OBSERVE).await?;
-        let s = read(&self.mgr, |r| Ok(r.stats())).await?;
-        let (state, detail) = health_parts(&s.state);
-        Ok(Stats {
-            throttles: Some(s.throttles as u32),
-            processes: Some(s.processes as u32),
-            status: Some(s.status),
-            state: Some(state.into()),
-            state_detail: Some(detail),
-            slots: Some(s.slots as u32),
-            slots_used: Some(s.slots_used as u32),
-            per_user_throttles: Some(s.per_user),
+            polkit::authorize(conn, &hdr, OBSERVE).await?;
+            let s = read(&self.mgr, |r| Ok(r.stats())).await?;
+            let (state, detail) = health_parts(&s.state);
+            Ok(Stats {
+                throttles: Some(s.throttles as u32),
+                processes: Some(s.processes as u32),
+                status: Some(s.status),
+                state: Some(state.into()),
+                state_detail: Some(detail),
+                slots: Some(s.slots as u32),
+                slots_used: Some(s.slots_used as u32),
+                per_user_throttles: Some(s.per_user),
+            })
         })
-    }).await
+        .await
     }
 
     /// The busiest processes, throttled or not, busiest first: every
@@ -336,14 +344,15 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<TopProcess>> {
         timed(&self.calls, "GetTopProcesses", async move {
-        args::bounded(&[sort, scope])?;
-        let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
-        let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
-        let owner = visible_owner(conn, &hdr).await?;
-        let count = count.min(MAX_TOP) as usize;
-        let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
-        Ok(top.iter().map(top_process).collect())
-    }).await
+            args::bounded(&[sort, scope])?;
+            let sort: SortBy = sort.parse().map_err(Error::InvalidArgument)?;
+            let scope: Scope = scope.parse().map_err(Error::InvalidArgument)?;
+            let owner = visible_owner(conn, &hdr).await?;
+            let count = count.min(MAX_TOP) as usize;
+            let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
+            Ok(top.iter().map(top_process).collect())
+        })
+        .await
     }
 
     /// (up, down) bytes/s, one entry per second, oldest first. `kind`:
@@ -358,36 +367,38 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<(u64, u64)>> {
         timed(&self.calls, "GetHistory", async move {
-        let process = match kind {
-            "process" => true,
-            "throttle" => false,
-            _ => {
-                let kind = throttle_common::text::quote(kind);
-                return Err(Error::InvalidArgument(format!("unknown history kind {kind} (process or throttle)")));
+            let process = match kind {
+                "process" => true,
+                "throttle" => false,
+                _ => {
+                    let kind = throttle_common::text::quote(kind);
+                    return Err(Error::InvalidArgument(format!("unknown history kind {kind} (process or throttle)")));
+                }
+            };
+            if !process {
+                let info = read(&self.mgr, move |r| r.summary(id)).await?;
+                authorize_traffic(&self.mgr, conn, &hdr, &info).await?;
+                return read(&self.mgr, move |r| r.throttle_history(id)).await;
             }
-        };
-        if !process {
-            let info = read(&self.mgr, move |r| r.summary(id)).await?;
-            authorize_traffic(&self.mgr, conn, &hdr, &info).await?;
-            return read(&self.mgr, move |r| r.throttle_history(id)).await;
-        }
-        if let Some(me) = visible_owner(conn, &hdr).await? {
-            if blocking(&self.mgr, move |m| Ok(m.ownership(me, &[id]))).await? == Ownership::Other {
-                return Err(Error::NotAuthorized(format!(
-                    "pid {id} belongs to another user: seeing its traffic needs {OBSERVE_ALL}"
-                )));
+            if let Some(me) = visible_owner(conn, &hdr).await? {
+                if blocking(&self.mgr, move |m| Ok(m.ownership(me, &[id]))).await? == Ownership::Other {
+                    return Err(Error::NotAuthorized(format!(
+                        "pid {id} belongs to another user: seeing its traffic needs {OBSERVE_ALL}"
+                    )));
+                }
             }
-        }
-        blocking(&self.mgr, move |m| m.process_history(id)).await
-    }).await
+            blocking(&self.mgr, move |m| m.process_history(id)).await
+        })
+        .await
     }
 
     /// Re-reads the config and rules; on error nothing changes.
     async fn reload(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<()> {
         timed(&self.calls, "Reload", async move {
-        polkit::authorize(conn, &hdr, CONFIGURE).await?;
-        blocking(&self.mgr, |m| m.reload()).await
-    }).await
+            polkit::authorize(conn, &hdr, CONFIGURE).await?;
+            blocking(&self.mgr, |m| m.reload()).await
+        })
+        .await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]
@@ -423,8 +434,9 @@ impl ManagerIface {
     /// PropertiesChanged when a backend's throttles, health or default role
     /// change.
     #[zbus(property)]
-    async fn backends(&self) -> zbus::fdo::Result<Vec<BackendStatus>> {
-        self.backends_now().await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+    async fn backends(&self) -> zbus::fdo::Result<Vec<HashMap<String, OwnedValue>>> {
+        let now = self.backends_now().await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        now.iter().map(as_dict).collect()
     }
 
     #[zbus(property)]
@@ -527,6 +539,14 @@ fn top_process(e: &TopEntry) -> TopProcess {
         down_limit: Some(e.down_limit),
         up_limit: Some(e.up_limit),
     }
+}
+
+/// A result dict as the `a{sv}` a property holds (zbus wants a `Value`):
+/// the same bytes a method returning it sends.
+fn as_dict<T: serde::Serialize + zbus::zvariant::Type>(t: &T) -> zbus::fdo::Result<HashMap<String, OwnedValue>> {
+    let ctx = zbus::zvariant::serialized::Context::new_dbus(zbus::zvariant::LE, 0);
+    let failed = |e: zbus::zvariant::Error| zbus::fdo::Error::Failed(e.to_string());
+    zbus::zvariant::to_bytes(ctx, t).map_err(failed)?.deserialize().map(|(d, _)| d).map_err(failed)
 }
 
 fn backend_status(b: &BackendInfo) -> BackendStatus {

@@ -117,7 +117,8 @@ impl ThrottleIface {
 /// The properties a change of limits, backends or status touches, as
 /// clients see them.
 fn limit_props(info: &ThrottleInfo) -> Vec<(&'static str, OwnedValue)> {
-    let ((down, down_backend), (up, up_backend)) = (direction_of(info, Direction::Down), direction_of(info, Direction::Up));
+    let ((down, down_backend), (up, up_backend)) =
+        (direction_of(info, Direction::Down), direction_of(info, Direction::Up));
     let (status, detail) = status_of(info);
     let props = [
         ("DownLimit", Value::from(down)),

@@ -148,7 +148,13 @@ impl Core {
     /// A new throttle on `target` that lasts while `holder` does. A target
     /// that already has a throttle is refused: a hold never takes over a
     /// saved or rule-made throttle.
-    pub fn limit_held(&mut self, target: Target, spec: &LimitSpec, holder: &str, by: Actor) -> Result<ThrottleId, ManagerError> {
+    pub fn limit_held(
+        &mut self,
+        target: Target,
+        spec: &LimitSpec,
+        holder: &str,
+        by: Actor,
+    ) -> Result<ThrottleId, ManagerError> {
         if let Some(id) = self.find(&target) {
             let msg = format!("{target} already has throttle {id}; a hold makes a new throttle only");
             return Err(ManagerError::InvalidArgument(msg));
@@ -158,7 +164,7 @@ impl Core {
 
     /// Ends every throttle `holder` holds (`None`: every held throttle, as
     /// after a reconnection to the bus, when every old holder is gone).
-    pub fn release(&mut self, holder: Option<&str>) -> Vec<ThrottleId> {
+    pub fn release_held(&mut self, holder: Option<&str>) -> Vec<ThrottleId> {
         let held: Vec<ThrottleId> = self
             .throttles
             .iter()

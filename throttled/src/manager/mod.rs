@@ -236,8 +236,8 @@ impl Manager {
     }
 
     /// Ends the throttles `holder` held (`None`: all held throttles).
-    pub fn release(&self, holder: Option<&str>) -> Vec<ThrottleId> {
-        self.mutate(|c| c.release(holder))
+    pub fn release_held(&self, holder: Option<&str>) -> Vec<ThrottleId> {
+        self.mutate(|c| c.release_held(holder))
     }
 
     /// As `change`, for a caller authorized as `actor`.
