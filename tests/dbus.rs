@@ -63,6 +63,15 @@ impl Api {
         self.manager("Limit", &[kind, target, opts])
     }
 
+    /// `gdbus monitor` of the daemon's signals, its output piped.
+    fn monitor(&self) -> std::process::Child {
+        Command::new("gdbus")
+            .args(["monitor", "--address", self.bus.address(), "--dest", "org.chadthrottle"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn prop(&self, path: &str, iface: &str, name: &str) -> String {
         self.bus.busctl(&["get-property", "org.chadthrottle", path, iface, name]).unwrap().trim().to_string()
     }
@@ -196,11 +205,7 @@ fn bad_input_gets_named_errors_and_changes_nothing() {
 fn signals_reach_clients() {
     let Some(_g) = begin() else { return };
     let Some(api) = Api::start("signals") else { return };
-    let mut mon = Command::new("gdbus")
-        .args(["monitor", "--address", api.bus.address(), "--dest", "org.chadthrottle"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mon = api.monitor();
     std::thread::sleep(Duration::from_millis(300));
     let mut s = Sleeper::new();
     let path = object_path(&api.limit("pid", &s.pid(), "{'down': <'1M'>}").unwrap());
@@ -789,11 +794,7 @@ fn a_held_throttle_ends_with_its_client() {
         saved.contains(&format!("\"id\":{id},")) || saved.contains(&format!("\"id\": {id},"))
     };
     assert!(saved_id(&kept_path) && !saved_id(&path), "a held throttle was saved: {saved}");
-    let mut mon = Command::new("gdbus")
-        .args(["monitor", "--address", api.bus.address(), "--dest", "org.chadthrottle"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mon = api.monitor();
     std::thread::sleep(Duration::from_millis(300));
     drop(client);
     drop(rt);

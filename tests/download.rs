@@ -10,6 +10,7 @@ use std::{
 };
 
 use common::*;
+use throttle_testkit::progs::{prog_stats, run_stats};
 use throttled::{
     manager::{LimitSpec, Manager, ThrottleId},
     Rate,
@@ -419,37 +420,10 @@ fn explore() {
     }
 }
 
-/// Our programs by id: (name, run time ns, runs). Other daemons on the
-/// host load programs of the same names, so `mine` lists the ids loaded
-/// by this test's manager.
-fn prog_stats() -> std::collections::BTreeMap<u32, (String, u64, u64)> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter_map(|p| {
-            let name = p.name_as_str()?.to_string();
-            name.starts_with("ct_").then(|| (p.id(), (name, p.run_time().as_nanos() as u64, p.run_count())))
-        })
-        .collect()
-}
-
 /// ns per run of each of our programs while `f` runs (kernel bpf_stats).
 fn ns_per_run(mine: &[u32], f: impl FnOnce()) -> Vec<(String, f64, u64)> {
-    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let old = std::fs::read_to_string(KNOB).unwrap();
-    std::fs::write(KNOB, "1").unwrap();
-    let before = prog_stats();
-    f();
-    let after = prog_stats();
-    std::fs::write(KNOB, old.trim()).unwrap();
-    after
-        .into_iter()
-        .filter(|(id, _)| mine.contains(id))
-        .map(|(id, (n, t, c))| {
-            let (_, t0, c0) = before.get(&id).cloned().unwrap_or_default();
-            (n, t.saturating_sub(t0) as f64 / (c.saturating_sub(c0)).max(1) as f64, c.saturating_sub(c0))
-        })
-        .filter(|(_, _, c)| *c > 0)
-        .collect()
+    let stats = run_stats(mine, f).unwrap();
+    stats.into_iter().filter(|(_, (_, c))| *c > 0).map(|(n, (t, c))| (n, t as f64 / c as f64, c)).collect()
 }
 
 /// Per-packet cost of the programs (a measurement, not a check):

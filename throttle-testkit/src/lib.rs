@@ -3,6 +3,7 @@ pub mod bus;
 pub mod delay;
 pub mod lab;
 pub mod load;
+pub mod progs;
 
 /// A prerequisite is missing. Under `CI=true` that fails the test; locally
 /// the test is reported as skipped.

@@ -15,7 +15,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use throttle_bench::options;
 use throttle_common::Direction;
-use throttle_testkit::lab::{Lab, MIB};
+use throttle_testkit::{
+    lab::{Lab, MIB},
+    progs::{prog_stats, run_stats},
+};
 use throttled::{
     manager::{LimitSpec, Manager, ManagerOptions},
     Rate,
@@ -420,43 +423,12 @@ fn apply_time(l: &Limiter<'_>, down: bool) -> anyhow::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-/// Our programs by id: (name, run time ns, runs). Other daemons on the host
-/// (tests, other benchmarks) load programs of the same names.
-fn prog_stats() -> BTreeMap<u32, (String, u64, u64)> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter_map(|p| {
-            let name = p.name_as_str()?.to_string();
-            name.starts_with("ct_").then(|| (p.id(), (name, p.run_time().as_nanos() as u64, p.run_count())))
-        })
-        .collect()
-}
-
 /// Starts a manager and finds its programs: the `ct_` ids that appeared.
 fn start_measured(opts: &ManagerOptions) -> anyhow::Result<(Manager, Vec<u32>)> {
     let others: Vec<u32> = prog_stats().into_keys().collect();
     let m = Manager::start(opts)?;
     let mine = prog_stats().into_keys().filter(|id| !others.contains(id)).collect();
     Ok((m, mine))
-}
-
-/// Per program while `f` runs (kernel bpf_stats): run time and runs.
-fn run_stats(mine: &[u32], f: impl FnOnce()) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let old = std::fs::read_to_string(KNOB)?;
-    std::fs::write(KNOB, "1")?;
-    let before = prog_stats();
-    f();
-    let after = prog_stats();
-    std::fs::write(KNOB, old.trim())?;
-    Ok(after
-        .into_iter()
-        .filter(|(id, _)| mine.contains(id))
-        .map(|(id, (n, t, c))| {
-            let (_, t0, c0) = before.get(&id).cloned().unwrap_or_default();
-            (n, (t.saturating_sub(t0), c.saturating_sub(c0)))
-        })
-        .collect())
 }
 
 /// ns/packet of the packet programs while `f` runs; `ct_sockops` is its
