@@ -4,6 +4,7 @@
 //! it translates and authorizes; the manager does the work.
 pub mod args;
 pub mod callers;
+pub mod convert;
 pub mod errors;
 pub mod gate;
 pub mod objects;
@@ -23,7 +24,8 @@ use zbus::{
 };
 
 use self::{
-    service::{direction_name, health_parts, ManagerIface, ManagerIfaceSignals},
+    convert::{direction_name, health_parts},
+    service::{ManagerIface, ManagerIfaceSignals},
     strict::Strict,
     throttle::ThrottleIface,
 };

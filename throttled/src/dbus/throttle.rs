@@ -16,8 +16,9 @@ use zbus::{
 
 use super::{
     args,
+    convert::dict,
     errors::{Error, Result},
-    service::{authorize_target, authorize_traffic, blocking, dict, read},
+    service::{authorize_target, authorize_traffic, blocking, read},
 };
 use crate::manager::{Manager, Origin, Request, ThrottleId, ThrottleInfo};
 
@@ -308,7 +309,7 @@ impl ThrottleIface {
         let info = self.info().await.map_err(fdo)?;
         let mut pairs = Vec::new();
         for (d, s) in &info.directions {
-            let p = super::service::direction_name(*d);
+            let p = super::convert::direction_name(*d);
             let c = &s.counters;
             pairs.extend([
                 (format!("{p}_bytes"), c.pass_bytes),

@@ -2,6 +2,7 @@
 //! live listeners (the D-Bus layer turns them into signals) and into a
 //! bounded queue of recent events (`Manager::take_events`): one path, so
 //! the two never disagree.
+#[cfg(feature = "testing")]
 use std::collections::VecDeque;
 use throttle_common::Direction;
 
@@ -10,7 +11,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use super::{ThrottleId, ThrottleInfo};
 use crate::backend::Health;
 
-/// Events kept for the API when nobody reads them.
+/// Events kept for the tests (`Manager::take_events`).
+#[cfg(feature = "testing")]
 const MAX_EVENTS: usize = 4096;
 
 /// Why a throttle went away.
@@ -82,10 +84,11 @@ pub struct Notice {
     pub info: Option<ThrottleInfo>,
 }
 
-/// Listeners and the recent events.
+/// Listeners, and (for the tests) the recent events.
 #[derive(Default)]
 pub struct Events {
     subscribers: Vec<UnboundedSender<Notice>>,
+    #[cfg(feature = "testing")]
     recent: VecDeque<Event>,
 }
 
@@ -107,13 +110,17 @@ impl Events {
             let notice = Notice { event: event.clone(), info };
             self.subscribers.retain(|s| s.send(notice.clone()).is_ok());
         }
-        if self.recent.len() >= MAX_EVENTS {
-            self.recent.pop_front();
+        #[cfg(feature = "testing")]
+        {
+            if self.recent.len() >= MAX_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(event);
         }
-        self.recent.push_back(event);
     }
 
     /// The recent events, oldest first, forgotten once taken.
+    #[cfg(feature = "testing")]
     pub fn take(&mut self) -> Vec<Event> {
         self.recent.drain(..).collect()
     }
