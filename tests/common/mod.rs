@@ -32,6 +32,13 @@ pub fn daemon_bin() -> &'static str {
     BIN.get_or_init(|| build_bins().join("chadthrottled").to_str().unwrap().to_string())
 }
 
+/// throttlectl, built next to the daemon by `daemon_bin`.
+pub fn throttlectl() -> PathBuf {
+    let p = Path::new(daemon_bin()).with_file_name("throttlectl");
+    assert!(p.exists(), "{} is not built (scripts/test.sh builds the workspace first)", p.display());
+    p
+}
+
 /// Runs `cargo build` for the daemon and throttlectl; returns their directory.
 fn build_bins() -> PathBuf {
     // This test runs as <target>/<profile>/deps/<name>-<hash>.

@@ -1,11 +1,31 @@
 //! The daemon's API as seen from the client: proxies, lookups and the
 //! failures a user sees, each with a distinct exit code.
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use throttle_api::{Error, BUS_NAME, MANAGER_INTERFACE};
 pub use throttle_api::{ManagerProxy, ThrottleProxy};
-use zbus::{zvariant::OwnedObjectPath, Connection};
+use zbus::{
+    proxy::CacheProperties,
+    zvariant::{OwnedObjectPath, Value},
+    Connection,
+};
+
+/// The method timeout of the last connection, for the timeout's message.
+static TIMEOUT_SECS: AtomicU64 = AtomicU64::new(crate::cli::DEFAULT_TIMEOUT_SECS);
+
+/// What zbus returns when a method call outlives the connection's timeout.
+fn is_timeout(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+fn timed_out() -> zbus::Error {
+    zbus::Error::InputOutput(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out").into())
+}
 
 /// One throttle as the CLI shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -29,25 +49,51 @@ pub struct ThrottleView {
 pub struct Client {
     pub conn: Connection,
     pub manager: ManagerProxy<'static>,
+    timeout: Duration,
 }
 
 impl Client {
-    pub async fn connect(bus: &str) -> Result<Client, Failure> {
-        let conn = match bus {
-            "system" => Connection::system().await,
-            "session" => Connection::session().await,
-            addr => match zbus::connection::Builder::address(addr) {
-                Ok(b) => b.build().await,
-                Err(e) => Err(e),
+    /// A connection on which every method call gives up after `timeout`
+    /// (and so does connecting); proxies read properties afresh, each read
+    /// a method call under the same timeout.
+    pub async fn connect(bus: &str, timeout: Duration) -> Result<Client, Failure> {
+        TIMEOUT_SECS.store(timeout.as_secs(), Ordering::Relaxed);
+        let builder = match bus {
+            "system" => zbus::connection::Builder::system(),
+            "session" => zbus::connection::Builder::session(),
+            addr => zbus::connection::Builder::address(addr),
+        };
+        let conn = match builder {
+            Ok(b) => match tokio::time::timeout(timeout, b.method_timeout(timeout).build()).await {
+                Ok(r) => r,
+                Err(_) => Err(timed_out()),
             },
+            Err(e) => Err(e),
         }
-        .map_err(|e| Failure::unreachable(format!("cannot reach the {bus} bus: {e}")))?;
-        let manager = ManagerProxy::new(&conn).await.map_err(Failure::from)?;
-        Ok(Client { conn, manager })
+        .map_err(|e| match is_timeout(&e) {
+            true => Failure::timeout(),
+            false => Failure::unreachable(format!("cannot reach the {bus} bus: {e}")),
+        })?;
+        let manager = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await?;
+        Ok(Client { conn, manager, timeout })
+    }
+
+    /// A call under the timeout. zbus applies the connection's method
+    /// timeout to plain calls only, not to calls with flags (those that
+    /// allow interactive authorization: every change), so those go here.
+    pub async fn bounded<T>(&self, call: impl std::future::Future<Output = zbus::Result<T>>) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r.map_err(Failure::from),
+            Err(_) => Err(Failure::timeout()),
+        }
     }
 
     pub async fn throttle(&self, path: &OwnedObjectPath) -> Result<ThrottleView, Failure> {
-        let p = ThrottleProxy::builder(&self.conn).path(path.clone())?.build().await?;
+        let p = ThrottleProxy::builder(&self.conn)
+            .path(path.clone())?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
         Ok(ThrottleView {
             path: path.clone(),
             id: p.id().await?,
@@ -66,7 +112,7 @@ impl Client {
 
     pub async fn throttles(&self) -> Result<Vec<ThrottleView>, Failure> {
         let mut out = Vec::new();
-        for path in self.manager.list_throttles().await? {
+        for path in self.bounded(self.manager.list_throttles()).await? {
             // A throttle may vanish between the listing and the read.
             if let Ok(t) = self.throttle(&path).await {
                 out.push(t);
@@ -98,15 +144,54 @@ impl Client {
             let member = msg.header().member().map(|m| m.to_string()).unwrap_or_default();
             let raw = msg.body();
             let body: Option<zbus::zvariant::Structure<'_>> = raw.deserialize().ok();
-            let fields: Vec<String> =
-                body.map(|b| b.fields().iter().map(|f| f.to_string()).collect()).unwrap_or_default();
+            let fields = body.map(|b| b.fields().to_vec()).unwrap_or_default();
             if json {
-                println!("{}", serde_json::json!({ "signal": member, "args": fields }));
+                let args: Vec<serde_json::Value> = fields.iter().map(json_of).collect();
+                println!("{}", serde_json::json!({ "signal": member, "args": args }));
             } else {
-                println!("{member} {}", fields.join(" "));
+                let text: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+                println!("{member} {}", text.join(" "));
             }
         }
         Ok(())
+    }
+}
+
+/// A D-Bus value as plain JSON: numbers, strings (object paths and
+/// signatures too), booleans, arrays, objects (dicts; keys as text) and
+/// arrays again for structures; a variant is its content.
+pub fn json_of(v: &Value<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::U8(n) => J::from(*n),
+        Value::Bool(b) => J::from(*b),
+        Value::I16(n) => J::from(*n),
+        Value::U16(n) => J::from(*n),
+        Value::I32(n) => J::from(*n),
+        Value::U32(n) => J::from(*n),
+        Value::I64(n) => J::from(*n),
+        Value::U64(n) => J::from(*n),
+        // NaN and infinities have no JSON number: null.
+        Value::F64(n) => J::from(*n),
+        Value::Str(s) => J::from(s.as_str()),
+        Value::Signature(s) => J::from(s.to_string()),
+        Value::ObjectPath(p) => J::from(p.as_str()),
+        Value::Value(inner) => json_of(inner),
+        Value::Array(a) => J::Array(a.inner().iter().map(json_of).collect()),
+        Value::Dict(d) => J::Object(
+            d.iter()
+                .map(|(k, v)| {
+                    let key = match json_of(k) {
+                        J::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, json_of(v))
+                })
+                .collect(),
+        ),
+        Value::Structure(s) => J::Array(s.fields().iter().map(json_of).collect()),
+        // File descriptors (and GVariant's maybe) never come from the daemon.
+        other => J::from(other.to_string()),
     }
 }
 
@@ -116,31 +201,80 @@ pub struct Failure {
     code: u8,
     msg: String,
     hint: Option<&'static str>,
+    /// The D-Bus error name, when the failure is a D-Bus error reply.
+    name: Option<String>,
+    /// No answer within --timeout (exit code 5 too, but not "not running").
+    timed_out: bool,
+    /// More top-level keys of the JSON error, e.g. "running": false.
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Exit codes (documented in README): 1 other, 2 usage or invalid input,
 /// 3 not authorized, 4 not found, 5 daemon unreachable, 6 busy (try again).
 impl Failure {
+    fn new(code: u8, msg: impl Into<String>, hint: Option<&'static str>) -> Failure {
+        Failure { code, msg: msg.into(), hint, name: None, timed_out: false, extra: serde_json::Map::new() }
+    }
     pub fn usage(msg: impl Into<String>) -> Failure {
-        Failure { code: 2, msg: msg.into(), hint: None }
+        Failure::new(2, msg, None)
     }
     pub fn not_found(msg: impl Into<String>) -> Failure {
-        Failure { code: 4, msg: msg.into(), hint: None }
+        Failure::new(4, msg, None)
     }
     pub fn unreachable(msg: impl Into<String>) -> Failure {
-        Failure { code: 5, msg: msg.into(), hint: Some("is chadthrottled running? try: systemctl start chadthrottled") }
+        Failure::new(5, msg, Some("is chadthrottled running? try: systemctl start chadthrottled"))
+    }
+    /// No answer within --timeout: the daemon (or the bus) is stuck or
+    /// overloaded; a change may or may not have been made.
+    pub fn timeout() -> Failure {
+        let secs = TIMEOUT_SECS.load(Ordering::Relaxed);
+        let mut f = Failure::new(
+            5,
+            format!("timed out: no answer from chadthrottled within {secs} s (--timeout)"),
+            Some("the daemon or the bus is stuck or overloaded: see systemctl status chadthrottled"),
+        );
+        f.timed_out = true;
+        f
     }
     pub fn other(e: impl std::fmt::Display) -> Failure {
-        Failure { code: 1, msg: e.to_string(), hint: None }
+        Failure::new(1, e.to_string(), None)
+    }
+
+    fn named(mut self, name: &str) -> Failure {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Adds a top-level key to the JSON form.
+    pub fn with_json(mut self, key: &str, value: serde_json::Value) -> Failure {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 
     pub fn code(&self) -> u8 {
         self.code
     }
 
-    pub fn report(self) -> ExitCode {
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// `{"error": {"code", "message", "name"}}` (and any `with_json` keys);
+    /// name is null unless the failure is a D-Bus error reply.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = self.extra.clone();
+        v.insert("error".into(), serde_json::json!({ "code": self.code, "message": self.msg, "name": self.name }));
+        serde_json::Value::Object(v)
+    }
+
+    /// The message (and hint, unless quiet) on stderr; with `json`, first
+    /// the JSON error on stdout. Returns the exit code.
+    pub fn report(self, json: bool, quiet: bool) -> ExitCode {
+        if json {
+            println!("{}", self.to_json());
+        }
         eprintln!("throttlectl: {}", self.msg);
-        if let Some(h) = self.hint {
+        if let Some(h) = self.hint.filter(|_| !quiet) {
             eprintln!("hint: {h}");
         }
         ExitCode::from(self.code)
@@ -155,22 +289,26 @@ impl std::fmt::Display for Failure {
 
 impl From<zbus::Error> for Failure {
     fn from(e: zbus::Error) -> Failure {
+        if is_timeout(&e) {
+            return Failure::timeout();
+        }
         let zbus::Error::MethodError(name, msg, _) = &e else {
             return Failure::other(e);
         };
-        let text = msg.clone().unwrap_or_else(|| name.to_string());
-        match Error::from(e) {
-            Error::NotAuthorized(_) => Failure {
-                code: 3,
-                msg: text,
-                hint: Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
-            },
+        let name = name.to_string();
+        let text = msg.clone().unwrap_or_else(|| name.clone());
+        let f = match Error::from(e) {
+            Error::NotAuthorized(_) => Failure::new(
+                3,
+                text,
+                Some("run with sudo, or ask an admin to grant the org.chadthrottle polkit actions"),
+            ),
             // A refusal too: the caller's user already has its share of throttles.
-            Error::QuotaExceeded(_) => Failure {
-                code: 3,
-                msg: text,
-                hint: Some("remove one of your throttles first, or ask an admin to raise limits.per_user"),
-            },
+            Error::QuotaExceeded(_) => Failure::new(
+                3,
+                text,
+                Some("remove one of your throttles first, or ask an admin to raise limits.per_user"),
+            ),
             // Not a refusal: too many checks in flight for this user just now.
             Error::Busy(_) => busy(text),
             Error::NoSuchProcess(_) | Error::NoSuchThrottle(_) => Failure::not_found(text),
@@ -184,20 +322,18 @@ impl From<zbus::Error> for Failure {
                     "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
                         Failure::unreachable(format!("chadthrottled is not on the bus ({text})"))
                     }
+                    "org.freedesktop.DBus.Error.NoReply" | "org.freedesktop.DBus.Error.Timeout" => Failure::timeout(),
                     _ => Failure::other(text),
                 },
                 _ => Failure::other(text),
             },
-        }
+        };
+        f.named(&name)
     }
 }
 
 fn busy(text: String) -> Failure {
-    Failure {
-        code: 6,
-        msg: text,
-        hint: Some("the daemon is busy (too many requests from this user); try again in a moment"),
-    }
+    Failure::new(6, text, Some("the daemon is busy (too many requests from this user); try again in a moment"))
 }
 
 impl From<zbus::fdo::Error> for Failure {
@@ -226,5 +362,52 @@ mod tests {
         assert_eq!(code("org.freedesktop.DBus.Error.InvalidArgs"), 2);
         assert_eq!(code("org.chadthrottle.Error.NoSuchThrottle"), 4);
         assert_eq!(code("org.chadthrottle.Error.Internal"), 1);
+        assert_eq!(code("org.freedesktop.DBus.Error.ServiceUnknown"), 5);
+        assert_eq!(code("org.freedesktop.DBus.Error.NoReply"), 5);
+    }
+
+    #[test]
+    fn json_errors_carry_code_message_and_name() {
+        let v = daemon_error("org.chadthrottle.Error.NoSuchThrottle").to_json();
+        assert_eq!(
+            v,
+            serde_json::json!({ "error": { "code": 4, "message": "why",
+            "name": "org.chadthrottle.Error.NoSuchThrottle" } })
+        );
+        let v = Failure::usage("give --up").with_json("running", false.into()).to_json();
+        assert_eq!(
+            v,
+            serde_json::json!({ "running": false, "error": { "code": 2, "message": "give --up", "name": null } })
+        );
+    }
+
+    #[test]
+    fn a_method_timeout_is_its_own_failure() {
+        let f = Failure::from(timed_out());
+        assert_eq!(f.code(), 5);
+        assert!(f.timed_out() && f.to_string().starts_with("timed out: no answer from chadthrottled within"), "{f}");
+        assert!(!Failure::unreachable("gone").timed_out());
+    }
+
+    #[test]
+    fn dbus_values_become_plain_json() {
+        use std::collections::HashMap;
+
+        use zbus::zvariant::{ObjectPath, StructureBuilder};
+        let path = ObjectPath::try_from("/org/chadthrottle/throttles/3").unwrap();
+        assert_eq!(json_of(&Value::from(path)), serde_json::json!("/org/chadthrottle/throttles/3"));
+        assert_eq!(json_of(&Value::from("ebpf")), serde_json::json!("ebpf"));
+        assert_eq!(json_of(&Value::U64(1 << 40)), serde_json::json!(1u64 << 40));
+        assert_eq!(json_of(&Value::I32(-3)), serde_json::json!(-3));
+        assert_eq!(json_of(&Value::Bool(true)), serde_json::json!(true));
+        assert_eq!(json_of(&Value::F64(0.5)), serde_json::json!(0.5));
+        assert_eq!(json_of(&Value::from(vec![1u32, 2])), serde_json::json!([1, 2]));
+        assert_eq!(json_of(&Value::Value(Box::new(Value::U8(7)))), serde_json::json!(7));
+        let dict: HashMap<&str, Value<'_>> = [("down", Value::U64(1024)), ("name", Value::from("x"))].into();
+        assert_eq!(json_of(&Value::from(dict)), serde_json::json!({ "down": 1024, "name": "x" }));
+        let keyed: HashMap<u32, &str> = [(5, "five")].into();
+        assert_eq!(json_of(&Value::from(keyed)), serde_json::json!({ "5": "five" }));
+        let s = StructureBuilder::new().add_field("up").add_field(2u32).build().unwrap();
+        assert_eq!(json_of(&Value::from(s)), serde_json::json!(["up", 2]));
     }
 }

@@ -1,21 +1,54 @@
 // The command line. Completions and the man page are generated from it
 // at run time (`throttlectl completions`, `throttlectl manpage`).
+use std::str::FromStr as _;
+
 use clap::{Parser, Subcommand};
 use throttle_common::rate::Rate;
 
 use crate::top::{Scope, Sort};
 
+/// The default for `--timeout`: libdbus's default method timeout.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 25;
+
 #[derive(Parser)]
-#[command(name = "throttlectl", version, about = "Control chadthrottled, the per-process bandwidth limiter")]
+#[command(
+    name = "throttlectl",
+    version,
+    about = "Control chadthrottled, the per-process bandwidth limiter",
+    long_about = "Control chadthrottled, the per-process bandwidth limiter, over D-Bus. \
+                  Without a command, throttlectl shows the daemon's status."
+)]
 pub struct Cli {
-    /// Machine-readable output (JSON).
+    /// Machine-readable output (JSON), errors included: {"error": {"code", "message", "name"}}.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Which bus: system (default), session, or a D-Bus address.
-    #[arg(long, global = true, default_value = "system")]
+    /// Which bus: system (default), session, or a D-Bus address (e.g. unix:path=/run/x).
+    #[arg(long, global = true, default_value = "system", value_name = "BUS", value_parser = parse_bus)]
     pub bus: String,
+    /// Seconds to wait for each answer of the daemon before giving up.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    /// Print tables without their header line (and nothing for an empty list).
+    #[arg(long, global = true)]
+    pub no_legend: bool,
+    /// Suppress informational output (confirmations, hints); errors and warnings still go to stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do (default: status).
     #[command(subcommand)]
-    pub cmd: Cmd,
+    pub cmd: Option<Cmd>,
+}
+
+/// `--bus`: system, session, or anything zbus accepts as an address.
+fn parse_bus(s: &str) -> Result<String, String> {
+    match s {
+        "system" | "session" => Ok(s.to_string()),
+        _ => match zbus::Address::from_str(s) {
+            Ok(_) => Ok(s.to_string()),
+            Err(e) => Err(format!("not system, session or a D-Bus address ({e})")),
+        },
+    }
 }
 
 #[derive(Subcommand)]
@@ -25,61 +58,70 @@ pub enum Cmd {
         /// pid or process name (optional with --exe, --unit or --cgroup)
         target: Option<String>,
         /// Download limit, e.g. 1M, 512K, 10mbit.
-        #[arg(long)]
+        #[arg(long, value_name = "RATE")]
         down: Option<Rate>,
-        /// Upload limit.
-        #[arg(long)]
+        /// Upload limit, e.g. 1M, 512K, 10mbit.
+        #[arg(long, value_name = "RATE")]
         up: Option<Rate>,
         /// Backend for both directions (ebpf, tc_htb, ifb_tc).
-        #[arg(long, conflicts_with_all = ["down_backend", "up_backend"])]
+        #[arg(long, value_name = "BACKEND", conflicts_with_all = ["down_backend", "up_backend"])]
         backend: Option<String>,
-        #[arg(long)]
+        /// Backend for the download direction only.
+        #[arg(long, value_name = "BACKEND")]
         down_backend: Option<String>,
-        #[arg(long)]
+        /// Backend for the upload direction only.
+        #[arg(long, value_name = "BACKEND")]
         up_backend: Option<String>,
         /// With a pid: also its descendants, present and future.
         #[arg(long)]
         tree: bool,
-        /// Every process running this executable.
-        #[arg(long, conflicts_with_all = ["unit", "cgroup"])]
+        /// Every process running this executable (a path).
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["unit", "cgroup"])]
         exe: Option<String>,
-        /// Every process in this systemd unit.
-        #[arg(long, conflicts_with = "cgroup")]
+        /// Every process in this systemd unit, e.g. backup.service.
+        #[arg(long, value_name = "NAME", conflicts_with = "cgroup")]
         unit: Option<String>,
         /// Every process in this cgroup (v2 path).
-        #[arg(long)]
+        #[arg(long, value_name = "PATH")]
         cgroup: Option<String>,
     },
     /// Remove a throttle: by throttle id, by the pid it limits, or by name.
-    Unlimit { target: String },
+    Unlimit {
+        /// Throttle id, the pid a pid throttle limits, or the target of a throttle (name, path, unit).
+        target: String,
+    },
     /// List throttles.
     List,
     /// List backends: ⭐ default, ✅/❌ availability, priority, active count.
     Backends,
     /// Set the default backend for new throttles.
     Default {
-        #[arg(long)]
+        /// Backend for new upload limits.
+        #[arg(long, value_name = "BACKEND")]
         up: Option<String>,
-        #[arg(long)]
+        /// Backend for new download limits.
+        #[arg(long, value_name = "BACKEND")]
         down: Option<String>,
     },
     /// Move a throttle (or, with --from, every throttle of a backend) to a backend.
     Migrate {
         /// Throttle id (omit with --from).
         id: Option<u32>,
-        #[arg(long)]
+        /// The backend to move to.
+        #[arg(long, value_name = "BACKEND")]
         to: String,
-        #[arg(long)]
+        /// Move every throttle of this backend instead of one.
+        #[arg(long, value_name = "BACKEND")]
         from: Option<String>,
         /// up or down (default: both).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         direction: Option<String>,
     },
     /// Daemon-wide numbers.
     Stats,
     /// Print the daemon's signals as lines, until interrupted.
     Monitor,
-    /// Whether the daemon runs, its version and defaults.
+    /// Whether the daemon runs, its version and defaults (the default command).
     Status,
     /// Re-read the config and rules.
     Reload,
@@ -99,9 +141,15 @@ pub enum Cmd {
         scope: Scope,
     },
     /// Parse a rate the way the daemon does and print it in bytes per second.
-    Rate { rate: String },
+    Rate {
+        /// A rate, e.g. 1M, 512K, 10mbit.
+        rate: String,
+    },
     /// Print a shell completion script (bash, zsh or fish).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to print the script for.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff).
     #[command(hide = true)]
     Manpage,

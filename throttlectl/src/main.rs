@@ -1,11 +1,14 @@
 //! throttlectl: a thin client of chadthrottled's D-Bus API. No kernel
-//! access of its own; every decision is the daemon's.
+//! access of its own (it only reads the cgroup tree, for a warning);
+//! every decision is the daemon's.
 mod api;
 mod cli;
+mod manpage;
 mod output;
+mod target;
 mod top;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::{CommandFactory as _, Parser};
 use throttle_api::LimitOptions;
@@ -14,24 +17,50 @@ use throttle_common::rate::Rate;
 use crate::{
     api::{Client, Failure},
     cli::{Cli, Cmd},
+    output::Style,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
+    let style = Style { json: cli.json, legend: !cli.no_legend, quiet: cli.quiet, unicode: output::unicode_stdout() };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return Failure::other(e).report(),
+        Err(e) => return Failure::other(e).report(style.json, style.quiet),
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, style)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.report(),
+        Err(f) => f.report(style.json, style.quiet),
     }
 }
 
+/// A command line clap refuses: with --json, the JSON error on stdout
+/// first; then clap's own text and exit code (2), or its help or version.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let shows = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !shows && std::env::args_os().skip(1).take_while(|a| a.to_str() != Some("--")).any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let msg = first.strip_prefix("error: ").unwrap_or(first);
+        println!("{}", serde_json::json!({ "error": { "code": 2, "message": msg, "name": null } }));
+    }
+    e.exit()
+}
+
 /// Commands that need no daemon.
-fn offline(cmd: &Cmd) -> Option<Result<(), Failure>> {
+fn offline(cmd: &Cmd, st: &Style) -> Option<Result<(), Failure>> {
     Some(match cmd {
         Cmd::Rate { rate } => match rate.parse::<Rate>() {
+            Ok(r) if st.json => {
+                output::json(&serde_json::json!({ "bytes_per_sec": r.bytes_per_sec(), "rate": r.to_string() }));
+                Ok(())
+            }
             Ok(r) => {
                 println!("{} B/s ({r})", r.bytes_per_sec());
                 Ok(())
@@ -42,22 +71,31 @@ fn offline(cmd: &Cmd) -> Option<Result<(), Failure>> {
             clap_complete::generate(*shell, &mut Cli::command(), "throttlectl", &mut std::io::stdout());
             Ok(())
         }
-        Cmd::Manpage => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Failure::other),
+        Cmd::Manpage => manpage::render(&mut std::io::stdout()).map_err(Failure::other),
         _ => return None,
     })
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    if let Some(done) = offline(&cli.cmd) {
+async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
+    // A bare `throttlectl` is `throttlectl status`, as with systemctl.
+    let cmd = cli.cmd.unwrap_or(Cmd::Status);
+    if let Some(done) = offline(&cmd, &st) {
         return done;
     }
+    let timeout = Duration::from_secs(cli.timeout);
     // top connects (and reconnects) by itself.
-    if let Cmd::Top { once, count, sort, scope } = cli.cmd {
-        return top::run(&cli.bus, top::Options { once, count, sort, scope, json: cli.json }).await;
+    if let Cmd::Top { once, count, sort, scope } = cmd {
+        return top::run(&cli.bus, top::Options { once, count, sort, scope, style: st, timeout }).await;
     }
-    let c = Client::connect(&cli.bus).await?;
-    let json = cli.json;
-    match cli.cmd {
+    if let Cmd::Status = cmd {
+        return status(&cli.bus, timeout, &st).await.map_err(|f| match f.code() == 5 && !f.timed_out() {
+            // Not an error to report: the answer to "is it running?".
+            true => f.with_json("running", false.into()),
+            false => f,
+        });
+    }
+    let c = Client::connect(&cli.bus, timeout).await?;
+    match cmd {
         Cmd::Limit { target, down, up, backend, down_backend, up_backend, tree, exe, unit, cgroup } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
             if down.is_none() && up.is_none() {
@@ -71,58 +109,95 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 up_backend,
                 hold: None,
             };
-            let path = c.manager.limit(kind, &value, &opts).await.map_err(Failure::from)?;
-            output::throttle(&c.throttle(&path).await?, json);
+            let path = c.bounded(c.manager.limit(kind, &value, &opts)).await?;
+            let t = c.throttle(&path).await?;
+            // Legal and kept, but maybe a typo: say so, on stderr.
+            if let Some(w) = target::absent(kind, &value) {
+                eprintln!("throttlectl: warning: {w}");
+            }
+            output::throttle(&t, &st);
             warn_if_unsaved(&c).await;
         }
         Cmd::Unlimit { target } => {
             let t = c.find(&target).await?;
-            c.manager.remove(&t.path.as_ref()).await.map_err(Failure::from)?;
-            if !json {
-                println!("removed throttle {} ({} {})", t.id, t.kind, t.target);
+            c.bounded(c.manager.remove(&t.path.as_ref())).await?;
+            if st.json {
+                output::json(&serde_json::json!({ "removed": t }));
+            } else {
+                st.info(format_args!(
+                    "removed throttle {} ({} {})",
+                    t.id,
+                    t.kind,
+                    throttle_common::text::escape(&t.target, usize::MAX)
+                ));
             }
         }
-        Cmd::List => output::list(&c.throttles().await?, json),
-        Cmd::Backends => output::backends(&c.manager.list_backends().await.map_err(Failure::from)?, json),
+        Cmd::List => output::list(&c.throttles().await?, &st),
+        Cmd::Backends => output::backends(&c.manager.list_backends().await.map_err(Failure::from)?, &st),
         Cmd::Default { up, down } => {
             if up.is_none() && down.is_none() {
                 return Err(Failure::usage("give --up and/or --down"));
             }
+            let mut set = serde_json::Map::new();
             for (dir, name) in [("up", up), ("down", down)] {
                 if let Some(n) = name {
-                    c.manager.set_default_backend(dir, &n).await.map_err(Failure::from)?;
-                    println!("New throttles will use '{n}' for {}", if dir == "up" { "upload" } else { "download" });
+                    c.bounded(c.manager.set_default_backend(dir, &n)).await?;
+                    st.info(format_args!(
+                        "New throttles will use '{n}' for {}",
+                        if dir == "up" { "upload" } else { "download" }
+                    ));
+                    set.insert(format!("default_{dir}"), n.into());
                 }
+            }
+            if st.json {
+                output::json(&set);
             }
         }
         Cmd::Migrate { id, to, from, direction } => match (id, from) {
             (Some(id), None) => {
                 let t = c.find(&id.to_string()).await?;
                 let dir = direction.unwrap_or_default();
-                c.manager.migrate(&t.path.as_ref(), &dir, &to).await.map_err(Failure::from)?;
-                println!("throttle {id} now on '{to}'");
+                c.bounded(c.manager.migrate(&t.path.as_ref(), &dir, &to)).await?;
+                if st.json {
+                    let dir = if dir.is_empty() { "both" } else { dir.as_str() };
+                    output::json(&serde_json::json!({ "id": id, "to": to, "direction": dir }));
+                } else {
+                    st.info(format_args!("throttle {id} now on '{to}'"));
+                }
             }
             (None, Some(from)) => {
-                let n = c.manager.migrate_backend(&from, &to).await.map_err(Failure::from)?;
-                println!("moved {n} throttle(s) from '{from}' to '{to}'");
+                let n = c.bounded(c.manager.migrate_backend(&from, &to)).await?;
+                if st.json {
+                    output::json(&serde_json::json!({ "from": from, "to": to, "moved": n }));
+                } else {
+                    st.info(format_args!("moved {n} throttle(s) from '{from}' to '{to}'"));
+                }
             }
             _ => return Err(Failure::usage("give a throttle id, or --from BACKEND")),
         },
-        Cmd::Stats => output::stats(&c.manager.get_stats().await.map_err(Failure::from)?, json),
-        Cmd::Monitor => c.monitor(json).await?,
-        Cmd::Status => {
-            let stats = c.manager.get_stats().await.map_err(Failure::from)?;
-            let version = c.manager.version().await.map_err(Failure::from)?;
-            let (up, down) = (c.manager.default_upload_backend().await, c.manager.default_download_backend().await);
-            output::status(&version, &stats, up.unwrap_or_default(), down.unwrap_or_default(), json);
-        }
+        Cmd::Stats => output::stats(&c.manager.get_stats().await.map_err(Failure::from)?, &st),
+        Cmd::Monitor => c.monitor(st.json).await?,
         Cmd::Reload => {
-            c.manager.reload().await.map_err(Failure::from)?;
-            println!("reloaded");
+            c.bounded(c.manager.reload()).await?;
+            if st.json {
+                output::json(&serde_json::json!({ "reloaded": true }));
+            } else {
+                st.info("reloaded");
+            }
         }
+        Cmd::Status => unreachable!("handled before connecting"),
         Cmd::Rate { .. } | Cmd::Completions { .. } | Cmd::Manpage => unreachable!("handled offline"),
         Cmd::Top { .. } => unreachable!("handled before connecting"),
     }
+    Ok(())
+}
+
+async fn status(bus: &str, timeout: Duration, st: &Style) -> Result<(), Failure> {
+    let c = Client::connect(bus, timeout).await?;
+    let stats = c.manager.get_stats().await.map_err(Failure::from)?;
+    let version = c.manager.version().await.map_err(Failure::from)?;
+    let (up, down) = (c.manager.default_upload_backend().await, c.manager.default_download_backend().await);
+    output::status(&version, &stats, up.unwrap_or_default(), down.unwrap_or_default(), st);
     Ok(())
 }
 
@@ -173,15 +248,53 @@ mod tests {
     fn top_options_parse() {
         let cli =
             Cli::try_parse_from(["throttlectl", "--json", "top", "--once", "--count", "5", "--sort", "up"]).unwrap();
-        let Cmd::Top { once, count, sort, scope } = cli.cmd else { panic!("not top") };
+        let Some(Cmd::Top { once, count, sort, scope }) = cli.cmd else { panic!("not top") };
         assert!(once && cli.json);
         assert_eq!((count, sort, scope), (5, top::Sort::Up, top::Scope::All));
         assert!(Cli::try_parse_from(["throttlectl", "top", "--scope", "lan"]).is_err());
     }
 
     #[test]
+    fn global_options_parse() {
+        let cli = Cli::try_parse_from(["throttlectl"]).unwrap();
+        assert!(cli.cmd.is_none(), "a bare throttlectl is status");
+        assert_eq!((cli.bus.as_str(), cli.timeout, cli.quiet, cli.no_legend), ("system", 25, false, false));
+        let cli = Cli::try_parse_from(["throttlectl", "list", "-q", "--no-legend", "--timeout", "3"]).unwrap();
+        assert!(matches!(cli.cmd, Some(Cmd::List)) && cli.quiet && cli.no_legend && cli.timeout == 3);
+        for bus in ["system", "session", "unix:path=/run/x", "tcp:host=localhost,port=1234"] {
+            assert!(Cli::try_parse_from(["throttlectl", "--bus", bus, "status"]).is_ok(), "{bus}");
+        }
+        for bad in [&["--bus", "nonsense"][..], &["--bus", ""], &["--timeout", "0"], &["--timeout", "x"]] {
+            let args = ["throttlectl"].iter().chain(bad.iter()).chain(["status"].iter());
+            let e = Cli::try_parse_from(args).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every option and argument says what it is for (help and version
+    /// are clap's own).
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, "throttlectl", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
     }
 }

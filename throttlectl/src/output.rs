@@ -1,42 +1,105 @@
 //! Human tables and JSON (a stable schema: field names are the API's).
+use std::io::IsTerminal as _;
+
 use throttle_api::{BackendStatus, Stats};
 use throttle_common::rate::Rate;
 
 use crate::api::ThrottleView;
 
+/// How to print: JSON or text; with the tables' header lines; with the
+/// informational lines; with symbols or their ASCII stand-ins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Style {
+    pub json: bool,
+    pub legend: bool,
+    pub quiet: bool,
+    pub unicode: bool,
+}
+
+impl Style {
+    /// The symbol, or its ASCII stand-in when stdout is not a UTF-8 terminal.
+    pub fn sym(&self, unicode: &'static str, ascii: &'static str) -> &'static str {
+        if self.unicode {
+            unicode
+        } else {
+            ascii
+        }
+    }
+
+    /// An informational line (a confirmation), unless --quiet or --json
+    /// (stdout then holds only the JSON).
+    pub fn info(&self, line: impl std::fmt::Display) {
+        if !self.quiet && !self.json {
+            println!("{line}");
+        }
+    }
+}
+
+/// Symbols only on a terminal whose locale is UTF-8.
+pub fn unicode_stdout() -> bool {
+    std::io::stdout().is_terminal() && utf8_locale(|k| std::env::var(k).ok())
+}
+
+/// The locale as POSIX picks it for LC_CTYPE: the first set of LC_ALL,
+/// LC_CTYPE, LANG; UTF-8 if its codeset says so.
+pub fn utf8_locale(var: impl Fn(&str) -> Option<String>) -> bool {
+    let locale = ["LC_ALL", "LC_CTYPE", "LANG"].into_iter().find_map(|k| var(k).filter(|v| !v.is_empty()));
+    locale.is_some_and(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("utf-8") || l.contains("utf8")
+    })
+}
+
+/// One JSON document on a line of stdout.
+pub fn json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
 fn rate(b: u64) -> String {
     Rate::from_bytes(b).map_or("-".into(), |r| r.to_string())
 }
 
-pub fn throttle(t: &ThrottleView, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(t).unwrap_or_default());
+pub fn throttle(t: &ThrottleView, st: &Style) {
+    if st.json {
+        json(t);
     } else {
-        println!(
-            "throttle {}: {} {} down {} up {} ({} process(es))",
-            t.id,
-            t.kind,
-            throttle_common::text::escape(&t.target, usize::MAX),
-            rate(t.down),
-            rate(t.up),
-            t.pids.len()
-        );
+        st.info(throttle_line(t));
     }
 }
 
-pub fn list(ts: &[ThrottleView], json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(ts).unwrap_or_default());
+pub fn throttle_line(t: &ThrottleView) -> String {
+    let procs = match t.pids.len() {
+        0 if t.status != "active" => format!("{}: {}", t.status, t.status_detail),
+        0 => "no process matches now; it applies to matching processes when they start".to_string(),
+        n => format!("{n} process(es)"),
+    };
+    format!(
+        "throttle {}: {} {} down {} up {} ({procs})",
+        t.id,
+        t.kind,
+        throttle_common::text::escape(&t.target, usize::MAX),
+        rate(t.down),
+        rate(t.up),
+    )
+}
+
+pub fn list(ts: &[ThrottleView], st: &Style) {
+    if st.json {
+        json(&ts);
         return;
     }
     if ts.is_empty() {
-        println!("no throttles");
+        if st.legend {
+            println!("no throttles");
+        }
         return;
     }
-    println!(
-        "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} PIDS",
-        "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND"
-    );
+    if st.legend {
+        println!(
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} PIDS",
+            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND"
+        );
+    }
     for t in ts {
         let pids: Vec<String> = t.pids.iter().map(u32::to_string).collect();
         let pids = match t.status.as_str() {
@@ -58,7 +121,7 @@ pub fn list(ts: &[ThrottleView], json: bool) {
     }
 }
 
-pub fn backends(bs: &[BackendStatus], json: bool) {
+pub fn backends(bs: &[BackendStatus], st: &Style) {
     let rows: Vec<serde_json::Value> = bs
         .iter()
         .map(|b| {
@@ -76,14 +139,16 @@ pub fn backends(bs: &[BackendStatus], json: bool) {
             })
         })
         .collect();
-    if json {
+    if st.json {
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!(
-        "   {:<8} {:<10} {:<9} {:>6}  {:<8} AVAILABILITY",
-        "BACKEND", "DIRECTIONS", "PRIORITY", "ACTIVE", "HEALTH"
-    );
+    if st.legend {
+        println!(
+            "   {:<8} {:<10} {:<9} {:>6}  {:<8} AVAILABILITY",
+            "BACKEND", "DIRECTIONS", "PRIORITY", "ACTIVE", "HEALTH"
+        );
+    }
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
         let list = |k: &str| {
@@ -91,9 +156,13 @@ pub fn backends(bs: &[BackendStatus], json: bool) {
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("+"))
                 .unwrap_or_default()
         };
-        let star = if list("default_for").is_empty() { "  " } else { "⭐" };
-        let avail =
-            if r["available"].as_bool().unwrap_or(false) { "✅".to_string() } else { format!("❌ {}", s("reason")) };
+        // ⭐ is two columns wide; its stand-in is padded to match.
+        let star = if list("default_for").is_empty() { "  " } else { st.sym("⭐", "* ") };
+        let avail = if r["available"].as_bool().unwrap_or(false) {
+            st.sym("✅", "yes").to_string()
+        } else {
+            format!("{} {}", st.sym("❌", "no"), s("reason"))
+        };
         let default =
             if list("default_for").is_empty() { String::new() } else { format!(" (default: {})", list("default_for")) };
         println!(
@@ -107,10 +176,10 @@ pub fn backends(bs: &[BackendStatus], json: bool) {
     }
 }
 
-pub fn stats(d: &Stats, json: bool) {
+pub fn stats(d: &Stats, st: &Style) {
     let (n, p, s) = (d.throttles, d.processes, d.status.clone());
     let (state, detail) = (d.state.clone(), d.state_detail.clone());
-    if json {
+    if st.json {
         let v =
             serde_json::json!({ "throttles": n, "processes": p, "status": s, "state": state, "state_detail": detail });
         println!("{v}");
@@ -130,10 +199,10 @@ pub fn state_warning(d: &Stats) -> Option<String> {
     (d.state.as_deref() == Some("broken")).then(|| d.state_detail.clone().unwrap_or_default())
 }
 
-pub fn status(version: &str, d: &Stats, up: String, down: String, json: bool) {
+pub fn status(version: &str, d: &Stats, up: String, down: String, st: &Style) {
     let s = d.status.clone().unwrap_or_default();
     let warning = state_warning(d);
-    if json {
+    if st.json {
         let v = serde_json::json!({ "running": true, "version": version, "status": s, "default_up": up,
             "default_down": down, "warning": warning });
         println!("{v}");
@@ -142,5 +211,56 @@ pub fn status(version: &str, d: &Stats, up: String, down: String, json: bool) {
         if let Some(w) = warning {
             println!("warning: {w}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(pids: Vec<u32>, status: &str) -> ThrottleView {
+        ThrottleView {
+            path: zbus::zvariant::OwnedObjectPath::try_from("/org/chadthrottle/throttles/1").unwrap(),
+            id: 1,
+            kind: "unit".into(),
+            target: "backup.service".into(),
+            down: 1 << 20,
+            up: 0,
+            down_backend: "ebpf".into(),
+            up_backend: String::new(),
+            pids,
+            status: status.into(),
+            status_detail: "no slot".into(),
+        }
+    }
+
+    #[test]
+    fn a_throttle_without_processes_says_so() {
+        let line = throttle_line(&view(vec![], "active"));
+        assert!(line.starts_with("throttle 1: unit backup.service down 1M up -"), "{line}");
+        assert!(line.contains("no process matches now") && !line.contains("0 process"), "{line}");
+        assert!(throttle_line(&view(vec![7, 8], "active")).ends_with("(2 process(es))"));
+        assert!(throttle_line(&view(vec![], "failed")).ends_with("(failed: no slot)"));
+    }
+
+    #[test]
+    fn utf8_is_read_from_the_locale_variables_in_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert!(utf8_locale(env(&[("LANG", "en_US.UTF-8")])));
+        assert!(utf8_locale(env(&[("LC_CTYPE", "de_DE.utf8"), ("LANG", "C")])));
+        assert!(!utf8_locale(env(&[("LC_ALL", "C"), ("LANG", "en_US.UTF-8")])), "LC_ALL wins");
+        assert!(utf8_locale(env(&[("LC_ALL", ""), ("LANG", "C.UTF-8")])), "an empty one does not count");
+        assert!(!utf8_locale(env(&[("LANG", "POSIX")])));
+        assert!(!utf8_locale(env(&[])));
+    }
+
+    #[test]
+    fn ascii_stand_ins() {
+        let ascii = Style::default();
+        assert_eq!((ascii.sym("⭐", "* "), ascii.sym("✅", "yes"), ascii.sym("❌", "no")), ("* ", "yes", "no"));
+        let fancy = Style { unicode: true, ..Style::default() };
+        assert_eq!(fancy.sym("⭐", "* "), "⭐");
     }
 }

@@ -30,31 +30,36 @@ use self::{
     state::{App, Effect, Reply},
     term::Term,
 };
-use crate::api::{Client, Failure};
+use crate::{
+    api::{Client, Failure},
+    output::Style,
+};
 
 pub struct Options {
     pub once: bool,
     pub count: u32,
     pub sort: Sort,
     pub scope: Scope,
-    pub json: bool,
+    pub style: Style,
+    /// Every D-Bus call's limit (`--timeout`).
+    pub timeout: Duration,
 }
 
 pub async fn run(bus: &str, o: Options) -> Result<(), Failure> {
     if o.once {
-        let c = Client::connect(bus).await?;
+        let c = Client::connect(bus, o.timeout).await?;
         let dicts = c.manager.get_top_processes(o.count, o.sort.as_str(), o.scope.as_str()).await?;
-        once::print(&dicts.iter().map(source::proc_of).collect::<Vec<_>>(), o.json);
+        once::print(&dicts.iter().map(source::proc_of).collect::<Vec<_>>(), &o.style);
         return Ok(());
     }
-    if o.json {
+    if o.style.json {
         return Err(Failure::usage("--json needs --once"));
     }
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(Failure::usage("top needs a terminal; for scripts use: throttlectl top --once [--json]"));
     }
     let (mut term, _restore) = term::enter().map_err(Failure::other)?;
-    event_loop(&mut term, App::new(o.sort, o.scope), Dbus::new(bus)).await
+    event_loop(&mut term, App::new(o.sort, o.scope), Dbus::new(bus, o.timeout)).await
 }
 
 /// The screen and the worker run side by side in this task.

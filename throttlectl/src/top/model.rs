@@ -92,6 +92,8 @@ impl Dir {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Proc {
     pub pid: u32,
+    /// The owner; null from a daemon that does not say.
+    pub uid: Option<u32>,
     pub name: String,
     pub exe: String,
     pub down_rate: u64,

@@ -28,14 +28,16 @@ const WRITE: Duration = Duration::from_secs(120);
 /// at most every `RETRY`.
 pub struct Dbus {
     bus: String,
+    /// Every method call's limit on the connection (`--timeout`).
+    timeout: Duration,
     client: Option<Client>,
     last_try: Option<Instant>,
     last_error: String,
 }
 
 impl Dbus {
-    pub fn new(bus: &str) -> Dbus {
-        Dbus { bus: bus.into(), client: None, last_try: None, last_error: String::new() }
+    pub fn new(bus: &str, timeout: Duration) -> Dbus {
+        Dbus { bus: bus.into(), timeout, client: None, last_try: None, last_error: String::new() }
     }
 
     async fn client(&mut self) -> Result<&Client, Failure> {
@@ -44,7 +46,7 @@ impl Dbus {
                 return Err(Failure::unreachable(self.last_error.clone()));
             }
             self.last_try = Some(Instant::now());
-            match Client::connect(&self.bus).await {
+            match Client::connect(&self.bus, self.timeout).await {
                 Ok(c) => self.client = Some(c),
                 Err(f) => return Err(self.lose(f)),
             }
@@ -63,6 +65,8 @@ impl Dbus {
         wait: Duration,
         f: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
+        // The connection's own method timeout may be shorter.
+        let wait = wait.min(self.timeout);
         let c = self.client().await?;
         let r = tokio::time::timeout(wait, f(c)).await.unwrap_or_else(|_| {
             Err(Failure::unreachable(format!("chadthrottled did not answer within {} s", wait.as_secs())))
@@ -74,9 +78,11 @@ impl Dbus {
     }
 }
 
-/// Errors after which the connection is not worth keeping.
+/// Errors after which the connection is not worth keeping (a timeout too:
+/// `Failure::from` makes it code 5, which `call` drops).
 fn fail(e: zbus::Error) -> Failure {
     let lost = match &e {
+        zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut => false,
         zbus::Error::InputOutput(_) | zbus::Error::Connection(..) | zbus::Error::Handshake(_) => true,
         zbus::Error::MethodError(name, ..) => matches!(
             name.as_str(),
@@ -136,6 +142,7 @@ pub fn proc_of(d: &TopProcess) -> Proc {
     let d = d.clone();
     Proc {
         pid: d.pid.unwrap_or(0),
+        uid: d.uid,
         name: d.name.unwrap_or_default(),
         exe: d.exe.unwrap_or_default(),
         down_rate: d.down_rate.unwrap_or(0),
@@ -181,6 +188,7 @@ mod tests {
     fn reads_a_process_dict() {
         let d = dict(vec![
             ("pid", Value::U32(42)),
+            ("uid", Value::U32(1000)),
             ("name", Value::from("curl")),
             ("down_rate", Value::U64(1024)),
             ("throttled", Value::Bool(true)),
@@ -190,7 +198,7 @@ mod tests {
             ("exe", Value::U32(7)),
         ]);
         let p = proc_of(&d);
-        assert_eq!((p.pid, p.name.as_str(), p.down_rate, p.up_rate), (42, "curl", 1024, 0));
+        assert_eq!((p.pid, p.uid, p.name.as_str(), p.down_rate, p.up_rate), (42, Some(1000), "curl", 1024, 0));
         assert!(p.throttled);
         assert_eq!((p.throttle_ids, p.backends, p.up_limit), (vec![3], vec!["ebpf".to_string()], 2048));
         assert_eq!(p.exe, "", "a mistyped key reads as empty");
@@ -213,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_bus_is_retried_no_more_than_every_two_seconds() {
-        let mut s = Dbus::new("unix:path=/nonexistent/bus");
+        let mut s = Dbus::new("unix:path=/nonexistent/bus", Duration::from_secs(25));
         let first = s.top(1, Sort::Total, Scope::All).await.unwrap_err();
         assert_eq!(first.code(), 5);
         let t = s.last_try;
