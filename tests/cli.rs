@@ -302,3 +302,42 @@ fn warns_about_targets_not_running() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", text(&out));
 }
+
+/// Where a throttle came from: `list` shows a rule's file, `unlimit` of a
+/// rule's throttle says the next reload brings it back, and `limit --hold`
+/// makes a throttle that ends with the command.
+#[test]
+fn origins_rules_and_holds() {
+    let Some(_g) = begin() else { return };
+    let Some(bus) = PrivateBus::start("cli-origin") else { return };
+    let dir = ScratchDir::new("cli-origin");
+    let rules = dir.path.join("rules.d");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("50-app.toml"), "[[rule]]\nname = \"ct-rule-app\"\ndown = \"1M\"\n").unwrap();
+    let _daemon = bus.daemon(daemon_bin(), &dir, "ct-none0", &[]);
+    let rig = Rig { _daemon, bus, _dir: dir };
+    let listed = rig.ok(&["list"]);
+    assert!(listed.contains("ORIGIN") && listed.contains("rule:50-app.toml"), "{listed}");
+    let out = rig.run(&["unlimit", "ct-rule-app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("50-app.toml") && err.contains("next reload brings it back"), "{err}");
+
+    let target = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = target.id().to_string();
+    let mut holder = Command::new(throttlectl())
+        .args(["limit", &pid, "--down", "1M", "--hold"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", rig.bus.address())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = |want: bool| {
+        let list = rig.json(&["--json", "list"]);
+        let found = list.as_array().unwrap().iter().any(|t| t["origin"] == "held" && t["target"] == pid.as_str());
+        found == want
+    };
+    assert!(wait_until(Duration::from_secs(5), || held(true)), "no held throttle while throttlectl runs");
+    unsafe { libc::kill(holder.id() as i32, libc::SIGINT) };
+    assert!(holder.wait().unwrap().success(), "limit --hold did not exit cleanly on Ctrl-C");
+    assert!(wait_until(Duration::from_secs(2), || held(false)), "the held throttle outlived throttlectl");
+}

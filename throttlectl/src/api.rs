@@ -41,6 +41,8 @@ pub struct ThrottleView {
     pub down_backend: String,
     pub up_backend: String,
     pub pids: Vec<u32>,
+    /// "runtime", "held", or the rules file it came from.
+    pub origin: String,
     /// "active", or "failed" (saved, not applied now: see status_detail).
     pub status: String,
     pub status_detail: String,
@@ -104,6 +106,7 @@ impl Client {
             down_backend: p.down_backend().await?,
             up_backend: p.up_backend().await?,
             pids: p.pids().await?,
+            origin: p.origin().await.unwrap_or_else(|_| "runtime".into()),
             // A daemon older than these properties has only active throttles.
             status: p.status().await.unwrap_or_else(|_| "active".into()),
             status_detail: p.status_detail().await.unwrap_or_default(),

@@ -84,6 +84,9 @@ pub enum Cmd {
         /// Every process in this cgroup (v2 path).
         #[arg(long, value_name = "PATH")]
         cgroup: Option<String>,
+        /// Keep the throttle only while this command runs: it ends when throttlectl is interrupted (Ctrl-C) or killed, and is never saved.
+        #[arg(long)]
+        hold: bool,
     },
     /// Remove a throttle: by throttle id, by the pid it limits, or by name.
     Unlimit {

@@ -96,7 +96,7 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
     }
     let c = Client::connect(&cli.bus, timeout).await?;
     match cmd {
-        Cmd::Limit { target, down, up, backend, down_backend, up_backend, tree, exe, unit, cgroup } => {
+        Cmd::Limit { target, down, up, backend, down_backend, up_backend, tree, exe, unit, cgroup, hold } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
             if down.is_none() && up.is_none() {
                 return Err(Failure::usage("give --down and/or --up"));
@@ -107,7 +107,7 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 backend,
                 down_backend,
                 up_backend,
-                hold: None,
+                hold: hold.then_some(true),
             };
             let path = c.bounded(c.manager.limit(kind, &value, &opts)).await?;
             let t = c.throttle(&path).await?;
@@ -116,6 +116,9 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 eprintln!("throttlectl: warning: {w}");
             }
             output::throttle(&t, &st);
+            if hold {
+                return hold_until_interrupted(&st).await;
+            }
             warn_if_unsaved(&c).await;
         }
         Cmd::Unlimit { target } => {
@@ -130,6 +133,13 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                     t.kind,
                     throttle_common::text::escape(&t.target, usize::MAX)
                 ));
+            }
+            if let Some(file) = output::rule_file(&t.origin) {
+                // Said even with -q or --json: the removal does not last.
+                eprintln!(
+                    "throttlectl: note: throttle {} comes from the rules file {file}; the next reload brings it back (edit or remove the rule to end it)",
+                    t.id
+                );
             }
         }
         Cmd::List => output::list(&c.throttles().await?, &st),
@@ -199,6 +209,18 @@ async fn status(bus: &str, timeout: Duration, st: &Style) -> Result<(), Failure>
     let (up, down) = (c.manager.default_upload_backend().await, c.manager.default_download_backend().await);
     output::status(&version, &stats, up.unwrap_or_default(), down.unwrap_or_default(), st);
     Ok(())
+}
+
+/// `limit --hold`: the throttle lasts while this process keeps its bus
+/// connection; the daemon ends it when the connection goes.
+async fn hold_until_interrupted(st: &output::Style) -> Result<(), Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    st.info(format_args!("holding the throttle; it ends when throttlectl does (Ctrl-C)"));
+    let mut term = signal(SignalKind::terminate()).map_err(Failure::other)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(Failure::other),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 /// The limit applies either way; say so when the daemon could not save it.

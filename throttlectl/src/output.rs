@@ -96,8 +96,8 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
     }
     if st.legend {
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} PIDS",
-            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND"
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} PIDS",
+            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND", "ORIGIN"
         );
     }
     for t in ts {
@@ -107,7 +107,7 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             other => format!("{}: {}", other.to_uppercase(), t.status_detail),
         };
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {}",
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {}",
             t.id,
             t.kind,
             // Names may hold control characters: never write them raw.
@@ -116,8 +116,23 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             t.down_backend,
             rate(t.up),
             t.up_backend,
+            origin_label(&t.origin),
             pids
         );
+    }
+}
+
+/// The rules file a throttle came from, if a rule made it.
+pub fn rule_file(origin: &str) -> Option<String> {
+    (origin != "runtime" && origin != "held" && !origin.is_empty())
+        .then(|| throttle_common::text::escape(origin, usize::MAX))
+}
+
+/// `list`'s ORIGIN column: runtime, held, or the rules file's name.
+fn origin_label(origin: &str) -> String {
+    match rule_file(origin) {
+        Some(path) => format!("rule:{}", path.rsplit('/').next().unwrap_or(&path)),
+        None => origin.to_string(),
     }
 }
 
@@ -218,6 +233,15 @@ pub fn status(version: &str, d: &Stats, up: String, down: String, st: &Style) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn origins_read_as_runtime_held_or_a_rule_file() {
+        assert_eq!(origin_label("runtime"), "runtime");
+        assert_eq!(origin_label("held"), "held");
+        assert_eq!(origin_label("/etc/chadthrottle/rules.d/50-web.toml"), "rule:50-web.toml");
+        assert_eq!(rule_file("held"), None);
+        assert_eq!(rule_file("/x/r.toml").as_deref(), Some("/x/r.toml"));
+    }
+
     fn view(pids: Vec<u32>, status: &str) -> ThrottleView {
         ThrottleView {
             path: zbus::zvariant::OwnedObjectPath::try_from("/org/chadthrottle/throttles/1").unwrap(),
@@ -229,6 +253,7 @@ mod tests {
             down_backend: "ebpf".into(),
             up_backend: String::new(),
             pids,
+            origin: "runtime".into(),
             status: status.into(),
             status_detail: "no slot".into(),
         }

@@ -113,6 +113,7 @@ mod tests {
             down_backend: "ebpf".into(),
             up_backend: String::new(),
             pids: pids.to_vec(),
+            origin: "runtime".into(),
             status: "active".into(),
             status_detail: String::new(),
         }

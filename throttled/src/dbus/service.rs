@@ -131,8 +131,10 @@ impl ManagerIface {
         ManagerIface { mgr, calls, told_backends: Default::default() }
     }
 
-    async fn backends_now(&self) -> Result<Vec<BackendStatus>> {
-        let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
+    /// With the health the last check found: read after every event, so
+    /// it never asks the kernel (ListBackends does).
+    async fn backends_known(&self) -> Result<Vec<BackendStatus>> {
+        let infos = read(&self.mgr, |r| Ok(r.backends_known())).await?;
         Ok(infos.iter().map(backend_status).collect())
     }
 
@@ -140,7 +142,7 @@ impl ManagerIface {
     /// pids, its health, the defaults): PropertiesChanged for `Backends`,
     /// only if it differs from what clients last heard.
     pub async fn announce_backends(&self, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
-        let now = self.backends_now().await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
+        let now = self.backends_known().await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
         {
             let mut told = self.told_backends.lock().unwrap_or_else(|p| p.into_inner());
             if *told == now {
@@ -245,7 +247,8 @@ impl ManagerIface {
     ) -> Result<Vec<BackendStatus>> {
         timed(&self.calls, "ListBackends", async move {
             polkit::authorize(conn, &hdr, OBSERVE).await?;
-            self.backends_now().await
+            let infos = blocking(&self.mgr, |m| Ok(m.backends())).await?;
+            Ok(infos.iter().map(backend_status).collect())
         })
         .await
     }
@@ -434,7 +437,7 @@ impl ManagerIface {
     /// change.
     #[zbus(property)]
     async fn backends(&self) -> zbus::fdo::Result<Vec<HashMap<String, OwnedValue>>> {
-        let now = self.backends_now().await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let now = self.backends_known().await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
         now.iter().map(as_dict).collect()
     }
 

@@ -443,6 +443,11 @@ impl Reader<'_> {
         self.0.info_with(id, false)
     }
 
+    /// Every backend with the health its last check found (no kernel call).
+    pub fn backends_known(&self) -> Vec<BackendInfo> {
+        self.0.backend_infos_known()
+    }
+
     /// Applied, or saved and not applied now (failed).
     pub fn exists(&self, id: ThrottleId) -> bool {
         self.0.throttles.contains_key(&id) || self.0.pending.contains_key(&id)

@@ -242,18 +242,37 @@ impl Core {
         Ok(self.pool.name(self.pool.default_index(dir)?))
     }
 
+    /// Every backend, its health checked now (the kernel is asked).
     pub fn backend_infos(&mut self) -> Vec<BackendInfo> {
         (0..self.pool.backends.len()).map(|i| self.backend_info(i)).collect()
     }
 
+    /// Every backend, with the health its last check found: nothing asks
+    /// the kernel, for what is read after every event.
+    pub fn backend_infos_known(&self) -> Vec<BackendInfo> {
+        (0..self.pool.backends.len()).map(|i| self.backend_info_with(i, self.known_health(i))).collect()
+    }
+
+    fn known_health(&self, i: usize) -> Health {
+        match self.pool.backends[i].is_initialized() {
+            true => self.pool.health.get(i).cloned().unwrap_or(Health::Healthy),
+            false => Health::Idle,
+        }
+    }
+
     pub(super) fn backend_info(&mut self, i: usize) -> BackendInfo {
+        let b = &self.pool.backends[i];
+        let health =
+            if b.is_initialized() { b.health(&Context { programs: &mut self.programs }) } else { Health::Idle };
+        self.backend_info_with(i, health)
+    }
+
+    fn backend_info_with(&self, i: usize, health: Health) -> BackendInfo {
         let mut pids: Vec<u32> = self.limits_on(i).into_iter().flat_map(|(id, d)| self.covered_in(id, d)).collect();
         pids.sort_unstable();
         pids.dedup();
         let default_for = Direction::BOTH.into_iter().filter(|d| self.pool.default_index(*d).ok() == Some(i)).collect();
         let b = &self.pool.backends[i];
-        let health =
-            if b.is_initialized() { b.health(&Context { programs: &mut self.programs }) } else { Health::Idle };
         BackendInfo {
             name: b.name(),
             directions: b.capabilities().directions,
