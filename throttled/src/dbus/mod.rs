@@ -229,13 +229,27 @@ pub(crate) async fn add_throttle(
     conn.object_server().at(args::throttle_path(id), iface).await
 }
 
-/// The event's own signal, then `Backends` if the event changed it (a
-/// backend's throttles, pids, health or default role).
+/// How long events are gathered before `Backends` is re-read and, if it
+/// changed, announced: under a burst of calls one signal, not one per event
+/// (a signal per event outran what the bus took under load).
+const BACKENDS_COALESCE: Duration = Duration::from_millis(250);
+
+/// The event's own signal, then, soon, `Backends` if the event changed it
+/// (a backend's throttles, health or default role).
 async fn signal(conn: &Connection, mgr: &Arc<Manager>, notice: Notice) -> zbus::Result<()> {
     event_signal(conn, mgr, notice).await?;
     let iface = conn.object_server().interface::<_, Strict<ManagerIface>>(MANAGER_PATH).await?;
-    let announced = iface.get().await.announce_backends(iface.signal_emitter()).await;
-    announced
+    let schedule = iface.get().await.schedule_backends();
+    if schedule {
+        tokio::spawn(async move {
+            tokio::time::sleep(BACKENDS_COALESCE).await;
+            let sent = iface.get().await.announce_backends(iface.signal_emitter()).await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "Backends change not sent");
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn event_signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev, info }: Notice) -> zbus::Result<()> {

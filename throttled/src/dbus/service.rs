@@ -115,6 +115,8 @@ pub struct ManagerIface {
     pub calls: CallStats,
     /// `Backends` as clients last heard it: a change is signalled once.
     told_backends: std::sync::Mutex<Vec<BackendStatus>>,
+    /// An announcement of `Backends` is scheduled (see `backends_maybe_changed`).
+    backends_pending: std::sync::atomic::AtomicBool,
 }
 
 /// Times one call into `calls`, labelled by method and result (never by
@@ -128,20 +130,31 @@ async fn timed<T>(calls: &CallStats, method: &'static str, call: impl Future<Out
 
 impl ManagerIface {
     pub fn new(mgr: Arc<Manager>, calls: CallStats) -> Self {
-        ManagerIface { mgr, calls, told_backends: Default::default() }
+        ManagerIface { mgr, calls, told_backends: Default::default(), backends_pending: Default::default() }
     }
 
     /// With the health the last check found: read after every event, so
     /// it never asks the kernel (ListBackends does).
+    /// Without `pids`: they change with every process that comes or goes,
+    /// and a property re-sent on each would flood applets (ListBackends has
+    /// them).
     async fn backends_known(&self) -> Result<Vec<BackendStatus>> {
         let infos = read(&self.mgr, |r| Ok(r.backends_known())).await?;
-        Ok(infos.iter().map(backend_status).collect())
+        Ok(infos.iter().map(|b| BackendStatus { pids: None, ..backend_status(b) }).collect())
+    }
+
+    /// Whether this call should schedule an announcement: false while one is
+    /// already pending, so a burst of events sends at most one signal.
+    pub fn schedule_backends(&self) -> bool {
+        !self.backends_pending.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// After an event that may have changed a backend (its throttles, its
-    /// pids, its health, the defaults): PropertiesChanged for `Backends`,
+    /// health, the defaults): PropertiesChanged for `Backends`,
     /// only if it differs from what clients last heard.
     pub async fn announce_backends(&self, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
+        // Events after this point schedule the next announcement.
+        self.backends_pending.store(false, std::sync::atomic::Ordering::Release);
         let now = self.backends_known().await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
         {
             let mut told = self.told_backends.lock().unwrap_or_else(|p| p.into_inner());
@@ -432,7 +445,7 @@ impl ManagerIface {
         read(&self.mgr, |r| Ok(r.monitoring())).await.unwrap_or(false)
     }
 
-    /// What `ListBackends` returns, as a property an applet can bind:
+    /// What `ListBackends` returns but the pids, as a property an applet can bind:
     /// PropertiesChanged when a backend's throttles, health or default role
     /// change.
     #[zbus(property)]
