@@ -4,6 +4,8 @@
 
 mod direction;
 #[cfg(feature = "user")]
+pub mod mountinfo;
+#[cfg(feature = "user")]
 pub mod rate;
 #[cfg(feature = "user")]
 pub mod text;

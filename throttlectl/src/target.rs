@@ -1,7 +1,9 @@
 //! Local hints about a target before the daemon is asked: an executable
 //! that does not exist, or a unit with no cgroup, is legal (the throttle
 //! waits for it) but often a typo, so the user is warned.
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use throttle_common::mountinfo::cgroup2_mount;
 
 /// The warning for `kind`/`value`, if its target is nowhere to be seen now.
 pub fn absent(kind: &str, value: &str) -> Option<String> {
@@ -18,37 +20,6 @@ pub fn absent(kind: &str, value: &str) -> Option<String> {
     }
 }
 
-/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
-/// /sys/fs/cgroup/unified on hybrid systems), from /proc/self/mountinfo.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mount = left.split(' ').nth(4)?;
-        (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(unescape(mount)))
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Whether a directory `name` is anywhere under `dir` (not following
 /// symlinks, at most `depth` levels down).
 fn has_dir_named(dir: &Path, name: &str, depth: u32) -> bool {
@@ -61,6 +32,8 @@ fn has_dir_named(dir: &Path, name: &str, depth: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
