@@ -109,6 +109,9 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 up_backend,
                 hold: hold.then_some(true),
             };
+            // Listen before the throttle exists: a Ctrl-C that comes right
+            // after the reply must end the hold, not kill the process.
+            let signals = hold.then(Interrupts::listen).transpose()?;
             let path = c.bounded(c.manager.limit(kind, &value, &opts)).await?;
             let t = c.throttle(&path).await?;
             // Legal and kept, but maybe a typo: say so, on stderr.
@@ -116,8 +119,10 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 eprintln!("throttlectl: warning: {w}");
             }
             output::throttle(&t, &st);
-            if hold {
-                return hold_until_interrupted(&st).await;
+            if let Some(signals) = signals {
+                st.info(format_args!("holding the throttle; it ends when throttlectl does (Ctrl-C)"));
+                signals.wait().await;
+                return Ok(());
             }
             warn_if_unsaved(&c).await;
         }
@@ -213,13 +218,24 @@ async fn status(bus: &str, timeout: Duration, st: &Style) -> Result<(), Failure>
 
 /// `limit --hold`: the throttle lasts while this process keeps its bus
 /// connection; the daemon ends it when the connection goes.
-async fn hold_until_interrupted(st: &output::Style) -> Result<(), Failure> {
-    use tokio::signal::unix::{signal, SignalKind};
-    st.info(format_args!("holding the throttle; it ends when throttlectl does (Ctrl-C)"));
-    let mut term = signal(SignalKind::terminate()).map_err(Failure::other)?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(Failure::other),
-        _ = term.recv() => Ok(()),
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn listen() -> Result<Self, Failure> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).map_err(Failure::other)?;
+        let term = signal(SignalKind::terminate()).map_err(Failure::other)?;
+        Ok(Self { int, term })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
