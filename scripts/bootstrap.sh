@@ -9,7 +9,7 @@ SUDO=""
 
 apt_pkgs=(make curl ca-certificates gcc iperf3 dbus-daemon dbus-bin polkitd pkexec libxml2-utils iproute2 bpftool
           tmux util-linux libcap2-bin clang llvm procps python3 systemd libglib2.0-bin
-          prometheus)  # prometheus + promtool: tests/metrics.rs scrapes the exporter with them
+          prometheus zsh fish)  # prometheus + promtool: tests/metrics.rs; zsh, fish: tests/cli.rs completions
 need_apt=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_apt+=("$p")

@@ -341,3 +341,99 @@ fn origins_rules_and_holds() {
     assert!(holder.wait().unwrap().success(), "limit --hold did not exit cleanly on Ctrl-C");
     assert!(wait_until(Duration::from_secs(2), || held(false)), "the held throttle outlived throttlectl");
 }
+
+/// The completion scripts, run by the real shells, offer what is running
+/// now: the daemon's throttle ids and backends, processes, and units.
+#[test]
+fn completions_offer_live_candidates() {
+    let Some(_g) = begin() else { return };
+    let shells: Vec<&str> = ["bash", "zsh", "fish"].into_iter().filter(|s| which(s).is_some()).collect();
+    if shells.len() < 3 {
+        throttle_testkit::missing("bash, zsh and fish (for the completion scripts)");
+        return;
+    }
+    let Some(rig) = Rig::start("complete") else { return };
+    let sleeper = app(&rig._dir, "ct-compl-app");
+    let pid = sleeper.id().to_string();
+    let added = rig.json(&["--json", "limit", &pid, "--down", "1M"]);
+    let id = added["id"].to_string();
+    // A unit's cgroup, made for the test and removed with it.
+    let unit = CgroupDir::new("ct-compl-test.service");
+
+    let bash = |words: &str| complete_in(&rig, "bash", words);
+    let got = bash("throttlectl unlimit ''");
+    assert!(got.contains(&id) && got.contains(&pid), "unlimit offers the throttle id and its pid: {got:?}");
+    let got = bash("throttlectl migrate --to ''");
+    for b in ["ebpf", "tc_htb", "ifb_tc"] {
+        assert!(got.contains(&b.to_string()), "backends from the daemon: {got:?}");
+    }
+    let got = bash("throttlectl limit ct-compl-");
+    assert_eq!(got, ["ct-compl-app"], "process names");
+    let got = bash(&format!("throttlectl limit {pid}"));
+    assert!(got.contains(&pid), "pids: {got:?}");
+    if let Some(unit) = &unit {
+        let got = bash("throttlectl limit --unit ct-compl-");
+        assert_eq!(got, std::slice::from_ref(&unit.name), "units from the cgroup tree");
+    }
+
+    let fish = complete_in(&rig, "fish", "throttlectl unlimit ''");
+    assert!(fish.iter().any(|c| c.starts_with(&format!("{id}\t"))), "fish, with help: {fish:?}");
+    let zsh = complete_in(&rig, "zsh", "throttlectl migrate --to ''");
+    assert!(zsh.iter().any(|c| c == "ebpf"), "zsh: {zsh:?}");
+}
+
+/// The candidates `shell` gets for the command line `words` (the cursor at
+/// its end), from the script `throttlectl completions SHELL` installs.
+fn complete_in(rig: &Rig, shell: &str, words: &str) -> Vec<String> {
+    let script = match shell {
+        // As bash-completion would: the script, then the function it registered.
+        "bash" => format!(
+            "source <(throttlectl completions bash)\nCOMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); \
+             COMP_TYPE=9\n_clap_complete_throttlectl throttlectl \"${{COMP_WORDS[COMP_CWORD]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        ),
+        "fish" => format!("throttlectl completions fish | source\ncomplete -C \"{}\"", words.replace("''", "")),
+        // zsh completes only inside its line editor; this runs the script's
+        // own call-back with the words zsh would pass, after loading the
+        // script under compinit as an installed site-function is.
+        _ => format!(
+            "autoload -U compinit; compinit -u -d /dev/null\nsource <(throttlectl completions zsh)\n\
+             words=({words}); CURRENT=${{#words}}\n\
+             COMPLETE=zsh _CLAP_IFS=$'\\n' _CLAP_COMPLETE_INDEX=$((CURRENT - 1)) throttlectl -- \"${{words[@]}}\""
+        ),
+    };
+    let bin_dir = throttlectl().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(shell)
+        .args(["-c", &script])
+        .env("PATH", path)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", rig.bus.address())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{shell}: {}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "{shell} printed errors: {stderr}");
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// A cgroup directory directly under the v2 root, removed on drop; `None`
+/// where there is no writable cgroup v2 tree.
+struct CgroupDir {
+    name: String,
+    path: std::path::PathBuf,
+}
+
+impl CgroupDir {
+    fn new(name: &str) -> Option<CgroupDir> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let path = throttle_common::mountinfo::cgroup2_mount(&mountinfo)?.join(name);
+        std::fs::create_dir(&path).ok()?;
+        Some(CgroupDir { name: name.to_string(), path })
+    }
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

@@ -2,10 +2,14 @@
 // at run time (`throttlectl completions`, `throttlectl manpage`).
 use std::str::FromStr as _;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter, CompletionCandidate, PathCompleter};
 use throttle_common::rate::Rate;
 
-use crate::top::{Scope, Sort};
+use crate::{
+    complete,
+    top::{Scope, Sort},
+};
 
 /// The default for `--timeout`: libdbus's default method timeout.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 25;
@@ -23,7 +27,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Which bus: system (default), session, or a D-Bus address (e.g. unix:path=/run/x).
-    #[arg(long, global = true, default_value = "system", value_name = "BUS", value_parser = parse_bus)]
+    #[arg(long, global = true, default_value = "system", value_name = "BUS", value_parser = parse_bus,
+          add = ArgValueCandidates::new(|| words(&["system", "session"])))]
     pub bus: String,
     /// Seconds to wait for each answer of the daemon before giving up.
     #[arg(long, global = true, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS,
@@ -38,6 +43,15 @@ pub struct Cli {
     /// What to do (default: status).
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
+}
+
+/// The command line as clap sees it (for completions and the man page).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+fn words(list: &[&str]) -> Vec<CompletionCandidate> {
+    list.iter().map(CompletionCandidate::new).collect()
 }
 
 /// `--bus`: system, session, or anything zbus accepts as an address.
@@ -56,6 +70,7 @@ pub enum Cmd {
     /// Limit a process (a number is a pid) or every process of a name.
     Limit {
         /// pid or process name (optional with --exe, --unit or --cgroup)
+        #[arg(add = complete::processes())]
         target: Option<String>,
         /// Download limit, e.g. 1M, 512K, 10mbit.
         #[arg(long, value_name = "RATE")]
@@ -64,25 +79,25 @@ pub enum Cmd {
         #[arg(long, value_name = "RATE")]
         up: Option<Rate>,
         /// Backend for both directions (ebpf, tc_htb, ifb_tc).
-        #[arg(long, value_name = "BACKEND", conflicts_with_all = ["down_backend", "up_backend"])]
+        #[arg(long, value_name = "BACKEND", conflicts_with_all = ["down_backend", "up_backend"], add = complete::backends())]
         backend: Option<String>,
         /// Backend for the download direction only.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         down_backend: Option<String>,
         /// Backend for the upload direction only.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         up_backend: Option<String>,
         /// With a pid: also its descendants, present and future.
         #[arg(long)]
         tree: bool,
         /// Every process running this executable (a path).
-        #[arg(long, value_name = "PATH", conflicts_with_all = ["unit", "cgroup"])]
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["unit", "cgroup"], add = ArgValueCompleter::new(PathCompleter::file()))]
         exe: Option<String>,
         /// Every process in this systemd unit, e.g. backup.service.
-        #[arg(long, value_name = "NAME", conflicts_with = "cgroup")]
+        #[arg(long, value_name = "NAME", conflicts_with = "cgroup", add = complete::units())]
         unit: Option<String>,
         /// Every process in this cgroup (v2 path).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", add = complete::cgroups())]
         cgroup: Option<String>,
         /// Keep the throttle only while this command runs: it ends when throttlectl is interrupted (Ctrl-C) or killed, and is never saved.
         #[arg(long)]
@@ -91,6 +106,7 @@ pub enum Cmd {
     /// Remove a throttle: by throttle id, by the pid it limits, or by name.
     Unlimit {
         /// Throttle id, the pid a pid throttle limits, or the target of a throttle (name, path, unit).
+        #[arg(add = complete::throttle_targets())]
         target: String,
     },
     /// List throttles.
@@ -100,24 +116,25 @@ pub enum Cmd {
     /// Set the default backend for new throttles.
     Default {
         /// Backend for new upload limits.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         up: Option<String>,
         /// Backend for new download limits.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         down: Option<String>,
     },
     /// Move a throttle (or, with --from, every throttle of a backend) to a backend.
     Migrate {
         /// Throttle id (omit with --from).
+        #[arg(add = complete::throttles())]
         id: Option<u32>,
         /// The backend to move to.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         to: String,
         /// Move every throttle of this backend instead of one.
-        #[arg(long, value_name = "BACKEND")]
+        #[arg(long, value_name = "BACKEND", add = complete::backends())]
         from: Option<String>,
         /// up or down (default: both).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", add = ArgValueCandidates::new(|| words(&["up", "down"])))]
         direction: Option<String>,
     },
     /// Daemon-wide numbers.
@@ -148,7 +165,8 @@ pub enum Cmd {
         /// A rate, e.g. 1M, 512K, 10mbit.
         rate: String,
     },
-    /// Print a shell completion script (bash, zsh or fish).
+    /// Print a shell completion script (bash, zsh or fish). It asks throttlectl for
+    /// candidates as you type: backends, throttle ids, processes, units.
     Completions {
         /// The shell to print the script for.
         shell: clap_complete::Shell,

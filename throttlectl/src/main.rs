@@ -3,6 +3,7 @@
 //! every decision is the daemon's.
 mod api;
 mod cli;
+mod complete;
 mod manpage;
 mod output;
 mod target;
@@ -10,7 +11,7 @@ mod top;
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{CommandFactory as _, Parser};
+use clap::Parser;
 use throttle_api::LimitOptions;
 use throttle_common::rate::Rate;
 
@@ -21,6 +22,8 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    // A shell asking for candidates: answer and exit before anything else.
+    complete::answer_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
@@ -67,10 +70,7 @@ fn offline(cmd: &Cmd, st: &Style) -> Option<Result<(), Failure>> {
             }
             Err(e) => Err(Failure::usage(format!("invalid rate '{rate}': {e}"))),
         },
-        Cmd::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "throttlectl", &mut std::io::stdout());
-            Ok(())
-        }
+        Cmd::Completions { shell } => complete::registration(*shell, &mut std::io::stdout()).map_err(Failure::other),
         Cmd::Manpage => manpage::render(&mut std::io::stdout()).map_err(Failure::other),
         _ => return None,
     })
@@ -267,6 +267,8 @@ fn target_of(
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[test]

@@ -118,6 +118,11 @@ The session bus's address (\fB\-\-bus session\fR).
 The first one set decides whether the locale is UTF\-8, and so whether symbols
 or their ASCII stand\-ins are printed (symbols also need stdout to be a
 terminal).
+.TP
+.B COMPLETE
+Set by the completion scripts (\fBthrottlectl completions\fR): with
+\fBCOMPLETE=\fIshell\fR, throttlectl prints completion candidates for the
+words after \fB\-\-\fR instead of running a command.
 .SH EXAMPLES
 .TP
 .B throttlectl limit firefox \-\-down 2M
