@@ -89,8 +89,13 @@ fn packager_layout_and_clean_uninstall() {
     let man8 = read(&stage, "/usr/share/man/man8/chadthrottled.8");
     assert!(man8.contains(".TH chadthrottled 8") && man8.contains(".SH FILES") && man8.contains(".SH SIGNALS"));
     assert!(read(&stage, "/usr/share/man/man1/throttlectl.1").contains(".TH throttlectl 1"));
-    for f in ["bash-completion/completions/throttlectl", "zsh/site-functions/_throttlectl"] {
-        assert!(read(&stage, &format!("/usr/share/{f}")).contains("backends"), "{f}");
+    // The scripts call back into throttlectl for live candidates.
+    for f in [
+        "bash-completion/completions/throttlectl",
+        "zsh/site-functions/_throttlectl",
+        "fish/vendor_completions.d/throttlectl.fish",
+    ] {
+        assert!(read(&stage, &format!("/usr/share/{f}")).contains("COMPLETE="), "{f}");
     }
     let v = Command::new(stage.join("usr/sbin/chadthrottled")).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("chadthrottled "));

@@ -178,3 +178,27 @@ mod tests {
         assert_eq!(wire(&b).deserialize::<BackendStatus>().unwrap().0, b);
     }
 }
+
+/// One entry of `Manager.GetUsage`: a name's (exe's, unit's, or uid's, in
+/// decimal) bytes over the range, and its bytes per day.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[zvariant(signature = "a{sv}")]
+#[serde(default)]
+pub struct UsageEntry {
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub down_internet: Option<u64>,
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub up_internet: Option<u64>,
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub down_local: Option<u64>,
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub up_local: Option<u64>,
+    /// Where each day starts (unix seconds, local midnight), oldest first.
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub day_starts: Option<Vec<i64>>,
+    /// Bytes (both directions, both scopes) of each day in `day_starts`.
+    #[serde(with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub day_bytes: Option<Vec<u64>>,
+}

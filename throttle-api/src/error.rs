@@ -19,6 +19,9 @@ pub enum Error {
     BackendFailed(String),
     /// The caller already has their share of throttles (`limits.per_user`).
     QuotaExceeded(String),
+    /// A feature this daemon has turned off (in its config) or cannot offer
+    /// on this kernel, e.g. the usage history without the monitor.
+    NotSupported(String),
     /// Something the daemon could not do for a reason not listed above.
     Internal(String),
 }
@@ -55,6 +58,7 @@ mod tests {
             Error::BackendUnavailable("why".into()),
             Error::BackendFailed("why".into()),
             Error::QuotaExceeded("why".into()),
+            Error::NotSupported("why".into()),
             Error::Internal("why".into()),
         ] {
             let name = e.name().to_string();

@@ -7,7 +7,7 @@ pub mod error;
 pub mod options;
 pub mod proxy;
 
-pub use dicts::{BackendStatus, Stats, TopProcess};
+pub use dicts::{BackendStatus, Stats, TopProcess, UsageEntry};
 pub use error::{Error, Result};
 pub use options::LimitOptions;
 pub use proxy::{ManagerProxy, ThrottleProxy};

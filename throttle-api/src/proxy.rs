@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
 
-use crate::{BackendStatus, LimitOptions, Stats, TopProcess};
+use crate::{BackendStatus, LimitOptions, Stats, TopProcess, UsageEntry};
 
 #[zbus::proxy(
     interface = "org.chadthrottle.Manager",
@@ -32,6 +32,8 @@ pub trait Manager {
     fn get_top_processes(&self, count: u32, sort: &str, scope: &str) -> zbus::Result<Vec<TopProcess>>;
     /// kind: process (id = pid) or throttle; (up, down) bytes/s, one a second, oldest first.
     fn get_history(&self, kind: &str, id: u32) -> zbus::Result<Vec<(u64, u64)>>;
+    /// by: name, exe, unit or user; [since, until) in unix seconds (until 0 = now).
+    fn get_usage(&self, by: &str, since: i64, until: i64) -> zbus::Result<Vec<UsageEntry>>;
     #[zbus(allow_interactive_auth)]
     fn reload(&self) -> zbus::Result<()>;
 

@@ -316,7 +316,7 @@ impl From<zbus::Error> for Failure {
             Error::Busy(_) => busy(text),
             Error::NoSuchProcess(_) | Error::NoSuchThrottle(_) => Failure::not_found(text),
             Error::InvalidArgument(_) | Error::UnknownBackend(_) | Error::BackendUnavailable(_) => Failure::usage(text),
-            Error::BackendFailed(_) | Error::Internal(_) => Failure::other(text),
+            Error::BackendFailed(_) | Error::NotSupported(_) | Error::Internal(_) => Failure::other(text),
             // Not ours: the bus's own errors.
             Error::ZBus(e) => match e {
                 zbus::Error::MethodError(name, ..) => match name.as_str() {

@@ -54,6 +54,26 @@ fn words(list: &[&str]) -> Vec<CompletionCandidate> {
     list.iter().map(CompletionCandidate::new).collect()
 }
 
+/// `usage --by`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum UsageBy {
+    Name,
+    Exe,
+    Unit,
+    User,
+}
+
+impl UsageBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageBy::Name => "name",
+            UsageBy::Exe => "exe",
+            UsageBy::Unit => "unit",
+            UsageBy::User => "user",
+        }
+    }
+}
+
 /// `--bus`: system, session, or anything zbus accepts as an address.
 fn parse_bus(s: &str) -> Result<String, String> {
     match s {
@@ -159,6 +179,16 @@ pub enum Cmd {
         /// Which traffic counts: all, internet or local.
         #[arg(long, value_enum, default_value_t)]
         scope: Scope,
+    },
+    /// Bytes used per process name, executable, unit or user, with a bar per day.
+    Usage {
+        /// What to add up by.
+        #[arg(long, value_enum, default_value_t = UsageBy::Name)]
+        by: UsageBy,
+        /// From when: a span back from now (1h, 24h, 7d, 30d) or a local date (2026-11-01).
+        #[arg(long, value_name = "WHEN", default_value = "24h",
+              add = ArgValueCandidates::new(|| words(&["1h", "24h", "7d", "30d"])))]
+        since: String,
     },
     /// Parse a rate the way the daemon does and print it in bytes per second.
     Rate {

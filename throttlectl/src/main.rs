@@ -8,6 +8,7 @@ mod manpage;
 mod output;
 mod target;
 mod top;
+mod usage;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -191,6 +192,12 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             _ => return Err(Failure::usage("give a throttle id, or --from BACKEND")),
         },
         Cmd::Stats => output::stats(&c.manager.get_stats().await.map_err(Failure::from)?, &st),
+        Cmd::Usage { by, since } => {
+            let (now, offset) = (usage::now(), usage::local_utc_offset());
+            let from = usage::since(&since, now, offset).map_err(Failure::usage)?;
+            let entries = c.bounded(c.manager.get_usage(by.as_str(), from, 0)).await?;
+            usage::print(by.as_str(), &entries, offset, &st);
+        }
         Cmd::Monitor => c.monitor(st.json).await?,
         Cmd::Reload => {
             c.bounded(c.manager.reload()).await?;

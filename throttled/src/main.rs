@@ -13,7 +13,7 @@ use throttled::{
     metrics::{self, adapter::ManagerSource, CallStats},
     notify::Notifier,
     target::Target,
-    Rate,
+    usage, Rate,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -197,6 +197,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         refuse_if_name_owned().await?;
     }
     let metrics_cfg = opts.loaded.config.metrics.clone();
+    let usage_cfg = opts.loaded.config.usage.clone();
     let manager = Arc::new(tokio::task::spawn_blocking(move || Manager::start(&opts)).await?.context("starting")?);
     let no_dbus = args.no_dbus;
     if let Some(pid) = args.pid {
@@ -207,9 +208,11 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
     // The D-Bus layer records each call into `calls`; the exporter reads them.
     let calls = CallStats::default();
     let _metrics = start_metrics(&metrics_cfg, &manager, calls.clone()).await;
+    let usage = start_usage(&usage_cfg, &manager);
+    let cx = dbus::Context { calls, usage: usage.clone() };
     let first = match no_dbus {
         true => None,
-        false => match serve_bus(&manager, &calls).await {
+        false => match serve_bus(&manager, &cx).await {
             Ok(s) => s,
             Err(e) => {
                 // Lost a race for the name: undo everything, then fail.
@@ -219,7 +222,7 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
             }
         },
     };
-    let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), calls, first)));
+    let bus = (!no_dbus).then(|| tokio::spawn(dbus::keep_serving(manager.clone(), cx, first)));
     // Ready only now: the name is owned and the saved throttles are back.
     let mut status = manager.status();
     notify.ready(&status);
@@ -262,8 +265,31 @@ async fn run(args: Args, opts: ManagerOptions) -> anyhow::Result<()> {
         task.abort();
         let _ = task.await;
     }
+    // The last flush, while the processes are still counted.
+    if let Some(u) = usage {
+        tokio::task::spawn_blocking(move || u.stop()).await?;
+    }
     tokio::task::spawn_blocking(move || manager.shutdown()).await?.context("removing throttles")?;
     Ok(())
+}
+
+/// The usage history is optional: without the monitor there is nothing
+/// to keep, and a database that cannot be opened is logged, not fatal.
+fn start_usage(cfg: &config::UsageConfig, manager: &Arc<Manager>) -> Option<Arc<usage::Recorder>> {
+    if !cfg.enabled {
+        return None;
+    }
+    if !manager.monitoring() {
+        tracing::info!("no usage history: the monitor is off");
+        return None;
+    }
+    match usage::Recorder::start(&manager.state_dir(), cfg, manager.clone()) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::error!(error = %e, "no usage history");
+            None
+        }
+    }
 }
 
 /// The exporter is optional: a port it cannot bind is logged, and the
@@ -306,8 +332,8 @@ async fn refuse_if_name_owned() -> anyhow::Result<()> {
 /// Without a system bus the daemon still enforces its rules; the API is
 /// absent (and said so) until the bus appears. A name taken in the
 /// meantime is an error.
-async fn serve_bus(manager: &Arc<Manager>, calls: &CallStats) -> anyhow::Result<Option<dbus::Served>> {
-    match dbus::serve(manager.clone(), calls.clone()).await {
+async fn serve_bus(manager: &Arc<Manager>, cx: &dbus::Context) -> anyhow::Result<Option<dbus::Served>> {
+    match dbus::serve(manager.clone(), cx.clone()).await {
         Ok(s) => {
             tracing::info!(name = dbus::BUS_NAME, "serving the D-Bus API");
             Ok(Some(s))

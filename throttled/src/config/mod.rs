@@ -33,6 +33,29 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub usage: UsageConfig,
+}
+
+/// The usage history (`usage.sqlite` in the state directory). Read at
+/// start only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageConfig {
+    pub enabled: bool,
+    /// How often counts are written (one transaction each): what a
+    /// `kill -9` can lose at most.
+    pub flush_interval: Duration,
+    /// How long hour rows are kept.
+    pub retention: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            enabled: true,
+            flush_interval: Duration::from_secs(60),
+            retention: crate::usage::DEFAULT_RETENTION,
+        }
+    }
 }
 
 /// The Prometheus exporter; off unless `listen` or `textfile` is given.
@@ -136,6 +159,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -230,6 +254,15 @@ struct RawConfig {
     monitor: Option<RawMonitor>,
     limits: Option<RawLimits>,
     metrics: Option<RawMetrics>,
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    enabled: Option<bool>,
+    flush_secs: Option<Spanned<i64>>,
+    retention_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +344,9 @@ fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigError> {
     if let Some(m) = raw.metrics {
         c.metrics = metrics(&src, m)?;
     }
+    if let Some(u) = raw.usage {
+        c.usage = usage(&src, u)?;
+    }
     if let Some(p) = raw.limits.and_then(|l| l.per_user) {
         let max = i64::from(throttle_common::MAX_SLOTS - 1);
         if !(0..=max).contains(p.get_ref()) {
@@ -361,6 +397,24 @@ fn metrics(src: &Source<'_>, m: RawMetrics) -> Result<MetricsConfig, ConfigError
             return Err(src.field(&n, "metrics.top_names", "must be 0–1000"));
         }
         c.top_names = *n.get_ref() as usize;
+    }
+    Ok(c)
+}
+
+fn usage(src: &Source<'_>, u: RawUsage) -> Result<UsageConfig, ConfigError> {
+    let mut c = UsageConfig { enabled: u.enabled.unwrap_or(true), ..Default::default() };
+    if let Some(f) = u.flush_secs {
+        // Not above a minute: a kill -9 loses at most a minute of counts.
+        if !(1..=60).contains(f.get_ref()) {
+            return Err(src.field(&f, "usage.flush_secs", "must be 1–60"));
+        }
+        c.flush_interval = Duration::from_secs(*f.get_ref() as u64);
+    }
+    if let Some(d) = u.retention_days {
+        if !(1..=3650).contains(d.get_ref()) {
+            return Err(src.field(&d, "usage.retention_days", "must be 1–3650"));
+        }
+        c.retention = Duration::from_secs(*d.get_ref() as u64 * 86400);
     }
     Ok(c)
 }

@@ -43,6 +43,7 @@ pub fn result_name<T>(r: &Result<T>) -> &'static str {
             Error::BackendUnavailable(_) => "org.chadthrottle.Error.BackendUnavailable",
             Error::BackendFailed(_) => "org.chadthrottle.Error.BackendFailed",
             Error::QuotaExceeded(_) => "org.chadthrottle.Error.QuotaExceeded",
+            Error::NotSupported(_) => "org.chadthrottle.Error.NotSupported",
             Error::Internal(_) => "org.chadthrottle.Error.Internal",
         },
     }

@@ -12,6 +12,7 @@ pub mod polkit;
 pub mod service;
 pub mod strict;
 pub mod throttle;
+pub mod usage;
 
 use std::{sync::Arc, time::Duration};
 
@@ -97,10 +98,19 @@ async fn guard_control_path(conn: &Connection, mgr: &Arc<Manager>) -> zbus::Resu
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// What the API serves besides the manager.
+#[derive(Clone, Default)]
+pub struct Context {
+    /// Each call's count, result and latency, for the metrics.
+    pub calls: CallStats,
+    /// The usage history (`None` when it is off).
+    pub usage: Option<Arc<crate::usage::Recorder>>,
+}
+
 /// Keeps the API on the bus for as long as the daemon runs: when the
 /// connection drops (dbus-daemon restarted), it connects again, serves every
 /// object again and re-claims the name. Throttles are untouched throughout.
-pub async fn keep_serving(mgr: Arc<Manager>, calls: CallStats, mut served: Option<Served>) {
+pub async fn keep_serving(mgr: Arc<Manager>, cx: Context, mut served: Option<Served>) {
     let mut delay = RETRY_MIN;
     let mut told_taken = false;
     loop {
@@ -110,7 +120,7 @@ pub async fn keep_serving(mgr: Arc<Manager>, calls: CallStats, mut served: Optio
             delay = RETRY_MIN;
         }
         tokio::time::sleep(delay).await;
-        match serve(mgr.clone(), calls.clone()).await {
+        match serve(mgr.clone(), cx.clone()).await {
             Ok(s) => {
                 tracing::info!(name = BUS_NAME, "serving the D-Bus API");
                 served = Some(s);
@@ -170,11 +180,11 @@ pub async fn name_owner() -> zbus::Result<Option<String>> {
 /// daemon), then turns events into signals until the connection drops. The
 /// name is never taken from an owner, nor given up to a later claimant:
 /// `zbus::Error::NameTaken` when someone else has it.
-pub async fn serve(mgr: Arc<Manager>, calls: CallStats) -> zbus::Result<Served> {
+pub async fn serve(mgr: Arc<Manager>, cx: Context) -> zbus::Result<Served> {
     return_big_buffers();
     let mut events = mgr.subscribe(); // before listing, so nothing falls between
     let conn = zbus::connection::Builder::system()?
-        .serve_at(MANAGER_PATH, Strict::new(ManagerIface::new(mgr.clone(), calls)))?
+        .serve_at(MANAGER_PATH, Strict::new(ManagerIface::new(mgr.clone(), cx)))?
         .serve_at(MANAGER_PATH, objects::Objects { mgr: mgr.clone() })?
         .build()
         .await?;

@@ -3,7 +3,7 @@
 //! the manager. No logic of its own.
 use std::{collections::HashMap, future::Future, sync::Arc, time::Instant};
 
-use throttle_api::{BackendStatus, Stats, TopProcess};
+use throttle_api::{BackendStatus, Stats, TopProcess, UsageEntry};
 use throttle_common::Direction;
 use zbus::{
     interface,
@@ -19,6 +19,7 @@ use super::{
     errors::{self, Error, Result},
     polkit::{self, CONFIGURE, LIMIT_ANY, LIMIT_OWN, OBSERVE, OBSERVE_ALL},
     throttle::ThrottleIface,
+    usage, Context,
 };
 use crate::{
     manager::{
@@ -113,6 +114,8 @@ pub struct ManagerIface {
     pub mgr: Arc<Manager>,
     /// Each method's count, result and latency, for the metrics.
     pub calls: CallStats,
+    /// The usage history (`None` when it is off).
+    pub usage: Option<Arc<crate::usage::Recorder>>,
     /// `Backends` as clients last heard it: a change is signalled once.
     told_backends: std::sync::Mutex<Vec<BackendStatus>>,
     /// An announcement of `Backends` is scheduled (see `backends_maybe_changed`).
@@ -129,8 +132,9 @@ async fn timed<T>(calls: &CallStats, method: &'static str, call: impl Future<Out
 }
 
 impl ManagerIface {
-    pub fn new(mgr: Arc<Manager>, calls: CallStats) -> Self {
-        ManagerIface { mgr, calls, told_backends: Default::default(), backends_pending: Default::default() }
+    pub fn new(mgr: Arc<Manager>, cx: Context) -> Self {
+        let (calls, usage) = (cx.calls, cx.usage);
+        ManagerIface { mgr, calls, usage, told_backends: Default::default(), backends_pending: Default::default() }
     }
 
     /// With the health the last check found: read after every event, so
@@ -366,6 +370,28 @@ impl ManagerIface {
             let count = count.min(MAX_TOP) as usize;
             let top = blocking(&self.mgr, move |m| Ok(m.top(count, sort, scope, owner))).await?;
             Ok(top.iter().map(top_process).collect())
+        })
+        .await
+    }
+
+    /// Bytes per name, exe, unit or user (`by`: name, exe, unit, user)
+    /// over [since, until) (unix seconds; until 0 = now), most first, from
+    /// the usage history (written once a flush interval). Each: key,
+    /// down_internet, up_internet, down_local, up_local (bytes), day_starts
+    /// (local midnights) and day_bytes. Every user's traffic with
+    /// org.chadthrottle.observe-all, otherwise the caller's own.
+    async fn get_usage(
+        &self,
+        by: &str,
+        since: i64,
+        until: i64,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<UsageEntry>> {
+        timed(&self.calls, "GetUsage", async move {
+            args::bounded(&[by])?;
+            let owner = visible_owner(conn, &hdr).await?;
+            usage::report(self.usage.clone(), usage::query(by, since, until, owner)?).await
         })
         .await
     }

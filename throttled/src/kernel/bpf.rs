@@ -276,15 +276,12 @@ impl Programs {
 
     /// Every monitored process's traffic, summed over CPUs.
     pub fn proc_traffic(&self) -> Vec<(u32, ProcTraffic)> {
-        let sum = |per_cpu: aya::maps::PerCpuValues<ProcTraffic>| {
-            let mut t = ProcTraffic::default();
-            for c in per_cpu.iter() {
-                t.internet.add(&c.internet);
-                t.local.add(&c.local);
-            }
-            t
-        };
-        self.traffic.iter().filter_map(Result::ok).map(|(tgid, v)| (tgid, sum(v))).collect()
+        self.traffic.iter().filter_map(Result::ok).map(|(tgid, v)| (tgid, sum_cpus(v))).collect()
+    }
+
+    /// One process's counters, if the kernel has any.
+    pub fn proc_traffic_of(&self, tgid: u32) -> Option<ProcTraffic> {
+        self.traffic.get(&tgid, 0).ok().map(sum_cpus)
     }
 
     /// Drops an exited process's counters; a missing entry is not an error.
@@ -412,4 +409,14 @@ fn query_cgroup(cg: &File, attach_type: u32) -> std::io::Result<Vec<u32>> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(ids[..attr.prog_cnt.min(64) as usize].to_vec())
+}
+
+/// A process's counters summed over the CPUs.
+fn sum_cpus(per_cpu: aya::maps::PerCpuValues<ProcTraffic>) -> ProcTraffic {
+    let mut t = ProcTraffic::default();
+    for c in per_cpu.iter() {
+        t.internet.add(&c.internet);
+        t.local.add(&c.local);
+    }
+    t
 }

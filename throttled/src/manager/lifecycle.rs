@@ -77,7 +77,9 @@ impl Core {
     }
 
     pub fn process_exited(&mut self, tgid: u32) {
-        self.accounting.exited(tgid);
+        // The bytes since the last sample still count for the usage history.
+        let last = self.programs.monitoring().then(|| self.programs.proc_traffic_of(tgid)).flatten();
+        self.accounting.exited(tgid, last);
         self.programs.forget_traffic(tgid);
         if self.protected.values().any(|i| i.pid == tgid) {
             self.throttles.values_mut().for_each(|t| {

@@ -356,6 +356,17 @@ impl Manager {
         self.lock().top(count, sort, scope, owner)
     }
 
+    /// Where the daemon keeps its state (the config's `state_dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.lock().config.state_dir.clone()
+    }
+
+    /// The bytes counted since the last call, by who sent them: the usage
+    /// history's input.
+    pub fn take_usage(&self) -> Vec<(traffic::ProcName, traffic::UsageBytes)> {
+        self.lock().accounting.take_usage()
+    }
+
     /// Whether `pids` are `uid`'s processes: each one's uid as the monitor
     /// knows it, else from /proc. The D-Bus layer's only question about
     /// who owns a process.

@@ -77,6 +77,8 @@ struct Series {
     last: Option<(Instant, Traffic)>,
     rates: [ScopeRates; 3],
     totals: [Traffic; 3],
+    /// The totals already handed to the usage history.
+    counted: [Traffic; 3],
     history: History<(u64, u64)>,
 }
 
@@ -96,7 +98,14 @@ fn index(scope: Scope) -> usize {
 
 impl Series {
     fn new(id: ProcName) -> Series {
-        Series { id, last: None, rates: Default::default(), totals: Default::default(), history: History::default() }
+        Series {
+            id,
+            last: None,
+            rates: Default::default(),
+            totals: Default::default(),
+            counted: Default::default(),
+            history: History::default(),
+        }
     }
 
     fn push(&mut self, at: Instant, t: &ProcTraffic, window: Duration, cap: usize) {
@@ -115,6 +124,17 @@ impl Series {
         self.totals = scopes;
     }
 
+    /// Bytes since the last call: (down, up) internet, then (down, up) local.
+    fn uncounted(&mut self) -> UsageBytes {
+        let d = |i: usize| {
+            let (now, then) = (&self.totals[i], &self.counted[i]);
+            (now.down_bytes.saturating_sub(then.down_bytes), now.up_bytes.saturating_sub(then.up_bytes))
+        };
+        let ((down_inet, up_inet), (down_local, up_local)) = (d(1), d(2));
+        self.counted = self.totals;
+        UsageBytes { down_inet, up_inet, down_local, up_local }
+    }
+
     fn report(&self, pid: u32, scope: Scope) -> ProcessTraffic {
         let (r, t) = (&self.rates[index(scope)], &self.totals[index(scope)]);
         ProcessTraffic {
@@ -131,11 +151,35 @@ impl Series {
 }
 
 /// Who a process is, read once when it is first seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ProcName {
     pub name: String,
     pub exe: String,
     pub uid: u32,
+    /// The systemd unit it runs in ("" outside one).
+    pub unit: String,
+}
+
+/// Bytes for the usage history, each direction split into internet and local.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageBytes {
+    pub down_inet: u64,
+    pub up_inet: u64,
+    pub down_local: u64,
+    pub up_local: u64,
+}
+
+impl UsageBytes {
+    fn add(&mut self, o: &UsageBytes) {
+        self.down_inet = self.down_inet.saturating_add(o.down_inet);
+        self.up_inet = self.up_inet.saturating_add(o.up_inet);
+        self.down_local = self.down_local.saturating_add(o.down_local);
+        self.up_local = self.up_local.saturating_add(o.up_local);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == UsageBytes::default()
+    }
 }
 
 /// Who a process is, or `None` when it is gone.
@@ -146,12 +190,22 @@ pub struct Accounting {
     history: usize,
     series: HashMap<u32, Series>,
     namer: Namer,
+    /// Bytes not yet taken by the usage history, by who sent them; exited
+    /// processes' last bytes stay here until taken.
+    usage: HashMap<ProcName, UsageBytes>,
 }
 
 fn proc_names(pid: u32) -> Option<ProcName> {
     let uid = crate::kernel::procfs::uid(pid).ok()?;
     let f = crate::target::ProcFacts::read(pid)?;
-    Some(ProcName { name: f.comm, exe: f.exe.unwrap_or_default(), uid })
+    let unit = f.cgroup.as_deref().and_then(unit_of).unwrap_or_default().to_string();
+    Some(ProcName { name: f.comm, exe: f.exe.unwrap_or_default(), uid, unit })
+}
+
+/// The innermost service or scope in a cgroup path: the unit a process
+/// runs in (slices only group units).
+pub fn unit_of(cgroup: &str) -> Option<&str> {
+    cgroup.rsplit('/').find(|c| c.ends_with(".service") || c.ends_with(".scope"))
 }
 
 impl Accounting {
@@ -160,7 +214,7 @@ impl Accounting {
     }
 
     pub fn with_namer(cfg: &MonitorConfig, namer: Namer) -> Accounting {
-        Accounting { window: cfg.window, history: cfg.history, series: HashMap::new(), namer }
+        Accounting { window: cfg.window, history: cfg.history, series: HashMap::new(), namer, usage: HashMap::new() }
     }
 
     /// One reading of the kernel's counters. Returns the pids whose process
@@ -181,6 +235,8 @@ impl Accounting {
             }
             if let Some(s) = self.series.get_mut(pid) {
                 s.push(at, t, self.window, self.history);
+                let bytes = s.uncounted();
+                self.count(pid, bytes);
             }
         }
         // Evicted from the kernel's LRU map: nothing more will come.
@@ -189,8 +245,34 @@ impl Accounting {
         gone
     }
 
-    pub fn exited(&mut self, pid: u32) {
-        self.series.remove(&pid);
+    /// A process is gone: `last` is its final reading, if the kernel still
+    /// had one, so that the bytes since the last sample are counted too.
+    pub fn exited(&mut self, pid: u32, last: Option<ProcTraffic>) {
+        let Some(mut s) = self.series.remove(&pid) else { return };
+        if let Some(t) = last {
+            s.totals = scoped(&t);
+            let bytes = s.uncounted();
+            self.usage.entry(s.id).or_default().add(&bytes);
+        }
+    }
+
+    fn count(&mut self, pid: &u32, bytes: UsageBytes) {
+        if bytes.is_zero() {
+            return;
+        }
+        if let Some(s) = self.series.get(pid) {
+            match self.usage.get_mut(&s.id) {
+                Some(u) => u.add(&bytes),
+                None => {
+                    self.usage.insert(s.id.clone(), bytes);
+                }
+            }
+        }
+    }
+
+    /// The bytes counted since the last call, by who sent them.
+    pub fn take_usage(&mut self) -> Vec<(ProcName, UsageBytes)> {
+        self.usage.drain().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -238,7 +320,12 @@ mod tests {
 
     /// Odd pids belong to uid 1000, even ones to root.
     fn named(pid: u32) -> Option<ProcName> {
-        (pid < 1000).then(|| ProcName { name: format!("p{pid}"), exe: format!("/bin/p{pid}"), uid: (pid % 2) * 1000 })
+        (pid < 1000).then(|| ProcName {
+            name: format!("p{pid}"),
+            exe: format!("/bin/p{pid}"),
+            uid: (pid % 2) * 1000,
+            unit: String::new(),
+        })
     }
 
     fn reading(pid: u32, up: u64, down: u64, local_down: u64) -> (u32, ProcTraffic) {
@@ -297,7 +384,7 @@ mod tests {
         m.sample(t + Duration::from_secs(1), &[]);
         assert!(m.is_empty());
         m.sample(t + Duration::from_secs(2), &[reading(3, 1, 1, 0)]);
-        m.exited(3);
+        m.exited(3, None);
         assert!(m.history(3).is_none());
     }
 

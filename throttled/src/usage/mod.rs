@@ -13,7 +13,7 @@
 //!
 //! Jobs: `schema.rs` (tables, migrations), `recover.rs` (safe open, bad
 //! files), `write.rs` (buffer, flush, prune), `query.rs` (reports),
-//! `quota.rs` (quota usage).
+//! `quota.rs` (quota usage), `recorder.rs` (the daemon's flush thread).
 use std::{
     collections::{BTreeMap, HashMap},
     io,
@@ -25,6 +25,7 @@ use rusqlite::Connection;
 
 mod query;
 mod quota;
+mod recorder;
 mod recover;
 mod schema;
 mod write;
@@ -38,6 +39,7 @@ mod tests_recover;
 
 pub use query::{By, DayTotal, UsageQuery, UsageReport, UsageRow};
 pub use quota::QuotaUsage;
+pub use recorder::{local_utc_offset, now, Recorder, FILE};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// Unix time in seconds.

@@ -1,0 +1,125 @@
+//! The daemon's side of the usage history: every `flush_interval` it takes
+//! the bytes the manager counted, writes them in one transaction, and
+//! prunes old rows once an hour; a last flush when it stops. Reports are
+//! read under the same lock, on the caller's thread.
+use std::{
+    path::Path,
+    sync::{
+        mpsc::{self, RecvTimeoutError},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{Counts, Delta, Key, UnixTime, UsageError, UsageQuery, UsageReport, UsageStore};
+use crate::{
+    config::UsageConfig,
+    manager::{
+        traffic::{ProcName, UsageBytes},
+        Manager,
+    },
+};
+
+/// The database file in the state directory.
+pub const FILE: &str = "usage.sqlite";
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Recorder {
+    store: Arc<Mutex<UsageStore>>,
+    /// Dropped to stop the thread, which then flushes one last time.
+    running: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+pub fn now() -> UnixTime {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Recorder {
+    /// Opens the history in `state_dir` and starts writing to it.
+    pub fn start(state_dir: &Path, cfg: &UsageConfig, manager: Arc<Manager>) -> Result<Recorder, UsageError> {
+        let store = Arc::new(Mutex::new(UsageStore::open(&state_dir.join(FILE), cfg.retention)?));
+        let (stop, stopped) = mpsc::channel();
+        let (s, every) = (store.clone(), cfg.flush_interval);
+        let thread = std::thread::Builder::new()
+            .name("usage".into())
+            .spawn(move || run(&s, &manager, every, &stopped))
+            .map_err(|e| UsageError::Unusable(format!("no usage thread: {e}")))?;
+        Ok(Recorder { store, running: Mutex::new(Some((stop, thread))) })
+    }
+
+    /// Stops writing, after a last flush of what was counted until now.
+    pub fn stop(&self) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, thread)) = running {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+
+    /// A report of what has been written (at most one flush interval old).
+    pub fn query(&self, q: &UsageQuery) -> Result<UsageReport, UsageError> {
+        lock(&self.store).query(q, now())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock(store: &Mutex<UsageStore>) -> std::sync::MutexGuard<'_, UsageStore> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run(store: &Mutex<UsageStore>, manager: &Manager, every: Duration, stopped: &mpsc::Receiver<()>) {
+    let mut pruned = Instant::now() - PRUNE_EVERY;
+    loop {
+        let stop = !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
+        let deltas = deltas(manager.take_usage());
+        let mut s = lock(store);
+        let now = now();
+        s.record(now, &deltas);
+        if let Err(e) = s.flush() {
+            tracing::warn!(error = %e, "usage history: counts kept in memory for the next flush");
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = Instant::now();
+            if let Err(e) = s.prune(now) {
+                tracing::warn!(error = %e, "usage history: old rows not pruned");
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn deltas(taken: Vec<(ProcName, UsageBytes)>) -> Vec<Delta> {
+    taken
+        .into_iter()
+        .map(|(p, b)| Delta {
+            key: Key { name: p.name, exe: p.exe, unit: p.unit, uid: p.uid },
+            counts: Counts {
+                down_inet: b.down_inet,
+                up_inet: b.up_inet,
+                down_local: b.down_local,
+                up_local: b.up_local,
+            },
+        })
+        .collect()
+}
+
+/// Seconds east of UTC here, now (where the days of a report begin).
+pub fn local_utc_offset() -> i64 {
+    let t = now() as libc::time_t;
+    // SAFETY: localtime_r only writes the tm it is given.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff
+    }
+}
