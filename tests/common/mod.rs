@@ -5,7 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::{MutexGuard, OnceLock},
+    sync::OnceLock,
 };
 
 pub use throttle_testkit::{lab::*, ScratchDir};
@@ -65,7 +65,7 @@ fn build_bins() -> PathBuf {
 
 /// Serializes kernel tests. `None`: prerequisites are missing, and the test
 /// returns (reported as skipped locally; `prerequisites` fails under CI).
-pub fn begin() -> Option<MutexGuard<'static, ()>> {
+pub fn begin() -> Option<Serial> {
     let guard = serial();
     prerequisites().then_some(guard)
 }

@@ -14,10 +14,31 @@ pub use super::delay::DelayStats;
 
 pub const MIB: f64 = 1048576.0;
 
-/// Kernel-state tests must not overlap.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// Held while a kernel-state test runs.
+pub struct Serial {
+    _guard: MutexGuard<'static, ()>,
+    _flock: Option<std::fs::File>,
+}
+
+/// Kernel-state tests must not overlap: not within one test program, and
+/// not across programs either (two checkouts tested at once on one host
+/// would see each other's programs at the cgroup root), so a lock file
+/// serializes them host-wide.
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let flock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/chadthrottle-kernel-tests.lock")
+        .ok()
+        .filter(|f| {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: flock on an fd this function owns; blocks until free.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) == 0 }
+        });
+    Serial { _guard: guard, _flock: flock }
 }
 
 /// Returns false (test skipped locally, failed under CI=true) without root or tools.
