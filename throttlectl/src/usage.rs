@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use throttle_api::UsageEntry;
 
-use crate::output::{json, Style};
+use crate::{
+    output::{json, Style},
+    top::human::bytes,
+};
 
 /// `--since`: a span back from now (`90m`, `1h`, `24h`, `7d`, `2w`) or a
 /// local date (`2026-11-01`, from its midnight). Returns unix seconds.
@@ -74,21 +77,6 @@ pub fn local_utc_offset() -> i64 {
             return 0;
         }
         tm.tm_gmtoff
-    }
-}
-
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -182,12 +170,5 @@ mod tests {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2026, 12, 3), (2100, 3, 1)] {
             assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
         }
-    }
-
-    #[test]
-    fn byte_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(5 << 30), "5.0 GiB");
     }
 }

@@ -3,7 +3,7 @@
 //! answers to the pure `state::App`; a worker talks to the daemon.
 mod columns;
 mod form;
-mod human;
+pub mod human;
 mod model;
 mod once;
 mod popup;

@@ -135,6 +135,14 @@ impl Backend {
     }
 }
 
+/// One name's bytes in the usage history (GetUsage).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub name: String,
+    pub down: u64,
+    pub up: u64,
+}
+
 /// One second of GetHistory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sample {

@@ -10,7 +10,7 @@ use ratatui::{
 use super::{
     human,
     model::{Backend, Dir},
-    state::{App, Form, Graph, Mode, Selector},
+    state::{App, Form, Graph, Mode, Selector, UsageView},
 };
 
 /// Keys and what they do, for the help dialog (and README).
@@ -23,6 +23,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("r", "remove its pid throttle"),
     ("g", "bandwidth graph of the selected process"),
     ("b", "backends; Enter picks a default"),
+    ("u", "usage: bytes by name, last 24 hours"),
     ("?", "this help"),
     ("Esc", "close a dialog, clear the filter"),
     ("q Ctrl-C", "quit"),
@@ -33,6 +34,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Mode::Throttle(form) => throttle(f, form, area),
         Mode::Backends(sel) => backends(f, app, sel.as_ref(), area),
         Mode::Graph(g) => graph(f, g, area),
+        Mode::Usage(u) => usage(f, u, area),
         Mode::Help => help(f, area),
         Mode::List | Mode::Filter => {}
     }
@@ -141,6 +143,32 @@ fn graph(f: &mut Frame, g: &Graph, area: Rect) {
     let [down, up] = Layout::vertical([Constraint::Fill(1), Constraint::Fill(1)]).areas(inner);
     spark(f, "down", g.samples.iter().map(|s| s.down).collect(), Color::Cyan, down);
     spark(f, "up", g.samples.iter().map(|s| s.up).collect(), Color::Magenta, up);
+}
+
+/// The usage history's busiest names, with a bar scaled to the first.
+fn usage(f: &mut Frame, u: &UsageView, area: Rect) {
+    let inner = boxed(f, " Usage, last 24 hours, by name ".into(), 80, 20, area);
+    let message = match (&u.error, &u.rows) {
+        (Some(e), _) => Some(e.clone()),
+        (None, None) => Some("loading…".to_string()),
+        (None, Some(r)) if r.is_empty() => Some("nothing recorded yet (the history is written once a minute)".into()),
+        _ => None,
+    };
+    if let Some(m) = message {
+        f.render_widget(Paragraph::new(m).wrap(Wrap { trim: true }), inner);
+        return;
+    }
+    let rows = u.rows.as_deref().unwrap_or_default();
+    let top = rows.first().map_or(1, |r| r.down.saturating_add(r.up).max(1));
+    let lines: Vec<Line> = std::iter::once(Line::from(format!("{:<20} {:>10} {:>10}", "NAME", "DOWN", "UP")).bold())
+        .chain(rows.iter().take(usize::from(inner.height.saturating_sub(1))).map(|r| {
+            let total = r.down.saturating_add(r.up);
+            let bar = "█".repeat((total.saturating_mul(30) / top) as usize);
+            let name = throttle_common::text::escape(&r.name, 20);
+            Line::from(format!("{name:<20} {:>10} {:>10} {bar}", human::bytes(r.down), human::bytes(r.up)))
+        }))
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
 }
 
 /// The newest samples that fit, newest on the right.

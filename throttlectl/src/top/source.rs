@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use throttle_api::{BackendStatus, LimitOptions, TopProcess};
 
-use super::model::{Backend, Dir, Proc, Sample, Scope, Sort};
+use super::model::{Backend, Dir, Proc, Sample, Scope, Sort, Usage};
 use crate::api::{Client, Failure, ThrottleView};
 
 /// What the TUI asks of the daemon. Errors with code 5 mean it is gone.
@@ -11,6 +11,8 @@ use crate::api::{Client, Failure, ThrottleView};
 pub trait Source {
     async fn top(&mut self, count: u32, sort: Sort, scope: Scope) -> Result<Vec<Proc>, Failure>;
     async fn history(&mut self, pid: u32) -> Result<Vec<Sample>, Failure>;
+    /// Bytes by process name over the last 24 hours, most first.
+    async fn usage(&mut self) -> Result<Vec<Usage>, Failure>;
     async fn backends(&mut self) -> Result<Vec<Backend>, Failure>;
     async fn throttles(&mut self) -> Result<Vec<ThrottleView>, Failure>;
     async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure>;
@@ -111,6 +113,20 @@ impl Source for Dbus {
     async fn history(&mut self, pid: u32) -> Result<Vec<Sample>, Failure> {
         let h = self.call(READ, async |c| c.manager.get_history("process", pid).await.map_err(fail)).await?;
         Ok(h.into_iter().map(|(up, down)| Sample { up, down }).collect())
+    }
+
+    async fn usage(&mut self) -> Result<Vec<Usage>, Failure> {
+        let since = crate::usage::now() - 86400;
+        let rows = self.call(READ, async |c| c.manager.get_usage("name", since, 0).await.map_err(fail)).await?;
+        let sum = |a: Option<u64>, b: Option<u64>| a.unwrap_or(0).saturating_add(b.unwrap_or(0));
+        Ok(rows
+            .into_iter()
+            .map(|r| Usage {
+                down: sum(r.down_internet, r.down_local),
+                up: sum(r.up_internet, r.up_local),
+                name: r.key.unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn backends(&mut self) -> Result<Vec<Backend>, Failure> {

@@ -5,7 +5,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 pub use super::{form::Form, selector::Selector};
 use super::{
     form::{Outcome, MAX_INPUT},
-    model::{Backend, Dir, Proc, Sample, Scope, Sort},
+    model::{Backend, Dir, Proc, Sample, Scope, Sort, Usage},
 };
 use crate::api::Failure;
 
@@ -17,6 +17,7 @@ pub const COUNT: u32 = 500;
 pub enum Effect {
     Refresh { sort: Sort, scope: Scope },
     History(u32),
+    Usage,
     Backends,
     Limit { pid: u32, name: String, down: Option<u64>, up: Option<u64> },
     Remove(u32),
@@ -32,6 +33,7 @@ pub enum Reply {
         result: Result<Vec<Proc>, Failure>,
     },
     History(u32, Result<Vec<Sample>, Failure>),
+    Usage(Result<Vec<Usage>, Failure>),
     Backends(Result<Vec<Backend>, Failure>),
     /// A change was made (the text says which) or refused.
     Done(Result<String, Failure>),
@@ -51,6 +53,13 @@ pub struct Graph {
     pub error: Option<String>,
 }
 
+/// The usage view: the last 24 hours by name (`None`: not loaded yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageView {
+    pub rows: Option<Vec<Usage>>,
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     List,
@@ -58,6 +67,7 @@ pub enum Mode {
     Throttle(Form),
     Backends(Option<Selector>),
     Graph(Graph),
+    Usage(UsageView),
     Help,
 }
 
@@ -147,6 +157,7 @@ impl App {
     fn load(&mut self) -> Option<Effect> {
         let e = match &self.mode {
             Mode::Graph(g) => Effect::History(g.pid),
+            Mode::Usage(_) => Effect::Usage,
             Mode::Backends(_) => Effect::Backends,
             _ => return None,
         };
@@ -200,6 +211,12 @@ impl App {
                 }
                 Vec::new()
             }
+            Mode::Usage(_) => {
+                if matches!(k.code, KeyCode::Esc | KeyCode::Char('q' | 'u') | KeyCode::Enter) {
+                    self.mode = Mode::List;
+                }
+                Vec::new()
+            }
             Mode::Help => {
                 self.mode = Mode::List;
                 Vec::new()
@@ -231,6 +248,10 @@ impl App {
             KeyCode::Char('t') => self.open_form(),
             KeyCode::Char('r') => return self.remove(),
             KeyCode::Char('g') => return self.open_graph(),
+            KeyCode::Char('u') => {
+                self.mode = Mode::Usage(UsageView::default());
+                return self.load().into_iter().collect();
+            }
             KeyCode::Char('b') => {
                 self.mode = Mode::Backends(None);
                 return self.load().into_iter().collect();
@@ -351,6 +372,7 @@ impl App {
         match r {
             Reply::Top { sort, scope, result } => self.apply_top(sort, scope, result),
             Reply::History(pid, r) => self.apply_history(pid, r),
+            Reply::Usage(r) => self.apply_usage(r),
             Reply::Backends(r) => self.apply_backends(r),
             Reply::Done(r) => return self.apply_done(r),
         }
@@ -386,6 +408,15 @@ impl App {
             self.lost = Some(f.to_string());
         } else {
             self.error(f.to_string());
+        }
+    }
+
+    fn apply_usage(&mut self, r: Result<Vec<Usage>, Failure>) {
+        self.loading = false;
+        let Mode::Usage(u) = &mut self.mode else { return };
+        match r {
+            Ok(rows) => (u.rows, u.error) = (Some(rows), None),
+            Err(f) => u.error = Some(f.to_string()),
         }
     }
 

@@ -308,3 +308,20 @@ fn refusals_show_in_the_status_line() {
     assert_eq!(app.status, Some((Level::Error, "pid 10 is limited by name throttle 1 (firefox)".into())));
     assert_eq!(app.lost, None);
 }
+
+#[test]
+fn u_shows_the_usage_history() {
+    let mut app = sample();
+    assert_eq!(key(&mut app, KeyCode::Char('u')), [Effect::Usage]);
+    assert_eq!(app.mode, Mode::Usage(UsageView::default()));
+    assert!(!app.tick().contains(&Effect::Usage), "one request at a time");
+    let rows = vec![Usage { name: "curl".into(), down: 5 << 20, up: 1 << 10 }];
+    app.apply(Reply::Usage(Ok(rows.clone())));
+    let Mode::Usage(u) = &app.mode else { panic!() };
+    assert_eq!(u.rows.as_deref(), Some(&rows[..]));
+    app.apply(Reply::Usage(Err(Failure::other("the usage history is off"))));
+    let Mode::Usage(u) = &app.mode else { panic!() };
+    assert_eq!(u.error.as_deref(), Some("the usage history is off"));
+    key(&mut app, KeyCode::Char('u'));
+    assert_eq!(app.mode, Mode::List);
+}

@@ -85,13 +85,13 @@ fn status_line(app: &App) -> Paragraph<'static> {
 fn hints(mode: &Mode) -> &'static str {
     match mode {
         Mode::List => {
-            "q quit  ↑↓ move  s sort  v scope  / filter  t throttle  r unthrottle  g graph  b backends  ? help"
+            "q quit  ↑↓ move  s sort  v scope  / filter  t throttle  r unthrottle  g graph  u usage  b backends  ? help"
         }
         Mode::Filter => "type a name  Enter keep  Esc clear",
         Mode::Throttle(_) => "Enter apply  Tab other field  Esc cancel",
         Mode::Backends(None) => "Enter choose a default  Esc close",
         Mode::Backends(Some(_)) => "↑↓ choose  Enter set  Tab upload/download  Esc back",
-        Mode::Graph(_) => "Esc close",
+        Mode::Graph(_) | Mode::Usage(_) => "Esc close",
         Mode::Help => "any key closes",
     }
 }

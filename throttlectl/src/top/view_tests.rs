@@ -250,3 +250,22 @@ fn an_empty_answer_is_not_waiting_for_the_daemon() {
     assert!(!s.contains("waiting for chadthrottled"), "{s}");
     assert!(s.contains("no process has had traffic yet"), "{s}");
 }
+
+#[test]
+fn the_usage_view_lists_names_with_bars() {
+    use crate::top::{model::Usage, state::UsageView};
+    let mut a = app();
+    let rows = vec![
+        Usage { name: "curl".into(), down: 3 << 30, up: 10 << 20 },
+        Usage { name: "apt".into(), down: 1 << 30, up: 0 },
+    ];
+    a.mode = Mode::Usage(UsageView { rows: Some(rows), error: None });
+    let screen = render(&a, 100, 24);
+    assert!(screen.contains("Usage, last 24 hours, by name"), "{screen}");
+    let curl = screen.lines().find(|l| l.contains("curl  ")).unwrap_or_default();
+    assert!(curl.contains("3.0 GiB") && curl.contains("10.0 MiB") && curl.contains(&"█".repeat(30)), "{screen}");
+    let apt = screen.lines().find(|l| l.contains("apt ")).unwrap_or_default();
+    assert!(apt.contains("1.0 GiB") && apt.contains(&"█".repeat(7)) && !apt.contains(&"█".repeat(11)), "{screen}");
+    a.mode = Mode::Usage(UsageView { rows: Some(Vec::new()), error: None });
+    assert!(render(&a, 100, 24).contains("nothing recorded yet"));
+}

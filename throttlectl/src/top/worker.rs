@@ -21,6 +21,7 @@ pub async fn handle<S: Source>(src: &mut S, e: Effect) -> Reply {
     match e {
         Effect::Refresh { sort, scope } => Reply::Top { sort, scope, result: src.top(COUNT, sort, scope).await },
         Effect::History(pid) => Reply::History(pid, src.history(pid).await),
+        Effect::Usage => Reply::Usage(src.usage().await),
         Effect::Backends => Reply::Backends(src.backends().await),
         Effect::Limit { pid, name, down, up } => Reply::Done(src.limit(pid, down, up).await.map(|()| {
             let (d, u) = (human::limit(down.unwrap_or(0)), human::limit(up.unwrap_or(0)));
@@ -65,7 +66,7 @@ fn covering(all: &[ThrottleView], pid: u32) -> (Option<&ThrottleView>, Vec<&Thro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::top::model::{Backend, Dir, Proc, Sample, Scope, Sort};
+    use crate::top::model::{Backend, Dir, Proc, Sample, Scope, Sort, Usage};
 
     #[derive(Default)]
     struct Fake {
@@ -81,6 +82,9 @@ mod tests {
         }
         async fn history(&mut self, _: u32) -> Result<Vec<Sample>, Failure> {
             Ok(vec![Sample { up: 1, down: 2 }])
+        }
+        async fn usage(&mut self) -> Result<Vec<Usage>, Failure> {
+            Ok(vec![Usage { name: "a".into(), down: 3, up: 4 }])
         }
         async fn backends(&mut self) -> Result<Vec<Backend>, Failure> {
             Ok(Vec::new())
