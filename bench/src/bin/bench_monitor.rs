@@ -1,6 +1,8 @@
 //! The daemon's CPU while the monitor follows many active processes, with a
 //! client asking for the top list once a second (what `throttlectl top`
-//! does). Prints a markdown table for docs/BENCHMARKS.md.
+//! does), with the usage history off and on (flushed every 10 s here, six
+//! times as often as by default, so its cost is not understated). Prints a
+//! markdown table for docs/BENCHMARKS.md.
 //!
 //! Runs the release daemon on a private bus: `scripts/bench.sh --only monitor`.
 use std::{
@@ -11,13 +13,15 @@ use std::{
 
 use throttle_testkit::{bus::PrivateBus, cpu_secs, lab::Daemon, rss_kib, ScratchDir};
 
-/// Forks `n` children that each send a 200-byte UDP datagram to a local
-/// discard port every 100 ms, and stay alive until killed.
+/// Forks `n` children, each under a name of its own (so the usage history
+/// has `n` names to keep), that each send a 200-byte UDP datagram to a
+/// local discard port every 100 ms, and stay alive until killed.
 const SENDERS: &str = r#"
-import os, socket, sys, time
+import ctypes, os, socket, sys, time
 n = int(sys.argv[1])
-for _ in range(n):
+for i in range(n):
     if os.fork() == 0:
+        ctypes.CDLL(None).prctl(15, f"ct-snd-{i}".encode(), 0, 0, 0)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         while True:
             s.sendto(b"x" * 200, ("127.0.0.1", 9))
@@ -85,14 +89,18 @@ fn measure(bus: &PrivateBus, pid: u32, secs: u64) -> (f64, u64, usize) {
 fn main() {
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chadthrottled");
     let bus = PrivateBus::start("bench-monitor").expect("dbus-daemon");
-    println!("| processes sending (10 packets/s each) | daemon CPU (one core), top polled every 1 s | daemon RSS | processes listed |");
-    println!("|---|---|---|---|");
-    for n in [0usize, 500] {
+    println!("| processes sending (10 packets/s each) | usage history | daemon CPU (one core), top polled every 1 s | daemon RSS | processes listed | usage.sqlite |");
+    println!("|---|---|---|---|---|---|");
+    for (n, history) in [(0usize, false), (0, true), (500, false), (500, true)] {
         let dir = ScratchDir::new("bench-monitor");
         let conf = dir.path.join("chadthrottled.toml");
+        let usage = match history {
+            true => "[usage]\nflush_secs = 10\n",
+            false => "[usage]\nenabled = false\n",
+        };
         std::fs::write(
             &conf,
-            format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n", dir.path.display().to_string()),
+            format!("state_dir = {:?}\ninterfaces = [\"ct-none0\"]\n{usage}", dir.path.display().to_string()),
         )
         .unwrap();
         let senders = (n > 0).then(|| Senders::start(n));
@@ -103,7 +111,11 @@ fn main() {
         );
         std::thread::sleep(Duration::from_secs(5));
         let (cpu, rss, seen) = measure(&bus, d.pid(), 30);
-        println!("| {n} | {cpu:.2}% | {} MiB | {seen} |", rss / 1024);
+        let db = std::fs::metadata(dir.path.join("usage.sqlite")).map_or(0, |m| m.len())
+            + std::fs::metadata(dir.path.join("usage.sqlite-wal")).map_or(0, |m| m.len());
+        let on = if history { "on, flushed every 10 s" } else { "off" };
+        let db = if history { format!("{} KiB", db / 1024) } else { "–".into() };
+        println!("| {n} | {on} | {cpu:.2}% | {} MiB | {seen} | {db} |", rss / 1024);
         drop(d);
         drop(senders);
     }
