@@ -37,6 +37,8 @@ if [ -n "$leftovers" ]; then
   echo "test.sh: tests left network objects behind: $leftovers" >&2
   exit 1
 fi
+# A test that wrote over /dev/null (e.g. as a shell's dump file) broke the host.
+[ -c /dev/null ] || { echo "test.sh: a test replaced /dev/null with a regular file" >&2; exit 1; }
 if command -v bpftool >/dev/null && bpftool prog show 2>/dev/null | grep -qE 'name ct_'; then
   echo "test.sh: tests left eBPF programs loaded:" >&2
   bpftool prog show | grep -E 'name ct_' >&2

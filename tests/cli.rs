@@ -397,7 +397,7 @@ fn complete_in(rig: &Rig, shell: &str, words: &str) -> Vec<String> {
         // own call-back with the words zsh would pass, after loading the
         // script under compinit as an installed site-function is.
         _ => format!(
-            "autoload -U compinit; compinit -u -d /dev/null\nsource <(throttlectl completions zsh)\n\
+            "autoload -U compinit; compinit -u -D\nsource <(throttlectl completions zsh)\n\
              words=({words}); CURRENT=${{#words}}\n\
              COMPLETE=zsh _CLAP_IFS=$'\\n' _CLAP_COMPLETE_INDEX=$((CURRENT - 1)) throttlectl -- \"${{words[@]}}\""
         ),

@@ -176,7 +176,24 @@ struct Download {
 const SECS: u32 = 10;
 const WARMUP: usize = 3;
 
-fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download> {
+/// Which address family a download runs over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// TCP payload of a full-size segment (1500-byte MTU).
+    fn mss(self) -> f64 {
+        match self {
+            Family::V4 => 1448.0,
+            Family::V6 => 1428.0,
+        }
+    }
+}
+
+fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str, family: Family) -> Option<Download> {
     let g = begin()?;
     // 0 ms: the plain lab's veth pair (0.05 ms, GSO aggregates).
     let mut lab = match rtt_ms {
@@ -186,7 +203,8 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download
     lab.server(5201);
     let state = ScratchDir::new("rtt");
     let m = Manager::start(&common::options(&state, &[&lab.veth])).unwrap();
-    let c = lab.client(&format!("ct-rtt-{tag}"), 5201, SECS, true);
+    let ip = if family == Family::V6 { lab.server_ip6.clone() } else { lab.server_ip.clone() };
+    let c = lab.client_to(&format!("ct-rtt-{tag}"), &ip, 5201, SECS, true);
     let spec = LimitSpec { down: Some(limit.parse().unwrap()), backend: Some(backend.into()), ..Default::default() };
     let id = m.limit_pid(c.pid(), &spec).unwrap();
     let start = Instant::now();
@@ -210,7 +228,7 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download
         per_sec,
         goodput: r.mean(WARMUP, SECS as usize),
         retransmits: r.retransmits.unwrap(),
-        segments: r.sent_bytes / 1448.0,
+        segments: r.sent_bytes / family.mss(),
         dropped: last.drop_pkts as f64 / (last.pass_pkts + last.drop_pkts).max(1) as f64,
         rtt_ms: r.mean_rtt_us.unwrap() / 1000.0,
     })
@@ -220,7 +238,12 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str) -> Option<Download
 /// (goals: mean ±3%, every second 0.85–1.15, retransmits ≤ 1%). Every
 /// bound is checked and reported before the test fails.
 fn download_accuracy(tag: u8, rtt_ms: u64, backend: &str, limit: &str) {
-    download_within(tag, rtt_ms, backend, limit, 1.5);
+    download_within(tag, rtt_ms, backend, limit, 1.5, Family::V4);
+}
+
+/// The same goals over IPv6.
+fn download_accuracy_v6(tag: u8, rtt_ms: u64, backend: &str, limit: &str) {
+    download_within(tag, rtt_ms, backend, limit, 1.5, Family::V6);
 }
 
 /// `ifb_tc`'s leaf queue holds 120 ms at the rate, at least 72 KiB
@@ -235,25 +258,26 @@ fn ifb_queue_ms(limit: &str) -> f64 {
 /// then stalls the delay line or the sender for part of a second; seen
 /// once: ifb_tc 20 ms/10M at 0.855 with no retransmit and no queue, then
 /// 0.98-0.99 on each re-run); the second run decides, both are printed.
-fn download_within(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64) {
-    let Some(first) = judge(tag, rtt_ms, backend, limit, max_retrans) else { return };
+fn download_within(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, family: Family) {
+    let Some(first) = judge(tag, rtt_ms, backend, limit, max_retrans, family) else { return };
     if first.is_empty() {
         return;
     }
     eprintln!("first run missed: {}; measuring once more", first.join("; "));
-    let Some(again) = judge(tag, rtt_ms, backend, limit, max_retrans) else { return };
+    let Some(again) = judge(tag, rtt_ms, backend, limit, max_retrans, family) else { return };
     assert!(again.is_empty(), "{backend} download {limit} at {rtt_ms} ms, twice: {}", again.join("; "));
 }
 
 /// One download, every bound checked: what it missed (empty: nothing).
-fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64) -> Option<Vec<String>> {
-    let d = download(tag, rtt_ms, backend, limit)?;
+fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, family: Family) -> Option<Vec<String>> {
+    let d = download(tag, rtt_ms, backend, limit, family)?;
     let l = limit.parse::<throttled::Rate>().unwrap().bytes_per_sec() as f64;
     let ratios: Vec<f64> = d.per_sec.iter().map(|b| b / l).collect();
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
     let retrans = 100.0 * d.retransmits as f64 / d.segments.max(1.0);
-    let what = format!("{backend} download {limit} at {rtt_ms} ms");
+    let ipv6 = if family == Family::V6 { " over IPv6" } else { "" };
+    let what = format!("{backend} download {limit} at {rtt_ms} ms{ipv6}");
     eprintln!(
         "{what}: IP-layer {mean:.3} of the limit, per second {lo:.2}-{hi:.2} {ratios:.2?}, goodput {:.3}, \
          retransmits {} ({retrans:.2}%), dropped after the link {:.2}%, sender RTT {:.1} ms",
@@ -277,6 +301,21 @@ fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64) -> 
         failed.push(format!("sender RTT {:.1} ms over {max_rtt:.0} ms: the queue is longer than sized", d.rtt_ms));
     }
     Some(failed)
+}
+
+#[test]
+fn download_ebpf_20ms_10m_ipv6() {
+    download_accuracy_v6(188, 20, "ebpf", "10M");
+}
+
+#[test]
+fn download_ebpf_80ms_1m_ipv6() {
+    download_accuracy_v6(189, 80, "ebpf", "1M");
+}
+
+#[test]
+fn download_ifb_tc_80ms_10m_ipv6() {
+    download_accuracy_v6(190, 80, "ifb_tc", "10M");
 }
 
 #[test]
@@ -338,21 +377,21 @@ fn download_ifb_tc_80ms_256k() {
 
 #[test]
 fn download_ifb_tc_lan_256k() {
-    download_within(236, 0, "ifb_tc", "256K", 15.0);
+    download_within(236, 0, "ifb_tc", "256K", 15.0, Family::V4);
 }
 
 #[test]
 fn download_ifb_tc_lan_1m() {
-    download_within(237, 0, "ifb_tc", "1M", 15.0);
+    download_within(237, 0, "ifb_tc", "1M", 15.0, Family::V4);
 }
 
 #[test]
 fn download_ifb_tc_lan_10m() {
-    download_within(238, 0, "ifb_tc", "10M", 1.5);
+    download_within(238, 0, "ifb_tc", "10M", 1.5, Family::V4);
 }
 
 /// A 2 ms HTB burst (200 KiB here) still keeps the rate.
 #[test]
 fn download_ifb_tc_lan_100m() {
-    download_within(239, 0, "ifb_tc", "100M", 1.5);
+    download_within(239, 0, "ifb_tc", "100M", 1.5, Family::V4);
 }

@@ -91,32 +91,9 @@ fn counts_survive_restart_and_kill9() {
     check("after kill -9", uploaded(&bus, name), sent1 + sent2);
 
     // The D-Bus API answers the same, to an independent client.
-    let reply = bus
-        .busctl(&[
-            "--json=short",
-            "call",
-            "org.chadthrottle",
-            "/org/chadthrottle",
-            "org.chadthrottle.Manager",
-            "GetUsage",
-            "sxx",
-            "name",
-            "0",
-            "0",
-        ])
-        .expect("GetUsage");
+    let reply = get_usage(&bus, "name").expect("GetUsage");
     assert!(reply.contains(name), "{reply}");
-    let bad = bus.busctl(&[
-        "call",
-        "org.chadthrottle",
-        "/org/chadthrottle",
-        "org.chadthrottle.Manager",
-        "GetUsage",
-        "sxx",
-        "planet",
-        "0",
-        "0",
-    ]);
+    let bad = get_usage(&bus, "planet");
     assert!(bad.is_err_and(|e| e.contains("unknown grouping")), "a bad grouping is refused, by name");
     drop(d);
 }
@@ -140,6 +117,12 @@ fn a_corrupt_database_is_moved_aside() {
         .filter(|n| n.starts_with("usage.sqlite.corrupt-"))
         .collect();
     assert!(!aside.is_empty(), "the bad file was not moved aside");
+}
+
+/// `GetUsage(by, 0, 0)` through busctl.
+fn get_usage(bus: &PrivateBus, by: &str) -> Result<String, String> {
+    let call = ["call", "org.chadthrottle", "/org/chadthrottle", "org.chadthrottle.Manager", "GetUsage"];
+    bus.busctl(&[&call[..], &["sxx", by, "0", "0"]].concat())
 }
 
 fn usage_answers(bus: &PrivateBus) -> bool {

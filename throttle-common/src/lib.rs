@@ -2,6 +2,8 @@
 //! layouts, their limits, and (with the `user` feature) the rate syntax.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+#[cfg(feature = "user")]
+pub mod clock;
 mod direction;
 #[cfg(feature = "user")]
 pub mod mountinfo;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use throttle_api::UsageEntry;
+pub use throttle_common::clock::{local_utc_offset, now};
 
 use crate::{
     output::{json, Style},
@@ -61,23 +62,6 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Seconds east of UTC here, now.
-pub fn local_utc_offset() -> i64 {
-    let t = now() as libc::time_t;
-    // SAFETY: localtime_r only writes the tm it is given.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return 0;
-        }
-        tm.tm_gmtoff
-    }
 }
 
 fn as_json(e: &UsageEntry) -> serde_json::Value {

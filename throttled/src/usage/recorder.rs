@@ -9,10 +9,12 @@ use std::{
         Arc, Mutex,
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use super::{Counts, Delta, Key, UnixTime, UsageError, UsageQuery, UsageReport, UsageStore};
+pub use throttle_common::clock::{local_utc_offset, now};
+
+use super::{Counts, Delta, Key, UsageError, UsageQuery, UsageReport, UsageStore};
 use crate::{
     config::UsageConfig,
     manager::{
@@ -29,10 +31,6 @@ pub struct Recorder {
     store: Arc<Mutex<UsageStore>>,
     /// Dropped to stop the thread, which then flushes one last time.
     running: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
-}
-
-pub fn now() -> UnixTime {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Recorder {
@@ -109,17 +107,4 @@ fn deltas(taken: Vec<(ProcName, UsageBytes)>) -> Vec<Delta> {
             },
         })
         .collect()
-}
-
-/// Seconds east of UTC here, now (where the days of a report begin).
-pub fn local_utc_offset() -> i64 {
-    let t = now() as libc::time_t;
-    // SAFETY: localtime_r only writes the tm it is given.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return 0;
-        }
-        tm.tm_gmtoff
-    }
 }
