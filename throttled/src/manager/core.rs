@@ -153,7 +153,7 @@ impl Core {
 
     /// Checks `req` by `actor` under the lock, just before it runs.
     pub fn permit(&self, actor: Actor, req: &Request) -> Result<(), ManagerError> {
-        policy::permit(&self.table, &self.datapath.pool, actor, req)
+        self.table.permit(&self.datapath.pool, actor, req)
     }
 
     /// Limits `target` for `by` (`None`: the daemon), if the policy lets

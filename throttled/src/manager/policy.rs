@@ -1,6 +1,7 @@
 //! Who may change which throttle. polkit answers "may this caller use
-//! limit-own / limit-any"; this module decides which of the two a request
-//! needs, from the daemon's own bookkeeping, so the D-Bus layer only asks.
+//! limit-own / limit-any"; this module's rules decide which of the two a
+//! request needs (`ThrottleTable::need` applies them to the daemon's own
+//! bookkeeping), so the D-Bus layer only asks.
 //!
 //! - `limit-own` covers the caller's own processes, and it only ever slows
 //!   them down: it may add a throttle or a direction, or lower a rate. A
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 
 use throttle_common::{rate::Rate, Direction};
 
-use super::{pool::Pool, table::ThrottleTable, LimitSpec, ManagerError, ThrottleId};
+use super::{LimitSpec, ManagerError, ThrottleId};
 use crate::{kernel::procfs, target::Target};
 
 /// What a caller was authorized for.
@@ -164,50 +165,8 @@ pub fn quota(uid: u32, made: usize, per_user: u32) -> Result<(), ManagerError> {
 }
 
 /// Whether `target` is a live process of `uid` (root owns everything).
-fn owns(uid: u32, target: &Target) -> bool {
+pub fn owns(uid: u32, target: &Target) -> bool {
     uid == 0 || target.root().is_some_and(|r| procfs::uid(r.pid).ok() == Some(uid) && procfs::is_alive(&r))
-}
-
-fn existing(table: &ThrottleTable, pool: &Pool, id: ThrottleId) -> Result<Existing, ManagerError> {
-    let t = table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
-    let limits = t.limits.iter().map(|(d, l)| (*d, (l.rate, pool.name(l.backend)))).collect();
-    Ok(Existing { id, admin: t.made.admin, tree: t.target.is_tree(), limits })
-}
-
-/// What `req` by `uid` needs. Root needs nothing more than it has.
-pub fn need(table: &ThrottleTable, pool: &Pool, uid: u32, req: &Request) -> Result<Need, ManagerError> {
-    if uid == 0 {
-        return Ok(Need::Own);
-    }
-    let default = |d: &Direction| pool.default_index(*d).ok().map(|i| pool.name(i));
-    let defaults: Vec<&str> = Direction::BOTH.iter().filter_map(default).collect();
-    Ok(match req {
-        Request::Limit(target, spec) => {
-            let existing = table.find(target).map(|id| existing(table, pool, id)).transpose()?;
-            for_limit(owns(uid, target), target.is_tree(), existing.as_ref(), spec, &defaults)
-        }
-        Request::Change(id, spec) => {
-            let e = existing(table, pool, *id)?;
-            let target = &table.throttles[id].target;
-            for_limit(owns(uid, target), e.tree, Some(&e), spec, &defaults)
-        }
-        Request::Remove(id) => {
-            let e = existing(table, pool, *id)?;
-            for_remove(owns(uid, &table.throttles[id].target), &e)
-        }
-    })
-}
-
-/// Checks `req` again under the lock, just before it runs: the
-/// throttle may have changed since the caller was authorized.
-pub fn permit(table: &ThrottleTable, pool: &Pool, actor: Actor, req: &Request) -> Result<(), ManagerError> {
-    if actor.grant == Grant::Any {
-        return Ok(());
-    }
-    match need(table, pool, actor.uid, req)? {
-        Need::Any(why) => Err(ManagerError::NotPermitted(why)),
-        Need::Own => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::sync::MutexGuard;
 
 use throttle_common::{Direction, MAX_SLOTS};
 
-use super::{core::Core, policy, BackendInfo, ManagerError, Need, Request, Stats, ThrottleId, ThrottleInfo};
+use super::{core::Core, BackendInfo, ManagerError, Need, Request, Stats, ThrottleId, ThrottleInfo};
 
 pub struct Reader<'a>(pub(super) MutexGuard<'a, Core>);
 
@@ -49,7 +49,7 @@ impl Reader<'_> {
 
     /// Which authority `req` by `uid` needs (see `policy`).
     pub fn need(&self, uid: u32, req: &Request) -> Result<Need, ManagerError> {
-        policy::need(&self.0.table, &self.0.datapath.pool, uid, req)
+        self.0.table.need(&self.0.datapath.pool, uid, req)
     }
 
     pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {

@@ -9,7 +9,7 @@ use throttle_common::{rate::Rate, Direction, ProcSlots};
 
 use super::{
     coverage::{Assignment, Candidate},
-    policy::Made,
+    policy::{self, Actor, Existing, Grant, Made, Need, Request},
     pool::Pool,
     LimitSpec, ManagerError, ThrottleId,
 };
@@ -186,6 +186,48 @@ impl ThrottleTable {
             if let Some(t) = self.throttles.get_mut(&id) {
                 t.covered.insert(tgid);
             }
+        }
+    }
+
+    fn existing(&self, pool: &Pool, id: ThrottleId) -> Result<Existing, ManagerError> {
+        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let limits = t.limits.iter().map(|(d, l)| (*d, (l.rate, pool.name(l.backend)))).collect();
+        Ok(Existing { id, admin: t.made.admin, tree: t.target.is_tree(), limits })
+    }
+
+    /// What `req` by `uid` needs (see `policy`). Root needs nothing more than it has.
+    pub fn need(&self, pool: &Pool, uid: u32, req: &Request) -> Result<Need, ManagerError> {
+        if uid == 0 {
+            return Ok(Need::Own);
+        }
+        let default = |d: &Direction| pool.default_index(*d).ok().map(|i| pool.name(i));
+        let defaults: Vec<&str> = Direction::BOTH.iter().filter_map(default).collect();
+        Ok(match req {
+            Request::Limit(target, spec) => {
+                let existing = self.find(target).map(|id| self.existing(pool, id)).transpose()?;
+                policy::for_limit(policy::owns(uid, target), target.is_tree(), existing.as_ref(), spec, &defaults)
+            }
+            Request::Change(id, spec) => {
+                let e = self.existing(pool, *id)?;
+                let owns = policy::owns(uid, &self.throttles[id].target);
+                policy::for_limit(owns, e.tree, Some(&e), spec, &defaults)
+            }
+            Request::Remove(id) => {
+                let e = self.existing(pool, *id)?;
+                policy::for_remove(policy::owns(uid, &self.throttles[id].target), &e)
+            }
+        })
+    }
+
+    /// Checks `req` again under the lock, just before it runs: the
+    /// throttle may have changed since the caller was authorized.
+    pub fn permit(&self, pool: &Pool, actor: Actor, req: &Request) -> Result<(), ManagerError> {
+        if actor.grant == Grant::Any {
+            return Ok(());
+        }
+        match self.need(pool, actor.uid, req)? {
+            Need::Any(why) => Err(ManagerError::NotPermitted(why)),
+            Need::Own => Ok(()),
         }
     }
 
