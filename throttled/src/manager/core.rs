@@ -1,123 +1,106 @@
-//! The throttle table and its changes: throttles and their limits on the
-//! backends' slots, created, changed and removed all or nothing. Which
-//! process a throttle covers is `assign`, moving between backends
-//! `migrate`, following processes `lifecycle`, counters and reports
-//! `report`, saving `saving`, start and reload `start` and `reload`.
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    path::PathBuf,
-};
+//! `Core`: the parts of the manager composed, behind `Manager`'s lock.
+//! Each part owns its state and its rules: `ThrottleTable` (table.rs) the
+//! throttles, `Processes` (assign.rs) the processes they cover,
+//! `Datapath` (datapath.rs) the programs, backends and slots, `Sampling`
+//! the rates, `Events` and `Saving`. `impl Core` holds only what needs
+//! several parts at once: here a throttle's changes (each touches the
+//! table, the data path, the processes, an event and a save); processes
+//! joining and leaving in `lifecycle`; start, reload, migration and health
+//! in `upkeep`.
+use std::path::PathBuf;
 
 use throttle_common::{rate::Rate, Direction};
 
 use super::{
-    assign::ProcEntry,
+    assign::Processes,
+    datapath::Datapath,
     events::{Event, Events, RemovalReason},
     policy::{self, Actor, Made, Request},
     pool::Pool,
-    saving::Saving,
-    traffic::Accounting,
-    LimitSpec, ManagerError, Protected, ThrottleId,
+    report::{BackendInfo, ThrottleInfo, View},
+    sampling::Sampling,
+    saving::{Saving, STATE_COMPONENT},
+    table::{Limit, Origin, Throttle, ThrottleTable},
+    LimitSpec, ManagerError, Overrides, ThrottleId,
 };
 use crate::{
-    backend::{Context, Health, SlotId},
+    backend::{Health, SlotId},
     config::{Config, Defaults},
     kernel::{bpf::Programs, procfs},
-    persist::{InstanceLock, PersistedThrottle, StateStore},
+    persist::{Change, InstanceLock, StateStore},
     target::Target,
 };
 
-/// Where a throttle came from: the API, or a file in `rules.d`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    Runtime,
-    Rule(PathBuf),
-    /// Made for a client that holds it (`hold`): it ends when that client's
-    /// bus connection does, and is never saved. The string names the
-    /// holder (its unique bus name).
-    Held(String),
-}
-
-pub struct Limit {
-    pub slot: SlotId,
-    pub rate: Rate,
-    pub backend: usize,
-}
-
-pub struct Throttle {
-    pub target: Target,
-    pub origin: Origin,
-    pub limits: BTreeMap<Direction, Limit>,
-    /// Live processes the target matches.
-    pub members: BTreeSet<u32>,
-    /// Members this throttle limits in at least one direction.
-    pub covered: BTreeSet<u32>,
-    /// Protected processes the target matches: never members.
-    pub excluded: BTreeSet<u32>,
-    /// Whether it is admin-set, and whose share it counts against.
-    pub made: Made,
-}
-
-/// A saved throttle that cannot be applied now (no free slot, no usable
-/// backend): it stays saved, is reported as failed, and is retried when
-/// slots free up and on reload.
-pub struct Pending {
-    pub record: PersistedThrottle,
-    pub why: String,
-}
-
 pub struct Core {
-    pub programs: Programs,
-    pub pool: Pool,
     pub config: Config,
     pub config_path: Option<PathBuf>,
-    pub throttles: BTreeMap<ThrottleId, Throttle>,
-    /// Saved throttles not applied now (see `Pending`).
-    pub pending: BTreeMap<ThrottleId, Pending>,
-    /// Processes no throttle may limit, by role.
-    pub protected: BTreeMap<Protected, procfs::ProcIdent>,
-    /// Every process some throttle's target matches (see `assign`).
-    pub(super) procs: HashMap<u32, ProcEntry>,
-    pub free_slots: Vec<SlotId>,
-    pub next_id: ThrottleId,
+    pub overrides: Overrides,
+    /// Defaults chosen at runtime; they override the config's per direction.
+    pub runtime_defaults: Defaults,
+    pub table: ThrottleTable,
+    pub procs: Processes,
+    pub datapath: Datapath,
+    pub sampling: Sampling,
     /// Listeners and the recent events (see `events`).
     pub events: Events,
     /// Saves runtime throttles, and knows whether it can (see `saving`).
     pub saving: Saving,
-    /// Defaults chosen at runtime; they override the config's per direction.
-    pub runtime_defaults: Defaults,
-    pub overrides: super::Overrides,
-    /// Rolling rate and history per throttle and direction.
-    pub rates: HashMap<(ThrottleId, Direction), super::rates::LimitSeries>,
-    /// Every process's traffic (empty when the kernel does not count it).
-    pub accounting: Accounting,
-    pub _lock: InstanceLock,
+    _lock: InstanceLock,
 }
 
 impl Core {
     pub fn new(programs: Programs, config: Config, store: StateStore, lock: InstanceLock) -> std::io::Result<Self> {
         Ok(Core {
-            programs,
-            pool: Pool::new(&config),
-            accounting: Accounting::new(&config.monitor),
+            datapath: Datapath::new(programs, Pool::new(&config)),
+            sampling: Sampling::new(&config.monitor),
             config,
             config_path: None,
-            throttles: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            protected: [(Protected::Init, 1), (Protected::Daemon, std::process::id())]
-                .into_iter()
-                .filter_map(|(role, pid)| Some((role, procfs::ident(pid).ok()?)))
-                .collect(),
-            procs: HashMap::new(),
-            free_slots: (1..throttle_common::MAX_SLOTS).rev().collect(),
-            next_id: 1,
+            overrides: Overrides::default(),
+            runtime_defaults: Defaults::default(),
+            table: ThrottleTable::new(),
+            procs: Processes::new(),
             events: Events::default(),
             saving: Saving::new(store)?,
-            runtime_defaults: Defaults::default(),
-            overrides: Default::default(),
-            rates: HashMap::new(),
             _lock: lock,
         })
+    }
+
+    /// The bookkeeping, for reports that never touch the kernel.
+    pub fn view(&self) -> View<'_> {
+        View { table: &self.table, procs: &self.procs, datapath: &self.datapath, sampling: &self.sampling }
+    }
+
+    /// A throttle with its counters read now (netlink for HTB classes).
+    pub fn info(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
+        let live = match self.table.throttles.get(&id) {
+            Some(t) if !self.table.pending.contains_key(&id) => Some(self.datapath.counters(t)?),
+            _ => None,
+        };
+        self.view().info(id, live.as_ref())
+    }
+
+    pub fn list(&mut self) -> Vec<ThrottleInfo> {
+        self.table.ids().into_iter().filter_map(|id| self.info(id).ok()).collect()
+    }
+
+    /// Every backend, its health checked now (the kernel is asked).
+    pub fn backend_infos(&mut self) -> Vec<BackendInfo> {
+        let n = self.datapath.pool.backends.len();
+        let health: Vec<Health> = (0..n).map(|i| self.datapath.health_now(i)).collect();
+        health.into_iter().enumerate().map(|(i, h)| self.view().backend_info(i, h)).collect()
+    }
+
+    /// Samples the counters of up to `n` throttles after `after` (see
+    /// `Sampling::sample_throttles`).
+    pub fn sample_throttles(&mut self, after: Option<ThrottleId>, n: usize) -> Option<ThrottleId> {
+        let span = (self.config.monitor.window, self.config.monitor.history);
+        self.sampling.sample_throttles(&self.table, &mut self.datapath, after, n, span)
+    }
+
+    /// Every throttle's counters, and every process's.
+    pub fn sample_rates(&mut self) {
+        self.sample_throttles(None, usize::MAX);
+        self.sampling.sample_monitor(&mut self.datapath.programs);
     }
 
     /// Every event goes out here, with the throttle it is about (added,
@@ -127,17 +110,11 @@ impl Core {
             Event::ThrottleAdded { id } | Event::ThrottleChanged { id } | Event::ThrottleMigrated { id, .. }
                 if self.events.wants_info() =>
             {
-                self.info_with(id, false).ok()
+                self.view().info(id, None).ok()
             }
             _ => None,
         };
         self.events.send(ev, info);
-    }
-
-    /// The throttle of `target`, applied or pending.
-    pub fn find(&self, target: &Target) -> Option<ThrottleId> {
-        let applied = self.throttles.iter().find(|(_, t)| same_target(&t.target, target)).map(|(id, _)| *id);
-        applied.or_else(|| self.pending.iter().find(|(_, p)| same_target(&p.record.target, target)).map(|(id, _)| *id))
     }
 
     /// As `limit_by`, for the daemon itself (rules, the command line).
@@ -155,7 +132,7 @@ impl Core {
         holder: &str,
         by: Actor,
     ) -> Result<ThrottleId, ManagerError> {
-        if let Some(id) = self.find(&target) {
+        if let Some(id) = self.table.find(&target) {
             let msg = format!("{target} already has throttle {id}; a hold makes a new throttle only");
             return Err(ManagerError::InvalidArgument(msg));
         }
@@ -165,18 +142,18 @@ impl Core {
     /// Ends every throttle `holder` holds (`None`: every held throttle, as
     /// after a reconnection to the bus, when every old holder is gone).
     pub fn release_held(&mut self, holder: Option<&str>) -> Vec<ThrottleId> {
-        let held: Vec<ThrottleId> = self
-            .throttles
-            .iter()
-            .filter(|(_, t)| matches!(&t.origin, Origin::Held(h) if holder.is_none_or(|want| want == h)))
-            .map(|(id, _)| *id)
-            .collect();
+        let held = self.table.held(holder);
         for id in &held {
             if let Err(e) = self.remove(*id, RemovalReason::Released) {
                 tracing::warn!(throttle_id = id, error = %e, "could not end a held throttle");
             }
         }
         held
+    }
+
+    /// Checks `req` by `actor` under the lock, just before it runs.
+    pub fn permit(&self, actor: Actor, req: &Request) -> Result<(), ManagerError> {
+        self.table.permit(&self.datapath.pool, actor, req)
     }
 
     /// Limits `target` for `by` (`None`: the daemon), if the policy lets
@@ -192,18 +169,17 @@ impl Core {
         if let Some(a) = by {
             self.permit(a, &Request::Limit(target.clone(), spec.clone()))?;
         }
-        if let Some(id) = self.find(&target) {
+        if let Some(id) = self.table.find(&target) {
             self.set_tree(id, &target);
             self.change_by(id, spec, by)?;
             return Ok(id);
         }
         if let Some(a) = by {
-            policy::quota(a.uid, self.made_by(a.uid), self.config.limits.per_user)?;
+            policy::quota(a.uid, self.table.made_by(a.uid), self.config.limits.per_user)?;
         }
-        let id = self.next_id;
-        let next = id.checked_add(1).ok_or_else(|| ManagerError::InvalidArgument("no throttle ids are left".into()))?;
+        let id = self.table.free_id()?;
         self.create(id, target, spec, origin, Made::by(by))?;
-        self.next_id = next;
+        self.table.next_id = id + 1;
         self.save_throttle(id);
         Ok(id)
     }
@@ -221,11 +197,11 @@ impl Core {
         let mut chosen = Vec::new();
         for dir in Direction::BOTH {
             if let Some(rate) = spec.rate(dir) {
-                chosen.push((dir, rate, self.pool.resolve(spec.backend_for(dir), dir)?));
+                chosen.push((dir, rate, self.datapath.pool.resolve(spec.backend_for(dir), dir)?));
             }
         }
         let root = target.root();
-        if let Some(role) = root.and_then(|r| self.protected_role(r.pid)) {
+        if let Some(role) = root.and_then(|r| self.procs.protected_role(r.pid)) {
             let pid = root.map_or(0, |r| r.pid);
             return Err(ManagerError::InvalidArgument(format!(
                 "pid {pid} is {}: it is never limited",
@@ -235,9 +211,7 @@ impl Core {
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        let (limits, members, covered, excluded) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        let t = Throttle { target, origin, limits, members, covered, excluded, made };
-        self.throttles.insert(id, t);
+        self.table.throttles.insert(id, Throttle::new(target, origin, made));
         for (dir, rate, backend) in chosen {
             if let Err(e) = self.add_limit(id, dir, rate, backend) {
                 let _ = self.unlink(id); // never existed: no event, no log
@@ -250,7 +224,7 @@ impl Core {
             let _ = self.unlink(id);
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        let t = &self.throttles[&id];
+        let t = &self.table.throttles[&id];
         tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), processes = t.members.len(), "throttle added");
         if !t.excluded.is_empty() {
             tracing::info!(throttle_id = id, excluded = ?t.excluded, "protected processes match but are never limited (see its Excluded property)");
@@ -259,60 +233,14 @@ impl Core {
         Ok(())
     }
 
-    /// Puts `rate` on `backend` in a fresh slot (starting the backend if it
-    /// is idle). On failure nothing is left behind.
-    pub(super) fn apply_on(&mut self, backend: usize, dir: Direction, rate: Rate) -> Result<SlotId, ManagerError> {
-        let slot = self.free_slots.pop().ok_or(ManagerError::SlotsExhausted)?;
-        let b = &mut self.pool.backends[backend];
-        let ctx = &mut Context { programs: &mut self.programs };
-        let res = (|| {
-            if !b.is_initialized() {
-                b.init(ctx)?;
-            }
-            b.apply(ctx, slot, dir, rate)
-        })();
-        if let Err(e) = res {
-            self.free_slots.push(slot);
-            self.release_if_idle(backend);
-            return Err(e.into());
-        }
-        Ok(slot)
-    }
-
-    pub(super) fn add_limit(
-        &mut self,
-        id: ThrottleId,
-        dir: Direction,
-        rate: Rate,
-        backend: usize,
-    ) -> Result<(), ManagerError> {
-        let slot = self.apply_on(backend, dir, rate)?;
-        if let Some(t) = self.throttles.get_mut(&id) {
+    fn add_limit(&mut self, id: ThrottleId, dir: Direction, rate: Rate, backend: usize) -> Result<(), ManagerError> {
+        let slot = self.datapath.apply(backend, dir, rate)?;
+        if let Some(t) = self.table.throttles.get_mut(&id) {
             t.limits.insert(dir, Limit { slot, rate, backend });
         }
-        tracing::info!(throttle_id = id, direction = %dir, backend = self.pool.name(backend), %rate, "limit applied");
+        let name = self.datapath.pool.name(backend);
+        tracing::info!(throttle_id = id, direction = %dir, backend = name, %rate, "limit applied");
         Ok(())
-    }
-
-    /// Lets go of a slot on its backend; the backend stops when idle.
-    pub(super) fn release(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), ManagerError> {
-        let ctx = &mut Context { programs: &mut self.programs };
-        let res = self.pool.backends[backend].remove(ctx, slot, dir);
-        if res.is_ok() {
-            self.free_slots.push(slot);
-        }
-        self.release_if_idle(backend);
-        Ok(res?)
-    }
-
-    pub fn release_if_idle(&mut self, backend: usize) {
-        let b = &mut self.pool.backends[backend];
-        if b.is_initialized() && b.active() == 0 {
-            if let Err(e) = b.cleanup(&mut Context { programs: &mut self.programs }) {
-                tracing::warn!(backend = b.name(), error = %e, "could not release an idle backend");
-            }
-            self.pool.health[backend] = Health::Idle;
-        }
     }
 
     /// New limits in place, for the daemon itself (see `change_by`).
@@ -326,38 +254,42 @@ impl Core {
     /// throttle admin-set.
     pub fn change_by(&mut self, id: ThrottleId, spec: &LimitSpec, by: Option<Actor>) -> Result<(), ManagerError> {
         spec.check()?;
-        if self.pending.contains_key(&id) {
+        if self.table.pending.contains_key(&id) {
             return self.change_pending(id, spec);
         }
-        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let t = self.table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let pool = &self.datapath.pool;
         let mut plan = Vec::new();
         for dir in Direction::BOTH {
             let Some(rate) = spec.rate(dir) else { continue };
             let to = match (t.limits.get(&dir), spec.backend_for(dir)) {
                 (Some(l), None) => l.backend,
-                (Some(l), Some(name)) if self.pool.name(l.backend) == name => l.backend,
-                (_, name) => self.pool.resolve(name, dir)?,
+                (Some(l), Some(name)) if pool.name(l.backend) == name => l.backend,
+                (_, name) => pool.resolve(name, dir)?,
             };
             plan.push((dir, rate, to));
         }
         for (dir, rate, to) in plan {
-            match self.throttles[&id].limits.get(&dir).map(|l| (l.backend, l.slot)) {
+            match self.table.limit(id, dir).map(|l| (l.backend, l.slot)) {
                 Some((b, slot)) if b == to => self.change_rate(id, dir, b, slot, rate)?,
                 Some(_) => self.migrate_limit(id, dir, to, Some(rate))?,
                 None => self.add_limit(id, dir, rate, to)?,
             }
         }
-        if let Some(t) = self.throttles.get_mut(&id) {
+        if let Some(t) = self.table.throttles.get_mut(&id) {
             t.made.admin |= Made::by(by).admin;
         }
         // A new direction, a new rate or a new mark can change which
         // throttle wins (see `coverage`).
-        self.members(id).into_iter().for_each(|p| self.reassign(p));
+        for p in self.table.members(id) {
+            self.procs.reassign(p, &mut self.table, &mut self.datapath);
+        }
         self.emit(Event::ThrottleChanged { id });
         self.save_throttle(id);
         Ok(())
     }
 
+    /// A new rate on the same backend and slot.
     pub(super) fn change_rate(
         &mut self,
         id: ThrottleId,
@@ -366,18 +298,18 @@ impl Core {
         slot: SlotId,
         rate: Rate,
     ) -> Result<(), ManagerError> {
-        self.pool.backends[b].change(&mut Context { programs: &mut self.programs }, slot, dir, rate)?;
-        if let Some(l) = self.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
+        self.datapath.change(b, slot, dir, rate)?;
+        if let Some(l) = self.table.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
             l.rate = rate;
         }
-        for tgid in self.covered_in(id, dir) {
-            self.pool.backends[b].cover(&mut Context { programs: &mut self.programs }, slot, dir, tgid, Some(rate));
+        for tgid in self.procs.covered_in(&self.table, id, dir) {
+            self.datapath.cover(b, slot, dir, tgid, Some(rate));
         }
         Ok(())
     }
 
     pub fn remove_persisting(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
-        let res = match self.pending.remove(&id) {
+        let res = match self.table.pending.remove(&id) {
             Some(_) => {
                 self.emit(Event::ThrottleRemoved { id, reason: RemovalReason::Requested });
                 tracing::info!(throttle_id = id, "failed throttle removed");
@@ -403,31 +335,27 @@ impl Core {
 
     /// Takes a throttle out of the kernel and the bookkeeping, silently
     /// (`remove` reports it; a throttle that was never added is not).
-    pub(super) fn unlink(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
-        if !self.throttles.contains_key(&id) {
+    fn unlink(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
+        if !self.table.throttles.contains_key(&id) {
             return Err(ManagerError::NoSuchThrottle(id));
         }
-        let members = self.members(id);
-        for tgid in members {
-            if let Some(e) = self.procs.get_mut(&tgid) {
-                e.matches.retain(|m| *m != id);
-            }
-            self.reassign(tgid);
+        for tgid in self.table.members(id) {
+            self.procs.leave(id, tgid, &mut self.table, &mut self.datapath);
         }
-        let limits: Vec<_> = self.throttles[&id].limits.iter().map(|(d, l)| (*d, l.slot, l.backend)).collect();
+        let limits: Vec<_> = self.table.throttles[&id].limits.iter().map(|(d, l)| (*d, l.slot, l.backend)).collect();
         let mut first_err = Ok(());
         for (dir, slot, b) in limits {
-            first_err = first_err.and(self.release(b, slot, dir));
+            first_err = first_err.and(self.datapath.release(b, slot, dir));
         }
-        self.throttles.remove(&id);
-        self.rates.retain(|(t, _), _| *t != id);
+        self.table.throttles.remove(&id);
+        self.sampling.forget(id);
         first_err
     }
 
     /// Removes every throttle (keeping the saved state) and stops every
     /// backend, restoring what they replaced.
     pub fn shutdown(&mut self) -> Result<(), ManagerError> {
-        let ids: Vec<_> = self.throttles.keys().copied().collect();
+        let ids: Vec<_> = self.table.throttles.keys().copied().collect();
         let mut first = Ok(());
         for id in ids {
             if let Err(e) = self.remove(id, RemovalReason::Requested) {
@@ -435,16 +363,40 @@ impl Core {
                 first = first.and(Err(e));
             }
         }
-        (0..self.pool.backends.len()).for_each(|i| self.release_if_idle(i));
+        self.datapath.release_all_idle();
         first
     }
-}
 
-/// Pid targets are the same throttle with or without `tree`.
-pub(super) fn same_target(a: &Target, b: &Target) -> bool {
-    match (a, b) {
-        (Target::Pid { ident: x, .. }, Target::Pid { ident: y, .. }) => x == y,
-        _ => a == b,
+    /// Takes in what the saver's syncer reported about flushing.
+    pub fn note_sync(&mut self) {
+        let health = self.saving.note_sync();
+        self.note_state(health);
+    }
+
+    fn note_state(&mut self, health: Option<Health>) {
+        if let Some(health) = health {
+            self.emit(Event::HealthChanged { component: STATE_COMPONENT, health });
+        }
+    }
+
+    /// Saves everything as a new snapshot: after a start, a reload, or
+    /// changes to many throttles at once.
+    pub fn persist(&mut self) {
+        let state = self.table.saved_state(&self.datapath.pool, &self.runtime_defaults);
+        let health = self.saving.snapshot(state);
+        self.note_state(health);
+    }
+
+    /// Saves throttle `id` as it is now (see `ThrottleTable::change`).
+    pub fn save_throttle(&mut self, id: ThrottleId) {
+        self.save(self.table.change(id, &self.datapath.pool));
+    }
+
+    /// One change, into the journal (see `Saving::save`).
+    pub fn save(&mut self, change: Change) {
+        let (table, pool, defaults) = (&self.table, &self.datapath.pool, &self.runtime_defaults);
+        let health = self.saving.save(table.next_id, change, || table.saved_state(pool, defaults));
+        self.note_state(health);
     }
 }
 

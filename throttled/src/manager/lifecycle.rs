@@ -1,19 +1,16 @@
-//! The process lifecycle: forks join their parent's tree throttles, new
-//! names and executables start or end pattern matches, exits leave every
-//! throttle (a pid throttle goes with its process), and a rescan after
-//! lost events or for cgroup moves.
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Mutex,
-};
-
+//! Processes joining and leaving throttles: a new throttle's members, forks
+//! joining their parent's tree throttles, new names and executables
+//! starting or ending pattern matches, exits, protected roles, and a
+//! rescan after lost events or for cgroup moves. On `Core` because an exit
+//! can end a pid throttle (an event, a save, a retry of the failed ones);
+//! the bookkeeping itself is `Processes`'s.
 use super::{core::Core, events::RemovalReason, ThrottleId};
 use crate::{
     kernel::{
         procfs::{self, ProcIdent},
-        procmon::{ProcEvent, ProcMonitor},
+        procmon::ProcEvent,
     },
-    target::ProcFacts,
+    target::{ProcFacts, Target},
 };
 
 impl Core {
@@ -26,16 +23,92 @@ impl Core {
         }
     }
 
-    pub fn has_pattern_targets(&self) -> bool {
-        self.throttles.values().any(|t| !t.target.is_pid())
+    /// Every process throttle `id`'s target covers joins it.
+    pub(super) fn add_members(&mut self, id: ThrottleId) {
+        let target = self.table.throttles[&id].target.clone();
+        match target {
+            Target::Pid { ident, tree } => {
+                self.add_member(id, ident);
+                if tree {
+                    self.add_descendants(id);
+                }
+            }
+            _ => {
+                for pid in procfs::all_pids() {
+                    if procfs::is_kernel_thread(pid).unwrap_or(true) {
+                        continue;
+                    }
+                    if let (Some(f), Ok(ident)) = (ProcFacts::read(pid), procfs::ident(pid)) {
+                        if target.matches(&f) {
+                            self.add_member(id, ident);
+                        }
+                    }
+                }
+            }
+        }
     }
 
-    pub(super) fn process_forked(&mut self, parent: u32, child: u32) {
-        let trees: Vec<ThrottleId> = match self.procs.get(&parent) {
-            Some(e) => e.matches.iter().copied().filter(|id| self.throttles[id].target.is_tree()).collect(),
-            None => Vec::new(),
-        };
-        if trees.is_empty() && !self.has_pattern_targets() {
+    fn add_descendants(&mut self, id: ThrottleId) {
+        let Some(root) = self.table.throttles.get(&id).and_then(|t| t.target.root()) else { return };
+        for pid in procfs::tree(root.pid).into_iter().skip(1) {
+            if let Ok(ident) = procfs::ident(pid) {
+                self.add_member(id, ident);
+            }
+        }
+    }
+
+    /// `ident` joins throttle `id`, unless it is protected (then it is
+    /// only reported as excluded).
+    fn add_member(&mut self, id: ThrottleId, ident: ProcIdent) {
+        if self.procs.is_protected(&ident) {
+            self.table.exclude(id, ident.pid);
+            return;
+        }
+        if self.procs.is_reused(&ident) {
+            self.process_exited(ident.pid); // a reused pid: the exit event was lost
+        }
+        self.procs.join(id, ident, &mut self.table, &mut self.datapath);
+    }
+
+    fn drop_member(&mut self, id: ThrottleId, tgid: u32) {
+        self.procs.leave(id, tgid, &mut self.table, &mut self.datapath);
+    }
+
+    /// `limit --tree` on a process already limited without it (or the
+    /// reverse) changes the target in place.
+    pub(super) fn set_tree(&mut self, id: ThrottleId, target: &Target) {
+        let Some(t) = self.table.throttles.get_mut(&id) else { return };
+        if t.target == *target {
+            return;
+        }
+        t.target = target.clone();
+        if target.is_tree() {
+            self.add_descendants(id);
+        }
+    }
+
+    /// Sets the process in `role`: it leaves every throttle now, and is
+    /// reported in their `excluded` from then on.
+    pub fn protect(&mut self, role: super::Protected, pid: Option<u32>) {
+        let ident = pid.and_then(|p| procfs::ident(p).ok());
+        let old = self.procs.set_protected(role, ident);
+        if let Some(old) = old.filter(|o| Some(*o) != ident) {
+            // Its successor may be another process: the old one is no longer excluded.
+            self.table.unexclude(old.pid);
+        }
+        let Some(ident) = ident else { return };
+        for id in self.table.holding(ident.pid) {
+            self.drop_member(id, ident.pid);
+            self.table.exclude(id, ident.pid);
+        }
+        tracing::info!(pid = ident.pid, role = role.describe(), "never limited");
+    }
+
+    fn process_forked(&mut self, parent: u32, child: u32) {
+        let table = &self.table;
+        let trees: Vec<ThrottleId> =
+            self.procs.matches(parent).iter().copied().filter(|id| table.throttles[id].target.is_tree()).collect();
+        if trees.is_empty() && !self.table.has_pattern_targets() {
             return;
         }
         let Ok(ident) = procfs::ident(child) else { return };
@@ -44,8 +117,8 @@ impl Core {
     }
 
     /// A new name, executable or cgroup can start or end pattern matches.
-    pub(super) fn process_renamed(&mut self, tgid: u32) {
-        if !self.has_pattern_targets() {
+    fn process_renamed(&mut self, tgid: u32) {
+        if !self.table.has_pattern_targets() {
             return;
         }
         if let Ok(ident) = procfs::ident(tgid) {
@@ -54,9 +127,10 @@ impl Core {
     }
 
     /// Re-evaluates every name/exe/cgroup/unit target against one process.
-    pub(super) fn match_patterns(&mut self, ident: ProcIdent) {
+    fn match_patterns(&mut self, ident: ProcIdent) {
         let Some(facts) = ProcFacts::read(ident.pid) else { return };
         let verdicts: Vec<(ThrottleId, bool, bool)> = self
+            .table
             .throttles
             .iter()
             .filter(|(_, t)| !t.target.is_pid())
@@ -67,7 +141,7 @@ impl Core {
                 (true, false) => self.add_member(id, ident),
                 (false, true) => self.drop_member(id, ident.pid),
                 (false, false) => {
-                    if let Some(t) = self.throttles.get_mut(&id) {
+                    if let Some(t) = self.table.throttles.get_mut(&id) {
                         t.excluded.remove(&ident.pid);
                     }
                 }
@@ -78,20 +152,19 @@ impl Core {
 
     pub fn process_exited(&mut self, tgid: u32) {
         // The bytes since the last sample still count for the usage history.
-        let last = self.programs.monitoring().then(|| self.programs.proc_traffic_of(tgid)).flatten();
-        self.accounting.exited(tgid, last);
-        self.programs.forget_traffic(tgid);
-        if self.protected.values().any(|i| i.pid == tgid) {
-            self.throttles.values_mut().for_each(|t| {
-                t.excluded.remove(&tgid);
-            });
+        let programs = &self.datapath.programs;
+        let last = programs.monitoring().then(|| programs.proc_traffic_of(tgid)).flatten();
+        self.sampling.accounting.exited(tgid, last);
+        self.datapath.programs.forget_traffic(tgid);
+        if self.procs.is_protected_pid(tgid) {
+            self.table.unexclude(tgid);
         }
-        let Some(e) = self.procs.remove(&tgid) else { return };
-        if let Err(err) = self.programs.remove_proc(tgid) {
+        let Some(e) = self.procs.remove(tgid) else { return };
+        if let Err(err) = self.datapath.programs.remove_proc(tgid) {
             tracing::warn!(pid = tgid, error = %err, "could not remove a process entry");
         }
         for id in e.matches {
-            let Some(t) = self.throttles.get_mut(&id) else { continue };
+            let Some(t) = self.table.throttles.get_mut(&id) else { continue };
             t.members.remove(&tgid);
             t.covered.remove(&tgid);
             // At the exit event the process may still be a zombie with its
@@ -107,12 +180,9 @@ impl Core {
     /// After lost events, and periodically for cgroup moves (which have no
     /// event): drop dead processes, then match every live one again.
     pub fn rescan(&mut self) {
-        let dead: Vec<u32> = self.procs.iter().filter(|(_, e)| !procfs::is_alive(&e.ident)).map(|(p, _)| *p).collect();
-        dead.into_iter().for_each(|p| self.process_exited(p));
-        let trees: Vec<ThrottleId> =
-            self.throttles.iter().filter(|(_, t)| t.target.is_tree()).map(|(id, _)| *id).collect();
-        trees.into_iter().for_each(|id| self.add_descendants(id));
-        if self.has_pattern_targets() {
+        self.procs.dead().into_iter().for_each(|p| self.process_exited(p));
+        self.table.trees().into_iter().for_each(|id| self.add_descendants(id));
+        if self.table.has_pattern_targets() {
             for pid in procfs::all_pids() {
                 if procfs::is_kernel_thread(pid).unwrap_or(true) {
                     continue;
@@ -120,23 +190,6 @@ impl Core {
                 if let Ok(ident) = procfs::ident(pid) {
                     self.match_patterns(ident);
                 }
-            }
-        }
-    }
-}
-
-pub fn follow_processes(monitor: ProcMonitor, core: &Mutex<Core>, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 64 << 10];
-    while !stop.load(Ordering::Relaxed) {
-        match monitor.recv(&mut buf) {
-            Ok(Some(events)) => {
-                let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                events.into_iter().for_each(|ev| core.on_event(ev));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "proc connector failed; process tracking stopped");
-                return;
             }
         }
     }

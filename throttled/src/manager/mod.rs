@@ -6,18 +6,21 @@
 mod assign;
 mod core;
 mod coverage;
+mod datapath;
 mod events;
-mod health;
 mod lifecycle;
-mod migrate;
 pub mod policy;
 mod pool;
 mod rates;
-mod reload;
+mod reader;
 mod report;
+mod rules;
+mod sampling;
 mod saving;
-mod start;
+mod table;
+mod threads;
 pub mod traffic;
+mod upkeep;
 
 use std::{
     path::PathBuf,
@@ -33,10 +36,11 @@ use throttle_common::{Direction, MAX_SLOTS};
 
 use self::core::Core;
 pub use self::{
-    core::Origin,
     events::{Event, Notice, RemovalReason},
     policy::{Actor, Grant, Need, Ownership, Request},
+    reader::Reader,
     report::{BackendInfo, DirectionStats, Stats, ThrottleInfo, TopEntry},
+    table::Origin,
 };
 pub use crate::limit::LimitSpec;
 use crate::{
@@ -178,11 +182,11 @@ impl Manager {
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map_err(ManagerError::Io)
         };
-        threads.push(spawn("procmon", Box::new(move || lifecycle::follow_processes(monitor, &c, &s)))?);
+        threads.push(spawn("procmon", Box::new(move || threads::follow_processes(monitor, &c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
-        threads.push(spawn("linkmon", Box::new(move || health::follow_links(&c, &s)))?);
+        threads.push(spawn("linkmon", Box::new(move || threads::follow_links(&c, &s)))?);
         let (c, s) = (core.clone(), stop.clone());
-        threads.push(spawn("health", Box::new(move || health::run_checks(&c, &s)))?);
+        threads.push(spawn("health", Box::new(move || threads::run_checks(&c, &s)))?);
         Ok(Manager { core, stop, threads: Mutex::new(threads) })
     }
 
@@ -286,7 +290,7 @@ impl Manager {
     }
 
     pub fn find(&self, target: &Target) -> Option<ThrottleId> {
-        self.lock().find(target)
+        self.lock().table.find(target)
     }
 
     /// Reads of the daemon's bookkeeping, waiting for the core if it is busy.
@@ -353,7 +357,7 @@ impl Manager {
     /// The `count` busiest processes, throttled or not; with `owner`, only
     /// that user's.
     pub fn top(&self, count: usize, sort: traffic::SortBy, scope: traffic::Scope, owner: Option<u32>) -> Vec<TopEntry> {
-        self.lock().top(count, sort, scope, owner)
+        self.lock().view().top(count, sort, scope, owner)
     }
 
     /// Where the daemon keeps its state (the config's `state_dir`).
@@ -364,7 +368,7 @@ impl Manager {
     /// The bytes counted since the last call, by who sent them: the usage
     /// history's input.
     pub fn take_usage(&self) -> Vec<(traffic::ProcName, traffic::UsageBytes)> {
-        self.lock().accounting.take_usage()
+        self.lock().sampling.accounting.take_usage()
     }
 
     /// Whether `pids` are `uid`'s processes: each one's uid as the monitor
@@ -373,7 +377,7 @@ impl Manager {
     pub fn ownership(&self, uid: u32, pids: &[u32]) -> Ownership {
         let known: Vec<Option<u32>> = {
             let core = self.lock();
-            pids.iter().map(|p| core.accounting.owner(*p)).collect()
+            pids.iter().map(|p| core.sampling.accounting.owner(*p)).collect()
         };
         let owner = |(pid, known): (&u32, Option<u32>)| known.or_else(|| crate::kernel::procfs::uid(*pid).ok());
         Ownership::of(uid, pids.iter().zip(known).map(owner))
@@ -382,7 +386,7 @@ impl Manager {
     /// A process's (up, down) bytes/s, one per second, oldest first; empty
     /// for a live process that has sent nothing yet.
     pub fn process_history(&self, pid: u32) -> Result<Vec<(u64, u64)>, ManagerError> {
-        match self.lock().accounting.history(pid) {
+        match self.lock().sampling.accounting.history(pid) {
             Some(h) => Ok(h),
             None if crate::kernel::procfs::comm(pid).is_ok() => Ok(Vec::new()),
             None => Err(ManagerError::NoSuchProcess(pid)),
@@ -418,18 +422,18 @@ impl Manager {
     /// Number of processes in the kernel's process map (for leak checks).
     #[cfg(feature = "testing")]
     pub fn kernel_proc_entries(&self) -> usize {
-        self.lock().programs.proc_count()
+        self.lock().datapath.programs.proc_count()
     }
 
     /// The kernel's slots for a process (tests check precedence with this).
     #[cfg(feature = "testing")]
     pub fn kernel_proc(&self, tgid: u32) -> Option<throttle_common::ProcSlots> {
-        self.lock().programs.proc(tgid)
+        self.lock().datapath.programs.proc(tgid)
     }
 
     /// One line for status displays: "3 throttles on ebpf, tc_htb".
     pub fn status(&self) -> String {
-        self.lock().status()
+        self.lock().view().status()
     }
 
     /// Removes every throttle and restores what the backends replaced; the
@@ -442,62 +446,6 @@ impl Manager {
             let _ = t.join();
         }
         self.lock().shutdown()
-    }
-}
-
-/// The core, locked for reads that touch only the daemon's bookkeeping,
-/// never the kernel: microseconds each.
-pub struct Reader<'a>(MutexGuard<'a, Core>);
-
-impl Reader<'_> {
-    pub fn summary(&mut self, id: ThrottleId) -> Result<ThrottleInfo, ManagerError> {
-        self.0.info_with(id, false)
-    }
-
-    /// Every backend with the health its last check found (no kernel call).
-    pub fn backends_known(&self) -> Vec<BackendInfo> {
-        self.0.backend_infos_known()
-    }
-
-    /// Applied, or saved and not applied now (failed).
-    pub fn exists(&self, id: ThrottleId) -> bool {
-        self.0.throttles.contains_key(&id) || self.0.pending.contains_key(&id)
-    }
-
-    pub fn ids(&self) -> Vec<ThrottleId> {
-        let mut ids: Vec<ThrottleId> = self.0.throttles.keys().chain(self.0.pending.keys()).copied().collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    pub fn stats(&self) -> Stats {
-        let c = &self.0;
-        Stats {
-            throttles: c.throttles.len(),
-            processes: c.programs.tracked_procs(),
-            status: c.status(),
-            state: c.saving.health.clone(),
-            slots: MAX_SLOTS as usize - 1,
-            slots_used: MAX_SLOTS as usize - 1 - c.free_slots.len(),
-            per_user: c.config.limits.per_user,
-        }
-    }
-
-    pub fn default_backend(&self, dir: Direction) -> Result<&'static str, ManagerError> {
-        self.0.default_backend(dir)
-    }
-
-    /// Which authority `req` by `uid` needs (see `policy`).
-    pub fn need(&self, uid: u32, req: &Request) -> Result<Need, ManagerError> {
-        self.0.need(uid, req)
-    }
-
-    pub fn throttle_history(&self, id: ThrottleId) -> Result<Vec<(u64, u64)>, ManagerError> {
-        self.0.throttle_history(id)
-    }
-
-    pub fn monitoring(&self) -> bool {
-        self.0.programs.monitoring()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Who may change which throttle. polkit answers "may this caller use
-//! limit-own / limit-any"; this module decides which of the two a request
-//! needs, from the daemon's own bookkeeping, so the D-Bus layer only asks.
+//! limit-own / limit-any"; this module's rules decide which of the two a
+//! request needs (`ThrottleTable::need` applies them to the daemon's own
+//! bookkeeping), so the D-Bus layer only asks.
 //!
 //! - `limit-own` covers the caller's own processes, and it only ever slows
 //!   them down: it may add a throttle or a direction, or lower a rate. A
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 
 use throttle_common::{rate::Rate, Direction};
 
-use super::{core::Core, LimitSpec, ManagerError, ThrottleId};
+use super::{LimitSpec, ManagerError, ThrottleId};
 use crate::{kernel::procfs, target::Target};
 
 /// What a caller was authorized for.
@@ -164,56 +165,8 @@ pub fn quota(uid: u32, made: usize, per_user: u32) -> Result<(), ManagerError> {
 }
 
 /// Whether `target` is a live process of `uid` (root owns everything).
-fn owns(uid: u32, target: &Target) -> bool {
+pub fn owns(uid: u32, target: &Target) -> bool {
     uid == 0 || target.root().is_some_and(|r| procfs::uid(r.pid).ok() == Some(uid) && procfs::is_alive(&r))
-}
-
-impl Core {
-    fn existing(&self, id: ThrottleId) -> Result<Existing, ManagerError> {
-        let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
-        let limits = t.limits.iter().map(|(d, l)| (*d, (l.rate, self.pool.name(l.backend)))).collect();
-        Ok(Existing { id, admin: t.made.admin, tree: t.target.is_tree(), limits })
-    }
-
-    /// What `req` by `uid` needs. Root needs nothing more than it has.
-    pub fn need(&self, uid: u32, req: &Request) -> Result<Need, ManagerError> {
-        if uid == 0 {
-            return Ok(Need::Own);
-        }
-        let defaults: Vec<&str> = Direction::BOTH.iter().filter_map(|d| self.default_backend(*d).ok()).collect();
-        Ok(match req {
-            Request::Limit(target, spec) => {
-                let existing = self.find(target).map(|id| self.existing(id)).transpose()?;
-                for_limit(owns(uid, target), target.is_tree(), existing.as_ref(), spec, &defaults)
-            }
-            Request::Change(id, spec) => {
-                let e = self.existing(*id)?;
-                let target = &self.throttles[id].target;
-                for_limit(owns(uid, target), e.tree, Some(&e), spec, &defaults)
-            }
-            Request::Remove(id) => {
-                let e = self.existing(*id)?;
-                for_remove(owns(uid, &self.throttles[id].target), &e)
-            }
-        })
-    }
-
-    /// Checks `req` again under the lock, just before it runs: the
-    /// throttle may have changed since the caller was authorized.
-    pub fn permit(&self, actor: Actor, req: &Request) -> Result<(), ManagerError> {
-        if actor.grant == Grant::Any {
-            return Ok(());
-        }
-        match self.need(actor.uid, req)? {
-            Need::Any(why) => Err(ManagerError::NotPermitted(why)),
-            Need::Own => Ok(()),
-        }
-    }
-
-    /// Throttles `uid` created that still exist.
-    pub fn made_by(&self, uid: u32) -> usize {
-        self.throttles.values().filter(|t| t.made.creator == Some(uid)).count()
-    }
 }
 
 #[cfg(test)]

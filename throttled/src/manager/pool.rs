@@ -4,7 +4,7 @@
 //! their last throttle goes.
 use std::cell::Cell;
 
-use throttle_common::Direction;
+use throttle_common::{text::quote, Direction};
 
 use super::ManagerError;
 use crate::{
@@ -102,6 +102,18 @@ impl Pool {
         (0..self.backends.len())
             .filter(|&i| Some(i) != except && self.usable(i, dir).is_ok())
             .max_by_key(|&i| (self.backends[i].priority(), std::cmp::Reverse(i)))
+    }
+
+    /// Saved default backends, with any unknown one set aside.
+    pub fn known_defaults(&self, d: Defaults) -> Defaults {
+        let known = |name: Option<String>, dir: &str| match name {
+            Some(n) if self.index(&n).is_err() => {
+                tracing::warn!(direction = dir, backend = %quote(&n), "saved default backend set aside: unknown");
+                None
+            }
+            other => other,
+        };
+        Defaults { up: known(d.up, "up"), down: known(d.down, "down") }
     }
 
     pub fn set_preferences(&mut self, d: Defaults) {

@@ -1,26 +1,21 @@
-//! Saving runtime throttles: the table's side of `persist`. Each change
-//! becomes one journal entry (`save_throttle`), many at once a snapshot
-//! (`persist`). Whether the state can be saved is the health component
-//! "state": broken while a change cannot be saved or flushed (the limits
-//! still apply; only the next start would lose them).
-use super::{
-    core::{Core, Origin},
-    events::Event,
-    ThrottleId,
-};
+//! Saving runtime throttles: the manager's side of `persist`. Each change
+//! becomes one journal entry, many at once a snapshot (what is saved is
+//! `ThrottleTable::change` and `saved_state`). Whether the state can be
+//! saved is the health component "state": broken while a change cannot be
+//! saved or flushed (the limits still apply; only the next start would
+//! lose them). Each method returns the new health when it changed.
+use super::ThrottleId;
 use crate::{
     backend::Health,
-    limit::LimitSpec,
-    persist::{Change, PersistedThrottle, Saver, State, StateError, StateStore, VERSION},
+    persist::{Change, Saver, State, StateError, StateStore},
 };
-use throttle_common::Direction;
 
 /// The health component of the saved state.
 pub const STATE_COMPONENT: &str = "state";
 
 /// The saver, and what is known about whether saving works.
 pub struct Saving {
-    pub saver: Saver,
+    saver: Saver,
     pub health: Health,
     /// Why the last change could not be saved, if it could not.
     save_error: Option<String>,
@@ -44,94 +39,44 @@ impl Saving {
             health
         })
     }
-}
 
-impl Core {
+    /// Continues the journal of the state the daemon started from.
+    pub fn resume(&mut self, state: &State) {
+        self.saver.resume(state);
+    }
+
     /// Records whether the last change was saved.
-    fn note_saved(&mut self, result: Result<(), StateError>) {
-        self.saving.save_error = result.err().map(|e| e.to_string());
-        self.note_state_health();
+    fn note_saved(&mut self, result: Result<(), StateError>) -> Option<Health> {
+        self.save_error = result.err().map(|e| e.to_string());
+        self.health_now()
     }
 
     /// Takes in what the saver's syncer reported about flushing.
-    pub fn note_sync(&mut self) {
-        if let Some(failing) = self.saving.saver.sync_failure() {
-            self.saving.sync_error = failing;
-            self.note_state_health();
-        }
+    pub fn note_sync(&mut self) -> Option<Health> {
+        let failing = self.saver.sync_failure()?;
+        self.sync_error = failing;
+        self.health_now()
     }
 
-    fn note_state_health(&mut self) {
-        if let Some(health) = self.saving.health_now() {
-            self.emit(Event::HealthChanged { component: STATE_COMPONENT, health });
-        }
+    /// Saves everything as a new snapshot.
+    pub fn snapshot(&mut self, state: State) -> Option<Health> {
+        let result = self.saver.snapshot(state);
+        self.note_saved(result)
     }
 
-    /// Every runtime throttle as it is now (failed ones as saved), and the
-    /// runtime defaults.
-    fn saved_state(&self) -> State {
-        let mut throttles: Vec<PersistedThrottle> = self
-            .throttles
-            .iter()
-            .filter(|(_, t)| t.origin == Origin::Runtime)
-            .map(|(&id, _)| self.record(id))
-            .chain(self.pending.values().map(|p| p.record.clone()))
-            .collect();
-        throttles.sort_by_key(|t| t.id);
-        State { version: VERSION, seq: 0, next_id: self.next_id, defaults: self.runtime_defaults.clone(), throttles }
-    }
-
-    /// An applied throttle as saved: each limited direction's rate and backend.
-    fn record(&self, id: ThrottleId) -> PersistedThrottle {
-        let t = &self.throttles[&id];
-        let rate = |d| t.limits.get(&d).map(|l| l.rate);
-        let backend = |d| t.limits.get(&d).map(|l| self.pool.name(l.backend).to_string());
-        let spec = LimitSpec {
-            down: rate(Direction::Down),
-            up: rate(Direction::Up),
-            backend: None,
-            down_backend: backend(Direction::Down),
-            up_backend: backend(Direction::Up),
-        };
-        PersistedThrottle { id, target: t.target.clone(), spec, admin: t.made.admin, creator: t.made.creator }
-    }
-
-    /// Saves everything as a new snapshot: after a start, a reload, or
-    /// changes to many throttles at once.
-    pub fn persist(&mut self) {
-        let state = self.saved_state();
-        let result = self.saving.saver.snapshot(state);
-        self.note_saved(result);
-    }
-
-    /// Saves throttle `id` as it is now: a runtime throttle's limits and
-    /// backends, or, once it is gone (or a rule's), that it is.
-    pub fn save_throttle(&mut self, id: ThrottleId) {
-        let change = match (self.throttles.get(&id), self.pending.get(&id)) {
-            (Some(t), _) if t.origin == Origin::Runtime => Change::Put(self.record(id)),
-            (None, Some(p)) => Change::Put(p.record.clone()),
-            _ => Change::Delete(id),
-        };
-        self.save(change);
-    }
-
-    /// One change, appended to the journal; a snapshot instead when there
-    /// is no journal to append to, or when it is time to fold it.
-    pub(super) fn save(&mut self, change: Change) {
-        let result = match self.saving.saver.record(self.next_id, change) {
-            Ok(true) if self.saving.saver.wants_snapshot() => {
-                let state = self.saved_state();
-                if let Err(e) = self.saving.saver.snapshot(state) {
+    /// One change, appended to the journal; a snapshot of `state()` instead
+    /// when there is no journal to append to, or when it is time to fold it.
+    pub fn save(&mut self, next_id: ThrottleId, change: Change, state: impl Fn() -> State) -> Option<Health> {
+        let result = match self.saver.record(next_id, change) {
+            Ok(true) if self.saver.wants_snapshot() => {
+                if let Err(e) = self.saver.snapshot(state()) {
                     tracing::warn!(error = %e, "could not fold the journal into a snapshot; it keeps growing");
                 }
                 Ok(())
             }
             Ok(true) => Ok(()),
-            Ok(false) | Err(_) => {
-                let state = self.saved_state();
-                self.saving.saver.snapshot(state)
-            }
+            Ok(false) | Err(_) => self.saver.snapshot(state()),
         };
-        self.note_saved(result);
+        self.note_saved(result)
     }
 }
