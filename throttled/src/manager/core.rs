@@ -330,6 +330,11 @@ impl Core {
             return self.change_pending(id, spec);
         }
         let t = self.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        // Limits never loosen a block in place: lifting it is its own act.
+        if !spec.block && t.limits.values().any(|l| !self.pool.backends[l.backend].automatic()) {
+            let msg = format!("throttle {id} blocks its processes: unblock (or unlimit) it first");
+            return Err(ManagerError::InvalidArgument(msg));
+        }
         let mut plan = Vec::new();
         for dir in Direction::BOTH {
             let Some(rate) = spec.rate(dir) else { continue };

