@@ -166,3 +166,57 @@ fn running_flows_stop_and_resume() {
     }
     assert_eq!(m.kernel_proc_entries(), 0);
 }
+
+/// throttlectl on the bus at `address`, as the system bus.
+fn ctl(address: &str, args: &[&str]) -> std::process::Output {
+    Command::new(throttlectl()).args(args).env("DBUS_SYSTEM_BUS_ADDRESS", address).output().unwrap()
+}
+
+#[track_caller]
+fn ctl_ok(address: &str, args: &[&str]) -> String {
+    let out = ctl(address, args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "throttlectl {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// The real daemon on a private bus: `throttlectl block` refuses the
+/// probe's connections, `list`, JSON and the Blocked property show a
+/// block, kill -9 lets go of it (programs die with the daemon), a restart
+/// brings it back, and `unblock` lifts it (but not a plain limit).
+#[test]
+fn throttlectl_block_survives_kill_9_and_restart() {
+    let Some(_g) = begin() else { return };
+    let mut lab = Lab::new(183);
+    lab.server(5201);
+    let Some(mut p) = Probe::start() else { return };
+    let Some(bus) = throttle_testkit::bus::PrivateBus::start("block") else { return };
+    let dir = ScratchDir::new("block-d");
+    let mut d = bus.daemon(daemon_bin(), &dir, &lab.veth, &[]);
+    let (addr, ip, pid) = (bus.address().to_string(), lab.server_ip.clone(), p.pid().to_string());
+    assert!(ctl_ok(&addr, &["block", &pid]).contains("BLOCKED"));
+    assert_refused(&mut p, "tcp", &ip, 5201);
+    let list = ctl_ok(&addr, &["list"]);
+    assert!(list.lines().nth(1).is_some_and(|l| l.contains("BLOCKED") && l.contains("block")), "{list}");
+    let json: serde_json::Value = serde_json::from_str(&ctl_ok(&addr, &["--json", "list"])).unwrap();
+    assert_eq!((json[0]["blocked"].clone(), json[0]["down"].clone()), (true.into(), 0.into()), "{json}");
+    let path = "/org/chadthrottle/throttles/1";
+    let prop = bus.busctl(&["get-property", "org.chadthrottle", path, "org.chadthrottle.Throttle", "Blocked"]);
+    assert_eq!(prop.unwrap().trim(), "b true");
+
+    d.kill9();
+    assert_passes(&mut p, "tcp", &ip, 5201);
+    let _d = bus.daemon(daemon_bin(), &dir, &lab.veth, &[]);
+    assert_refused(&mut p, "tcp", &ip, 5201);
+    assert!(ctl_ok(&addr, &["list"]).contains("BLOCKED"), "the block was not restored");
+
+    // A block is lifted as a block, never loosened into a rate.
+    let out = ctl(&addr, &["limit", &pid, "--down", "1M"]);
+    assert!(!out.status.success(), "a limit loosened a block");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unblock"), "{out:?}");
+    assert!(ctl_ok(&addr, &["unblock", &pid]).contains("removed throttle 1"));
+    assert_passes(&mut p, "tcp", &ip, 5201);
+    ctl_ok(&addr, &["limit", &pid, "--down", "1M"]);
+    assert!(!ctl(&addr, &["unblock", &pid]).status.success(), "unblock removed a limit");
+    ctl_ok(&addr, &["unlimit", &pid]);
+}

@@ -251,7 +251,7 @@ impl Core {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
         let t = &self.throttles[&id];
-        tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), processes = t.members.len(), "throttle added");
+        tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), block = spec.block, processes = t.members.len(), "throttle added");
         if !t.excluded.is_empty() {
             tracing::info!(throttle_id = id, excluded = ?t.excluded, "protected processes match but are never limited (see its Excluded property)");
         }
