@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 use throttle_common::{
-    is_link_local, is_local_connection, is_loopback_dest, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
-    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
+    is_link_local, is_local_connection, is_loopback_dest, pacing_rate, rwnd, share_adjust, window_clamp, Counters,
+    ProcSlots, ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
     OWNER_SEQ_VALID,
 };
 

@@ -120,7 +120,10 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
         Cmd::Unblock { target } => {
             let t = c.find(&target).await?;
             if !t.blocked {
-                return Err(Failure::usage(format!("throttle {} limits, it does not block (see: throttlectl unlimit)", t.id)));
+                return Err(Failure::usage(format!(
+                    "throttle {} limits, it does not block (see: throttlectl unlimit)",
+                    t.id
+                )));
             }
             unlimit(&c, t, &st).await?;
         }

@@ -254,6 +254,7 @@ mod tests {
             id: 1,
             kind: "unit".into(),
             target: "backup.service".into(),
+            blocked: false,
             down: 1 << 20,
             up: 0,
             down_backend: "ebpf".into(),

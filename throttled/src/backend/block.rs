@@ -33,7 +33,12 @@ impl Backend for BlockBackend {
         false
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { directions: Direction::BOTH.to_vec(), change_in_place: true, all_interfaces: true, shaping: false }
+        Capabilities {
+            directions: Direction::BOTH.to_vec(),
+            change_in_place: true,
+            all_interfaces: true,
+            shaping: false,
+        }
     }
     /// Dropping packets needs only the cgroup programs, which are loaded
     /// before any backend exists.

@@ -184,7 +184,10 @@ impl ManagerIface {
     /// already has a throttle changes in place (same path). Options: down,
     /// up (t bytes/s, or s such as "1M"), backend, up_backend, down_backend
     /// (s), hold (b: the throttle ends when this caller's connection does,
-    /// and is never saved; only for a target without a throttle).
+    /// and is never saved; only for a target without a throttle), block
+    /// (b: block the target's traffic outright, without rates or backends:
+    /// new connections fail with EPERM, running ones stop; loopback stays
+    /// exempt; a block is lifted by Remove, never loosened by a new Limit).
     async fn limit(
         &self,
         kind: &str,

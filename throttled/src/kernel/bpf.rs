@@ -418,9 +418,7 @@ fn attach(ebpf: &mut Ebpf, cg: &File, name: &'static str) -> Result<CgroupLink, 
 fn detach(ebpf: &mut Ebpf, name: &'static str, link: CgroupLink) {
     let res = match link {
         CgroupLink::Sock(l) => program::<CgroupSock>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
-        CgroupLink::SockAddr(l) => {
-            program::<CgroupSockAddr>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name)))
-        }
+        CgroupLink::SockAddr(l) => program::<CgroupSockAddr>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Skb(l) => program::<CgroupSkb>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Ops(l) => program::<SockOps>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Sockopt(l) => program::<CgroupSockopt>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),

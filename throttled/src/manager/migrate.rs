@@ -61,7 +61,6 @@ impl Core {
     /// Everything is checked first; only a move that happened is saved.
     pub fn migrate(&mut self, id: ThrottleId, dir: Option<Direction>, to: &str) -> Result<(), ManagerError> {
         let to = self.pool.index(to)?;
-        self.pool.movable(to)?;
         if self.pending.contains_key(&id) {
             return Err(ManagerError::InvalidArgument(format!("throttle {id} is not applied now: nothing to migrate")));
         }
@@ -97,8 +96,6 @@ impl Core {
 
     pub fn migrate_backend(&mut self, from: &str, to: &str) -> Result<usize, ManagerError> {
         let (from, to) = (self.pool.index(from)?, self.pool.index(to)?);
-        self.pool.movable(from)?;
-        self.pool.movable(to)?;
         if from == to {
             return Err(ManagerError::InvalidArgument(format!(
                 "{} to {}: a backend cannot migrate to itself",

@@ -9,10 +9,11 @@ use throttle_common::Direction;
 use super::ManagerError;
 use crate::{
     backend::{
-        block::BlockBackend, ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
-        Backend, BackendError, Health,
+        block::BlockBackend, ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy,
+        tc_htb::TcHtbBackend, Availability, Backend, BackendError, Health,
     },
     config::{Config, Defaults},
+    limit::BLOCK_BACKEND,
 };
 
 pub struct Pool {
@@ -46,8 +47,10 @@ impl Pool {
         self.backends[i].name()
     }
 
+    /// A backend by the name a user gives: never `block`, which only a
+    /// block picks (see `resolve`).
     pub fn index(&self, name: &str) -> Result<usize, ManagerError> {
-        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| {
+        self.backends.iter().position(|b| b.automatic() && b.name() == name).ok_or_else(|| {
             ManagerError::UnknownBackend(throttle_common::text::escape(name, throttle_common::text::QUOTE_MAX))
         })
     }
@@ -66,6 +69,10 @@ impl Pool {
 
     /// The named backend if usable, or the default for `dir`.
     pub fn resolve(&self, name: Option<&str>, dir: Direction) -> Result<usize, ManagerError> {
+        if name == Some(BLOCK_BACKEND) {
+            let block = self.backends.iter().position(|b| b.name() == BLOCK_BACKEND);
+            return block.ok_or(ManagerError::NoBackend(dir));
+        }
         match name {
             Some(n) => {
                 let i = self.index(n)?;
@@ -98,11 +105,14 @@ impl Pool {
         }
     }
 
-    /// Refuses moving limits to or from a backend that holds only blocks.
+    /// Refuses moving limits away from a backend that holds only blocks.
     pub fn movable(&self, i: usize) -> Result<(), ManagerError> {
         match self.backends[i].automatic() {
             true => Ok(()),
-            false => Err(ManagerError::InvalidArgument(format!("{} holds blocks only: nothing moves to or from it", self.name(i)))),
+            false => Err(ManagerError::InvalidArgument(format!(
+                "{} holds blocks only: nothing moves to or from it",
+                self.name(i)
+            ))),
         }
     }
 
@@ -226,6 +236,16 @@ mod tests {
         let e = p.resolve(Some("tc_htb"), Direction::Down).unwrap_err().to_string();
         assert!(e.contains("does not support download"), "{e}");
         assert!(matches!(p.resolve(Some("x"), Direction::Up), Err(ManagerError::UnknownBackend(_))));
+    }
+
+    #[test]
+    fn block_is_chosen_by_block_only() {
+        let mut p = pool(None, false);
+        p.backends.push(Box::new(crate::backend::block::BlockBackend::new()));
+        assert!(matches!(p.index("block"), Err(ManagerError::UnknownBackend(_))), "named");
+        assert_eq!(p.name(p.resolve(Some(BLOCK_BACKEND), Direction::Up).unwrap()), "block");
+        assert_eq!(p.best(Direction::Down, Some(0)), None, "a failover target");
+        assert!(p.movable(3).is_err() && p.movable(0).is_ok());
     }
 
     #[test]

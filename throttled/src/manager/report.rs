@@ -244,13 +244,19 @@ impl Core {
 
     /// Every backend, its health checked now (the kernel is asked).
     pub fn backend_infos(&mut self) -> Vec<BackendInfo> {
-        (0..self.pool.backends.len()).map(|i| self.backend_info(i)).collect()
+        self.listed().map(|i| self.backend_info(i)).collect::<Vec<_>>()
     }
 
     /// Every backend, with the health its last check found: nothing asks
     /// the kernel, for what is read after every event.
     pub fn backend_infos_known(&self) -> Vec<BackendInfo> {
-        (0..self.pool.backends.len()).map(|i| self.backend_info_with(i, self.known_health(i))).collect()
+        self.listed().map(|i| self.backend_info_with(i, self.known_health(i))).collect()
+    }
+
+    /// The backends users choose from: `block` is not one of them.
+    fn listed(&self) -> impl Iterator<Item = usize> + use<> {
+        let automatic: Vec<bool> = self.pool.backends.iter().map(|b| b.automatic()).collect();
+        (0..automatic.len()).filter(move |&i| automatic[i])
     }
 
     fn known_health(&self, i: usize) -> Health {
