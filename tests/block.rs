@@ -203,6 +203,10 @@ fn throttlectl_block_survives_kill_9_and_restart() {
     let path = "/org/chadthrottle/throttles/1";
     let prop = bus.busctl(&["get-property", "org.chadthrottle", path, "org.chadthrottle.Throttle", "Blocked"]);
     assert_eq!(prop.unwrap().trim(), "b true");
+    let features =
+        bus.busctl(&["get-property", "org.chadthrottle", "/org/chadthrottle", "org.chadthrottle.Manager", "Features"]);
+    let features = features.unwrap();
+    assert!(features.contains("\"block\"") && features.contains("\"block-connect\""), "{features}");
 
     d.kill9();
     assert_passes(&mut p, "tcp", &ip, 5201);

@@ -424,10 +424,12 @@ impl ManagerIface {
         env!("CARGO_PKG_VERSION").into()
     }
 
-    /// Target kinds and abilities this daemon has.
+    /// Target kinds and abilities this daemon has: "block" (the `block`
+    /// option), and "block-connect" where a block also makes new
+    /// connections fail at once (the kernel took the connect programs).
     #[zbus(property(emits_changed_signal = "const"))]
-    fn features(&self) -> Vec<String> {
-        [
+    async fn features(&self) -> Vec<String> {
+        let mut f: Vec<String> = [
             "target-pid",
             "target-tree",
             "target-name",
@@ -437,9 +439,14 @@ impl ManagerIface {
             "migrate",
             "reload",
             "monitor",
+            "block",
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if read(&self.mgr, |r| Ok(r.connect_guard())).await.unwrap_or(false) {
+            f.push("block-connect".into());
+        }
+        f
     }
 
     /// Whether every process's traffic is counted (config `monitor.enabled`).

@@ -488,6 +488,11 @@ impl Reader<'_> {
     pub fn monitoring(&self) -> bool {
         self.0.programs.monitoring()
     }
+
+    /// Whether a block refuses new connections at once (else it only drops).
+    pub fn connect_guard(&self) -> bool {
+        self.0.programs.connect_guard().is_ok()
+    }
 }
 
 impl Drop for Manager {

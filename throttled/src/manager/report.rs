@@ -200,9 +200,11 @@ impl Core {
     pub(super) fn pending_info(&self, id: ThrottleId, p: &Pending) -> ThrottleInfo {
         let r = &p.record;
         let mut directions = BTreeMap::new();
-        for (dir, rate) in [(Direction::Down, r.spec.down), (Direction::Up, r.spec.up)] {
-            let Some(rate) = rate else { continue };
-            let stats = DirectionStats { backend: "", rate, counters: Default::default(), current: 0, accuracy: None };
+        // A saved block reads as a block on no kernel slot.
+        let backend = if r.spec.block { crate::limit::BLOCK_BACKEND } else { "" };
+        for dir in [Direction::Down, Direction::Up] {
+            let Some(rate) = r.spec.rate(dir) else { continue };
+            let stats = DirectionStats { backend, rate, counters: Default::default(), current: 0, accuracy: None };
             directions.insert(dir, stats);
         }
         ThrottleInfo {
