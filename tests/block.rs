@@ -57,12 +57,29 @@ impl Probe {
             throttle_testkit::missing("python3 is not installed (the connection probe)");
             return None;
         };
-        let mut child =
-            Command::new(py).args(["-c", PROBE]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        Some(Self::spawn(Command::new(py)))
+    }
+
+    /// The probe as a process named `name` (a copy of python3 in `dir`),
+    /// so that a name target catches it and nothing else.
+    fn named(dir: &ScratchDir, name: &str) -> Option<Probe> {
+        let Some(py) = which("python3") else {
+            throttle_testkit::missing("python3 is not installed (the connection probe)");
+            return None;
+        };
+        // The interpreter itself, not a wrapper script (pyenv's shims are).
+        let real = Command::new(py).args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+        let bin = dir.path.join(name);
+        std::fs::copy(String::from_utf8_lossy(&real.stdout).trim(), &bin).unwrap();
+        Some(Self::spawn(Command::new(bin)))
+    }
+
+    fn spawn(mut cmd: Command) -> Probe {
+        let mut child = cmd.args(["-c", PROBE]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let (stdin, stdout) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
         let mut p = Probe { child, stdin, stdout };
         assert_eq!(p.line(), "ready");
-        Some(p)
+        p
     }
 
     fn pid(&self) -> u32 {
@@ -223,4 +240,26 @@ fn throttlectl_block_survives_kill_9_and_restart() {
     ctl_ok(&addr, &["limit", &pid, "--down", "1M"]);
     assert!(!ctl(&addr, &["unblock", &pid]).status.success(), "unblock removed a limit");
     ctl_ok(&addr, &["unlimit", &pid]);
+}
+
+/// A `block = true` rule blocks the processes its target names, from the
+/// start, and `list` shows it as a block that came from a rule.
+#[test]
+fn a_rule_blocks() {
+    let Some(_g) = begin() else { return };
+    let mut lab = Lab::new(184);
+    lab.server(5201);
+    let bins = ScratchDir::new("block-bin");
+    let Some(mut p) = Probe::named(&bins, "ct-blk-rule") else { return };
+    let Some(bus) = throttle_testkit::bus::PrivateBus::start("block-rule") else { return };
+    let dir = ScratchDir::new("block-r");
+    std::fs::create_dir_all(dir.path.join("rules.d")).unwrap();
+    std::fs::write(dir.path.join("rules.d/block.toml"), "[[rule]]\nname = \"ct-blk-rule\"\nblock = true\n").unwrap();
+    let _d = bus.daemon(daemon_bin(), &dir, &lab.veth, &[]);
+    assert_refused(&mut p, "tcp", &lab.server_ip, 5201);
+    assert_passes(&mut p, "tcp", "lo", 0);
+    let json: serde_json::Value = serde_json::from_str(&ctl_ok(bus.address(), &["--json", "list"])).unwrap();
+    assert_eq!(json[0]["blocked"], true, "{json}");
+    assert!(json[0]["origin"].as_str().is_some_and(|o| o.ends_with("block.toml")), "{json}");
+    assert_eq!(json[0]["pids"][0], p.pid(), "{json}");
 }
