@@ -307,3 +307,30 @@ fn the_manager_checks_again_under_its_lock() {
     m.remove_as(Actor { uid: user.0, grant: Grant::Any }, id).expect("limit-any removes");
     m.limit_as(own, target(&b), &spec("1M")).expect("the share is free again");
 }
+
+/// Blocking (issue 18): with limit-own a user may block their own process
+/// (a block lowers every limit, even an admin's) and lift their own block;
+/// blocking someone else's process needs limit-any, and so does lifting a
+/// block an administrator set.
+#[test]
+fn blocking_others_needs_limit_any() {
+    let Some(_g) = begin() else { return };
+    let (user, admin) = (test_user(USER), test_user(ADMIN));
+    let Some(api) = Api::start("sp-block", "") else { return };
+    let block = "{'block': <true>}";
+    let mine = Sleeper::new(user);
+    let own = object_path(&api.limit(user, mine.pid(), block).expect("blocking one's own process"));
+    assert_eq!(api.prop(&own, "Blocked"), "b true");
+    api.remove(user, &own).expect("lifting one's own block");
+    let roots = Sleeper::new(ROOT);
+    denied(api.limit(user, roots.pid(), block), "not a process of yours");
+    // An admin's limit on the user's process: the user may block it (lower),
+    // never lift the admin's block.
+    let path = object_path(&api.limit(ROOT, mine.pid(), "{'down': <'100K'>}").unwrap());
+    api.limit(user, mine.pid(), block).expect("a block lowers an admin's limit");
+    assert_eq!(api.prop(&path, "Blocked"), "b true");
+    let theirs = Sleeper::new(user);
+    let by_admin = object_path(&api.limit(admin, theirs.pid(), block).expect("limit-any blocks"));
+    denied(api.remove(user, &by_admin), "set by an administrator");
+    assert_eq!(api.prop(&by_admin, "Blocked"), "b true");
+}

@@ -16,8 +16,11 @@ pub const DOWN_BACKEND: &str = "down_backend";
 /// `Manager.Limit` only (b): the throttle ends when the caller's bus
 /// connection does, and is never saved; only for a target without one.
 pub const HOLD: &str = "hold";
+/// (b) Block the target's traffic outright: new connections fail with
+/// EPERM and running ones stop. Not a rate of 0; no rates or backends with it.
+pub const BLOCK: &str = "block";
 /// Every key, in the order error messages list them.
-pub const KEYS: [&str; 6] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD];
+pub const KEYS: [&str; 7] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD, BLOCK];
 
 /// Options as a client sends them: only the given ones go on the wire.
 /// The field names are the keys above (a test holds them equal).
@@ -37,6 +40,8 @@ pub struct LimitOptions {
     pub down_backend: Option<String>,
     #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
     pub hold: Option<bool>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub block: Option<bool>,
 }
 
 #[cfg(test)]
@@ -61,6 +66,7 @@ mod tests {
             up_backend: Some("tc_htb".into()),
             down_backend: Some("ifb_tc".into()),
             hold: Some(true),
+            block: Some(true),
         };
         let mut keys: Vec<String> = decode(&all).into_keys().collect();
         keys.sort();

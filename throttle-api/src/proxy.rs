@@ -76,7 +76,10 @@ pub trait Throttle {
     fn target(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn origin(&self) -> zbus::Result<String>;
-    /// Bytes per second; 0 = unlimited.
+    /// Blocks its processes' traffic outright (limits then read 0).
+    #[zbus(property)]
+    fn blocked(&self) -> zbus::Result<bool>;
+    /// Bytes per second; 0 = unlimited (or blocked).
     #[zbus(property)]
     fn down_limit(&self) -> zbus::Result<u64>;
     #[zbus(property)]

@@ -70,6 +70,9 @@ pub enum SlotMode {
     Bucket = 1,
     /// Write `classid` into `skb->priority` and pass (HTB classifies on it).
     HtbClass = 2,
+    /// Drop every packet that is not exempt (loopback), and refuse new
+    /// connections and UDP sends to non-loopback peers (`block`).
+    Block = 3,
 }
 
 /// One throttle direction. `tat_ns` is the GCRA theoretical arrival time,
@@ -188,6 +191,11 @@ impl Slot {
         Slot { mode: SlotMode::HtbClass as u32, classid, ..Default::default() }
     }
 
+    /// A slot that blocks its processes' traffic outright.
+    pub fn block() -> Self {
+        Slot { mode: SlotMode::Block as u32, ..Default::default() }
+    }
+
     /// Nanoseconds of credit that `len` bytes consume.
     #[inline(always)]
     pub fn cost_ns(&self, len: u64) -> u64 {
@@ -277,6 +285,23 @@ pub fn is_local_connection(family_v6: bool, local: [u32; 4], remote: [u32; 4]) -
     v6_lo || (mapped && first_octet(remote[3]) == 127) || remote == local
 }
 
+/// Whether a `connect()`/`sendmsg()` destination is this host's loopback
+/// (127/8, ::1, ::ffff:127/104) or unspecified (0.0.0.0, ::, which the
+/// kernel sends to loopback). Words as the kernel stores them (network
+/// byte order in native u32 words); for IPv4 only `words[0]` is read.
+#[inline(always)]
+pub fn is_loopback_dest(v6: bool, words: [u32; 4]) -> bool {
+    // No recursion: eBPF cannot inline it, and the verifier limits calls.
+    let v4_lo = |w: u32| u32::from_be(w) >> 24 == 127 || w == 0;
+    if !v6 {
+        return v4_lo(words[0]);
+    }
+    let head = words[0] == 0 && words[1] == 0;
+    let lo = head && words[2] == 0 && (u32::from_be(words[3]) <= 1);
+    let mapped = head && u32::from_be(words[2]) == 0xffff && v4_lo(words[3]);
+    lo || mapped
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers with no padding.
@@ -307,6 +332,22 @@ mod tests {
         let mapped = [0, 0, u32::from_be(0xffff), v4([127, 0, 0, 1])];
         assert!(is_local_connection(true, [0; 4], mapped));
         assert!(!is_local_connection(true, [0; 4], [0, 0, u32::from_be(0xffff), v4([8, 8, 8, 8])]));
+    }
+
+    #[test]
+    fn loopback_destinations() {
+        let w = |a: [u8; 4]| u32::from_ne_bytes(a);
+        assert!(is_loopback_dest(false, [w([127, 0, 0, 1]), 0, 0, 0]));
+        assert!(is_loopback_dest(false, [w([127, 8, 0, 9]), 0, 0, 0]));
+        assert!(is_loopback_dest(false, [0, 0, 0, 0]));
+        assert!(!is_loopback_dest(false, [w([10, 201, 0, 2]), 0, 0, 0]));
+        let be = u32::from_be;
+        assert!(is_loopback_dest(true, [0, 0, 0, be(1)]));
+        assert!(is_loopback_dest(true, [0; 4]));
+        assert!(is_loopback_dest(true, [0, 0, be(0xffff), w([127, 0, 0, 1])]));
+        assert!(!is_loopback_dest(true, [0, 0, be(0xffff), w([8, 8, 8, 8])]));
+        assert!(!is_loopback_dest(true, [be(0x2001_0db8), 0, 0, be(1)]));
+        assert!(!is_loopback_dest(true, [0, 0, 0, be(2)]));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub const MAX_RATE: u64 = 1 << 40;
 pub struct Rate(u64);
 
 impl Rate {
+    /// The smallest rate, 1 B/s.
+    pub const MIN: Rate = Rate(1);
+
     pub fn from_bytes(b: u64) -> Result<Self, RateError> {
         match b {
             0 => Err(RateError::Zero),

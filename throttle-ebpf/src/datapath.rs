@@ -5,13 +5,13 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt, bpf_sk_storage_get, bpf_tcp_sock,
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray},
-    programs::{SkBuffContext, SockContext, SockOpsContext, SockoptContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 use throttle_common::{
-    is_link_local, is_local_connection, pacing_rate, rwnd, share_adjust, window_clamp, Counters, ProcSlots,
-    ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
+    is_link_local, is_local_connection, is_loopback_dest, pacing_rate, rwnd, share_adjust, window_clamp, Counters,
+    ProcSlots, ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
     OWNER_SEQ_VALID,
 };
 
@@ -225,6 +225,18 @@ fn count(id: u32, len: u64, passed: bool) {
     }
 }
 
+/// The verdict for a slot that is not a bucket: blocked slots drop (and
+/// count it), the rest pass. Off the bucket path, so policed and
+/// unthrottled packets pay nothing for blocking.
+#[inline(always)]
+fn pass_unless_blocked(slot: &Slot, id: u32, len: u64) -> i32 {
+    if slot.mode == SlotMode::Block as u32 {
+        count(id, len, false);
+        return DROP;
+    }
+    PASS
+}
+
 /// BPF `cmpxchg_64`: the target spec is single-threaded, so `core` atomics
 /// may be lowered to plain memory operations; the instruction is emitted by hand.
 #[inline(always)]
@@ -314,7 +326,7 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     if slot.mode != SlotMode::Bucket as u32 {
-        return PASS;
+        return pass_unless_blocked(slot, id, len);
     }
     let ok = admit(slot, len, slot.burst_ns, unsafe { bpf_ktime_get_ns() });
     count(id, len, ok);
@@ -388,7 +400,7 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
     let id = owner_slots(owner).down;
     let Some(slot) = slot_of(id) else { return PASS };
     if slot.mode != SlotMode::Bucket as u32 {
-        return PASS;
+        return pass_unless_blocked(slot, id, len);
     }
     let hdr = tcp_header(&ctx);
     let now = unsafe { bpf_ktime_get_ns() };
@@ -589,4 +601,77 @@ pub fn ct_setsockopt(ctx: SockoptContext) -> i32 {
     // Done here: the kernel's own setsockopt is skipped.
     unsafe { (*so).optlen = -1 };
     1
+}
+
+#[inline(always)]
+fn blocks(id: u32) -> bool {
+    slot_of(id).is_some_and(|s| s.mode == SlotMode::Block as u32)
+}
+
+/// Whether the caller of `connect()`/`sendmsg()` is blocked, by the
+/// socket's owner (as the packet hooks see it), or by the calling process
+/// for a socket with no owner record (created before the daemon, and not
+/// seeded). Process context: here the current task is the caller.
+#[inline(always)]
+fn caller_blocked(ctx: &SockAddrContext) -> bool {
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    let procs = match owner_of(sk) {
+        Some(owner) => owner_slots(owner),
+        None => {
+            let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+            unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default()
+        }
+    };
+    blocks(procs.up) || blocks(procs.down)
+}
+
+/// 0 (the caller gets EPERM) for a blocked process's non-loopback
+/// destination; 1 (go on) otherwise.
+#[inline(always)]
+fn refuse_blocked(ctx: &SockAddrContext, v6: bool) -> i32 {
+    if !throttling() {
+        return PASS;
+    }
+    let sa = ctx.sock_addr;
+    // One 4-byte context load per word: the verifier's rule for user_ip6.
+    let words = unsafe {
+        if v6 {
+            [
+                ptr::read_volatile(&(*sa).user_ip6[0]),
+                ptr::read_volatile(&(*sa).user_ip6[1]),
+                ptr::read_volatile(&(*sa).user_ip6[2]),
+                ptr::read_volatile(&(*sa).user_ip6[3]),
+            ]
+        } else {
+            [ptr::read_volatile(&(*sa).user_ip4), 0, 0, 0]
+        }
+    };
+    if exempt_loopback() && is_loopback_dest(v6, words) {
+        return PASS;
+    }
+    if caller_blocked(ctx) {
+        DROP
+    } else {
+        PASS
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn ct_connect4(ctx: SockAddrContext) -> i32 {
+    refuse_blocked(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn ct_connect6(ctx: SockAddrContext) -> i32 {
+    refuse_blocked(&ctx, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ct_sendmsg4(ctx: SockAddrContext) -> i32 {
+    refuse_blocked(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn ct_sendmsg6(ctx: SockAddrContext) -> i32 {
+    refuse_blocked(&ctx, true)
 }

@@ -35,6 +35,8 @@ pub struct ThrottleView {
     pub id: u32,
     pub kind: String,
     pub target: String,
+    /// Blocks its processes' traffic outright (`down` and `up` are then 0).
+    pub blocked: bool,
     /// Bytes per second; 0 = unlimited.
     pub down: u64,
     pub up: u64,
@@ -101,6 +103,8 @@ impl Client {
             id: p.id().await?,
             kind: p.kind().await?,
             target: p.target().await?,
+            // A daemon older than blocking blocks nothing.
+            blocked: p.blocked().await.unwrap_or(false),
             down: p.down_limit().await?,
             up: p.up_limit().await?,
             down_backend: p.down_backend().await?,

@@ -123,6 +123,32 @@ pub enum Cmd {
         #[arg(long)]
         hold: bool,
     },
+    /// Block a process's (or every process of a name's) traffic outright:
+    /// new connections fail with EPERM, running ones stop. Loopback is exempt.
+    Block {
+        /// pid or process name (optional with --exe, --unit or --cgroup)
+        target: Option<String>,
+        /// With a pid: also its descendants, present and future.
+        #[arg(long)]
+        tree: bool,
+        /// Every process running this executable (a path).
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["unit", "cgroup"])]
+        exe: Option<String>,
+        /// Every process in this systemd unit, e.g. backup.service.
+        #[arg(long, value_name = "NAME", conflicts_with = "cgroup")]
+        unit: Option<String>,
+        /// Every process in this cgroup (v2 path).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<String>,
+        /// Keep the block only while this command runs (as limit --hold).
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Lift a block: by throttle id, by the pid it blocks, or by name.
+    Unblock {
+        /// Throttle id, the pid a pid block covers, or the target of a block (name, path, unit).
+        target: String,
+    },
     /// Remove a throttle: by throttle id, by the pid it limits, or by name.
     Unlimit {
         /// Throttle id, the pid a pid throttle limits, or the target of a throttle (name, path, unit).

@@ -109,45 +109,26 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 down_backend,
                 up_backend,
                 hold: hold.then_some(true),
+                block: None,
             };
-            // Listen before the throttle exists: a Ctrl-C that comes right
-            // after the reply must end the hold, not kill the process.
-            let signals = hold.then(Interrupts::listen).transpose()?;
-            let path = c.bounded(c.manager.limit(kind, &value, &opts)).await?;
-            let t = c.throttle(&path).await?;
-            // Legal and kept, but maybe a typo: say so, on stderr.
-            if let Some(w) = target::absent(kind, &value) {
-                eprintln!("throttlectl: warning: {w}");
-            }
-            output::throttle(&t, &st);
-            if let Some(signals) = signals {
-                st.info(format_args!("holding the throttle; it ends when throttlectl does (Ctrl-C)"));
-                signals.wait().await;
-                return Ok(());
-            }
-            warn_if_unsaved(&c).await;
+            limit(&c, kind, &value, &opts, &st).await?;
         }
-        Cmd::Unlimit { target } => {
+        Cmd::Block { target, tree, exe, unit, cgroup, hold } => {
+            let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
+            let opts = LimitOptions { block: Some(true), hold: hold.then_some(true), ..Default::default() };
+            limit(&c, kind, &value, &opts, &st).await?;
+        }
+        Cmd::Unblock { target } => {
             let t = c.find(&target).await?;
-            c.bounded(c.manager.remove(&t.path.as_ref())).await?;
-            if st.json {
-                output::json(&serde_json::json!({ "removed": t }));
-            } else {
-                st.info(format_args!(
-                    "removed throttle {} ({} {})",
-                    t.id,
-                    t.kind,
-                    throttle_common::text::escape(&t.target, usize::MAX)
-                ));
-            }
-            if let Some(file) = output::rule_file(&t.origin) {
-                // Said even with -q or --json: the removal does not last.
-                eprintln!(
-                    "throttlectl: note: throttle {} comes from the rules file {file}; the next reload brings it back (edit or remove the rule to end it)",
+            if !t.blocked {
+                return Err(Failure::usage(format!(
+                    "throttle {} limits, it does not block (see: throttlectl unlimit)",
                     t.id
-                );
+                )));
             }
+            unlimit(&c, t, &st).await?;
         }
+        Cmd::Unlimit { target } => unlimit(&c, c.find(&target).await?, &st).await?,
         Cmd::List => output::list(&c.throttles().await?, &st),
         Cmd::Backends => output::backends(&c.manager.list_backends().await.map_err(Failure::from)?, &st),
         Cmd::Default { up, down } => {
@@ -254,6 +235,52 @@ async fn warn_if_unsaved(c: &Client) {
 }
 
 /// A numeric argument is a pid, anything else a name; --exe/--unit/--cgroup win.
+/// Limits or blocks a target (`Manager.Limit`), then prints the throttle;
+/// with `hold`, keeps it until interrupted.
+async fn limit(c: &Client, kind: &str, value: &str, opts: &LimitOptions, st: &Style) -> Result<(), Failure> {
+    let hold = opts.hold == Some(true);
+    // Listen before the throttle exists: a Ctrl-C that comes right
+    // after the reply must end the hold, not kill the process.
+    let signals = hold.then(Interrupts::listen).transpose()?;
+    let path = c.bounded(c.manager.limit(kind, value, opts)).await?;
+    let t = c.throttle(&path).await?;
+    // Legal and kept, but maybe a typo: say so, on stderr.
+    if let Some(w) = target::absent(kind, value) {
+        eprintln!("throttlectl: warning: {w}");
+    }
+    output::throttle(&t, st);
+    if let Some(signals) = signals {
+        st.info(format_args!("holding the throttle; it ends when throttlectl does (Ctrl-C)"));
+        signals.wait().await;
+        return Ok(());
+    }
+    warn_if_unsaved(c).await;
+    Ok(())
+}
+
+/// Removes a throttle (`unlimit`, `unblock`).
+async fn unlimit(c: &Client, t: api::ThrottleView, st: &Style) -> Result<(), Failure> {
+    c.bounded(c.manager.remove(&t.path.as_ref())).await?;
+    if st.json {
+        output::json(&serde_json::json!({ "removed": t }));
+    } else {
+        st.info(format_args!(
+            "removed throttle {} ({} {})",
+            t.id,
+            t.kind,
+            throttle_common::text::escape(&t.target, usize::MAX)
+        ));
+    }
+    if let Some(file) = output::rule_file(&t.origin) {
+        // Said even with -q or --json: the removal does not last.
+        eprintln!(
+            "throttlectl: note: throttle {} comes from the rules file {file}; the next reload brings it back (edit or remove the rule to end it)",
+            t.id
+        );
+    }
+    Ok(())
+}
+
 fn target_of(
     target: Option<String>,
     tree: bool,

@@ -73,14 +73,11 @@ pub fn throttle_line(t: &ThrottleView) -> String {
         0 => "no process matches now; it applies to matching processes when they start".to_string(),
         n => format!("{n} process(es)"),
     };
-    format!(
-        "throttle {}: {} {} down {} up {} ({procs})",
-        t.id,
-        t.kind,
-        throttle_common::text::escape(&t.target, usize::MAX),
-        rate(t.down),
-        rate(t.up),
-    )
+    let target = throttle_common::text::escape(&t.target, usize::MAX);
+    if t.blocked {
+        return format!("throttle {}: {} {target} BLOCKED ({procs})", t.id, t.kind);
+    }
+    format!("throttle {}: {} {target} down {} up {} ({procs})", t.id, t.kind, rate(t.down), rate(t.up))
 }
 
 pub fn list(ts: &[ThrottleView], st: &Style) {
@@ -112,13 +109,22 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             t.kind,
             // Names may hold control characters: never write them raw.
             throttle_common::text::escape(&t.target, usize::MAX),
-            rate(t.down),
+            limit_cell(t, t.down),
             t.down_backend,
-            rate(t.up),
+            limit_cell(t, t.up),
             t.up_backend,
             origin_label(&t.origin),
             pids
         );
+    }
+}
+
+/// A direction's limit in `list`: BLOCKED for a block (its limit reads 0).
+fn limit_cell(t: &ThrottleView, bytes: u64) -> String {
+    if t.blocked {
+        "BLOCKED".into()
+    } else {
+        rate(bytes)
     }
 }
 
@@ -248,6 +254,7 @@ mod tests {
             id: 1,
             kind: "unit".into(),
             target: "backup.service".into(),
+            blocked: false,
             down: 1 << 20,
             up: 0,
             down_backend: "ebpf".into(),

@@ -20,7 +20,14 @@ pub struct LimitSpec {
     pub down_backend: Option<String>,
     #[serde(default)]
     pub up_backend: Option<String>,
+    /// Block the target's traffic outright instead of limiting it: no rates
+    /// and no backends with it (its slots are the `block` backend's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block: bool,
 }
+
+/// The backend that holds blocks; chosen by `block`, never by name.
+pub const BLOCK_BACKEND: &str = "block";
 
 /// Limits that contradict themselves or say nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,7 +35,12 @@ pub struct LimitSpec {
 pub struct InvalidLimit(pub &'static str);
 
 impl LimitSpec {
+    /// A block weighs as the strictest rate wherever limits are compared
+    /// (which throttle wins a process, whether a change lowers a limit).
     pub fn rate(&self, dir: Direction) -> Option<Rate> {
+        if self.block {
+            return Some(Rate::MIN);
+        }
         match dir {
             Direction::Up => self.up,
             Direction::Down => self.down,
@@ -40,8 +52,18 @@ impl LimitSpec {
     /// both; a direction's backend only with that direction's rate
     /// (nothing given is silently ignored).
     pub fn check(&self) -> Result<(), InvalidLimit> {
+        let named = [&self.backend, &self.down_backend, &self.up_backend];
+        if self.block {
+            return match self.down.is_none() && self.up.is_none() && named.iter().all(|b| b.is_none()) {
+                true => Ok(()),
+                false => Err(InvalidLimit("block takes no limits and no backend")),
+            };
+        }
+        if named.into_iter().flatten().any(|b| b == BLOCK_BACKEND) {
+            return Err(InvalidLimit("backend \"block\" is chosen by block, not by name"));
+        }
         if self.down.is_none() && self.up.is_none() {
-            return Err(InvalidLimit("give a download or an upload limit"));
+            return Err(InvalidLimit("give a download or an upload limit, or block"));
         }
         if self.backend.is_some() && (self.up_backend.is_some() || self.down_backend.is_some()) {
             return Err(InvalidLimit("backend and up_backend/down_backend exclude each other"));
@@ -56,6 +78,9 @@ impl LimitSpec {
     }
 
     pub fn backend_for(&self, dir: Direction) -> Option<&str> {
+        if self.block {
+            return Some(BLOCK_BACKEND);
+        }
         match dir {
             Direction::Up => self.up_backend.as_deref(),
             Direction::Down => self.down_backend.as_deref(),
@@ -66,5 +91,34 @@ impl LimitSpec {
     /// Whether any backend is named.
     pub fn names_backend(&self) -> bool {
         self.backend.is_some() || self.down_backend.is_some() || self.up_backend.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_stands_alone() {
+        let block = LimitSpec { block: true, ..Default::default() };
+        assert_eq!(block.check(), Ok(()));
+        assert_eq!(block.rate(Direction::Up), Some(Rate::MIN));
+        assert_eq!(block.backend_for(Direction::Down), Some(BLOCK_BACKEND));
+        let with_rate = LimitSpec { down: Some(Rate::MIN), ..block.clone() };
+        assert!(with_rate.check().is_err());
+        let with_backend = LimitSpec { backend: Some("ebpf".into()), ..block };
+        assert!(with_backend.check().is_err());
+        let named = LimitSpec { down: Some(Rate::MIN), down_backend: Some("block".into()), ..Default::default() };
+        assert!(named.check().is_err(), "block is not a backend to name");
+    }
+
+    #[test]
+    fn block_round_trips_flat() {
+        let block = LimitSpec { block: true, ..Default::default() };
+        let json = serde_json::to_string(&block).unwrap();
+        assert!(json.contains("\"block\":true"), "{json}");
+        assert_eq!(serde_json::from_str::<LimitSpec>(&json).unwrap(), block);
+        let plain = serde_json::to_string(&LimitSpec::default()).unwrap();
+        assert!(!plain.contains("block"), "{plain}");
     }
 }

@@ -55,6 +55,9 @@ struct Args {
     /// Backend for the download limit.
     #[arg(long)]
     down_backend: Option<String>,
+    /// Block the process's traffic instead of limiting it.
+    #[arg(long, requires = "pid", conflicts_with_all = ["down", "up", "backend", "up_backend", "down_backend"])]
+    block: bool,
     /// Interface for tc_htb/ifb_tc to manage (repeatable); overrides the config.
     #[arg(long = "interface")]
     interfaces: Vec<String>,
@@ -134,6 +137,7 @@ fn limit_from_args(manager: &Manager, args: &Args, pid: u32) -> anyhow::Result<(
         backend: args.backend.clone(),
         up_backend: args.up_backend.clone(),
         down_backend: args.down_backend.clone(),
+        block: args.block,
     };
     let target = Target::pid(pid, args.tree).with_context(|| format!("pid {pid}"))?;
     let id = manager.limit(target, &spec).with_context(|| format!("limiting pid {pid}"))?;

@@ -61,14 +61,18 @@ impl Col {
 
     pub fn cell(self, p: &Proc) -> Cell<'static> {
         match self {
-            Mark => Cell::from(if p.throttled { "⚡" } else { "" }),
+            Mark => Cell::from(match (p.blocked(), p.throttled) {
+                (true, _) => "⛔",
+                (false, true) => "⚡",
+                (false, false) => "",
+            }),
             Pid => right(p.pid.to_string()),
             Name => Cell::from(p.name.clone()),
             Down => right(human::rate(p.down_rate)),
             Up => right(human::rate(p.up_rate)),
             TotalDown => right(human::bytes(p.down_total)),
             TotalUp => right(human::bytes(p.up_total)),
-            Backends => Cell::from(p.backends.join(",")),
+            Backends => Cell::from(if p.blocked() { "BLOCKED".into() } else { p.backends.join(",") }),
         }
     }
 }

@@ -107,6 +107,13 @@ pub struct Proc {
     pub up_limit: u64,
 }
 
+impl Proc {
+    /// Blocked outright: its throttle's limits are on the `block` backend.
+    pub fn blocked(&self) -> bool {
+        self.backends.iter().any(|b| b == "block")
+    }
+}
+
 /// One entry of ListBackends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Backend {

@@ -27,14 +27,18 @@ pub fn table(procs: &[Proc], st: &Style) -> String {
         let line = format!(
             "{} {:>7} {:<16} {:>11} {:>11} {:>10} {:>10} {}",
             // ⚡ is two columns wide; its stand-in is padded to match.
-            if p.throttled { st.sym("⚡", "* ") } else { "  " },
+            match (p.blocked(), p.throttled) {
+                (true, _) => st.sym("⛔", "X "),
+                (false, true) => st.sym("⚡", "* "),
+                (false, false) => "  ",
+            },
             p.pid,
             p.name,
             human::rate(p.down_rate),
             human::rate(p.up_rate),
             human::bytes(p.down_total),
             human::bytes(p.up_total),
-            p.backends.join(",")
+            if p.blocked() { "BLOCKED".into() } else { p.backends.join(",") }
         );
         out += line.trim_end();
         out.push('\n');
@@ -72,6 +76,14 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("*       42 curl"), "{}", lines[0]);
         assert!(t.is_ascii(), "{t}");
+    }
+
+    #[test]
+    fn table_shows_a_block_as_a_block() {
+        let p =
+            Proc { pid: 9, name: "ct-x".into(), throttled: true, backends: vec!["block".into()], ..Proc::default() };
+        let t = table(&[p], &Style::default());
+        assert!(t.starts_with("X        9 ct-x") && t.trim_end().ends_with("BLOCKED"), "{t}");
     }
 
     #[test]

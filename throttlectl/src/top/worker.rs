@@ -112,6 +112,7 @@ mod tests {
             id,
             kind: kind.into(),
             target: target.into(),
+            blocked: false,
             down: 1024,
             up: 0,
             down_backend: "ebpf".into(),

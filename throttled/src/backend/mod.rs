@@ -1,6 +1,7 @@
 //! The backend abstraction. A backend enforces limits on throttle slots in
 //! one or both directions; the shared attribution programs map processes to
 //! slots, so a backend never deals with processes, only with slots.
+pub mod block;
 pub mod ebpf;
 pub mod fleet;
 pub mod htb;
@@ -100,6 +101,11 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     fn priority(&self) -> Priority;
     fn capabilities(&self) -> Capabilities;
+    /// May be chosen as a default, a migration or a failover target
+    /// (`block` may not: it holds blocks only).
+    fn automatic(&self) -> bool {
+        true
+    }
     /// Probed once and cached; never creates or deletes kernel objects.
     fn availability(&self) -> Availability;
     fn supports(&self, d: Direction) -> bool {

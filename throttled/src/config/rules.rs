@@ -32,6 +32,7 @@ struct RawRule {
     backend: Option<Spanned<String>>,
     up_backend: Option<Spanned<String>>,
     down_backend: Option<Spanned<String>>,
+    block: Option<Spanned<bool>>,
 }
 
 pub(super) fn load_rules(dir: &Path) -> Result<Vec<Rule>, ConfigError> {
@@ -72,6 +73,9 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
         return Err(src.field(p, "pid", msg));
     }
     let target = target(src, &r, span.clone())?;
+    if let Some(b) = r.block.as_ref().filter(|b| *b.get_ref()) {
+        return block_rule(src, &r, b).map(|spec| (Rule { source: src.file.into(), target, spec }, span));
+    }
     let down = rate(src, r.down.as_ref(), "down")?;
     let up = rate(src, r.up.as_ref(), "up")?;
     if down.is_none() && up.is_none() {
@@ -93,9 +97,20 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
         backend: backend(src, r.backend, "backend")?,
         up_backend: backend(src, r.up_backend, "up_backend")?,
         down_backend: backend(src, r.down_backend, "down_backend")?,
+        block: false,
     };
     let rule = Rule { source: src.file.into(), target, spec };
     Ok((rule, span))
+}
+
+/// `block = true`: the rule blocks, and says nothing else about limits.
+fn block_rule(src: &Source<'_>, r: &RawRule, block: &Spanned<bool>) -> Result<LimitSpec, ConfigError> {
+    let limits = [&r.down, &r.up].into_iter().any(Option::is_some);
+    let backends = [&r.backend, &r.up_backend, &r.down_backend].into_iter().any(Option::is_some);
+    if limits || backends {
+        return Err(src.field(block, "block", "a blocking rule takes no limits (down, up) and no backend"));
+    }
+    Ok(LimitSpec { block: true, ..Default::default() })
 }
 
 /// The rule's target, its form checked only: nothing is read from the system.

@@ -136,11 +136,22 @@ fn rule_errors_name_file_line_and_field() {
         ("[[rule]]\nname = \"x\"\ndown = \"1M\"\nbackend = \"ebpf\"\ndown_backend = \"ebpf\"\n", "not both"),
         ("[[rule]]\nname = \"x\"\ndown = \"1M\"\nspeed = 3\n", "unknown field `speed`"),
         ("[[rules]]\nname = \"x\"\n", "unknown field `rules`"),
+        ("[[rule]]\nname = \"x\"\nblock = true\ndown = \"1M\"\n", "block: a blocking rule takes no limits"),
+        ("[[rule]]\nname = \"x\"\nblock = true\nbackend = \"ebpf\"\n", "block: a blocking rule takes no"),
+        ("[[rule]]\nname = \"x\"\nblock = \"yes\"\n", "web.toml:3:9: invalid type: string \"yes\", expected a boolean"),
+        ("[[rule]]\nname = \"x\"\nblock = false\n", "give a download (down) or an upload (up) limit"),
+        ("[[rule]]\nname = \"x\"\ndown = \"1M\"\nbackend = \"block\"\n", "unknown backend \"block\""),
     ];
     for (text, want) in cases {
         let s = rules_err(text);
         assert!(s.contains(want) && s.starts_with("web.toml:"), "{text:?} → {s}");
     }
+}
+
+#[test]
+fn a_rule_blocks() {
+    let rules = parse_rules(Path::new("web.toml"), "[[rule]]\nname = \"ct-x\"\nblock = true\n").unwrap();
+    assert_eq!(rules[0].0.spec, LimitSpec { block: true, ..Default::default() });
 }
 
 #[test]

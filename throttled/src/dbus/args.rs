@@ -74,7 +74,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Options<'a> {
 const MAX_OPTIONS: usize = 16;
 
 /// Options (`throttle_api::options`): `down`/`up` (bytes per second as t,
-/// or a rate string as s), `backend`, `up_backend`, `down_backend` (s).
+/// or a rate string as s), `backend`, `up_backend`, `down_backend` (s),
+/// `block` (b: block outright, alone).
 /// Unknown or repeated keys, and options that would be ignored, are errors;
 /// so is `hold` (see `limit_options`).
 pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
@@ -111,6 +112,7 @@ pub fn limit_options(options: &Options<'_>) -> Result<(LimitSpec, bool)> {
             opt::UP_BACKEND => spec.up_backend = Some(string(key, value)?),
             opt::DOWN_BACKEND => spec.down_backend = Some(string(key, value)?),
             opt::HOLD => hold = boolean(key, value)?,
+            opt::BLOCK => spec.block = boolean(key, value)?,
             other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }

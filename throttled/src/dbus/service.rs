@@ -188,7 +188,10 @@ impl ManagerIface {
     /// already has a throttle changes in place (same path). Options: down,
     /// up (t bytes/s, or s such as "1M"), backend, up_backend, down_backend
     /// (s), hold (b: the throttle ends when this caller's connection does,
-    /// and is never saved; only for a target without a throttle).
+    /// and is never saved; only for a target without a throttle), block
+    /// (b: block the target's traffic outright, without rates or backends:
+    /// new connections fail with EPERM, running ones stop; loopback stays
+    /// exempt; a block is lifted by Remove, never loosened by a new Limit).
     async fn limit(
         &self,
         kind: &str,
@@ -447,10 +450,12 @@ impl ManagerIface {
         env!("CARGO_PKG_VERSION").into()
     }
 
-    /// Target kinds and abilities this daemon has.
+    /// Target kinds and abilities this daemon has: "block" (the `block`
+    /// option), and "block-connect" where a block also makes new
+    /// connections fail at once (the kernel took the connect programs).
     #[zbus(property(emits_changed_signal = "const"))]
-    fn features(&self) -> Vec<String> {
-        [
+    async fn features(&self) -> Vec<String> {
+        let mut f: Vec<String> = [
             "target-pid",
             "target-tree",
             "target-name",
@@ -460,9 +465,14 @@ impl ManagerIface {
             "migrate",
             "reload",
             "monitor",
+            "block",
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if read(&self.mgr, |r| Ok(r.connect_guard())).await.unwrap_or(false) {
+            f.push("block-connect".into());
+        }
+        f
     }
 
     /// Whether every process's traffic is counted (config `monitor.enabled`).

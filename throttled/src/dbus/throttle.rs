@@ -20,7 +20,11 @@ use super::{
     errors::{Error, Result},
     service::{authorize_target, authorize_traffic, blocking, read},
 };
-use crate::manager::{Manager, Origin, Request, ThrottleId, ThrottleInfo};
+use crate::{
+    backend::block,
+    limit::BLOCK_BACKEND,
+    manager::{DirectionStats, Manager, Origin, Request, ThrottleId, ThrottleInfo},
+};
 
 pub struct ThrottleIface {
     pub mgr: Arc<Manager>,
@@ -128,13 +132,15 @@ fn limit_props(info: &ThrottleInfo) -> Vec<(&'static str, OwnedValue)> {
         ("UpBackend", Value::from(up_backend)),
         ("Status", Value::from(status)),
         ("StatusDetail", Value::from(detail)),
+        ("Blocked", Value::from(block::blocks(info))),
     ];
     props.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect()
 }
 
-/// A direction's limit (0: none) and backend ("" for none).
+/// A direction's limit (0: none, or blocked) and backend ("" for none).
 fn direction_of(info: &ThrottleInfo, d: Direction) -> (u64, String) {
-    info.directions.get(&d).map_or((0, String::new()), |s| (s.rate.bytes_per_sec(), s.backend.to_string()))
+    let limit = |s: &DirectionStats| if s.backend == BLOCK_BACKEND { 0 } else { s.rate.bytes_per_sec() };
+    info.directions.get(&d).map_or((0, String::new()), |s| (limit(s), s.backend.to_string()))
 }
 
 fn status_of(info: &ThrottleInfo) -> (&'static str, String) {
@@ -197,7 +203,14 @@ impl ThrottleIface {
         })
     }
 
-    /// Bytes per second at the IP layer; 0 means unlimited.
+    /// Whether this throttle blocks its processes' traffic outright (its
+    /// limits then read 0 and its backends "block").
+    #[zbus(property)]
+    async fn blocked(&self) -> zbus::fdo::Result<bool> {
+        Ok(block::blocks(&self.info().await.map_err(fdo)?))
+    }
+
+    /// Bytes per second at the IP layer; 0 means unlimited (or blocked).
     #[zbus(property)]
     async fn down_limit(&self) -> zbus::fdo::Result<u64> {
         Ok(self.direction(Direction::Down).await?.0)

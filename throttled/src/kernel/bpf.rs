@@ -7,9 +7,10 @@ use std::{fs::File, os::fd::AsRawFd};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, SkStorage},
     programs::{
-        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, cgroup_sockopt::CgroupSockoptLinkId,
-        sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType,
-        CgroupSock, CgroupSockopt, ProgramError, SchedClassifier, SockOps, TcAttachType,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId,
+        cgroup_sockopt::CgroupSockoptLinkId, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId, CgroupAttachMode,
+        CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, ProgramError, SchedClassifier,
+        SockOps, TcAttachType,
     },
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -21,10 +22,35 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/th
 
 /// Names of our programs and maps as the kernel reports them (tests and
 /// leftover detection look them up by these).
-pub const PROGRAM_NAMES: [&str; 6] =
-    ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_setsockopt", "ct_ifb_cls"];
-/// The programs attached at the cgroup v2 root for the daemon's lifetime.
-pub const CGROUP_PROGRAMS: [&str; 5] = ["ct_sock_create", "ct_egress", "ct_ingress", "ct_sockops", "ct_setsockopt"];
+pub const PROGRAM_NAMES: [&str; 10] = [
+    "ct_sock_create",
+    "ct_egress",
+    "ct_ingress",
+    "ct_sockops",
+    "ct_setsockopt",
+    "ct_connect4",
+    "ct_connect6",
+    "ct_sendmsg4",
+    "ct_sendmsg6",
+    "ct_ifb_cls",
+];
+/// The programs attached at the cgroup v2 root for the daemon's lifetime
+/// (the `GUARD_PROGRAMS` among them where the kernel takes them).
+pub const CGROUP_PROGRAMS: [&str; 9] = [
+    "ct_sock_create",
+    "ct_egress",
+    "ct_ingress",
+    "ct_sockops",
+    "ct_setsockopt",
+    "ct_connect4",
+    "ct_connect6",
+    "ct_sendmsg4",
+    "ct_sendmsg6",
+];
+/// Refuse a blocked process's `connect()` and UDP `sendmsg()` (EPERM).
+/// Optional: without them a block still drops every packet, and
+/// `Programs::connect_guard` says why they are missing.
+pub const GUARD_PROGRAMS: [&str; 4] = ["ct_connect4", "ct_connect6", "ct_sendmsg4", "ct_sendmsg6"];
 pub const MAP_NAMES: [&str; 7] =
     ["CT_SK_OWNER", "CT_PROCS", "CT_SLOTS", "CT_COUNTERS", "CT_GEN", "CT_IFB", "CT_PROC_TRAFFIC"];
 const CLASSIFIER: &str = "ct_ifb_cls";
@@ -68,6 +94,8 @@ pub struct Programs {
     gen: u32,
     nprocs: u32,
     exempt_loopback: bool,
+    /// Why the `GUARD_PROGRAMS` are not attached, if they are not.
+    guard_error: Option<String>,
     cgroup: File,
     /// The link of each program in `CGROUP_PROGRAMS`, to detach on repair.
     links: Vec<(&'static str, CgroupLink)>,
@@ -108,9 +136,13 @@ impl Programs {
             .load(OBJECT)?;
 
         let mut links = Vec::new();
-        for name in CGROUP_PROGRAMS {
+        for name in CGROUP_PROGRAMS.into_iter().filter(|n| !GUARD_PROGRAMS.contains(n)) {
             load_program(&mut ebpf, name)?;
             links.push((name, attach(&mut ebpf, &cg, name)?));
+        }
+        let guard_error = attach_guards(&mut ebpf, &cg, &mut links).err().map(|e| e.to_string());
+        if let Some(why) = &guard_error {
+            tracing::warn!(error = %why, "blocked processes' connect() cannot be refused; blocks only drop packets");
         }
         // Attached per interface by the ifb_tc backend.
         let p: &mut SchedClassifier = program(&mut ebpf, CLASSIFIER)?;
@@ -128,6 +160,7 @@ impl Programs {
             gen: 0,
             nprocs: 0,
             exempt_loopback: opts.exempt_loopback,
+            guard_error,
             cgroup: cg,
             links,
             ebpf,
@@ -154,9 +187,16 @@ impl Programs {
         }
     }
 
+    /// `Ok` when a blocked process's `connect()` and UDP `sendmsg()` are
+    /// refused at once; else why not (its packets are still dropped).
+    pub fn connect_guard(&self) -> Result<(), &str> {
+        self.guard_error.as_deref().map_or(Ok(()), Err)
+    }
+
     fn missing_programs(&self) -> std::io::Result<Vec<&'static str>> {
         let mut missing = Vec::new();
-        for name in CGROUP_PROGRAMS {
+        let guards = self.guard_error.is_none();
+        for name in CGROUP_PROGRAMS.into_iter().filter(|n| guards || !GUARD_PROGRAMS.contains(n)) {
             let id = self.program_id(name).map_err(std::io::Error::other)?;
             if !query_cgroup(&self.cgroup, attach_type(name))?.contains(&id) {
                 missing.push(name);
@@ -320,9 +360,25 @@ impl Programs {
     }
 }
 
+/// Loads and attaches the `GUARD_PROGRAMS`, all or none.
+fn attach_guards(ebpf: &mut Ebpf, cg: &File, links: &mut Vec<(&'static str, CgroupLink)>) -> Result<(), BpfError> {
+    let mut attached = Vec::new();
+    let res = GUARD_PROGRAMS.into_iter().try_for_each(|name| {
+        load_program(ebpf, name)?;
+        attached.push((name, attach(ebpf, cg, name)?));
+        Ok(())
+    });
+    match res {
+        Ok(()) => links.extend(attached),
+        Err(_) => attached.into_iter().for_each(|(name, link)| detach(ebpf, name, link)),
+    }
+    res
+}
+
 /// A cgroup program's link, by program kind.
 enum CgroupLink {
     Sock(CgroupSockLinkId),
+    SockAddr(CgroupSockAddrLinkId),
     Skb(CgroupSkbLinkId),
     Ops(SockOpsLinkId),
     Sockopt(CgroupSockoptLinkId),
@@ -333,6 +389,7 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
         "ct_sock_create" => program::<CgroupSock>(ebpf, name)?.load(),
         "ct_sockops" => program::<SockOps>(ebpf, name)?.load(),
         "ct_setsockopt" => program::<CgroupSockopt>(ebpf, name)?.load(),
+        n if GUARD_PROGRAMS.contains(&n) => program::<CgroupSockAddr>(ebpf, name)?.load(),
         _ => program::<CgroupSkb>(ebpf, name)?.load(),
     }
     .map_err(prog_err(name))
@@ -346,6 +403,9 @@ fn attach(ebpf: &mut Ebpf, cg: &File, name: &'static str) -> Result<CgroupLink, 
         "ct_sockops" => program::<SockOps>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Ops),
         "ct_setsockopt" => program::<CgroupSockopt>(ebpf, name)?.attach(cg, mode).map(CgroupLink::Sockopt),
         "ct_egress" => skb(ebpf, CgroupSkbAttachType::Egress)?.map(CgroupLink::Skb),
+        n if GUARD_PROGRAMS.contains(&n) => {
+            program::<CgroupSockAddr>(ebpf, name)?.attach(cg, mode).map(CgroupLink::SockAddr)
+        }
         _ => skb(ebpf, CgroupSkbAttachType::Ingress)?.map(CgroupLink::Skb),
     };
     link.map_err(prog_err(name))
@@ -355,6 +415,7 @@ fn attach(ebpf: &mut Ebpf, cg: &File, name: &'static str) -> Result<CgroupLink, 
 fn detach(ebpf: &mut Ebpf, name: &'static str, link: CgroupLink) {
     let res = match link {
         CgroupLink::Sock(l) => program::<CgroupSock>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
+        CgroupLink::SockAddr(l) => program::<CgroupSockAddr>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Skb(l) => program::<CgroupSkb>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Ops(l) => program::<SockOps>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
         CgroupLink::Sockopt(l) => program::<CgroupSockopt>(ebpf, name).map(|p| p.detach(l).map_err(prog_err(name))),
@@ -371,6 +432,10 @@ fn attach_type(name: &str) -> u32 {
         "ct_egress" => 1,
         "ct_sock_create" => 2,
         "ct_setsockopt" => 22,
+        "ct_connect4" => 10, // BPF_CGROUP_INET4_CONNECT
+        "ct_connect6" => 11,
+        "ct_sendmsg4" => 14, // BPF_CGROUP_UDP4_SENDMSG
+        "ct_sendmsg6" => 15,
         _ => 3, // sock_ops
     }
 }

@@ -85,9 +85,9 @@ impl Core {
 
     /// Every backend, its health checked now (the kernel is asked).
     pub fn backend_infos(&mut self) -> Vec<BackendInfo> {
-        let n = self.datapath.pool.backends.len();
-        let health: Vec<Health> = (0..n).map(|i| self.datapath.health_now(i)).collect();
-        health.into_iter().enumerate().map(|(i, h)| self.view().backend_info(i, h)).collect()
+        let listed: Vec<usize> = self.datapath.pool.listed().collect();
+        let health: Vec<(usize, Health)> = listed.into_iter().map(|i| (i, self.datapath.health_now(i))).collect();
+        health.into_iter().map(|(i, h)| self.view().backend_info(i, h)).collect()
     }
 
     /// Samples the counters of up to `n` throttles after `after` (see
@@ -225,7 +225,7 @@ impl Core {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
         let t = &self.table.throttles[&id];
-        tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), processes = t.members.len(), "throttle added");
+        tracing::info!(throttle_id = id, target = %t.target, down = %rate_text(spec.down), up = %rate_text(spec.up), block = spec.block, processes = t.members.len(), "throttle added");
         if !t.excluded.is_empty() {
             tracing::info!(throttle_id = id, excluded = ?t.excluded, "protected processes match but are never limited (see its Excluded property)");
         }
@@ -259,6 +259,11 @@ impl Core {
         }
         let t = self.table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let pool = &self.datapath.pool;
+        // Limits never loosen a block in place: lifting it is its own act.
+        if !spec.block && t.limits.values().any(|l| !pool.backends[l.backend].automatic()) {
+            let msg = format!("throttle {id} blocks its processes: unblock (or unlimit) it first");
+            return Err(ManagerError::InvalidArgument(msg));
+        }
         let mut plan = Vec::new();
         for dir in Direction::BOTH {
             let Some(rate) = spec.rate(dir) else { continue };

@@ -140,7 +140,8 @@ pub fn for_limit(owns: bool, tree: bool, existing: Option<&Existing>, spec: &Lim
         if rate.bytes_per_sec() > now.bytes_per_sec() {
             return admin(format!("raising its {dir} limit"));
         }
-        if spec.backend_for(dir).is_some_and(|b| b != *backend) {
+        // A block lowers every limit, whichever backend held it.
+        if !spec.block && spec.backend_for(dir).is_some_and(|b| b != *backend) {
             return admin(format!("moving its {dir} limit to another backend"));
         }
     }

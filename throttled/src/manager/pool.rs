@@ -9,10 +9,11 @@ use throttle_common::{text::quote, Direction};
 use super::ManagerError;
 use crate::{
     backend::{
-        ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, tc_htb::TcHtbBackend, Availability,
-        Backend, BackendError, Health,
+        block::BlockBackend, ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy,
+        tc_htb::TcHtbBackend, Availability, Backend, BackendError, Health,
     },
     config::{Config, Defaults},
+    limit::BLOCK_BACKEND,
 };
 
 pub struct Pool {
@@ -32,6 +33,7 @@ impl Pool {
             Box::new(EbpfBackend::new()),
             Box::new(TcHtbBackend::new(policy.clone(), config.state_dir.clone())),
             Box::new(IfbTcBackend::new(policy, config.state_dir.clone())),
+            Box::new(BlockBackend::new()),
         ];
         Self::with_backends(backends, config.defaults.clone())
     }
@@ -45,8 +47,10 @@ impl Pool {
         self.backends[i].name()
     }
 
+    /// A backend by the name a user gives: never `block`, which only a
+    /// block picks (see `resolve`).
     pub fn index(&self, name: &str) -> Result<usize, ManagerError> {
-        self.backends.iter().position(|b| b.name() == name).ok_or_else(|| {
+        self.backends.iter().position(|b| b.automatic() && b.name() == name).ok_or_else(|| {
             ManagerError::UnknownBackend(throttle_common::text::escape(name, throttle_common::text::QUOTE_MAX))
         })
     }
@@ -65,6 +69,10 @@ impl Pool {
 
     /// The named backend if usable, or the default for `dir`.
     pub fn resolve(&self, name: Option<&str>, dir: Direction) -> Result<usize, ManagerError> {
+        if name == Some(BLOCK_BACKEND) {
+            let block = self.backends.iter().position(|b| b.name() == BLOCK_BACKEND);
+            return block.ok_or(ManagerError::NoBackend(dir));
+        }
         match name {
             Some(n) => {
                 let i = self.index(n)?;
@@ -97,10 +105,26 @@ impl Pool {
         }
     }
 
+    /// The backends users choose from: `block` is not one of them.
+    pub fn listed(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.backends.len()).filter(|&i| self.backends[i].automatic())
+    }
+
+    /// Refuses moving limits away from a backend that holds only blocks.
+    pub fn movable(&self, i: usize) -> Result<(), ManagerError> {
+        match self.backends[i].automatic() {
+            true => Ok(()),
+            false => Err(ManagerError::InvalidArgument(format!(
+                "{} holds blocks only: nothing moves to or from it",
+                self.name(i)
+            ))),
+        }
+    }
+
     /// The highest-priority usable backend for `dir`, other than `except`.
     pub fn best(&self, dir: Direction, except: Option<usize>) -> Option<usize> {
         (0..self.backends.len())
-            .filter(|&i| Some(i) != except && self.usable(i, dir).is_ok())
+            .filter(|&i| Some(i) != except && self.backends[i].automatic() && self.usable(i, dir).is_ok())
             .max_by_key(|&i| (self.backends[i].priority(), std::cmp::Reverse(i)))
     }
 
@@ -229,6 +253,16 @@ mod tests {
         let e = p.resolve(Some("tc_htb"), Direction::Down).unwrap_err().to_string();
         assert!(e.contains("does not support download"), "{e}");
         assert!(matches!(p.resolve(Some("x"), Direction::Up), Err(ManagerError::UnknownBackend(_))));
+    }
+
+    #[test]
+    fn block_is_chosen_by_block_only() {
+        let mut p = pool(None, false);
+        p.backends.push(Box::new(crate::backend::block::BlockBackend::new()));
+        assert!(matches!(p.index("block"), Err(ManagerError::UnknownBackend(_))), "named");
+        assert_eq!(p.name(p.resolve(Some(BLOCK_BACKEND), Direction::Up).unwrap()), "block");
+        assert_eq!(p.best(Direction::Down, Some(0)), None, "a failover target");
+        assert!(p.movable(3).is_err() && p.movable(0).is_ok());
     }
 
     #[test]

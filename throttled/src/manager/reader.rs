@@ -59,4 +59,9 @@ impl Reader<'_> {
     pub fn monitoring(&self) -> bool {
         self.0.datapath.programs.monitoring()
     }
+
+    /// Whether a block refuses new connections at once (else it only drops).
+    pub fn connect_guard(&self) -> bool {
+        self.0.datapath.programs.connect_guard().is_ok()
+    }
 }

@@ -174,7 +174,7 @@ impl View<'_> {
     /// the kernel, for what is read after every event.
     pub fn backends_known(&self) -> Vec<BackendInfo> {
         let dp = self.datapath;
-        (0..dp.pool.backends.len()).map(|i| self.backend_info(i, dp.known_health(i))).collect()
+        dp.pool.listed().map(|i| self.backend_info(i, dp.known_health(i))).collect()
     }
 
     /// Backend `i`, with `health` as the caller found it.
@@ -203,9 +203,11 @@ impl View<'_> {
 fn pending_info(id: ThrottleId, p: &Pending) -> ThrottleInfo {
     let r = &p.record;
     let mut directions = BTreeMap::new();
-    for (dir, rate) in [(Direction::Down, r.spec.down), (Direction::Up, r.spec.up)] {
-        let Some(rate) = rate else { continue };
-        let stats = DirectionStats { backend: "", rate, counters: Default::default(), current: 0, accuracy: None };
+    // A saved block reads as a block on no kernel slot.
+    let backend = if r.spec.block { crate::limit::BLOCK_BACKEND } else { "" };
+    for dir in Direction::BOTH {
+        let Some(rate) = r.spec.rate(dir) else { continue };
+        let stats = DirectionStats { backend, rate, counters: Default::default(), current: 0, accuracy: None };
         directions.insert(dir, stats);
     }
     ThrottleInfo {

@@ -252,12 +252,17 @@ impl ThrottleTable {
         let t = &self.throttles[&id];
         let rate = |d| t.limits.get(&d).map(|l| l.rate);
         let backend = |d| t.limits.get(&d).map(|l| pool.name(l.backend).to_string());
-        let spec = LimitSpec {
-            down: rate(Direction::Down),
-            up: rate(Direction::Up),
-            backend: None,
-            down_backend: backend(Direction::Down),
-            up_backend: backend(Direction::Up),
+        let block = t.limits.values().any(|l| !pool.backends[l.backend].automatic());
+        let spec = match block {
+            true => LimitSpec { block, ..Default::default() },
+            false => LimitSpec {
+                down: rate(Direction::Down),
+                up: rate(Direction::Up),
+                backend: None,
+                down_backend: backend(Direction::Down),
+                up_backend: backend(Direction::Up),
+                block,
+            },
         };
         PersistedThrottle { id, target: t.target.clone(), spec, admin: t.made.admin, creator: t.made.creator }
     }

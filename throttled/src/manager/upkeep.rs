@@ -339,6 +339,7 @@ impl Core {
         };
         let dirs: Vec<Direction> = dirs.into_iter().filter(|d| t.limits[d].backend != to).collect();
         for d in &dirs {
+            self.datapath.pool.movable(t.limits[d].backend)?;
             self.datapath.pool.usable(to, *d)?;
         }
         let mut moved = 0;
