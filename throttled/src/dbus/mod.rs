@@ -3,6 +3,7 @@
 //! object per throttle, and the manager's events as signals. A thin layer:
 //! it translates and authorizes; the manager does the work.
 pub mod args;
+pub mod authorize;
 pub mod callers;
 pub mod convert;
 pub mod errors;
@@ -74,7 +75,7 @@ async fn protect_from_bus(dbus: &zbus::fdo::DBusProxy<'_>, mgr: &Arc<Manager>, p
     if !polkit_only {
         roles.push((Protected::Bus, pid("org.freedesktop.DBus").await));
     }
-    let _ = service::blocking(mgr, move |m| {
+    let _ = authorize::blocking(mgr, move |m| {
         roles.into_iter().for_each(|(role, pid)| m.protect(role, pid));
         Ok(())
     })
@@ -195,7 +196,7 @@ pub async fn serve(mgr: Arc<Manager>, cx: Context) -> zbus::Result<Served> {
     let m = mgr.clone();
     let on_gone = move |name: &str| drop(tokio::spawn(release(&m, Some(name.to_string()))));
     let names = Task(tokio::spawn(callers::watch(conn.clone(), on_gone).await?));
-    let ids = service::read(&mgr, |r| Ok(r.ids())).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    let ids = authorize::read(&mgr, |r| Ok(r.ids())).await.map_err(|e| zbus::Error::Failure(e.to_string()))?;
     for id in ids {
         add_throttle(&conn, &mgr, id, None).await?;
     }
@@ -233,7 +234,7 @@ pub(crate) async fn add_throttle(
 ) -> zbus::Result<bool> {
     let info = match info {
         Some(i) => Some(i),
-        None => service::read(mgr, move |r| r.summary(id)).await.ok(),
+        None => authorize::read(mgr, move |r| r.summary(id)).await.ok(),
     };
     let iface = Strict::new(ThrottleIface::new(mgr.clone(), id, info));
     conn.object_server().at(args::throttle_path(id), iface).await

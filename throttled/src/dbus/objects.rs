@@ -13,7 +13,7 @@ use zbus::{
     Connection, ObjectServer,
 };
 
-use super::{args, service, strict::Strict, throttle::ThrottleIface};
+use super::{args, authorize, strict::Strict, throttle::ThrottleIface};
 use crate::manager::Manager;
 
 type Managed = HashMap<OwnedObjectPath, HashMap<OwnedInterfaceName, HashMap<String, OwnedValue>>>;
@@ -32,7 +32,7 @@ impl Objects {
         #[zbus(object_server)] server: &ObjectServer,
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<Managed> {
-        let ids = service::read(&self.mgr, |r| Ok(r.ids())).await.map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        let ids = authorize::read(&self.mgr, |r| Ok(r.ids())).await.map_err(|e| fdo::Error::Failed(e.to_string()))?;
         let mut out = Managed::new();
         for id in ids {
             let path = ObjectPath::try_from(args::throttle_path(id)).map_err(zbus::Error::from)?;

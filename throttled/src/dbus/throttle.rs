@@ -16,9 +16,9 @@ use zbus::{
 
 use super::{
     args,
+    authorize::{authorize_target, authorize_traffic, blocking, read},
     convert::dict,
     errors::{Error, Result},
-    service::{authorize_target, authorize_traffic, blocking, read},
 };
 use crate::{
     backend::block,
