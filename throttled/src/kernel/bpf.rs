@@ -20,20 +20,9 @@ use super::cgroup;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/throttle-ebpf"));
 
-/// Names of our programs and maps as the kernel reports them (tests and
-/// leftover detection look them up by these).
-pub const PROGRAM_NAMES: [&str; 10] = [
-    "ct_sock_create",
-    "ct_egress",
-    "ct_ingress",
-    "ct_sockops",
-    "ct_setsockopt",
-    "ct_connect4",
-    "ct_connect6",
-    "ct_sendmsg4",
-    "ct_sendmsg6",
-    "ct_ifb_cls",
-];
+// Names of our programs and maps as the kernel reports them (tests and
+// leftover detection look them up by these).
+
 /// The programs attached at the cgroup v2 root for the daemon's lifetime
 /// (the `GUARD_PROGRAMS` among them where the kernel takes them).
 pub const CGROUP_PROGRAMS: [&str; 9] = [
@@ -47,6 +36,16 @@ pub const CGROUP_PROGRAMS: [&str; 9] = [
     "ct_sendmsg4",
     "ct_sendmsg6",
 ];
+/// Every program: those at the cgroup root, and the IFB classifier.
+pub const PROGRAM_NAMES: [&str; 10] = {
+    let mut all = [CLASSIFIER; 10];
+    let mut i = 0;
+    while i < CGROUP_PROGRAMS.len() {
+        all[i] = CGROUP_PROGRAMS[i];
+        i += 1;
+    }
+    all
+};
 /// Refuse a blocked process's `connect()` and UDP `sendmsg()` (EPERM).
 /// Optional: without them a block still drops every packet, and
 /// `Programs::connect_guard` says why they are missing.
