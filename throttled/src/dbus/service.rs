@@ -314,7 +314,9 @@ impl ManagerIface {
         timed(&self.calls, "GetUsage", async move {
             args::bounded(&[by])?;
             let owner = visible_owner(conn, &hdr).await?;
-            usage::report(self.usage.clone(), usage::query(by, since, until, owner)?).await
+            let q = usage::query(by, since, until, owner)?;
+            let _turn = usage::Turn::take(polkit::caller_uid(conn, &hdr).await?)?;
+            usage::report(self.usage.clone(), q).await
         })
         .await
     }

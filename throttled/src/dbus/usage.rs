@@ -1,7 +1,10 @@
 //! `GetUsage`: the usage history's reports over D-Bus. Parses the
 //! question, asks the history off the async threads, and turns the report
 //! into `UsageEntry` dicts.
-use std::sync::Arc;
+use std::{
+    collections::HashSet,
+    sync::{Arc, LazyLock, Mutex},
+};
 
 use throttle_api::UsageEntry;
 
@@ -23,6 +26,29 @@ pub fn query(by: &str, since: i64, until: i64, owner: Option<u32>) -> Result<Usa
     }
     let since = since.max(until - MAX_SPAN);
     Ok(UsageQuery { by, since, until, uids: owner.map(|u| vec![u]), utc_offset: local_utc_offset() })
+}
+
+/// One report at a time per user: a report over months reads a million
+/// rows under the history's lock, so a user who asks for many at once is
+/// told `Busy` rather than making everyone else (and the flush) wait.
+pub struct Turn(u32);
+
+static RUNNING: LazyLock<Mutex<HashSet<u32>>> = LazyLock::new(Mutex::default);
+
+impl Turn {
+    pub fn take(uid: u32) -> Result<Turn> {
+        let fresh = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).insert(uid);
+        match fresh {
+            true => Ok(Turn(uid)),
+            false => Err(Error::Busy("a usage report of yours is still being computed; try again".into())),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
 }
 
 pub async fn report(history: Option<Arc<Recorder>>, q: UsageQuery) -> Result<Vec<UsageEntry>> {
@@ -64,5 +90,15 @@ mod tests {
         let q = query("user", 0, 0, Some(1000)).unwrap();
         assert_eq!((q.by, q.uids), (By::User, Some(vec![1000])));
         assert!(q.until >= now() - 1 && q.since == q.until - MAX_SPAN, "since 0: as far back as kept");
+    }
+
+    #[test]
+    fn one_report_at_a_time_per_user() {
+        let first = Turn::take(4_000_001).unwrap();
+        assert!(matches!(Turn::take(4_000_001), Err(Error::Busy(_))), "the same user waits");
+        let other = Turn::take(4_000_002);
+        assert!(other.is_ok(), "another user does not");
+        drop(first);
+        assert!(Turn::take(4_000_001).is_ok(), "free again once done");
     }
 }

@@ -367,7 +367,7 @@ impl Manager {
 
     /// The bytes counted since the last call, by who sent them: the usage
     /// history's input.
-    pub fn take_usage(&self) -> Vec<(traffic::ProcName, traffic::UsageBytes)> {
+    pub fn take_usage(&self) -> Vec<crate::usage::Delta> {
         self.lock().sampling.accounting.take_usage()
     }
 

@@ -10,6 +10,7 @@ use throttle_common::{ProcTraffic, Traffic};
 
 use super::rates::{History, RateWindow};
 use crate::config::MonitorConfig;
+use crate::usage::{Counts, Delta};
 
 /// Which traffic counts: local is loopback and link-local peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,14 +126,14 @@ impl Series {
     }
 
     /// Bytes since the last call: (down, up) internet, then (down, up) local.
-    fn uncounted(&mut self) -> UsageBytes {
+    fn uncounted(&mut self) -> Counts {
         let d = |i: usize| {
             let (now, then) = (&self.totals[i], &self.counted[i]);
             (now.down_bytes.saturating_sub(then.down_bytes), now.up_bytes.saturating_sub(then.up_bytes))
         };
         let ((down_inet, up_inet), (down_local, up_local)) = (d(1), d(2));
         self.counted = self.totals;
-        UsageBytes { down_inet, up_inet, down_local, up_local }
+        Counts { down_inet, up_inet, down_local, up_local }
     }
 
     fn report(&self, pid: u32, scope: Scope) -> ProcessTraffic {
@@ -150,37 +151,9 @@ impl Series {
     }
 }
 
-/// Who a process is, read once when it is first seen.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ProcName {
-    pub name: String,
-    pub exe: String,
-    pub uid: u32,
-    /// The systemd unit it runs in ("" outside one).
-    pub unit: String,
-}
-
-/// Bytes for the usage history, each direction split into internet and local.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UsageBytes {
-    pub down_inet: u64,
-    pub up_inet: u64,
-    pub down_local: u64,
-    pub up_local: u64,
-}
-
-impl UsageBytes {
-    fn add(&mut self, o: &UsageBytes) {
-        self.down_inet = self.down_inet.saturating_add(o.down_inet);
-        self.up_inet = self.up_inet.saturating_add(o.up_inet);
-        self.down_local = self.down_local.saturating_add(o.down_local);
-        self.up_local = self.up_local.saturating_add(o.up_local);
-    }
-
-    fn is_zero(&self) -> bool {
-        *self == UsageBytes::default()
-    }
-}
+/// Who a process is, read once when it is first seen: the usage
+/// history's key (name, exe, systemd unit or "", uid).
+pub type ProcName = crate::usage::Key;
 
 /// Who a process is, or `None` when it is gone.
 pub type Namer = fn(u32) -> Option<ProcName>;
@@ -192,7 +165,7 @@ pub struct Accounting {
     namer: Namer,
     /// Bytes not yet taken by the usage history, by who sent them; exited
     /// processes' last bytes stay here until taken.
-    usage: HashMap<ProcName, UsageBytes>,
+    usage: HashMap<ProcName, Counts>,
 }
 
 fn proc_names(pid: u32) -> Option<ProcName> {
@@ -256,7 +229,7 @@ impl Accounting {
         }
     }
 
-    fn count(&mut self, pid: &u32, bytes: UsageBytes) {
+    fn count(&mut self, pid: &u32, bytes: Counts) {
         if bytes.is_zero() {
             return;
         }
@@ -271,8 +244,8 @@ impl Accounting {
     }
 
     /// The bytes counted since the last call, by who sent them.
-    pub fn take_usage(&mut self) -> Vec<(ProcName, UsageBytes)> {
-        self.usage.drain().collect()
+    pub fn take_usage(&mut self) -> Vec<Delta> {
+        self.usage.drain().map(|(key, counts)| Delta { key, counts }).collect()
     }
 
     pub fn len(&self) -> usize {

@@ -51,7 +51,7 @@ pub const MINUTE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Whose traffic a row counts. `unit` is "" outside a systemd unit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub name: String,
     pub exe: String,

@@ -14,14 +14,8 @@ use std::{
 
 pub use throttle_common::clock::{local_utc_offset, now};
 
-use super::{Counts, Delta, Key, UsageError, UsageQuery, UsageReport, UsageStore};
-use crate::{
-    config::UsageConfig,
-    manager::{
-        traffic::{ProcName, UsageBytes},
-        Manager,
-    },
-};
+use super::{UsageError, UsageQuery, UsageReport, UsageStore};
+use crate::{config::UsageConfig, manager::Manager};
 
 /// The database file in the state directory.
 pub const FILE: &str = "usage.sqlite";
@@ -75,7 +69,7 @@ fn run(store: &Mutex<UsageStore>, manager: &Manager, every: Duration, stopped: &
     let mut pruned = Instant::now() - PRUNE_EVERY;
     loop {
         let stop = !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
-        let deltas = deltas(manager.take_usage());
+        let deltas = manager.take_usage();
         let mut s = lock(store);
         let now = now();
         s.record(now, &deltas);
@@ -92,19 +86,4 @@ fn run(store: &Mutex<UsageStore>, manager: &Manager, every: Duration, stopped: &
             return;
         }
     }
-}
-
-fn deltas(taken: Vec<(ProcName, UsageBytes)>) -> Vec<Delta> {
-    taken
-        .into_iter()
-        .map(|(p, b)| Delta {
-            key: Key { name: p.name, exe: p.exe, unit: p.unit, uid: p.uid },
-            counts: Counts {
-                down_inet: b.down_inet,
-                up_inet: b.up_inet,
-                down_local: b.down_local,
-                up_local: b.up_local,
-            },
-        })
-        .collect()
 }
