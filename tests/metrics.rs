@@ -280,7 +280,6 @@ fn many(n: u32) -> MetricsSnapshot {
         dropped_packets: i,
         rate_bytes_per_second: 1000 + i,
         accuracy: Some(0.97),
-        quota_used_bytes: None,
     };
     let throttles = (1..=n)
         .map(|id| ThrottleMetrics {
@@ -288,6 +287,7 @@ fn many(n: u32) -> MetricsSnapshot {
             kind: "name".into(),
             target: format!("worker-{id}"),
             directions: vec![dir("down", "ifb_tc", id.into()), dir("up", "ebpf", id.into())],
+            quota_used_bytes: Some(u64::from(id) << 20),
         })
         .collect();
     let names = (0..20).map(|i| NameMetrics { name: format!("p{i}"), bytes_down: i, bytes_up: i }).collect();

@@ -2,6 +2,8 @@
 //! lives in throttle-testkit so that the benchmarks use the same code.
 #![allow(dead_code, unused_imports)]
 
+pub mod monitor;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -19,8 +19,18 @@ pub const HOLD: &str = "hold";
 /// (b) Block the target's traffic outright: new connections fail with
 /// EPERM and running ones stop. Not a rate of 0; no rates or backends with it.
 pub const BLOCK: &str = "block";
+/// (s) A data cap, `SIZE/PERIOD` ("5G/month"; hour, day, week or month,
+/// resetting at local midnight, Monday, the 1st); needs `then`.
+pub const QUOTA: &str = "quota";
+/// (s) What applies once the quota is used: a rate ("256K") or "block".
+pub const THEN: &str = "then";
+/// (s) The windows in which the limits apply, in local time
+/// ("Mon-Fri 09:00-17:00, Sat 10:00-12:00"; `*` is every day).
+pub const WHEN: &str = "when";
+/// (t or s) The rate outside the windows (none: nothing applies outside).
+pub const OTHERWISE: &str = "otherwise";
 /// Every key, in the order error messages list them.
-pub const KEYS: [&str; 7] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD, BLOCK];
+pub const KEYS: [&str; 11] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD, BLOCK, QUOTA, THEN, WHEN, OTHERWISE];
 
 /// Options as a client sends them: only the given ones go on the wire.
 /// The field names are the keys above (a test holds them equal).
@@ -42,6 +52,15 @@ pub struct LimitOptions {
     pub hold: Option<bool>,
     #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
     pub block: Option<bool>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Bytes per second.
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<u64>,
 }
 
 #[cfg(test)]
@@ -67,6 +86,10 @@ mod tests {
             down_backend: Some("ifb_tc".into()),
             hold: Some(true),
             block: Some(true),
+            quota: Some("5G/month".into()),
+            then: Some("block".into()),
+            when: Some("* 09:00-17:00".into()),
+            otherwise: Some(1),
         };
         let mut keys: Vec<String> = decode(&all).into_keys().collect();
         keys.sort();

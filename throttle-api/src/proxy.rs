@@ -59,6 +59,12 @@ pub trait Manager {
     fn backend_health_changed(&self, backend: &str, health: &str, detail: &str) -> zbus::Result<()>;
     #[zbus(signal)]
     fn throttle_migrated(&self, throttle: ObjectPath<'_>, direction: &str, from: &str, to: &str) -> zbus::Result<()>;
+    /// A throttle's quota is used up: its `then` applies until QuotaResetsAt.
+    #[zbus(signal)]
+    fn quota_exceeded(&self, throttle: ObjectPath<'_>) -> zbus::Result<()>;
+    /// A throttle's schedule window opened (active) or closed.
+    #[zbus(signal)]
+    fn schedule_changed(&self, throttle: ObjectPath<'_>, active: bool) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(interface = "org.chadthrottle.Throttle", default_service = "org.chadthrottle")]
@@ -108,4 +114,30 @@ pub trait Throttle {
     /// {down,up}_{bytes,packets,dropped_bytes,dropped_packets}.
     #[zbus(property)]
     fn counters(&self) -> zbus::Result<HashMap<String, OwnedValue>>;
+    /// The quota ("5G/month"), "" without one.
+    #[zbus(property)]
+    fn quota(&self) -> zbus::Result<String>;
+    /// Bytes per period; 0 without a quota.
+    #[zbus(property)]
+    fn quota_bytes(&self) -> zbus::Result<u64>;
+    /// Bytes used this period (both directions, at the IP layer).
+    #[zbus(property)]
+    fn quota_used(&self) -> zbus::Result<u64>;
+    /// Unix time of the next reset; 0 without a quota.
+    #[zbus(property)]
+    fn quota_resets_at(&self) -> zbus::Result<i64>;
+    #[zbus(property)]
+    fn quota_exceeded(&self) -> zbus::Result<bool>;
+    /// What applies once the quota is used ("256K", "block"), "" without one.
+    #[zbus(property)]
+    fn quota_then(&self) -> zbus::Result<String>;
+    /// The schedule's windows, "" without one.
+    #[zbus(property)]
+    fn schedule(&self) -> zbus::Result<String>;
+    /// Inside a window (true without a schedule).
+    #[zbus(property)]
+    fn schedule_active(&self) -> zbus::Result<bool>;
+    /// Bytes per second outside the windows; 0: nothing applies there.
+    #[zbus(property)]
+    fn otherwise(&self) -> zbus::Result<u64>;
 }

@@ -73,6 +73,8 @@ pub enum SlotMode {
     /// Drop every packet that is not exempt (loopback), and refuse new
     /// connections and UDP sends to non-loopback peers (`block`).
     Block = 3,
+    /// Count and pass: a quota's direction that has no rate of its own.
+    Count = 4,
 }
 
 /// One throttle direction. `tat_ns` is the GCRA theoretical arrival time,
@@ -194,6 +196,11 @@ impl Slot {
     /// A slot that blocks its processes' traffic outright.
     pub fn block() -> Self {
         Slot { mode: SlotMode::Block as u32, ..Default::default() }
+    }
+
+    /// A slot that only counts its processes' traffic (for a quota).
+    pub fn count() -> Self {
+        Slot { mode: SlotMode::Count as u32, ..Default::default() }
     }
 
     /// Nanoseconds of credit that `len` bytes consume.

@@ -32,6 +32,8 @@ pub struct Rate(u64);
 impl Rate {
     /// The smallest rate, 1 B/s.
     pub const MIN: Rate = Rate(1);
+    /// The largest rate: what a direction that only counts weighs as.
+    pub const MAX: Rate = Rate(MAX_RATE);
 
     pub fn from_bytes(b: u64) -> Result<Self, RateError> {
         match b {

@@ -226,13 +226,16 @@ fn count(id: u32, len: u64, passed: bool) {
 }
 
 /// The verdict for a slot that is not a bucket: blocked slots drop (and
-/// count it), the rest pass. Off the bucket path, so policed and
+/// count it), counting slots count and pass, the rest pass. Off the bucket path, so policed and
 /// unthrottled packets pay nothing for blocking.
 #[inline(always)]
 fn pass_unless_blocked(slot: &Slot, id: u32, len: u64) -> i32 {
     if slot.mode == SlotMode::Block as u32 {
         count(id, len, false);
         return DROP;
+    }
+    if slot.mode == SlotMode::Count as u32 {
+        count(id, len, true);
     }
     PASS
 }

@@ -48,6 +48,20 @@ pub struct ThrottleView {
     /// "active", or "failed" (saved, not applied now: see status_detail).
     pub status: String,
     pub status_detail: String,
+    /// Its data cap ("5G/month"), "" without one.
+    pub quota: String,
+    pub quota_bytes: u64,
+    /// `None` when the caller may not see the throttle's traffic.
+    pub quota_used: Option<u64>,
+    pub quota_exceeded: bool,
+    pub quota_then: String,
+    /// Unix time of the quota's next reset (0 without a quota).
+    pub quota_resets_at: i64,
+    /// Its windows, "" without a schedule; whether one is open now.
+    pub schedule: String,
+    pub schedule_active: bool,
+    /// Bytes per second outside the windows (0: nothing applies there).
+    pub otherwise: u64,
 }
 
 pub struct Client {
@@ -114,6 +128,16 @@ impl Client {
             // A daemon older than these properties has only active throttles.
             status: p.status().await.unwrap_or_else(|_| "active".into()),
             status_detail: p.status_detail().await.unwrap_or_default(),
+            // A daemon older than quotas and schedules has neither.
+            quota: p.quota().await.unwrap_or_default(),
+            quota_bytes: p.quota_bytes().await.unwrap_or_default(),
+            quota_used: p.quota_used().await.ok(),
+            quota_exceeded: p.quota_exceeded().await.unwrap_or_default(),
+            quota_then: p.quota_then().await.unwrap_or_default(),
+            quota_resets_at: p.quota_resets_at().await.unwrap_or_default(),
+            schedule: p.schedule().await.unwrap_or_default(),
+            schedule_active: p.schedule_active().await.unwrap_or(true),
+            otherwise: p.otherwise().await.unwrap_or_default(),
         })
     }
 

@@ -122,6 +122,18 @@ pub enum Cmd {
         /// Keep the throttle only while this command runs: it ends when throttlectl is interrupted (Ctrl-C) or killed, and is never saved.
         #[arg(long)]
         hold: bool,
+        /// A data cap, SIZE/PERIOD: 5G/month, 500M/day (hour, day, week, month; resets at local midnight, Monday, the 1st).
+        #[arg(long, value_name = "SIZE/PERIOD", requires = "then")]
+        quota: Option<String>,
+        /// What applies once the quota is used: a rate (256K) or block.
+        #[arg(long, value_name = "RATE|block", requires = "quota")]
+        then: Option<String>,
+        /// Apply the limits only in these windows, local time: "Mon-Fri 09:00-17:00, Sat 10:00-12:00" (* = every day).
+        #[arg(long, value_name = "WINDOWS")]
+        when: Option<String>,
+        /// The rate outside the --when windows (default: no limit there).
+        #[arg(long, value_name = "RATE", requires = "when")]
+        otherwise: Option<Rate>,
     },
     /// Block a process's (or every process of a name's) traffic outright:
     /// new connections fail with EPERM, running ones stop. Loopback is exempt.
@@ -143,6 +155,9 @@ pub enum Cmd {
         /// Keep the block only while this command runs (as limit --hold).
         #[arg(long)]
         hold: bool,
+        /// Block only in these windows, local time: "Mon-Fri 09:00-17:00" (* = every day).
+        #[arg(long, value_name = "WINDOWS")]
+        when: Option<String>,
     },
     /// Lift a block: by throttle id, by the pid it blocks, or by name.
     Unblock {

@@ -97,10 +97,26 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
     }
     let c = Client::connect(&cli.bus, timeout).await?;
     match cmd {
-        Cmd::Limit { target, down, up, backend, down_backend, up_backend, tree, exe, unit, cgroup, hold } => {
+        Cmd::Limit {
+            target,
+            down,
+            up,
+            backend,
+            down_backend,
+            up_backend,
+            tree,
+            exe,
+            unit,
+            cgroup,
+            hold,
+            quota,
+            then,
+            when,
+            otherwise,
+        } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
-            if down.is_none() && up.is_none() {
-                return Err(Failure::usage("give --down and/or --up"));
+            if down.is_none() && up.is_none() && quota.is_none() {
+                return Err(Failure::usage("give --down and/or --up, or a --quota"));
             }
             let opts = LimitOptions {
                 down: down.map(|r| r.bytes_per_sec()),
@@ -110,12 +126,16 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 up_backend,
                 hold: hold.then_some(true),
                 block: None,
+                quota,
+                then,
+                when,
+                otherwise: otherwise.map(|r| r.bytes_per_sec()),
             };
             limit(&c, kind, &value, &opts, &st).await?;
         }
-        Cmd::Block { target, tree, exe, unit, cgroup, hold } => {
+        Cmd::Block { target, tree, exe, unit, cgroup, hold, when } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
-            let opts = LimitOptions { block: Some(true), hold: hold.then_some(true), ..Default::default() };
+            let opts = LimitOptions { block: Some(true), hold: hold.then_some(true), when, ..Default::default() };
             limit(&c, kind, &value, &opts, &st).await?;
         }
         Cmd::Unblock { target } => {

@@ -74,10 +74,32 @@ pub fn throttle_line(t: &ThrottleView) -> String {
         n => format!("{n} process(es)"),
     };
     let target = throttle_common::text::escape(&t.target, usize::MAX);
+    let plan = match plan_cell(t) {
+        p if p.is_empty() => String::new(),
+        p => format!(" [{p}]"),
+    };
     if t.blocked {
-        return format!("throttle {}: {} {target} BLOCKED ({procs})", t.id, t.kind);
+        return format!("throttle {}: {} {target} BLOCKED{plan} ({procs})", t.id, t.kind);
     }
-    format!("throttle {}: {} {target} down {} up {} ({procs})", t.id, t.kind, rate(t.down), rate(t.up))
+    format!("throttle {}: {} {target} down {} up {}{plan} ({procs})", t.id, t.kind, rate(t.down), rate(t.up))
+}
+
+/// A throttle's quota and schedule, short: "5G/month 42% then 256K,
+/// window closed" ("" with neither).
+pub fn plan_cell(t: &ThrottleView) -> String {
+    let mut parts = Vec::new();
+    if !t.quota.is_empty() {
+        let used = match (t.quota_used, t.quota_exceeded) {
+            (_, true) => "USED UP".to_string(),
+            (Some(u), false) if t.quota_bytes > 0 => format!("{:.0}%", u as f64 * 100.0 / t.quota_bytes as f64),
+            _ => "?%".to_string(),
+        };
+        parts.push(format!("{} {used} then {}", t.quota, t.quota_then));
+    }
+    if !t.schedule.is_empty() {
+        parts.push(format!("window {}", if t.schedule_active { "open" } else { "closed" }));
+    }
+    parts.join(", ")
 }
 
 pub fn list(ts: &[ThrottleView], st: &Style) {
@@ -93,8 +115,8 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
     }
     if st.legend {
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} PIDS",
-            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND", "ORIGIN"
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} PIDS",
+            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND", "ORIGIN", "PLAN"
         );
     }
     for t in ts {
@@ -103,8 +125,12 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             "active" => pids.join(","),
             other => format!("{}: {}", other.to_uppercase(), t.status_detail),
         };
+        let plan = match plan_cell(t) {
+            p if p.is_empty() => "-".to_string(),
+            p => p,
+        };
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {}",
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} {}",
             t.id,
             t.kind,
             // Names may hold control characters: never write them raw.
@@ -114,6 +140,7 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             limit_cell(t, t.up),
             t.up_backend,
             origin_label(&t.origin),
+            plan,
             pids
         );
     }
@@ -263,6 +290,15 @@ mod tests {
             origin: "runtime".into(),
             status: status.into(),
             status_detail: "no slot".into(),
+            quota: String::new(),
+            quota_bytes: 0,
+            quota_used: None,
+            quota_exceeded: false,
+            quota_then: String::new(),
+            quota_resets_at: 0,
+            schedule: String::new(),
+            schedule_active: true,
+            otherwise: 0,
         }
     }
 

@@ -11,6 +11,8 @@ pub mod manager;
 pub mod metrics;
 pub mod notify;
 pub mod persist;
+pub mod quota;
+pub mod schedule;
 pub mod target;
 pub mod usage;
 

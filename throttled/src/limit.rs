@@ -3,7 +3,11 @@
 use serde::{Deserialize, Serialize};
 use throttle_common::Direction;
 
-use crate::Rate;
+use crate::{
+    quota::{Quota, Then},
+    schedule::Schedule,
+    Rate,
+};
 
 /// Limits and backend choices for one throttle. `None` leaves a direction
 /// as it is (unlimited for a new throttle). Serialized flat, as the rules
@@ -24,10 +28,25 @@ pub struct LimitSpec {
     /// and no backends with it (its slots are the `block` backend's).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub block: bool,
+    /// A data cap, and what applies once it is used (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<Then>,
+    /// The windows in which the limits apply, and the rate outside them
+    /// (none: nothing applies outside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<Rate>,
 }
 
 /// The backend that holds blocks; chosen by `block`, never by name.
 pub const BLOCK_BACKEND: &str = "block";
+/// The backend of a quota's directions that have no rate: it only counts.
+pub const COUNT_BACKEND: &str = "count";
+/// The backends the manager picks and users never name.
+pub const MARKS: [&str; 2] = [BLOCK_BACKEND, COUNT_BACKEND];
 
 /// Limits that contradict themselves or say nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +71,7 @@ impl LimitSpec {
     /// both; a direction's backend only with that direction's rate
     /// (nothing given is silently ignored).
     pub fn check(&self) -> Result<(), InvalidLimit> {
+        self.check_plan()?;
         let named = [&self.backend, &self.down_backend, &self.up_backend];
         if self.block {
             return match self.down.is_none() && self.up.is_none() && named.iter().all(|b| b.is_none()) {
@@ -59,11 +79,11 @@ impl LimitSpec {
                 false => Err(InvalidLimit("block takes no limits and no backend")),
             };
         }
-        if named.into_iter().flatten().any(|b| b == BLOCK_BACKEND) {
-            return Err(InvalidLimit("backend \"block\" is chosen by block, not by name"));
+        if named.into_iter().flatten().any(|b| MARKS.contains(&b.as_str())) {
+            return Err(InvalidLimit("backends \"block\" and \"count\" are never named"));
         }
-        if self.down.is_none() && self.up.is_none() {
-            return Err(InvalidLimit("give a download or an upload limit, or block"));
+        if self.down.is_none() && self.up.is_none() && self.quota.is_none() {
+            return Err(InvalidLimit("give a download or an upload limit, a quota, or block"));
         }
         if self.backend.is_some() && (self.up_backend.is_some() || self.down_backend.is_some()) {
             return Err(InvalidLimit("backend and up_backend/down_backend exclude each other"));
@@ -75,6 +95,26 @@ impl LimitSpec {
             return Err(InvalidLimit("up_backend given without an up limit"));
         }
         Ok(())
+    }
+
+    /// Quota and schedule: `then` with `quota`, `otherwise` with `when`,
+    /// and no quota on a block (it passes nothing to count).
+    fn check_plan(&self) -> Result<(), InvalidLimit> {
+        if self.quota.is_some() != self.then.is_some() {
+            return Err(InvalidLimit("a quota needs then (a rate or block), and then needs a quota"));
+        }
+        if self.otherwise.is_some() && self.when.is_none() {
+            return Err(InvalidLimit("otherwise needs when"));
+        }
+        if self.block && self.quota.is_some() {
+            return Err(InvalidLimit("a block passes nothing: it takes no quota"));
+        }
+        Ok(())
+    }
+
+    /// Whether it changes over time (a quota or a schedule).
+    pub fn is_planned(&self) -> bool {
+        self.quota.is_some() || self.when.is_some()
     }
 
     pub fn backend_for(&self, dir: Direction) -> Option<&str> {

@@ -138,6 +138,7 @@ fn limit_from_args(manager: &Manager, args: &Args, pid: u32) -> anyhow::Result<(
         up_backend: args.up_backend.clone(),
         down_backend: args.down_backend.clone(),
         block: args.block,
+        ..Default::default()
     };
     let target = Target::pid(pid, args.tree).with_context(|| format!("pid {pid}"))?;
     let id = manager.limit(target, &spec).with_context(|| format!("limiting pid {pid}"))?;

@@ -1,13 +1,13 @@
 //! The backend abstraction. A backend enforces limits on throttle slots in
 //! one or both directions; the shared attribution programs map processes to
 //! slots, so a backend never deals with processes, only with slots.
-pub mod block;
 pub mod ebpf;
 pub mod fleet;
 pub mod htb;
 pub mod ifb_tc;
 pub mod interfaces;
 pub mod leftovers;
+pub mod mark;
 pub mod probe;
 pub mod records;
 pub mod tc_htb;

@@ -33,6 +33,10 @@ struct RawRule {
     up_backend: Option<Spanned<String>>,
     down_backend: Option<Spanned<String>>,
     block: Option<Spanned<bool>>,
+    quota: Option<Spanned<String>>,
+    then: Option<Spanned<String>>,
+    when: Option<Spanned<String>>,
+    otherwise: Option<Spanned<toml::Value>>,
 }
 
 pub(super) fn load_rules(dir: &Path) -> Result<Vec<Rule>, ConfigError> {
@@ -73,13 +77,19 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
         return Err(src.field(p, "pid", msg));
     }
     let target = target(src, &r, span.clone())?;
+    let plan = plan(src, &r)?;
     if let Some(b) = r.block.as_ref().filter(|b| *b.get_ref()) {
-        return block_rule(src, &r, b).map(|spec| (Rule { source: src.file.into(), target, spec }, span));
+        let spec = block_rule(src, &r, b)?;
+        let spec = plan.with(spec);
+        if let Err(e) = spec.check() {
+            return Err(src.error(Some(span), format!("rule: {e}")));
+        }
+        return Ok((Rule { source: src.file.into(), target, spec }, span));
     }
     let down = rate(src, r.down.as_ref(), "down")?;
     let up = rate(src, r.up.as_ref(), "up")?;
-    if down.is_none() && up.is_none() {
-        return Err(src.error(Some(span), "rule: give a download (down) or an upload (up) limit"));
+    if down.is_none() && up.is_none() && plan.quota.is_none() {
+        return Err(src.error(Some(span), "rule: give a download (down) or an upload (up) limit, or a quota"));
     }
     if let (Some(_), Some(b)) = (&r.backend, r.up_backend.as_ref().or(r.down_backend.as_ref())) {
         return Err(src.field(b, "backend", "give either backend or up_backend/down_backend, not both"));
@@ -97,8 +107,12 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
         backend: backend(src, r.backend, "backend")?,
         up_backend: backend(src, r.up_backend, "up_backend")?,
         down_backend: backend(src, r.down_backend, "down_backend")?,
-        block: false,
+        ..Default::default()
     };
+    let spec = plan.with(spec);
+    if let Err(e) = spec.check() {
+        return Err(src.error(Some(span), format!("rule: {e}")));
+    }
     let rule = Rule { source: src.file.into(), target, spec };
     Ok((rule, span))
 }
@@ -111,6 +125,36 @@ fn block_rule(src: &Source<'_>, r: &RawRule, block: &Spanned<bool>) -> Result<Li
         return Err(src.field(block, "block", "a blocking rule takes no limits (down, up) and no backend"));
     }
     Ok(LimitSpec { block: true, ..Default::default() })
+}
+
+/// A rule's quota and schedule (`quota`, `then`, `when`, `otherwise`).
+struct Plan {
+    quota: Option<crate::quota::Quota>,
+    then: Option<crate::quota::Then>,
+    when: Option<crate::schedule::Schedule>,
+    otherwise: Option<Rate>,
+}
+
+impl Plan {
+    fn with(self, spec: LimitSpec) -> LimitSpec {
+        LimitSpec { quota: self.quota, then: self.then, when: self.when, otherwise: self.otherwise, ..spec }
+    }
+}
+
+fn plan(src: &Source<'_>, r: &RawRule) -> Result<Plan, ConfigError> {
+    fn text<T: std::str::FromStr<Err: std::fmt::Display>>(
+        src: &Source<'_>,
+        v: &Option<Spanned<String>>,
+        field: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        v.as_ref().map(|s| s.get_ref().parse::<T>().map_err(|e| src.field(s, field, e.to_string()))).transpose()
+    }
+    Ok(Plan {
+        quota: text(src, &r.quota, "quota")?,
+        then: text(src, &r.then, "then")?,
+        when: text(src, &r.when, "when")?,
+        otherwise: rate(src, r.otherwise.as_ref(), "otherwise")?,
+    })
 }
 
 /// The rule's target, its form checked only: nothing is read from the system.

@@ -75,7 +75,8 @@ const MAX_OPTIONS: usize = 16;
 
 /// Options (`throttle_api::options`): `down`/`up` (bytes per second as t,
 /// or a rate string as s), `backend`, `up_backend`, `down_backend` (s),
-/// `block` (b: block outright, alone).
+/// `block` (b: block outright, alone), `quota`, `then`, `when` (s) and
+/// `otherwise` (a rate).
 /// Unknown or repeated keys, and options that would be ignored, are errors;
 /// so is `hold` (see `limit_options`).
 pub fn limits(options: &Options<'_>) -> Result<LimitSpec> {
@@ -113,6 +114,10 @@ pub fn limit_options(options: &Options<'_>) -> Result<(LimitSpec, bool)> {
             opt::DOWN_BACKEND => spec.down_backend = Some(string(key, value)?),
             opt::HOLD => hold = boolean(key, value)?,
             opt::BLOCK => spec.block = boolean(key, value)?,
+            opt::QUOTA => spec.quota = Some(parsed(key, value)?),
+            opt::THEN => spec.then = Some(parsed(key, value)?),
+            opt::WHEN => spec.when = Some(parsed(key, value)?),
+            opt::OTHERWISE => spec.otherwise = Some(rate(key, value)?),
             other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }
@@ -137,6 +142,11 @@ fn rate(key: &str, v: &Value<'_>) -> Result<Rate> {
         }
     };
     parsed.map_err(|e| invalid(format!("{key}: {e}")))
+}
+
+/// A string option in the form its type parses (its error names the option).
+fn parsed<T: std::str::FromStr<Err: std::fmt::Display>>(key: &str, v: &Value<'_>) -> Result<T> {
+    string(key, v)?.parse().map_err(|e| invalid(format!("{e}")))
 }
 
 fn string(key: &str, v: &Value<'_>) -> Result<String> {

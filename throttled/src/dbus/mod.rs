@@ -294,6 +294,9 @@ async fn event_signal(conn: &Connection, mgr: &Arc<Manager>, Notice { event: ev,
             m.default_download_backend_changed(&emitter).await?;
             emitter.default_backend_changed(direction_name(direction), backend).await
         }
+        // The properties change with it: ThrottleChanged follows.
+        Event::QuotaExceeded { id } => emitter.quota_exceeded(path(id)?).await,
+        Event::ScheduleChanged { id, active } => emitter.schedule_changed(path(id)?, active).await,
         Event::HealthChanged { component, health } => {
             let (h, detail) = health_parts(&health);
             emitter.backend_health_changed(component, h, &detail).await

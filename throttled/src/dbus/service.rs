@@ -451,6 +451,18 @@ impl ManagerIface {
         detail: &str,
     ) -> zbus::Result<()>;
 
+    /// A throttle's quota is used up: its QuotaThen applies until QuotaResetsAt.
+    #[zbus(signal)]
+    pub async fn quota_exceeded(emitter: &SignalEmitter<'_>, throttle: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// A throttle's schedule window opened (`active`) or closed.
+    #[zbus(signal)]
+    pub async fn schedule_changed(
+        emitter: &SignalEmitter<'_>,
+        throttle: ObjectPath<'_>,
+        active: bool,
+    ) -> zbus::Result<()>;
+
     #[zbus(signal)]
     pub async fn throttle_migrated(
         emitter: &SignalEmitter<'_>,

@@ -21,9 +21,9 @@ use super::{
     errors::{Error, Result},
 };
 use crate::{
-    backend::block,
+    backend::mark,
     limit::BLOCK_BACKEND,
-    manager::{DirectionStats, Manager, Origin, Request, ThrottleId, ThrottleInfo},
+    manager::{DirectionStats, Manager, Origin, PlanInfo, Request, ThrottleId, ThrottleInfo},
 };
 
 pub struct ThrottleIface {
@@ -99,6 +99,13 @@ impl ThrottleIface {
     async fn direction(&self, d: Direction) -> zbus::fdo::Result<(u64, String)> {
         Ok(direction_of(&self.info().await.map_err(fdo)?, d))
     }
+
+    /// One of the properties `limit_props` computes, by name.
+    async fn prop<T: TryFrom<OwnedValue>>(&self, name: &str) -> zbus::fdo::Result<T> {
+        let props = limit_props(&self.info().await.map_err(fdo)?);
+        let v = props.into_iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+        v.and_then(|v| T::try_from(v).ok()).ok_or_else(|| zbus::fdo::Error::Failed(format!("no property {name}")))
+    }
 }
 
 impl ThrottleIface {
@@ -132,9 +139,22 @@ fn limit_props(info: &ThrottleInfo) -> Vec<(&'static str, OwnedValue)> {
         ("UpBackend", Value::from(up_backend)),
         ("Status", Value::from(status)),
         ("StatusDetail", Value::from(detail)),
-        ("Blocked", Value::from(block::blocks(info))),
+        ("Blocked", Value::from(mark::blocks(info))),
+        ("QuotaExceeded", Value::from(info.plan.as_ref().is_some_and(|p| p.exceeded))),
+        ("QuotaResetsAt", Value::from(info.plan.as_ref().map_or(0, |p| p.resets_at))),
+        ("ScheduleActive", Value::from(info.plan.as_ref().is_none_or(|p| p.active))),
+        ("Quota", Value::from(plan_text(info, |p| p.quota.map(|q| q.to_string())))),
+        ("QuotaBytes", Value::from(info.plan.as_ref().and_then(|p| p.quota).map_or(0, |q| q.bytes))),
+        ("QuotaThen", Value::from(plan_text(info, |p| p.then.map(|t| t.to_string())))),
+        ("Schedule", Value::from(plan_text(info, |p| p.schedule.as_ref().map(|s| s.to_string())))),
+        ("Otherwise", Value::from(info.plan.as_ref().and_then(|p| p.otherwise).map_or(0, |r| r.bytes_per_sec()))),
     ];
     props.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect()
+}
+
+/// A part of the plan as text, "" where there is none.
+fn plan_text(info: &ThrottleInfo, part: impl Fn(&PlanInfo) -> Option<String>) -> String {
+    info.plan.as_ref().and_then(part).unwrap_or_default()
 }
 
 /// A direction's limit (0: none, or blocked) and backend ("" for none).
@@ -207,7 +227,7 @@ impl ThrottleIface {
     /// limits then read 0 and its backends "block").
     #[zbus(property)]
     async fn blocked(&self) -> zbus::fdo::Result<bool> {
-        Ok(block::blocks(&self.info().await.map_err(fdo)?))
+        Ok(mark::blocks(&self.info().await.map_err(fdo)?))
     }
 
     /// Bytes per second at the IP layer; 0 means unlimited (or blocked).
@@ -308,6 +328,66 @@ impl ThrottleIface {
     #[zbus(property)]
     async fn status_detail(&self) -> zbus::fdo::Result<String> {
         Ok(self.status_parts().await?.1)
+    }
+
+    /// The data cap, as "5G/month" ("" without one).
+    #[zbus(property)]
+    async fn quota(&self) -> zbus::fdo::Result<String> {
+        self.prop("Quota").await
+    }
+
+    /// Bytes per period (0 without a quota).
+    #[zbus(property)]
+    async fn quota_bytes(&self) -> zbus::fdo::Result<u64> {
+        self.prop("QuotaBytes").await
+    }
+
+    /// Bytes used this period, both directions at the IP layer (pull-only,
+    /// and only for a caller who may see the traffic, like Counters).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn quota_used(
+        &self,
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<u64> {
+        self.may_see_traffic(conn, hdr.as_ref()).await?;
+        Ok(self.info().await.map_err(fdo)?.plan.map_or(0, |p| p.used))
+    }
+
+    /// Unix time the quota's period resets (0 without a quota).
+    #[zbus(property)]
+    async fn quota_resets_at(&self) -> zbus::fdo::Result<i64> {
+        self.prop("QuotaResetsAt").await
+    }
+
+    /// The quota is used up: `QuotaThen` applies until the reset.
+    #[zbus(property)]
+    async fn quota_exceeded(&self) -> zbus::fdo::Result<bool> {
+        self.prop("QuotaExceeded").await
+    }
+
+    /// What applies once the quota is used: a rate ("256K") or "block".
+    #[zbus(property)]
+    async fn quota_then(&self) -> zbus::fdo::Result<String> {
+        self.prop("QuotaThen").await
+    }
+
+    /// The windows its limits apply in, local time ("" without a schedule).
+    #[zbus(property)]
+    async fn schedule(&self) -> zbus::fdo::Result<String> {
+        self.prop("Schedule").await
+    }
+
+    /// Inside a window now (true without a schedule).
+    #[zbus(property)]
+    async fn schedule_active(&self) -> zbus::fdo::Result<bool> {
+        self.prop("ScheduleActive").await
+    }
+
+    /// Bytes per second outside the windows (0: nothing applies there).
+    #[zbus(property)]
+    async fn otherwise(&self) -> zbus::fdo::Result<u64> {
+        self.prop("Otherwise").await
     }
 
     /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets},

@@ -27,6 +27,7 @@ use crate::{
     backend::{Health, SlotId},
     config::{Config, Defaults},
     kernel::{bpf::Programs, procfs},
+    limit::BLOCK_BACKEND,
     persist::{Change, InstanceLock, StateStore},
     target::Target,
 };
@@ -45,6 +46,8 @@ pub struct Core {
     pub events: Events,
     /// Saves runtime throttles, and knows whether it can (see `saving`).
     pub saving: Saving,
+    /// Saved quota usages, by throttle (see `restore_quotas`).
+    pub quota_book: std::collections::HashMap<ThrottleId, (String, super::plan::Usage)>,
     _lock: InstanceLock,
 }
 
@@ -61,6 +64,7 @@ impl Core {
             procs: Processes::new(),
             events: Events::default(),
             saving: Saving::new(store)?,
+            quota_book: Default::default(),
             _lock: lock,
         })
     }
@@ -195,7 +199,7 @@ impl Core {
     ) -> Result<(), ManagerError> {
         spec.check()?;
         let mut chosen = Vec::new();
-        for dir in Direction::BOTH {
+        for dir in Direction::BOTH.into_iter().filter(|_| !spec.is_planned()) {
             if let Some(rate) = spec.rate(dir) {
                 chosen.push((dir, rate, self.datapath.pool.resolve(spec.backend_for(dir), dir)?));
             }
@@ -211,7 +215,15 @@ impl Core {
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        self.table.throttles.insert(id, Throttle::new(target, origin, made));
+        let t = Throttle::new(target, origin, made);
+        if spec.is_planned() {
+            if let Err(e) = self.create_planned(id, t, spec) {
+                let _ = self.unlink(id);
+                return Err(e);
+            }
+        } else {
+            self.table.throttles.insert(id, t);
+        }
         for (dir, rate, backend) in chosen {
             if let Err(e) = self.add_limit(id, dir, rate, backend) {
                 let _ = self.unlink(id); // never existed: no event, no log
@@ -233,7 +245,13 @@ impl Core {
         Ok(())
     }
 
-    fn add_limit(&mut self, id: ThrottleId, dir: Direction, rate: Rate, backend: usize) -> Result<(), ManagerError> {
+    pub(super) fn add_limit(
+        &mut self,
+        id: ThrottleId,
+        dir: Direction,
+        rate: Rate,
+        backend: usize,
+    ) -> Result<(), ManagerError> {
         let slot = self.datapath.apply(backend, dir, rate)?;
         if let Some(t) = self.table.throttles.get_mut(&id) {
             t.limits.insert(dir, Limit { slot, rate, backend });
@@ -259,10 +277,19 @@ impl Core {
         }
         let t = self.table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
         let pool = &self.datapath.pool;
+        let blocks = match &t.plan {
+            Some(p) => p.spec.block,
+            None => t.limits.values().any(|l| pool.name(l.backend) == BLOCK_BACKEND),
+        };
         // Limits never loosen a block in place: lifting it is its own act.
-        if !spec.block && t.limits.values().any(|l| !pool.backends[l.backend].automatic()) {
+        if !spec.block && blocks {
             let msg = format!("throttle {id} blocks its processes: unblock (or unlimit) it first");
             return Err(ManagerError::InvalidArgument(msg));
+        }
+        if t.plan.is_some() || spec.is_planned() {
+            let merged = self.merged(id, spec);
+            merged.check()?;
+            return self.change_planned(id, &merged, by);
         }
         let mut plan = Vec::new();
         for dir in Direction::BOTH {

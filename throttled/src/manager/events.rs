@@ -67,6 +67,15 @@ pub enum Event {
         direction: Direction,
         backend: &'static str,
     },
+    /// A throttle's quota is used up: its `then` applies until the period resets.
+    QuotaExceeded {
+        id: ThrottleId,
+    },
+    /// A throttle's schedule window opened (`active`) or closed.
+    ScheduleChanged {
+        id: ThrottleId,
+        active: bool,
+    },
     /// `component` is a backend name, "datapath" for the shared programs,
     /// or "state" for the saved throttles (broken while they cannot be
     /// written: the limits apply, but a restart would lose them).

@@ -9,6 +9,7 @@ mod coverage;
 mod datapath;
 mod events;
 mod lifecycle;
+mod plan;
 pub mod policy;
 mod pool;
 mod rates;
@@ -19,6 +20,7 @@ mod sampling;
 mod saving;
 mod table;
 mod threads;
+mod timed;
 pub mod traffic;
 mod upkeep;
 
@@ -39,10 +41,11 @@ pub use self::{
     events::{Event, Notice, RemovalReason},
     policy::{Actor, Grant, Need, Ownership, Request},
     reader::Reader,
-    report::{BackendInfo, DirectionStats, Stats, ThrottleInfo, TopEntry},
+    report::{BackendInfo, DirectionStats, PlanInfo, Stats, ThrottleInfo, TopEntry},
     table::Origin,
 };
 pub use crate::limit::LimitSpec;
+use crate::usage::quota::QuotaUsage;
 use crate::{
     backend::BackendError,
     config::{ConfigError, Loaded},
@@ -369,6 +372,22 @@ impl Manager {
     /// history's input.
     pub fn take_usage(&self) -> Vec<crate::usage::Delta> {
         self.lock().sampling.accounting.take_usage()
+    }
+
+    /// Every quota's usage now, to save with the usage history.
+    pub fn quota_usages(&self) -> Vec<(ThrottleId, QuotaUsage)> {
+        let usages = self.lock().quota_usages();
+        let saved = |(id, period, u): (ThrottleId, &str, plan::Usage)| {
+            (id, QuotaUsage { period: period.to_string(), period_start: u.start, used: u.used })
+        };
+        usages.into_iter().map(saved).collect()
+    }
+
+    /// Saved quota usages: a throttle takes its own if it is of the period
+    /// it counts now (a restart or a `kill -9` does not reset a quota).
+    pub fn restore_quotas(&self, saved: Vec<(ThrottleId, QuotaUsage)>) {
+        let usage = |q: QuotaUsage| (q.period, plan::Usage { used: q.used, start: q.period_start, resets_at: 0 });
+        self.lock().restore_quotas(saved.into_iter().map(|(id, q)| (id, usage(q))).collect());
     }
 
     /// Whether `pids` are `uid`'s processes: each one's uid as the monitor

@@ -135,6 +135,10 @@ pub fn for_limit(owns: bool, tree: bool, existing: Option<&Existing>, spec: &Lim
     if e.tree && !tree {
         return admin("dropping its descendants".into());
     }
+    // A schedule or a quota's action can lift or loosen its limits.
+    if spec.is_planned() {
+        return admin("giving it a schedule or a quota".into());
+    }
     for dir in Direction::BOTH {
         let (Some(rate), Some((now, backend))) = (spec.rate(dir), e.limits.get(&dir)) else { continue };
         if rate.bytes_per_sec() > now.bytes_per_sec() {

@@ -9,11 +9,11 @@ use throttle_common::{text::quote, Direction};
 use super::ManagerError;
 use crate::{
     backend::{
-        block::BlockBackend, ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy,
-        tc_htb::TcHtbBackend, Availability, Backend, BackendError, Health,
+        ebpf::EbpfBackend, ifb_tc::IfbTcBackend, interfaces::InterfacePolicy, mark::MarkBackend, tc_htb::TcHtbBackend,
+        Availability, Backend, BackendError, Health,
     },
     config::{Config, Defaults},
-    limit::BLOCK_BACKEND,
+    limit::MARKS,
 };
 
 pub struct Pool {
@@ -33,7 +33,8 @@ impl Pool {
             Box::new(EbpfBackend::new()),
             Box::new(TcHtbBackend::new(policy.clone(), config.state_dir.clone())),
             Box::new(IfbTcBackend::new(policy, config.state_dir.clone())),
-            Box::new(BlockBackend::new()),
+            Box::new(MarkBackend::block()),
+            Box::new(MarkBackend::count()),
         ];
         Self::with_backends(backends, config.defaults.clone())
     }
@@ -47,8 +48,8 @@ impl Pool {
         self.backends[i].name()
     }
 
-    /// A backend by the name a user gives: never `block`, which only a
-    /// block picks (see `resolve`).
+    /// A backend by the name a user gives: never `block` or `count`, which
+    /// only the manager picks (see `resolve`).
     pub fn index(&self, name: &str) -> Result<usize, ManagerError> {
         self.backends.iter().position(|b| b.automatic() && b.name() == name).ok_or_else(|| {
             ManagerError::UnknownBackend(throttle_common::text::escape(name, throttle_common::text::QUOTE_MAX))
@@ -69,9 +70,9 @@ impl Pool {
 
     /// The named backend if usable, or the default for `dir`.
     pub fn resolve(&self, name: Option<&str>, dir: Direction) -> Result<usize, ManagerError> {
-        if name == Some(BLOCK_BACKEND) {
-            let block = self.backends.iter().position(|b| b.name() == BLOCK_BACKEND);
-            return block.ok_or(ManagerError::NoBackend(dir));
+        if let Some(mark) = name.filter(|n| MARKS.contains(n)) {
+            let i = self.backends.iter().position(|b| b.name() == mark);
+            return i.ok_or(ManagerError::NoBackend(dir));
         }
         match name {
             Some(n) => {
@@ -105,17 +106,17 @@ impl Pool {
         }
     }
 
-    /// The backends users choose from: `block` is not one of them.
+    /// The backends users choose from: `block` and `count` are not.
     pub fn listed(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.backends.len()).filter(|&i| self.backends[i].automatic())
     }
 
-    /// Refuses moving limits away from a backend that holds only blocks.
+    /// Refuses moving limits away from `block` or `count`.
     pub fn movable(&self, i: usize) -> Result<(), ManagerError> {
         match self.backends[i].automatic() {
             true => Ok(()),
             false => Err(ManagerError::InvalidArgument(format!(
-                "{} holds blocks only: nothing moves to or from it",
+                "{} holds no rates: nothing moves to or from it",
                 self.name(i)
             ))),
         }
@@ -258,9 +259,9 @@ mod tests {
     #[test]
     fn block_is_chosen_by_block_only() {
         let mut p = pool(None, false);
-        p.backends.push(Box::new(crate::backend::block::BlockBackend::new()));
+        p.backends.push(Box::new(crate::backend::mark::MarkBackend::block()));
         assert!(matches!(p.index("block"), Err(ManagerError::UnknownBackend(_))), "named");
-        assert_eq!(p.name(p.resolve(Some(BLOCK_BACKEND), Direction::Up).unwrap()), "block");
+        assert_eq!(p.name(p.resolve(Some(crate::limit::BLOCK_BACKEND), Direction::Up).unwrap()), "block");
         assert_eq!(p.best(Direction::Down, Some(0)), None, "a failover target");
         assert!(p.movable(3).is_err() && p.movable(0).is_ok());
     }

@@ -8,6 +8,7 @@ use throttle_common::{rate::Rate, Counters, Direction};
 use super::{
     assign::Processes,
     datapath::Datapath,
+    plan::Plan,
     sampling::Sampling,
     table::{Origin, Pending, ThrottleTable},
     traffic::{ProcessTraffic, Scope, SortBy},
@@ -15,6 +16,9 @@ use super::{
 };
 use crate::{
     backend::{Availability, Health, Priority},
+    limit::COUNT_BACKEND,
+    quota::{Quota, Then},
+    schedule::Schedule,
     target::Target,
 };
 
@@ -54,7 +58,55 @@ pub struct ThrottleInfo {
     /// Why a saved throttle is not applied now (it stays saved and is
     /// retried); `None` while it is applied.
     pub failed: Option<String>,
+    /// Limited directions (a quota's counting-only ones are not limits).
     pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
+    /// Its quota and schedule, if it has either.
+    pub plan: Option<PlanInfo>,
+}
+
+/// A throttle's quota and schedule as they stand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanInfo {
+    pub quota: Option<Quota>,
+    pub then: Option<Then>,
+    /// Bytes used this period, and the unix time of the next reset.
+    pub used: u64,
+    pub resets_at: i64,
+    pub exceeded: bool,
+    pub schedule: Option<Schedule>,
+    pub otherwise: Option<Rate>,
+    /// Inside a window (always, without a schedule).
+    pub active: bool,
+}
+
+impl PlanInfo {
+    fn of(p: &Plan) -> PlanInfo {
+        let s = &p.spec;
+        PlanInfo {
+            quota: s.quota,
+            then: s.then,
+            used: p.usage.used,
+            resets_at: p.usage.resets_at,
+            exceeded: p.exceeded,
+            schedule: s.when.clone(),
+            otherwise: s.otherwise,
+            active: p.active,
+        }
+    }
+
+    /// A saved spec's, not applied: nothing used, no window known.
+    fn of_spec(s: &crate::limit::LimitSpec) -> Option<PlanInfo> {
+        s.is_planned().then(|| PlanInfo {
+            quota: s.quota,
+            then: s.then,
+            used: 0,
+            resets_at: 0,
+            exceeded: false,
+            schedule: s.when.clone(),
+            otherwise: s.otherwise,
+            active: false,
+        })
+    }
 }
 
 /// Daemon-wide numbers for `GetStats`.
@@ -145,6 +197,9 @@ impl View<'_> {
         let mut directions = BTreeMap::new();
         for (&dir, l) in &t.limits {
             let backend = self.datapath.pool.name(l.backend);
+            if backend == COUNT_BACKEND {
+                continue;
+            }
             let series = self.sampling.series(id, dir);
             let counters = match live {
                 Some(live) => live.get(&dir).copied().unwrap_or_default(),
@@ -157,7 +212,8 @@ impl View<'_> {
         let covered = t.covered.iter().copied().collect();
         let excluded = t.excluded.iter().copied().collect();
         let (target, origin) = (t.target.clone(), t.origin.clone());
-        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions })
+        let plan = t.plan.as_ref().map(PlanInfo::of);
+        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions, plan })
     }
 
     /// One line: "3 throttles on ebpf, tc_htb".
@@ -218,5 +274,6 @@ fn pending_info(id: ThrottleId, p: &Pending) -> ThrottleInfo {
         excluded: Vec::new(),
         failed: Some(p.why.clone()),
         directions,
+        plan: PlanInfo::of_spec(&r.spec),
     }
 }

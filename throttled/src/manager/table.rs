@@ -9,6 +9,7 @@ use throttle_common::{rate::Rate, Direction, ProcSlots};
 
 use super::{
     coverage::{Assignment, Candidate},
+    plan::Plan,
     policy::{self, Actor, Existing, Grant, Made, Need, Request},
     pool::Pool,
     LimitSpec, ManagerError, ThrottleId,
@@ -16,6 +17,7 @@ use super::{
 use crate::{
     backend::SlotId,
     config::Defaults,
+    limit::BLOCK_BACKEND,
     persist::{Change, PersistedThrottle, State, VERSION},
     target::Target,
 };
@@ -49,13 +51,15 @@ pub struct Throttle {
     pub excluded: BTreeSet<u32>,
     /// Whether it is admin-set, and whose share it counts against.
     pub made: Made,
+    /// A quota or a schedule, for a throttle that changes over time.
+    pub plan: Option<Plan>,
 }
 
 impl Throttle {
     /// A throttle with no limits and no processes yet.
     pub fn new(target: Target, origin: Origin, made: Made) -> Throttle {
         let (limits, members, covered, excluded) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        Throttle { target, origin, limits, members, covered, excluded, made }
+        Throttle { target, origin, limits, members, covered, excluded, made, plan: None }
     }
 }
 
@@ -247,12 +251,17 @@ impl ThrottleTable {
         }
     }
 
-    /// An applied throttle as saved: each limited direction's rate and backend.
-    fn record(&self, id: ThrottleId, pool: &Pool) -> PersistedThrottle {
+    /// An applied throttle as saved: each limited direction's rate and
+    /// backend, or a planned one's spec as asked.
+    pub(super) fn record(&self, id: ThrottleId, pool: &Pool) -> PersistedThrottle {
         let t = &self.throttles[&id];
+        let (admin, creator) = (t.made.admin, t.made.creator);
+        if let Some(p) = &t.plan {
+            return PersistedThrottle { id, target: t.target.clone(), spec: p.spec.clone(), admin, creator };
+        }
         let rate = |d| t.limits.get(&d).map(|l| l.rate);
         let backend = |d| t.limits.get(&d).map(|l| pool.name(l.backend).to_string());
-        let block = t.limits.values().any(|l| !pool.backends[l.backend].automatic());
+        let block = t.limits.values().any(|l| pool.name(l.backend) == BLOCK_BACKEND);
         let spec = match block {
             true => LimitSpec { block, ..Default::default() },
             false => LimitSpec {
@@ -261,10 +270,10 @@ impl ThrottleTable {
                 backend: None,
                 down_backend: backend(Direction::Down),
                 up_backend: backend(Direction::Up),
-                block,
+                ..Default::default()
             },
         };
-        PersistedThrottle { id, target: t.target.clone(), spec, admin: t.made.admin, creator: t.made.creator }
+        PersistedThrottle { id, target: t.target.clone(), spec, admin, creator }
     }
 
     /// Throttle `id` as it is now, to save: a runtime throttle's limits and

@@ -28,6 +28,9 @@ pub fn run_checks(core: &Mutex<Core>, stop: &AtomicBool) {
         }
         let interval = {
             let mut c = lock(core);
+            if c.has_plans() {
+                c.tick_plans(jiff::Timestamp::now(), &jiff::tz::TimeZone::system());
+            }
             c.note_sync(); // whether the saved state reaches the disk
             c.config.health.interval
         };

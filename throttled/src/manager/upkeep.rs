@@ -275,9 +275,8 @@ impl Core {
         }
     }
 
-    /// Moves one direction of a throttle to `to`, make-before-break: the new
-    /// backend enforces the limit before the processes switch to it, and the
-    /// old one lets go last. If `to` fails, nothing changed.
+    /// Moves one direction of a throttle to `to`, make-before-break, and
+    /// announces it (see `move_limit`).
     pub fn migrate_limit(
         &mut self,
         id: ThrottleId,
@@ -285,14 +284,37 @@ impl Core {
         to: usize,
         rate: Option<Rate>,
     ) -> Result<(), ManagerError> {
-        let t = self.table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
-        let l = t
-            .limits
-            .get(&dir)
-            .ok_or_else(|| ManagerError::InvalidArgument(format!("throttle {id} has no {dir} limit to migrate")))?;
-        let (old_slot, from, rate) = (l.slot, l.backend, rate.unwrap_or(l.rate));
+        let rate = match (rate, self.table.limit(id, dir)) {
+            (Some(r), _) => r,
+            (None, Some(l)) => l.rate,
+            (None, None) => {
+                return Err(ManagerError::InvalidArgument(format!("throttle {id} has no {dir} limit to migrate")))
+            }
+        };
+        if let Some((from, to)) = self.move_limit(id, dir, to, rate)? {
+            let (from, to) = (self.datapath.pool.name(from), self.datapath.pool.name(to));
+            self.pin_plan(id, dir, to);
+            tracing::info!(throttle_id = id, direction = %dir, from, to, "throttle migrated");
+            self.emit(Event::ThrottleMigrated { id, direction: dir, from, to });
+        }
+        Ok(())
+    }
+
+    /// Moves one direction of a throttle to `to` at `rate`, make-before-break:
+    /// the new backend enforces the limit before the processes switch to
+    /// it, and the old one lets go last. If `to` fails, nothing changed.
+    /// Returns (from, to) when it moved (not for a new rate in place).
+    pub(super) fn move_limit(
+        &mut self,
+        id: ThrottleId,
+        dir: Direction,
+        to: usize,
+        rate: Rate,
+    ) -> Result<Option<(usize, usize)>, ManagerError> {
+        let l = self.table.limit(id, dir).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let (old_slot, from) = (l.slot, l.backend);
         if from == to {
-            return self.change_rate(id, dir, from, old_slot, rate);
+            return self.change_rate(id, dir, from, old_slot, rate).map(|_| None);
         }
         self.datapath.pool.usable(to, dir)?;
         let slot = self.datapath.apply(to, dir, rate)?;
@@ -317,10 +339,7 @@ impl Core {
             let backend = self.datapath.pool.name(from);
             tracing::warn!(throttle_id = id, backend, error = %e, "old backend did not let go");
         }
-        let (from, to) = (self.datapath.pool.name(from), self.datapath.pool.name(to));
-        tracing::info!(throttle_id = id, direction = %dir, from, to, "throttle migrated");
-        self.emit(Event::ThrottleMigrated { id, direction: dir, from, to });
-        Ok(())
+        Ok(Some((from, to)))
     }
 
     /// Everything is checked first; only a move that happened is saved.

@@ -82,7 +82,8 @@ fn throttle(t: &ThrottleInfo) -> ThrottleMetrics {
     // Never a pid in a label: the id already names a pid throttle.
     let target = if t.target.is_pid() { String::new() } else { value };
     let directions = t.directions.iter().map(|(dir, s)| direction(*dir, s)).collect();
-    ThrottleMetrics { id: t.id, kind: kind.to_string(), target, directions }
+    let quota_used_bytes = t.plan.as_ref().filter(|p| p.quota.is_some()).map(|p| p.used);
+    ThrottleMetrics { id: t.id, kind: kind.to_string(), target, directions, quota_used_bytes }
 }
 
 fn direction(dir: Direction, s: &DirectionStats) -> DirectionMetrics {
@@ -97,8 +98,6 @@ fn direction(dir: Direction, s: &DirectionStats) -> DirectionMetrics {
         dropped_packets: s.counters.drop_pkts,
         rate_bytes_per_second: s.current,
         accuracy: s.accuracy,
-        // The manager has no volume quotas yet.
-        quota_used_bytes: None,
     }
 }
 

@@ -162,13 +162,12 @@ fn backends(w: &mut Writer, s: &MetricsSnapshot) {
 type Value = fn(&DirectionMetrics) -> Option<Float>;
 
 fn throttles(w: &mut Writer, throttles: &[ThrottleMetrics]) {
-    let families: [(&Family, Value); 6] = [
+    let families: [(&Family, Value); 5] = [
         (&LIMIT, |d| Some(Float(d.limit_bytes_per_second as f64))),
         (&BYTES, |d| Some(Float(d.bytes as f64))),
         (&DROPPED, |d| Some(Float(d.dropped_packets as f64))),
         (&RATE, |d| Some(Float(d.rate_bytes_per_second as f64))),
         (&ACCURACY, |d| d.accuracy.map(Float)),
-        (&QUOTA, |d| d.quota_used_bytes.map(|q| Float(q as f64))),
     ];
     for (f, value) in families {
         w.head(f);
@@ -186,6 +185,13 @@ fn throttles(w: &mut Writer, throttles: &[ThrottleMetrics]) {
                 w.sample(f, "", &labels, v);
             }
         }
+    }
+    // A quota counts both directions: one series per throttle.
+    w.head(&QUOTA);
+    for t in throttles {
+        let Some(used) = t.quota_used_bytes else { continue };
+        let id = t.id.to_string();
+        w.sample(&QUOTA, "", &[("id", id.as_str()), ("kind", &t.kind), ("target", &t.target)], Float(used as f64));
     }
 }
 

@@ -12,7 +12,6 @@ pub fn sample() -> MetricsSnapshot {
         dropped_packets: 2,
         rate_bytes_per_second: 1000,
         accuracy,
-        quota_used_bytes: None,
     };
     MetricsSnapshot {
         throttles: vec![
@@ -21,8 +20,15 @@ pub fn sample() -> MetricsSnapshot {
                 kind: "name".into(),
                 target: "firefox".into(),
                 directions: vec![dir("down", "ifb_tc", 1_048_576, 5000, Some(0.98)), dir("up", "ebpf", 2048, 70, None)],
+                quota_used_bytes: Some(5070),
             },
-            ThrottleMetrics { id: 4, kind: "pid".into(), target: String::new(), directions: vec![] },
+            ThrottleMetrics {
+                id: 4,
+                kind: "pid".into(),
+                target: String::new(),
+                directions: vec![],
+                quota_used_bytes: None,
+            },
         ],
         backends: vec![
             BackendMetrics { name: "ebpf".into(), health: BackendHealth::Healthy, active: 1 },
@@ -91,7 +97,13 @@ fn label_values_are_escaped() {
     let mut s = MetricsSnapshot::default();
     let dir = DirectionMetrics { direction: "up", backend: "ebpf".into(), ..Default::default() };
     let target = "/opt/a \"b\"\\c\nd".to_string();
-    s.throttles.push(ThrottleMetrics { id: 1, kind: "exe".into(), target, directions: vec![dir] });
+    s.throttles.push(ThrottleMetrics {
+        id: 1,
+        kind: "exe".into(),
+        target,
+        directions: vec![dir],
+        quota_used_bytes: None,
+    });
     let text = encode(&s, Format::Prometheus);
     let want = r#"chadthrottle_throttle_bytes_total{id="1",kind="exe",target="/opt/a \"b\"\\c\nd",direction="up",backend="ebpf"} 0"#;
     assert!(text.lines().any(|l| l == want), "{text}");

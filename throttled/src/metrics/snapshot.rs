@@ -20,6 +20,8 @@ pub struct ThrottleMetrics {
     /// The target's value; empty for pid and tree targets (no pid labels).
     pub target: String,
     pub directions: Vec<DirectionMetrics>,
+    /// Bytes of its quota used this period (both directions), if it has one.
+    pub quota_used_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,8 +37,6 @@ pub struct DirectionMetrics {
     pub rate_bytes_per_second: u64,
     /// Achieved rate over the limit while it was binding; `None` until then.
     pub accuracy: Option<f64>,
-    /// Bytes of a volume quota used, for throttles that have one.
-    pub quota_used_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use std::{
 use rusqlite::Connection;
 
 mod query;
-mod quota;
+pub mod quota;
 mod recorder;
 mod recover;
 mod schema;

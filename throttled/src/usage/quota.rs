@@ -38,6 +38,30 @@ impl UsageStore {
         self.quotas.insert(throttle, Some(usage));
     }
 
+    /// Every saved usage, flushed or not.
+    pub fn quotas(&self) -> Result<Vec<(u32, QuotaUsage)>, UsageError> {
+        let mut stmt = self.conn.prepare_cached("SELECT throttle, period, period_start, used FROM quota")?;
+        let rows = stmt.query_map([], |r| {
+            let usage =
+                QuotaUsage { period: r.get(1)?, period_start: r.get(2)?, used: r.get::<_, i64>(3)?.max(0) as u64 };
+            Ok((r.get::<_, u32>(0)?, usage))
+        })?;
+        let mut all: HashMap<u32, Option<QuotaUsage>> =
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().map(|(id, u)| (id, Some(u))).collect();
+        all.extend(self.quotas.iter().map(|(id, q)| (*id, q.clone())));
+        Ok(all.into_iter().filter_map(|(id, q)| Some((id, q?))).collect())
+    }
+
+    /// The quotas as they are now: `current` is set, every other one is
+    /// forgotten (its throttle or its quota is gone); written by the next `flush`.
+    pub fn keep_quotas(&mut self, current: Vec<(u32, QuotaUsage)>) -> Result<(), UsageError> {
+        let stale: Vec<u32> =
+            self.quotas()?.into_iter().map(|(id, _)| id).filter(|id| !current.iter().any(|(c, _)| c == id)).collect();
+        stale.into_iter().for_each(|id| self.remove_quota(id));
+        current.into_iter().for_each(|(id, q)| self.set_quota(id, q));
+        Ok(())
+    }
+
     /// Forgets `throttle`'s usage (its throttle or its quota is gone);
     /// written by the next `flush`.
     pub fn remove_quota(&mut self, throttle: u32) {

@@ -30,7 +30,12 @@ pub struct Recorder {
 impl Recorder {
     /// Opens the history in `state_dir` and starts writing to it.
     pub fn start(state_dir: &Path, cfg: &UsageConfig, manager: Arc<Manager>) -> Result<Recorder, UsageError> {
-        let store = Arc::new(Mutex::new(UsageStore::open(&state_dir.join(FILE), cfg.retention)?));
+        let store = UsageStore::open(&state_dir.join(FILE), cfg.retention)?;
+        match store.quotas() {
+            Ok(saved) => manager.restore_quotas(saved),
+            Err(e) => tracing::warn!(error = %e, "usage history: saved quota usage unreadable; quotas count from zero"),
+        }
+        let store = Arc::new(Mutex::new(store));
         let (stop, stopped) = mpsc::channel();
         let (s, every) = (store.clone(), cfg.flush_interval);
         let thread = std::thread::Builder::new()
@@ -70,9 +75,13 @@ fn run(store: &Mutex<UsageStore>, manager: &Manager, every: Duration, stopped: &
     loop {
         let stop = !matches!(stopped.recv_timeout(every), Err(RecvTimeoutError::Timeout));
         let deltas = manager.take_usage();
+        let quotas = manager.quota_usages();
         let mut s = lock(store);
         let now = now();
         s.record(now, &deltas);
+        if let Err(e) = s.keep_quotas(quotas) {
+            tracing::warn!(error = %e, "usage history: quota usage not saved");
+        }
         if let Err(e) = s.flush() {
             tracing::warn!(error = %e, "usage history: counts kept in memory for the next flush");
         }

@@ -1,30 +1,37 @@
-//! The `block` backend: holds the slots of blocked throttles. A blocked
-//! slot makes the cgroup programs drop every packet of its processes (but
-//! loopback, when exempt) and refuse their `connect()` and UDP `sendmsg()`
-//! to other hosts with EPERM. It is chosen by `block` only: never as a
-//! default, never named, never a migration or failover target.
+//! The backends of slots that the cgroup programs handle alone, with no
+//! rate: `block` and `count`. A blocked slot makes the programs drop every
+//! packet of its processes (but loopback, when exempt) and refuse their
+//! `connect()` and UDP `sendmsg()` to other hosts with EPERM. A counting
+//! slot only counts, for a quota's direction that has no rate. Both are
+//! chosen by the manager only: never as a default, never named by a user,
+//! never a migration or failover target.
 use std::collections::BTreeSet;
 
 use throttle_common::{rate::Rate, Counters, Slot};
 
 use super::{Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId};
-use crate::limit::BLOCK_BACKEND;
+use crate::limit::{BLOCK_BACKEND, COUNT_BACKEND};
 
-#[derive(Default)]
-pub struct BlockBackend {
+pub struct MarkBackend {
+    name: &'static str,
+    slot: fn() -> Slot,
     slots: BTreeSet<(SlotId, Direction)>,
     initialized: bool,
 }
 
-impl BlockBackend {
-    pub fn new() -> Self {
-        Self::default()
+impl MarkBackend {
+    pub fn block() -> Self {
+        MarkBackend { name: BLOCK_BACKEND, slot: Slot::block, slots: BTreeSet::new(), initialized: false }
+    }
+
+    pub fn count() -> Self {
+        MarkBackend { name: COUNT_BACKEND, slot: Slot::count, slots: BTreeSet::new(), initialized: false }
     }
 }
 
-impl Backend for BlockBackend {
+impl Backend for MarkBackend {
     fn name(&self) -> &'static str {
-        BLOCK_BACKEND
+        self.name
     }
     fn priority(&self) -> Priority {
         Priority::Fallback
@@ -54,20 +61,20 @@ impl Backend for BlockBackend {
     }
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, _: Rate) -> Result<(), BackendError> {
         ctx.programs.clear_slot(slot)?;
-        ctx.programs.set_slot(slot, &Slot::block())?;
+        ctx.programs.set_slot(slot, &(self.slot)())?;
         self.slots.insert((slot, dir));
         Ok(())
     }
-    /// A block has no rate to change.
+    /// There is no rate to change.
     fn change(&mut self, _ctx: &mut Context<'_>, slot: SlotId, dir: Direction, _: Rate) -> Result<(), BackendError> {
         match self.slots.contains(&(slot, dir)) {
             true => Ok(()),
-            false => Err(BackendError::NoSuchSlot { name: BLOCK_BACKEND, slot }),
+            false => Err(BackendError::NoSuchSlot { name: self.name, slot }),
         }
     }
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
         if !self.slots.remove(&(slot, dir)) {
-            return Err(BackendError::NoSuchSlot { name: BLOCK_BACKEND, slot });
+            return Err(BackendError::NoSuchSlot { name: self.name, slot });
         }
         ctx.programs.clear_slot(slot)?;
         Ok(())
@@ -81,6 +88,9 @@ impl Backend for BlockBackend {
     /// Degraded, not broken, without the connect guard: packets are still
     /// dropped, only new connections time out instead of failing at once.
     fn health(&self, ctx: &Context<'_>) -> Health {
+        if self.name != BLOCK_BACKEND {
+            return Health::Healthy;
+        }
         match ctx.programs.connect_guard() {
             Ok(()) => Health::Healthy,
             Err(why) => Health::Degraded(format!("connect() is not refused ({why}); packets are dropped")),

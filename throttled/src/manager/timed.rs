@@ -1,0 +1,258 @@
+//! `impl Core` for throttles that change over time (a quota, a schedule):
+//! their creation and changes, and the tick that counts their quota, turns
+//! their windows and applies what their `Plan` wants. Each switch is a
+//! change of the throttle's limits in place: a rate changes, a direction
+//! moves make-before-break to `block` or `count`, or it goes.
+use jiff::{tz::TimeZone, Timestamp};
+use throttle_common::{rate::Rate, Direction};
+
+use super::{
+    core::Core,
+    events::Event,
+    plan::{Plan, Turn, Usage, Want},
+    policy::{Actor, Made},
+    table::Throttle,
+    LimitSpec, ManagerError, ThrottleId,
+};
+use crate::limit::{BLOCK_BACKEND, COUNT_BACKEND, MARKS};
+
+impl Core {
+    /// The spec a plan keeps: every rated direction's backend named, so
+    /// that a default changed later moves nothing (as for plain throttles).
+    fn pin_backends(&self, spec: &LimitSpec) -> Result<LimitSpec, ManagerError> {
+        let mut s = spec.clone();
+        s.backend = None;
+        for dir in Direction::BOTH {
+            if s.block || spec.rate(dir).is_none() {
+                continue;
+            }
+            let name = self.datapath.pool.name(self.datapath.pool.resolve(spec.backend_for(dir), dir)?).to_string();
+            match dir {
+                Direction::Up => s.up_backend = Some(name),
+                Direction::Down => s.down_backend = Some(name),
+            }
+        }
+        Ok(s)
+    }
+
+    /// A planned throttle's direction moved to `backend` (a migration, a
+    /// failover): its plan names that backend from now on.
+    pub(super) fn pin_plan(&mut self, id: ThrottleId, dir: Direction, backend: &str) {
+        let Some(p) = self.table.throttles.get_mut(&id).and_then(|t| t.plan.as_mut()) else { return };
+        if p.spec.block || p.spec.rate(dir).is_none() || MARKS.contains(&backend) {
+            return;
+        }
+        match dir {
+            Direction::Up => p.spec.up_backend = Some(backend.to_string()),
+            Direction::Down => p.spec.down_backend = Some(backend.to_string()),
+        }
+    }
+
+    /// Adds planned throttle `id` to the table and applies what it wants now.
+    pub(super) fn create_planned(&mut self, id: ThrottleId, t: Throttle, spec: &LimitSpec) -> Result<(), ManagerError> {
+        let spec = self.pin_backends(spec)?;
+        let mut plan = Plan::new(spec, Timestamp::now(), &TimeZone::system());
+        if let Some((period, saved)) = self.quota_book.get(&id) {
+            plan.restore(period, *saved);
+            plan.tick(Timestamp::now(), &TimeZone::system());
+        }
+        self.table.throttles.insert(id, Throttle { plan: Some(plan), ..t });
+        self.enforce(id)
+    }
+
+    /// The spec a change makes of throttle `id`'s: what `spec` gives
+    /// replaces, what it leaves out stays.
+    pub(super) fn merged(&self, id: ThrottleId, spec: &LimitSpec) -> LimitSpec {
+        let old = match self.table.throttles.get(&id).and_then(|t| t.plan.as_ref()) {
+            Some(p) => p.spec.clone(),
+            None => self.table.record(id, &self.datapath.pool).spec,
+        };
+        if spec.block {
+            let (when, otherwise) = (spec.when.clone().or(old.when), spec.otherwise.or(old.otherwise));
+            return LimitSpec { block: true, when, otherwise, ..Default::default() };
+        }
+        let pick = |new: &Option<String>, old: &Option<String>, rate_given: bool| match rate_given {
+            true => new.clone().or(spec.backend.clone()),
+            false => old.clone(),
+        };
+        LimitSpec {
+            down: spec.down.or(old.down),
+            up: spec.up.or(old.up),
+            backend: None,
+            down_backend: pick(&spec.down_backend, &old.down_backend, spec.down.is_some()),
+            up_backend: pick(&spec.up_backend, &old.up_backend, spec.up.is_some()),
+            block: false,
+            quota: spec.quota.or(old.quota),
+            then: spec.then.or(old.then),
+            when: spec.when.clone().or(old.when),
+            otherwise: spec.otherwise.or(old.otherwise),
+        }
+    }
+
+    /// Changes throttle `id` to the planned `spec` (already merged and checked).
+    pub(super) fn change_planned(
+        &mut self,
+        id: ThrottleId,
+        spec: &LimitSpec,
+        by: Option<Actor>,
+    ) -> Result<(), ManagerError> {
+        let spec = self.pin_backends(spec)?;
+        self.count_quota(id);
+        let (now, tz) = (Timestamp::now(), TimeZone::system());
+        let t = self.table.throttles.get_mut(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let mut plan = Plan::new(spec, now, &tz);
+        if let Some(old) = t.plan.take().filter(|o| o.spec.quota.map(|q| q.period) == plan.spec.quota.map(|q| q.period))
+        {
+            plan.restore(old.spec.quota.map_or("", |q| q.period.name()), old.usage);
+        }
+        plan.tick(now, &tz);
+        t.plan = Some(plan);
+        t.made.admin |= Made::by(by).admin;
+        self.enforce(id)?;
+        self.emit(Event::ThrottleChanged { id });
+        self.save_throttle(id);
+        Ok(())
+    }
+
+    /// Brings throttle `id`'s limits to what its plan wants now.
+    pub(super) fn enforce(&mut self, id: ThrottleId) -> Result<(), ManagerError> {
+        let Some(wants) = self.table.throttles.get(&id).and_then(|t| t.plan.as_ref()).map(Plan::wants) else {
+            return Ok(());
+        };
+        let mut first = Ok(());
+        for (dir, want) in wants {
+            if let Err(e) = self.steer(id, dir, want) {
+                tracing::warn!(throttle_id = id, direction = %dir, error = %e, "could not apply the throttle's plan");
+                first = first.and(Err(e));
+            }
+        }
+        for p in self.table.members(id) {
+            self.procs.reassign(p, &mut self.table, &mut self.datapath);
+        }
+        first
+    }
+
+    fn steer(&mut self, id: ThrottleId, dir: Direction, want: Want) -> Result<(), ManagerError> {
+        let pool = &self.datapath.pool;
+        let now = self.table.limit(id, dir).map(|l| (l.backend, l.slot, l.rate));
+        let target = match want {
+            Want::Nothing => None,
+            Want::Count => Some((pool.resolve(Some(COUNT_BACKEND), dir)?, Rate::MAX)),
+            Want::Block => Some((pool.resolve(Some(BLOCK_BACKEND), dir)?, Rate::MIN)),
+            Want::Rate(r, name) => match (now, name) {
+                (Some((b, ..)), None) if pool.backends[b].automatic() => Some((b, r)),
+                (_, name) => Some((pool.resolve(name.as_deref(), dir)?, r)),
+            },
+        };
+        match (now, target) {
+            (None, None) => Ok(()),
+            (Some(_), None) => self.drop_limit(id, dir),
+            (None, Some((b, r))) => self.add_limit(id, dir, r, b),
+            (Some((b0, slot, r0)), Some((b, r))) if b0 == b => match r0 == r {
+                true => Ok(()),
+                false => self.change_rate(id, dir, b, slot, r),
+            },
+            (Some(_), Some((b, r))) => self.move_limit(id, dir, b, r).map(|_| ()),
+        }
+    }
+
+    /// Ends one direction of a throttle: its processes let go of the slot
+    /// (to the next matching throttle, or none) before it is released.
+    fn drop_limit(&mut self, id: ThrottleId, dir: Direction) -> Result<(), ManagerError> {
+        let Some(l) = self.table.limit(id, dir) else { return Ok(()) };
+        let (b, slot) = (l.backend, l.slot);
+        for tgid in self.procs.covered_in(&self.table, id, dir) {
+            self.datapath.cover(b, slot, dir, tgid, None);
+        }
+        if let Some(t) = self.table.throttles.get_mut(&id) {
+            t.limits.remove(&dir);
+        }
+        for p in self.table.members(id) {
+            self.procs.reassign(p, &mut self.table, &mut self.datapath);
+        }
+        self.datapath.release(b, slot, dir)
+    }
+
+    /// Adds what each planned throttle's slots passed to its quota.
+    fn count_quota(&mut self, id: ThrottleId) {
+        let Some(t) = self.table.throttles.get(&id).filter(|t| t.plan.as_ref().is_some_and(|p| p.spec.quota.is_some()))
+        else {
+            return;
+        };
+        let limits: Vec<_> = t.limits.iter().map(|(d, l)| (*d, l.backend, l.slot)).collect();
+        let readings: Vec<_> = limits
+            .into_iter()
+            .filter_map(|(d, b, s)| self.datapath.stats(b, s, d).ok().map(|c| (d, (b, s), c.pass_bytes)))
+            .collect();
+        if let Some(plan) = self.table.throttles.get_mut(&id).and_then(|t| t.plan.as_mut()) {
+            for (d, slot, passed) in readings {
+                plan.count(d, slot, passed);
+            }
+        }
+    }
+
+    /// Whether any throttle changes over time (the tick has work).
+    pub fn has_plans(&self) -> bool {
+        self.table.throttles.values().any(|t| t.plan.is_some())
+    }
+
+    /// Every planned throttle at `now`: its quota counted, its period
+    /// reset, its windows turned; what changed is applied and announced.
+    pub fn tick_plans(&mut self, now: Timestamp, tz: &TimeZone) {
+        let ids: Vec<ThrottleId> =
+            self.table.throttles.iter().filter(|(_, t)| t.plan.is_some()).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.count_quota(id);
+            let Some(turn) = self.table.throttles.get_mut(&id).and_then(|t| t.plan.as_mut()).map(|p| p.tick(now, tz))
+            else {
+                continue;
+            };
+            if turn.any() {
+                self.turned(id, turn);
+            }
+        }
+    }
+
+    fn turned(&mut self, id: ThrottleId, turn: Turn) {
+        let _ = self.enforce(id);
+        if let Some(exceeded) = turn.exceeded {
+            tracing::info!(throttle_id = id, exceeded, "quota {}", if exceeded { "used up" } else { "reset" });
+            if exceeded {
+                self.emit(Event::QuotaExceeded { id });
+            }
+        }
+        if let Some(active) = turn.active {
+            tracing::info!(throttle_id = id, active, "schedule window {}", if active { "opened" } else { "closed" });
+            self.emit(Event::ScheduleChanged { id, active });
+        }
+        self.emit(Event::ThrottleChanged { id });
+    }
+
+    /// Every quota's usage now, to save with the usage history.
+    pub fn quota_usages(&mut self) -> Vec<(ThrottleId, &'static str, Usage)> {
+        let ids: Vec<ThrottleId> = self.table.throttles.keys().copied().collect();
+        ids.iter().for_each(|id| self.count_quota(*id));
+        let usage = |(id, t): (&ThrottleId, &Throttle)| {
+            let p = t.plan.as_ref()?;
+            Some((*id, p.spec.quota?.period.name(), p.usage))
+        };
+        self.table.throttles.iter().filter_map(usage).collect()
+    }
+
+    /// Saved usages, by throttle: taken now by the planned throttles that
+    /// have a quota, and by those created later (a restore, a reload).
+    pub fn restore_quotas(&mut self, saved: std::collections::HashMap<ThrottleId, (String, Usage)>) {
+        let (now, tz) = (Timestamp::now(), TimeZone::system());
+        self.quota_book = saved;
+        let ids: Vec<ThrottleId> = self.table.throttles.keys().copied().collect();
+        for id in ids {
+            let Some((period, saved)) = self.quota_book.get(&id).cloned() else { continue };
+            let Some(plan) = self.table.throttles.get_mut(&id).and_then(|t| t.plan.as_mut()) else { continue };
+            plan.restore(&period, saved);
+            let turn = plan.tick(now, &tz);
+            if turn.any() {
+                self.turned(id, turn);
+            }
+        }
+    }
+}
