@@ -140,7 +140,7 @@ fn new_connections_fail_at_once() {
     assert_refused(&mut p, "udp", &ip6, 5201);
     assert_passes(&mut p, "tcp", "lo", 0);
     let info = m.info(id).unwrap();
-    assert!(throttled::backend::block::blocks(&info), "not reported as a block: {:?}", info.directions.keys());
+    assert!(throttled::backend::mark::blocks(&info), "not reported as a block: {:?}", info.directions.keys());
     m.remove(id).unwrap();
     assert_passes(&mut p, "tcp", &ip, 5201);
     assert_passes(&mut p, "udp", &ip, 5201);

@@ -107,7 +107,7 @@ fn a_quota_ends_in_a_slower_rate_and_survives_kill9() {
     let r = client.wait();
     eprintln!("used up after {:.2} s with {used} B; seconds {:?}", (at - t0).as_secs_f64(), r.intervals);
     // The action starts within a second of the quota: at most a second of traffic at the rate passes over it.
-    assert!(used >= quota && used <= quota + rate, "{used} B used when the action started");
+    assert!((quota..=quota + rate).contains(&used), "{used} B used when the action started");
     assert!(saw(&monitor, t0, "QuotaExceeded", id, None), "no QuotaExceeded signal");
     assert_eq!(num(&bus, id, "UpLimit"), then, "the then-rate applies");
     assert!(!yes(&bus, id, "Blocked"));
@@ -153,7 +153,7 @@ fn a_quota_ends_in_a_block() {
     let client = lab.client_with(name, &lab.server_ip, 5201, 8, false, &["-b", "16M"]);
     let (used, at) = await_exceeded(&bus, id, Duration::from_secs(6)).expect("the quota was never used up");
     eprintln!("used up after {:.2} s with {used} B", (at - t0).as_secs_f64());
-    assert!(used >= 3.0 * M && used <= 5.0 * M, "{used} B used when the block started");
+    assert!((3.0 * M..=5.0 * M).contains(&used), "{used} B used when the block started");
     assert!(yes(&bus, id, "Blocked"), "the block applies");
     assert!(saw(&monitor, t0, "QuotaExceeded", id, None), "no QuotaExceeded signal");
     // Running flows stop: nothing more passes.

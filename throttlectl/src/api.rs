@@ -48,6 +48,13 @@ pub struct ThrottleView {
     /// "active", or "failed" (saved, not applied now: see status_detail).
     pub status: String,
     pub status_detail: String,
+    #[serde(flatten)]
+    pub plan: PlanView,
+}
+
+/// A throttle's quota and schedule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PlanView {
     /// Its data cap ("5G/month"), "" without one.
     pub quota: String,
     pub quota_bytes: u64,
@@ -128,19 +135,27 @@ impl Client {
             // A daemon older than these properties has only active throttles.
             status: p.status().await.unwrap_or_else(|_| "active".into()),
             status_detail: p.status_detail().await.unwrap_or_default(),
-            // A daemon older than quotas and schedules has neither.
-            quota: p.quota().await.unwrap_or_default(),
-            quota_bytes: p.quota_bytes().await.unwrap_or_default(),
-            quota_used: p.quota_used().await.ok(),
-            quota_exceeded: p.quota_exceeded().await.unwrap_or_default(),
-            quota_then: p.quota_then().await.unwrap_or_default(),
-            quota_resets_at: p.quota_resets_at().await.unwrap_or_default(),
-            schedule: p.schedule().await.unwrap_or_default(),
-            schedule_active: p.schedule_active().await.unwrap_or(true),
-            otherwise: p.otherwise().await.unwrap_or_default(),
+            plan: plan(&p).await,
         })
     }
+}
 
+/// A daemon older than quotas and schedules has neither.
+async fn plan(p: &ThrottleProxy<'_>) -> PlanView {
+    PlanView {
+        quota: p.quota().await.unwrap_or_default(),
+        quota_bytes: p.quota_bytes().await.unwrap_or_default(),
+        quota_used: p.quota_used().await.ok(),
+        quota_exceeded: p.quota_exceeded().await.unwrap_or_default(),
+        quota_then: p.quota_then().await.unwrap_or_default(),
+        quota_resets_at: p.quota_resets_at().await.unwrap_or_default(),
+        schedule: p.schedule().await.unwrap_or_default(),
+        schedule_active: p.schedule_active().await.unwrap_or(true),
+        otherwise: p.otherwise().await.unwrap_or_default(),
+    }
+}
+
+impl Client {
     pub async fn throttles(&self) -> Result<Vec<ThrottleView>, Failure> {
         let mut out = Vec::new();
         for path in self.bounded(self.manager.list_throttles()).await? {

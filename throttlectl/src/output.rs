@@ -87,6 +87,7 @@ pub fn throttle_line(t: &ThrottleView) -> String {
 /// A throttle's quota and schedule, short: "5G/month 42% then 256K,
 /// window closed" ("" with neither).
 pub fn plan_cell(t: &ThrottleView) -> String {
+    let t = &t.plan;
     let mut parts = Vec::new();
     if !t.quota.is_empty() {
         let used = match (t.quota_used, t.quota_exceeded) {
@@ -290,15 +291,7 @@ mod tests {
             origin: "runtime".into(),
             status: status.into(),
             status_detail: "no slot".into(),
-            quota: String::new(),
-            quota_bytes: 0,
-            quota_used: None,
-            quota_exceeded: false,
-            quota_then: String::new(),
-            quota_resets_at: 0,
-            schedule: String::new(),
-            schedule_active: true,
-            otherwise: 0,
+            plan: Default::default(),
         }
     }
 

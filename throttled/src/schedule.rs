@@ -155,12 +155,12 @@ fn days_text(days: u8) -> String {
     if days == 0x7f {
         return "*".into();
     }
-    for a in 0..7 {
+    for (a, first) in DAYS.iter().enumerate() {
         for len in 1..7 {
             let set = (0..len).fold(0u8, |m, i| m | 1 << ((a + i) % 7));
             if set == days {
-                let b = (a + len - 1) % 7;
-                return if len == 1 { DAYS[a].into() } else { format!("{}-{}", DAYS[a], DAYS[b]) };
+                let last = DAYS[(a + len - 1) % 7];
+                return if len == 1 { first.to_string() } else { format!("{first}-{last}") };
             }
         }
     }

@@ -121,6 +121,7 @@ mod tests {
             origin: "runtime".into(),
             status: "active".into(),
             status_detail: String::new(),
+            plan: Default::default(),
         }
     }
 
