@@ -94,7 +94,7 @@ fn a_quota_ends_in_a_slower_rate_and_survives_kill9() {
     let dir = ScratchDir::new("plans-slow");
     let conf = config(&dir);
     let mut d = daemon(&bus, &conf);
-    let monitor = Monitor::watch(bus.address());
+    let monitor = Monitor::watch_also(bus.address(), &["type='signal',member='PropertiesChanged'"]);
     let name = "ct-quota-slow";
     let (rate, quota, then) = (2.0 * M, 6.0 * M, 256.0 * K);
     let id = limit(&bus, &[name, "--up", "2M", "--quota", "6M/day", "--then", "256K"]);
@@ -109,6 +109,10 @@ fn a_quota_ends_in_a_slower_rate_and_survives_kill9() {
     // The action starts within a second of the quota: at most a second of traffic at the rate passes over it.
     assert!((quota..=quota + rate).contains(&used), "{used} B used when the action started");
     assert!(saw(&monitor, t0, "QuotaExceeded", id, None), "no QuotaExceeded signal");
+    let told = |s: &common::monitor::Signal| {
+        s.member == "PropertiesChanged" && s.args.get(1).is_some_and(|a| a.contains("QuotaExceeded"))
+    };
+    assert!(monitor.wait_for(t0, Duration::from_secs(3), told), "no PropertiesChanged with QuotaExceeded");
     assert_eq!(num(&bus, id, "UpLimit"), then, "the then-rate applies");
     assert!(!yes(&bus, id, "Blocked"));
     // Second 0 holds the start-up burst (slow start into an empty path).

@@ -35,15 +35,22 @@ const MATCHES: [&str; 2] = [
 
 impl Monitor {
     pub fn watch(address: &str) -> Monitor {
+        Monitor::watch_also(address, &[])
+    }
+
+    /// As `watch`, with more match rules (e.g. the throttles' PropertiesChanged).
+    pub fn watch_also(address: &str, more: &[&str]) -> Monitor {
+        let more: Vec<String> = more.iter().map(|m| format!("--match={m}")).collect();
         let m = Monitor { seen: Arc::default(), child: Arc::default(), stop: Arc::default() };
         let (seen, child, stop, address) = (m.seen.clone(), m.child.clone(), m.stop.clone(), address.to_string());
+        let more = more.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Line-buffered: busctl writes to a pipe in blocks otherwise.
                 let mut cmd = Command::new("stdbuf");
                 cmd.args(["-oL", "busctl", &format!("--address={address}"), "monitor", "--json=short"]);
-                cmd.args(MATCHES.map(|m| format!("--match={m}")));
+                cmd.args(MATCHES.map(|m| format!("--match={m}"))).args(&more);
                 let Ok(mut c) = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() else { break };
                 let (out, err) = (c.stdout.take().unwrap(), c.stderr.take().unwrap());
                 *child.lock().unwrap() = Some(c);

@@ -131,6 +131,15 @@ Limit every firefox process to 2 MiB/s of downloads.
 .B throttlectl limit 1234 \-\-tree \-\-up 512K \-\-backend tc_htb
 Limit uploads of process 1234 and its descendants, with the tc_htb backend.
 .TP
+.B throttlectl limit firefox \-\-quota 5G/month \-\-then 256K
+Full speed until firefox has moved 5 GiB this month (both directions), then
+256 KiB/s each way until the 1st; \fB\-\-then block\fR blocks instead. The
+usage survives restarts; \fBlist\fR shows it as a percentage.
+.TP
+.B throttlectl limit backup.service \-\-up 1M \-\-when "Mon\-Fri 09:00\-17:00" \-\-otherwise 10M
+1 MiB/s of uploads during work hours (local time), 10 MiB/s outside them.
+Without \fB\-\-otherwise\fR nothing applies outside the windows.
+.TP
 .B throttlectl limit \-\-unit backup.service \-\-up 10mbit
 Limit a systemd unit; the limit waits if the unit is not running.
 .TP

@@ -141,6 +141,11 @@ fn rule_errors_name_file_line_and_field() {
         ("[[rule]]\nname = \"x\"\nblock = \"yes\"\n", "web.toml:3:9: invalid type: string \"yes\", expected a boolean"),
         ("[[rule]]\nname = \"x\"\nblock = false\n", "give a download (down) or an upload (up) limit"),
         ("[[rule]]\nname = \"x\"\ndown = \"1M\"\nbackend = \"block\"\n", "unknown backend \"block\""),
+        ("[[rule]]\nname = \"x\"\nquota = \"5G\"\nthen = \"block\"\n", "web.toml:3:9: quota: quota \"5G\""),
+        ("[[rule]]\nname = \"x\"\nquota = \"5G/day\"\n", "rule: a quota needs then"),
+        ("[[rule]]\nname = \"x\"\ndown = \"1M\"\nwhen = \"Mon 9-5\"\n", "when: schedule \"Mon 9-5\""),
+        ("[[rule]]\nname = \"x\"\ndown = \"1M\"\notherwise = \"2M\"\n", "rule: otherwise needs when"),
+        ("[[rule]]\nname = \"x\"\nblock = true\nquota = \"1G/day\"\nthen = \"1M\"\n", "takes no quota"),
     ];
     for (text, want) in cases {
         let s = rules_err(text);
@@ -152,6 +157,18 @@ fn rule_errors_name_file_line_and_field() {
 fn a_rule_blocks() {
     let rules = parse_rules(Path::new("web.toml"), "[[rule]]\nname = \"ct-x\"\nblock = true\n").unwrap();
     assert_eq!(rules[0].0.spec, LimitSpec { block: true, ..Default::default() });
+}
+
+#[test]
+fn a_rule_has_a_quota_and_a_schedule() {
+    let text = "[[rule]]\nname = \"ct-x\"\ndown = \"1M\"\nquota = \"5G/month\"\nthen = \"block\"\nwhen = \"Mon-Fri 09:00-17:00\"\notherwise = \"4M\"\n";
+    let spec = parse_rules(Path::new("web.toml"), text).unwrap().remove(0).0.spec;
+    assert_eq!(spec.quota.unwrap().to_string(), "5G/month");
+    assert_eq!(spec.then, Some(crate::quota::Then::Block));
+    assert_eq!(spec.when.unwrap().to_string(), "Mon-Fri 09:00-17:00");
+    assert_eq!(spec.otherwise, Some("4M".parse().unwrap()));
+    let quota_only = "[[rule]]\nname = \"ct-x\"\nquota = \"1G/day\"\nthen = \"256K\"\n";
+    assert!(parse_rules(Path::new("web.toml"), quota_only).is_ok(), "a quota needs no rate of its own");
 }
 
 #[test]
