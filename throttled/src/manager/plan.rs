@@ -42,6 +42,10 @@ pub struct Plan {
     pub active: bool,
     /// Per direction: the (backend, slot) counted last, and its passed bytes then.
     seen: BTreeMap<Direction, ((usize, SlotId), u64)>,
+    /// The wall-clock second the windows were last checked: once a second
+    /// is enough (a set clock changes the second too), and a schedule of
+    /// many windows costs a few dozen time zone conversions.
+    checked: i64,
 }
 
 /// What changed at a tick.
@@ -60,7 +64,8 @@ impl Turn {
 impl Plan {
     /// A new plan at `now`: its quota unused, its schedule as `now` finds it.
     pub fn new(spec: LimitSpec, now: Timestamp, tz: &TimeZone) -> Plan {
-        let mut p = Plan { spec, usage: Usage::default(), exceeded: false, active: true, seen: BTreeMap::new() };
+        let (usage, seen, checked) = (Usage::default(), BTreeMap::new(), now.as_second());
+        let mut p = Plan { spec, usage, exceeded: false, active: true, seen, checked };
         p.usage = p.fresh_usage(now, tz);
         p.active = p.spec.when.as_ref().is_none_or(|w| w.active_at(now, tz));
         p
@@ -107,6 +112,10 @@ impl Plan {
             self.exceeded = exceeded;
             turn.exceeded = Some(exceeded);
         }
+        if self.checked == now.as_second() {
+            return turn;
+        }
+        self.checked = now.as_second();
         let active = self.spec.when.as_ref().is_none_or(|w| w.active_at(now, tz));
         if active != self.active {
             self.active = active;
