@@ -29,8 +29,13 @@ pub const THEN: &str = "then";
 pub const WHEN: &str = "when";
 /// (t or s) The rate outside the windows (none: nothing applies outside).
 pub const OTHERWISE: &str = "otherwise";
+/// (s) Its share of a contended link capacity: low, normal (a new
+/// throttle's), high or critical (weights 1, 2, 4, 8). Alone, it makes a
+/// throttle with no rate of its own.
+pub const PRIORITY: &str = "priority";
 /// Every key, in the order error messages list them.
-pub const KEYS: [&str; 11] = [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD, BLOCK, QUOTA, THEN, WHEN, OTHERWISE];
+pub const KEYS: [&str; 12] =
+    [DOWN, UP, BACKEND, UP_BACKEND, DOWN_BACKEND, HOLD, BLOCK, QUOTA, THEN, WHEN, OTHERWISE, PRIORITY];
 
 /// Options as a client sends them: only the given ones go on the wire.
 /// The field names are the keys above (a test holds them equal).
@@ -61,6 +66,8 @@ pub struct LimitOptions {
     /// Bytes per second.
     #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
     pub otherwise: Option<u64>,
+    #[serde(with = "as_value::optional", skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
 }
 
 #[cfg(test)]
@@ -90,6 +97,7 @@ mod tests {
             then: Some("block".into()),
             when: Some("* 09:00-17:00".into()),
             otherwise: Some(1),
+            priority: Some("high".into()),
         };
         let mut keys: Vec<String> = decode(&all).into_keys().collect();
         keys.sort();

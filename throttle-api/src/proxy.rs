@@ -47,6 +47,12 @@ pub trait Manager {
     fn default_upload_backend(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn default_download_backend(&self) -> zbus::Result<String>;
+    /// (down, up) bytes per second that throttles share by priority; 0: not set.
+    #[zbus(property)]
+    fn link_capacity(&self) -> zbus::Result<(u64, u64)>;
+    /// Needs org.chadthrottle.configure.
+    #[zbus(property)]
+    fn set_link_capacity(&self, value: (u64, u64)) -> zbus::Result<()>;
 
     #[zbus(signal)]
     fn throttle_added(&self, throttle: ObjectPath<'_>) -> zbus::Result<()>;
@@ -140,4 +146,7 @@ pub trait Throttle {
     /// Bytes per second outside the windows; 0: nothing applies there.
     #[zbus(property)]
     fn otherwise(&self) -> zbus::Result<u64>;
+    /// low, normal, high or critical: its share of a contended link.
+    #[zbus(property)]
+    fn priority(&self) -> zbus::Result<String>;
 }

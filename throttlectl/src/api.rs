@@ -50,6 +50,8 @@ pub struct ThrottleView {
     pub status_detail: String,
     #[serde(flatten)]
     pub plan: PlanView,
+    /// low, normal, high or critical.
+    pub priority: String,
 }
 
 /// A throttle's quota and schedule.
@@ -136,6 +138,8 @@ impl Client {
             status: p.status().await.unwrap_or_else(|_| "active".into()),
             status_detail: p.status_detail().await.unwrap_or_default(),
             plan: plan(&p).await,
+            // A daemon older than priorities has every throttle at normal.
+            priority: p.priority().await.unwrap_or_else(|_| "normal".into()),
         })
     }
 }

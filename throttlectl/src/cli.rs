@@ -85,6 +85,26 @@ fn parse_bus(s: &str) -> Result<String, String> {
     }
 }
 
+/// A throttle's priority, as the daemon spells it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Level {
+    Low,
+    Normal,
+    High,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Low => "low",
+            Level::Normal => "normal",
+            Level::High => "high",
+            Level::Critical => "critical",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Limit a process (a number is a pid) or every process of a name.
@@ -134,6 +154,32 @@ pub enum Cmd {
         /// The rate outside the --when windows (default: no limit there).
         #[arg(long, value_name = "RATE", requires = "when")]
         otherwise: Option<Rate>,
+        /// Its share of a contended link (see `throttlectl link`): low, normal, high, critical.
+        #[arg(long, value_name = "LEVEL")]
+        priority: Option<Level>,
+    },
+    /// Give a process (a pid) or a name a priority: its share of the link
+    /// when it is contended, with no rate of its own if it has no throttle
+    /// yet. (`limit --exe/--unit/--cgroup ... --priority LEVEL` for other targets.)
+    Priority {
+        /// pid or process name
+        #[arg(add = complete::processes())]
+        target: String,
+        /// low, normal, high or critical (weights 1, 2, 4, 8).
+        level: Level,
+        /// With a pid: also its descendants, present and future.
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Show, or set, the link capacity that throttles share by priority
+    /// (your line rate, or just below it).
+    Link {
+        /// Download capacity, e.g. 50M or 400mbit; "none" unsets it.
+        #[arg(long, value_name = "RATE|none")]
+        down: Option<String>,
+        /// Upload capacity; "none" unsets it.
+        #[arg(long, value_name = "RATE|none")]
+        up: Option<String>,
     },
     /// Block a process's (or every process of a name's) traffic outright:
     /// new connections fail with EPERM, running ones stop. Loopback is exempt.

@@ -113,10 +113,11 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             then,
             when,
             otherwise,
+            priority,
         } => {
             let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
-            if down.is_none() && up.is_none() && quota.is_none() {
-                return Err(Failure::usage("give --down and/or --up, or a --quota"));
+            if down.is_none() && up.is_none() && quota.is_none() && priority.is_none() {
+                return Err(Failure::usage("give --down and/or --up, a --quota or a --priority"));
             }
             let opts = LimitOptions {
                 down: down.map(|r| r.bytes_per_sec()),
@@ -130,6 +131,7 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
                 then,
                 when,
                 otherwise: otherwise.map(|r| r.bytes_per_sec()),
+                priority: priority.map(|p| p.as_str().to_string()),
             };
             limit(&c, kind, &value, &opts, &st).await?;
         }
@@ -138,6 +140,12 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             let opts = LimitOptions { block: Some(true), hold: hold.then_some(true), when, ..Default::default() };
             limit(&c, kind, &value, &opts, &st).await?;
         }
+        Cmd::Priority { target, level, tree } => {
+            let (kind, value) = target_of(Some(target), tree, None, None, None)?;
+            let opts = LimitOptions { priority: Some(level.as_str().into()), ..Default::default() };
+            limit(&c, kind, &value, &opts, &st).await?;
+        }
+        Cmd::Link { down, up } => link(&c, down, up, &st).await?,
         Cmd::Unblock { target } => {
             let t = c.find(&target).await?;
             if !t.blocked {
@@ -275,6 +283,30 @@ async fn limit(c: &Client, kind: &str, value: &str, opts: &LimitOptions, st: &St
         return Ok(());
     }
     warn_if_unsaved(c).await;
+    Ok(())
+}
+
+/// `link`: sets what is given (keeping the other direction), then shows it.
+async fn link(c: &Client, down: Option<String>, up: Option<String>, st: &Style) -> Result<(), Failure> {
+    let parse = |s: &str| -> Result<u64, Failure> {
+        match s {
+            "none" | "0" => Ok(0),
+            s => s.parse::<Rate>().map(|r| r.bytes_per_sec()).map_err(|e| Failure::usage(e.to_string())),
+        }
+    };
+    if down.is_some() || up.is_some() {
+        let (d0, u0) = c.bounded(c.manager.link_capacity()).await?;
+        let d = down.as_deref().map(parse).transpose()?.unwrap_or(d0);
+        let u = up.as_deref().map(parse).transpose()?.unwrap_or(u0);
+        c.bounded(c.manager.set_link_capacity((d, u))).await?;
+    }
+    let (d, u) = c.bounded(c.manager.link_capacity()).await?;
+    if st.json {
+        output::json(&serde_json::json!({ "down": d, "up": u }));
+    } else {
+        let show = |b: u64| if b == 0 { "not set".to_string() } else { output::rate(b) };
+        println!("link capacity: down {}, up {}", show(d), show(u));
+    }
     Ok(())
 }
 

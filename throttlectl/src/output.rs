@@ -55,7 +55,7 @@ pub fn json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
-fn rate(b: u64) -> String {
+pub fn rate(b: u64) -> String {
     Rate::from_bytes(b).map_or("-".into(), |r| r.to_string())
 }
 
@@ -87,8 +87,11 @@ pub fn throttle_line(t: &ThrottleView) -> String {
 /// A throttle's quota and schedule, short: "5G/month 42% then 256K,
 /// window closed" ("" with neither).
 pub fn plan_cell(t: &ThrottleView) -> String {
-    let t = &t.plan;
     let mut parts = Vec::new();
+    if !t.priority.is_empty() && t.priority != "normal" {
+        parts.push(t.priority.clone());
+    }
+    let t = &t.plan;
     if !t.quota.is_empty() {
         let used = match (t.quota_used, t.quota_exceeded) {
             (_, true) => "USED UP".to_string(),
@@ -292,6 +295,7 @@ mod tests {
             status: status.into(),
             status_detail: "no slot".into(),
             plan: Default::default(),
+            priority: "normal".into(),
         }
     }
 

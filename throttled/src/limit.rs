@@ -39,10 +39,76 @@ pub struct LimitSpec {
     pub when: Option<Schedule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otherwise: Option<Rate>,
+    /// How it shares a link capacity with the others (`None`: as it is,
+    /// normal for a new throttle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+}
+
+/// A throttle's share of a contended capacity, by weight: low 1, normal 2,
+/// high 4, critical 8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+const PRIORITIES: [(&str, Priority); 4] =
+    [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High), ("critical", Priority::Critical)];
+
+impl Priority {
+    pub fn weight(self) -> u64 {
+        match self {
+            Priority::Low => 1,
+            Priority::Normal => 2,
+            Priority::High => 4,
+            Priority::Critical => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        PRIORITIES.iter().find(|(_, p)| *p == self).map_or("normal", |(n, _)| n)
+    }
+
+    /// The next one up, critical wrapping to low (the TUI's `p`).
+    pub fn next(self) -> Priority {
+        PRIORITIES[(PRIORITIES.iter().position(|(_, p)| *p == self).unwrap_or(1) + 1) % 4].1
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = InvalidLimit;
+    fn from_str(s: &str) -> Result<Self, InvalidLimit> {
+        let found = PRIORITIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)).map(|(_, p)| *p);
+        found.ok_or(InvalidLimit("priority is low, normal, high or critical"))
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Priority {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The backend that holds blocks; chosen by `block`, never by name.
 pub const BLOCK_BACKEND: &str = "block";
+/// The backend that holds a priority alone (no rate): its buckets are set by `share`.
+pub const EBPF_BACKEND: &str = "ebpf";
 /// The backend of a quota's directions that have no rate: it only counts.
 pub const COUNT_BACKEND: &str = "count";
 /// The backends the manager picks and users never name.
@@ -82,8 +148,8 @@ impl LimitSpec {
         if named.into_iter().flatten().any(|b| MARKS.contains(&b.as_str())) {
             return Err(InvalidLimit("backends \"block\" and \"count\" are never named"));
         }
-        if self.down.is_none() && self.up.is_none() && self.quota.is_none() {
-            return Err(InvalidLimit("give a download or an upload limit, a quota, or block"));
+        if self.down.is_none() && self.up.is_none() && self.quota.is_none() && self.priority.is_none() {
+            return Err(InvalidLimit("give a download or an upload limit, a quota, a priority, or block"));
         }
         if self.backend.is_some() && (self.up_backend.is_some() || self.down_backend.is_some()) {
             return Err(InvalidLimit("backend and up_backend/down_backend exclude each other"));
@@ -106,8 +172,8 @@ impl LimitSpec {
         if self.otherwise.is_some() && self.when.is_none() {
             return Err(InvalidLimit("otherwise needs when"));
         }
-        if self.block && self.quota.is_some() {
-            return Err(InvalidLimit("a block passes nothing: it takes no quota"));
+        if self.block && (self.quota.is_some() || self.priority.is_some()) {
+            return Err(InvalidLimit("a block passes nothing: it takes no quota and no priority"));
         }
         Ok(())
     }

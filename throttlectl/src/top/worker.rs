@@ -122,6 +122,7 @@ mod tests {
             status: "active".into(),
             status_detail: String::new(),
             plan: Default::default(),
+            priority: "normal".into(),
         }
     }
 

@@ -67,13 +67,23 @@ impl EbpfBackend {
         Self::default()
     }
 
-    fn slot(rate: Rate, dir: Direction) -> Slot {
+    /// The slot of a bucket at `rate` in direction `dir`.
+    pub fn slot(rate: Rate, dir: Direction) -> Slot {
         let (burst, debt) = bucket_shape(rate, dir);
         let mut s = Slot::bucket(rate.bytes_per_sec(), burst, debt);
         if dir == Direction::Down {
             (s.rwnd_gain, s.rwnd_floor) = rwnd_tuning();
         }
         s
+    }
+}
+
+/// A bucket's own limit: its rate, or its pace while it runs at a share.
+fn own_limit(s: &Slot) -> u64 {
+    if s.pace != 0 {
+        s.pace
+    } else {
+        s.rate
     }
 }
 
@@ -175,7 +185,8 @@ impl Backend for EbpfBackend {
         }
         for (&(slot, _), rate) in &self.slots {
             match ctx.programs.slot(slot) {
-                Ok(s) if s.mode == SlotMode::Bucket as u32 && s.rate == rate.bytes_per_sec() => {}
+                // A bucket shared by priority runs at its share; its own limit is its pace.
+                Ok(s) if s.mode == SlotMode::Bucket as u32 && rate.bytes_per_sec() == own_limit(&s) => {}
                 Ok(_) => return Health::Broken(format!("slot {slot} lost its bucket")),
                 Err(e) => return Health::Broken(e.to_string()),
             }

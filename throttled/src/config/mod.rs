@@ -34,6 +34,31 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub usage: UsageConfig,
+    pub link: LinkCapacity,
+}
+
+/// The user's line rate, or just below it (`[link]`): the capacity that
+/// throttles share by priority when it is contended. `None`: not set, and
+/// priorities do nothing in that direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCapacity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<crate::Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<crate::Rate>,
+}
+
+impl LinkCapacity {
+    pub fn get(&self, dir: throttle_common::Direction) -> Option<crate::Rate> {
+        match dir {
+            throttle_common::Direction::Up => self.up,
+            throttle_common::Direction::Down => self.down,
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.down.is_some() || self.up.is_some()
+    }
 }
 
 /// The usage history (`usage.sqlite` in the state directory). Read at
@@ -160,6 +185,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             usage: UsageConfig::default(),
+            link: LinkCapacity::default(),
         }
     }
 }
@@ -255,6 +281,14 @@ struct RawConfig {
     limits: Option<RawLimits>,
     metrics: Option<RawMetrics>,
     usage: Option<RawUsage>,
+    link: Option<RawLink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    down: Option<Spanned<toml::Value>>,
+    up: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +380,12 @@ fn parse_config(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(u) = raw.usage {
         c.usage = usage(&src, u)?;
+    }
+    if let Some(l) = raw.link {
+        c.link = LinkCapacity {
+            down: rules::rate(&src, l.down.as_ref(), "link.down")?,
+            up: rules::rate(&src, l.up.as_ref(), "link.up")?,
+        };
     }
     if let Some(p) = raw.limits.and_then(|l| l.per_user) {
         let max = i64::from(throttle_common::MAX_SLOTS - 1);

@@ -171,7 +171,11 @@ fn target(src: &Source<'_>, r: &RawRule, span: Range<usize>) -> Result<TargetSpe
     }
 }
 
-fn rate(src: &Source<'_>, v: Option<&Spanned<toml::Value>>, field: &str) -> Result<Option<Rate>, ConfigError> {
+pub(super) fn rate(
+    src: &Source<'_>,
+    v: Option<&Spanned<toml::Value>>,
+    field: &str,
+) -> Result<Option<Rate>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
     let parsed = match v.get_ref() {
         toml::Value::String(s) => s.parse::<Rate>().map_err(|e| e.to_string()),

@@ -118,6 +118,7 @@ pub fn limit_options(options: &Options<'_>) -> Result<(LimitSpec, bool)> {
             opt::THEN => spec.then = Some(parsed(key, value)?),
             opt::WHEN => spec.when = Some(parsed(key, value)?),
             opt::OTHERWISE => spec.otherwise = Some(rate(key, value)?),
+            opt::PRIORITY => spec.priority = Some(parsed(key, value)?),
             other => return Err(invalid(format!("unknown option {} ({})", quote(other), opt::KEYS.join(", ")))),
         }
     }

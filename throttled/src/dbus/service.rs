@@ -397,6 +397,38 @@ impl ManagerIface {
         f
     }
 
+    /// (down, up) bytes per second of the user's link (or just below it),
+    /// which throttles on ebpf share by priority when it is contended; 0:
+    /// not set. Setting it needs org.chadthrottle.configure, and is saved.
+    #[zbus(property)]
+    async fn link_capacity(&self) -> (u64, u64) {
+        let link = read(&self.mgr, |r| Ok(r.link_capacity())).await.unwrap_or_default();
+        let bytes = |r: Option<crate::Rate>| r.map_or(0, |r| r.bytes_per_sec());
+        (bytes(link.down), bytes(link.up))
+    }
+
+    #[zbus(property)]
+    async fn set_link_capacity(
+        &self,
+        value: (u64, u64),
+        #[zbus(header)] hdr: Option<Header<'_>>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::fdo::Result<()> {
+        let rate = |b: u64| match b {
+            0 => Ok(None),
+            b => crate::Rate::from_bytes(b).map(Some).map_err(|e| zbus::fdo::Error::InvalidArgs(e.to_string())),
+        };
+        let link = crate::config::LinkCapacity { down: rate(value.0)?, up: rate(value.1)? };
+        let hdr = hdr.ok_or_else(|| zbus::fdo::Error::AccessDenied("no caller to authorize".into()))?;
+        polkit::authorize(conn, &hdr, CONFIGURE).await.map_err(|e| zbus::fdo::Error::AccessDenied(e.to_string()))?;
+        blocking(&self.mgr, move |m| {
+            m.set_link_capacity(link);
+            Ok(())
+        })
+        .await
+        .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+    }
+
     /// Whether every process's traffic is counted (config `monitor.enabled`).
     #[zbus(property(emits_changed_signal = "const"))]
     async fn monitor_enabled(&self) -> bool {

@@ -148,6 +148,7 @@ fn limit_props(info: &ThrottleInfo) -> Vec<(&'static str, OwnedValue)> {
         ("QuotaThen", Value::from(plan_text(info, |p| p.then.map(|t| t.to_string())))),
         ("Schedule", Value::from(plan_text(info, |p| p.schedule.as_ref().map(|s| s.to_string())))),
         ("Otherwise", Value::from(info.plan.as_ref().and_then(|p| p.otherwise).map_or(0, |r| r.bytes_per_sec()))),
+        ("Priority", Value::from(info.priority.name())),
     ];
     props.into_iter().filter_map(|(k, v)| Some((k, OwnedValue::try_from(v).ok()?))).collect()
 }
@@ -159,7 +160,11 @@ fn plan_text(info: &ThrottleInfo, part: impl Fn(&PlanInfo) -> Option<String>) ->
 
 /// A direction's limit (0: none, or blocked) and backend ("" for none).
 fn direction_of(info: &ThrottleInfo, d: Direction) -> (u64, String) {
-    let limit = |s: &DirectionStats| if s.backend == BLOCK_BACKEND { 0 } else { s.rate.bytes_per_sec() };
+    // A block, or a priority alone (the largest rate), limits nothing to show.
+    let limit = |s: &DirectionStats| match s.backend == BLOCK_BACKEND || s.rate == crate::Rate::MAX {
+        true => 0,
+        false => s.rate.bytes_per_sec(),
+    };
     info.directions.get(&d).map_or((0, String::new()), |s| (limit(s), s.backend.to_string()))
 }
 
@@ -388,6 +393,13 @@ impl ThrottleIface {
     #[zbus(property)]
     async fn otherwise(&self) -> zbus::fdo::Result<u64> {
         self.prop("Otherwise").await
+    }
+
+    /// Its share of a contended link: low, normal, high or critical
+    /// (weights 1, 2, 4, 8; see the Manager's LinkCapacity).
+    #[zbus(property)]
+    async fn priority(&self) -> zbus::fdo::Result<String> {
+        self.prop("Priority").await
     }
 
     /// Per direction: {down,up}_{bytes,packets,dropped_bytes,dropped_packets},

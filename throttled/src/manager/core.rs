@@ -20,14 +20,15 @@ use super::{
     report::{BackendInfo, ThrottleInfo, View},
     sampling::Sampling,
     saving::{Saving, STATE_COMPONENT},
+    share::Sharing,
     table::{Limit, Origin, Throttle, ThrottleTable},
     LimitSpec, ManagerError, Overrides, ThrottleId,
 };
 use crate::{
     backend::{Health, SlotId},
-    config::{Config, Defaults},
+    config::{Config, Defaults, LinkCapacity},
     kernel::{bpf::Programs, procfs},
-    limit::BLOCK_BACKEND,
+    limit::{BLOCK_BACKEND, EBPF_BACKEND},
     persist::{Change, InstanceLock, StateStore},
     target::Target,
 };
@@ -46,6 +47,10 @@ pub struct Core {
     pub events: Events,
     /// Saves runtime throttles, and knows whether it can (see `saving`).
     pub saving: Saving,
+    /// The link capacity set at runtime (it overrides the config's).
+    pub runtime_link: Option<LinkCapacity>,
+    /// Priorities' state under the link capacity (see `share`).
+    pub sharing: Sharing,
     /// Saved quota usages, by throttle (see `restore_quotas`).
     pub quota_book: std::collections::HashMap<ThrottleId, (String, super::plan::Usage)>,
     _lock: InstanceLock,
@@ -65,6 +70,8 @@ impl Core {
             events: Events::default(),
             saving: Saving::new(store)?,
             quota_book: Default::default(),
+            runtime_link: None,
+            sharing: Sharing::default(),
             _lock: lock,
         })
     }
@@ -202,6 +209,9 @@ impl Core {
         for dir in Direction::BOTH.into_iter().filter(|_| !spec.is_planned()) {
             if let Some(rate) = spec.rate(dir) {
                 chosen.push((dir, rate, self.datapath.pool.resolve(spec.backend_for(dir), dir)?));
+            } else if spec.priority.is_some() {
+                // A priority alone: an ebpf bucket at the largest rate, for `share` to set.
+                chosen.push((dir, Rate::MAX, self.datapath.pool.resolve(Some(EBPF_BACKEND), dir)?));
             }
         }
         let root = target.root();
@@ -215,7 +225,7 @@ impl Core {
         if root.is_some_and(|r| !procfs::is_alive(&r)) {
             return Err(ManagerError::NoSuchProcess(root.map_or(0, |r| r.pid)));
         }
-        let t = Throttle::new(target, origin, made);
+        let t = Throttle { priority: spec.priority.unwrap_or_default(), ..Throttle::new(target, origin, made) };
         if spec.is_planned() {
             if let Err(e) = self.create_planned(id, t, spec) {
                 let _ = self.unlink(id);
@@ -310,6 +320,7 @@ impl Core {
         }
         if let Some(t) = self.table.throttles.get_mut(&id) {
             t.made.admin |= Made::by(by).admin;
+            t.priority = spec.priority.unwrap_or(t.priority);
         }
         // A new direction, a new rate or a new mark can change which
         // throttle wins (see `coverage`).
@@ -414,7 +425,7 @@ impl Core {
     /// Saves everything as a new snapshot: after a start, a reload, or
     /// changes to many throttles at once.
     pub fn persist(&mut self) {
-        let state = self.table.saved_state(&self.datapath.pool, &self.runtime_defaults);
+        let state = self.table.saved_state(&self.datapath.pool, &self.runtime_defaults, self.runtime_link);
         let health = self.saving.snapshot(state);
         self.note_state(health);
     }
@@ -426,8 +437,9 @@ impl Core {
 
     /// One change, into the journal (see `Saving::save`).
     pub fn save(&mut self, change: Change) {
-        let (table, pool, defaults) = (&self.table, &self.datapath.pool, &self.runtime_defaults);
-        let health = self.saving.save(table.next_id, change, || table.saved_state(pool, defaults));
+        let (table, pool, defaults, link) =
+            (&self.table, &self.datapath.pool, &self.runtime_defaults, self.runtime_link);
+        let health = self.saving.save(table.next_id, change, || table.saved_state(pool, defaults, link));
         self.note_state(health);
     }
 }

@@ -18,6 +18,7 @@ mod report;
 mod rules;
 mod sampling;
 mod saving;
+mod share;
 mod table;
 mod threads;
 mod timed;
@@ -318,6 +319,11 @@ impl Manager {
     /// throttles stay where they are.
     pub fn set_default(&self, dir: Direction, backend: &str) -> Result<(), ManagerError> {
         self.mutate(|c| c.set_default(dir, backend))
+    }
+
+    /// Sets the link capacity that priorities share, at runtime (saved).
+    pub fn set_link_capacity(&self, link: crate::config::LinkCapacity) {
+        self.lock().set_link(link);
     }
 
     /// The backend new throttles get in `dir`, after fallbacks.

@@ -9,7 +9,7 @@ use throttle_common::{rate::Rate, Direction};
 
 use crate::{
     backend::SlotId,
-    limit::LimitSpec,
+    limit::{LimitSpec, EBPF_BACKEND},
     quota::{Quota, Then},
 };
 
@@ -149,6 +149,8 @@ impl Plan {
             },
         };
         match want {
+            // A priority alone holds a bucket for `share` to set.
+            Want::Nothing if s.priority.is_some() => Want::Rate(Rate::MAX, Some(EBPF_BACKEND.into())),
             Want::Nothing if s.quota.is_some() => Want::Count,
             w => w,
         }

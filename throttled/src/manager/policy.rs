@@ -139,6 +139,9 @@ pub fn for_limit(owns: bool, tree: bool, existing: Option<&Existing>, spec: &Lim
     if spec.is_planned() {
         return admin("giving it a schedule or a quota".into());
     }
+    if spec.priority.is_some() {
+        return admin("changing its priority".into());
+    }
     for dir in Direction::BOTH {
         let (Some(rate), Some((now, backend))) = (spec.rate(dir), e.limits.get(&dir)) else { continue };
         if rate.bytes_per_sec() > now.bytes_per_sec() {

@@ -47,6 +47,11 @@ impl Reader<'_> {
         self.0.view().default_backend(dir)
     }
 
+    /// The link capacity priorities share (see `Core::link`).
+    pub fn link_capacity(&self) -> crate::config::LinkCapacity {
+        self.0.link()
+    }
+
     /// Which authority `req` by `uid` needs (see `policy`).
     pub fn need(&self, uid: u32, req: &Request) -> Result<Need, ManagerError> {
         self.0.table.need(&self.0.datapath.pool, uid, req)

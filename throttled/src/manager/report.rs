@@ -62,6 +62,8 @@ pub struct ThrottleInfo {
     pub directions: std::collections::BTreeMap<Direction, DirectionStats>,
     /// Its quota and schedule, if it has either.
     pub plan: Option<PlanInfo>,
+    /// Its share of a contended link, by weight.
+    pub priority: crate::limit::Priority,
 }
 
 /// A throttle's quota and schedule as they stand.
@@ -212,8 +214,8 @@ impl View<'_> {
         let covered = t.covered.iter().copied().collect();
         let excluded = t.excluded.iter().copied().collect();
         let (target, origin) = (t.target.clone(), t.origin.clone());
-        let plan = t.plan.as_ref().map(PlanInfo::of);
-        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions, plan })
+        let (plan, priority) = (t.plan.as_ref().map(PlanInfo::of), t.priority);
+        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions, plan, priority })
     }
 
     /// One line: "3 throttles on ebpf, tc_htb".
@@ -275,5 +277,6 @@ fn pending_info(id: ThrottleId, p: &Pending) -> ThrottleInfo {
         failed: Some(p.why.clone()),
         directions,
         plan: PlanInfo::of_spec(&r.spec),
+        priority: r.spec.priority.unwrap_or_default(),
     }
 }

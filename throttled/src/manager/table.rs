@@ -17,7 +17,8 @@ use super::{
 use crate::{
     backend::SlotId,
     config::Defaults,
-    limit::BLOCK_BACKEND,
+    config::LinkCapacity,
+    limit::{Priority, BLOCK_BACKEND},
     persist::{Change, PersistedThrottle, State, VERSION},
     target::Target,
 };
@@ -53,13 +54,15 @@ pub struct Throttle {
     pub made: Made,
     /// A quota or a schedule, for a throttle that changes over time.
     pub plan: Option<Plan>,
+    /// Its weight where it shares a contended capacity (see `share`).
+    pub priority: Priority,
 }
 
 impl Throttle {
     /// A throttle with no limits and no processes yet.
     pub fn new(target: Target, origin: Origin, made: Made) -> Throttle {
         let (limits, members, covered, excluded) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-        Throttle { target, origin, limits, members, covered, excluded, made, plan: None }
+        Throttle { target, origin, limits, members, covered, excluded, made, plan: None, priority: Priority::Normal }
     }
 }
 
@@ -259,8 +262,10 @@ impl ThrottleTable {
         if let Some(p) = &t.plan {
             return PersistedThrottle { id, target: t.target.clone(), spec: p.spec.clone(), admin, creator };
         }
-        let rate = |d| t.limits.get(&d).map(|l| l.rate);
-        let backend = |d| t.limits.get(&d).map(|l| pool.name(l.backend).to_string());
+        // A priority alone holds its directions at the largest rate: no limit to save.
+        let limit = |d| t.limits.get(&d).filter(|l| l.rate != Rate::MAX);
+        let rate = |d| limit(d).map(|l| l.rate);
+        let backend = |d| limit(d).map(|l| pool.name(l.backend).to_string());
         let block = t.limits.values().any(|l| pool.name(l.backend) == BLOCK_BACKEND);
         let spec = match block {
             true => LimitSpec { block, ..Default::default() },
@@ -270,6 +275,7 @@ impl ThrottleTable {
                 backend: None,
                 down_backend: backend(Direction::Down),
                 up_backend: backend(Direction::Up),
+                priority: (t.priority != Priority::Normal).then_some(t.priority),
                 ..Default::default()
             },
         };
@@ -288,7 +294,7 @@ impl ThrottleTable {
 
     /// Every runtime throttle as it is now (failed ones as saved), and the
     /// runtime defaults.
-    pub fn saved_state(&self, pool: &Pool, defaults: &Defaults) -> State {
+    pub fn saved_state(&self, pool: &Pool, defaults: &Defaults, link: Option<LinkCapacity>) -> State {
         let mut throttles: Vec<PersistedThrottle> = self
             .throttles
             .iter()
@@ -297,7 +303,7 @@ impl ThrottleTable {
             .chain(self.pending.values().map(|p| p.record.clone()))
             .collect();
         throttles.sort_by_key(|t| t.id);
-        State { version: VERSION, seq: 0, next_id: self.next_id, defaults: defaults.clone(), throttles }
+        State { version: VERSION, seq: 0, next_id: self.next_id, defaults: defaults.clone(), link, throttles }
     }
 }
 

@@ -12,7 +12,8 @@ use std::{
 use super::core::Core;
 use crate::kernel::{netlink::Netlink, procmon::ProcMonitor};
 
-const TICK: Duration = Duration::from_millis(200);
+/// Priorities re-divide the link every tick, quotas are counted every tick.
+const TICK: Duration = Duration::from_millis(100);
 
 fn lock(core: &Mutex<Core>) -> std::sync::MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|p| p.into_inner())
@@ -30,6 +31,9 @@ pub fn run_checks(core: &Mutex<Core>, stop: &AtomicBool) {
             let mut c = lock(core);
             if c.has_plans() {
                 c.tick_plans(jiff::Timestamp::now(), &jiff::tz::TimeZone::system());
+            }
+            if c.sharing() {
+                c.share(Instant::now());
             }
             c.note_sync(); // whether the saved state reaches the disk
             c.config.health.interval

@@ -3,6 +3,8 @@
 //! their windows and applies what their `Plan` wants. Each switch is a
 //! change of the throttle's limits in place: a rate changes, a direction
 //! moves make-before-break to `block` or `count`, or it goes.
+use std::time::Instant;
+
 use jiff::{tz::TimeZone, Timestamp};
 use throttle_common::{rate::Rate, Direction};
 
@@ -11,10 +13,16 @@ use super::{
     events::Event,
     plan::{Plan, Turn, Usage, Want},
     policy::{Actor, Made},
+    share,
     table::Throttle,
     LimitSpec, ManagerError, ThrottleId,
 };
-use crate::limit::{BLOCK_BACKEND, COUNT_BACKEND, MARKS};
+use crate::{
+    backend::{ebpf::EbpfBackend, SlotId},
+    config::LinkCapacity,
+    limit::{Priority, BLOCK_BACKEND, COUNT_BACKEND, EBPF_BACKEND, MARKS},
+    persist::Change,
+};
 
 impl Core {
     /// The spec a plan keeps: every rated direction's backend named, so
@@ -86,6 +94,7 @@ impl Core {
             then: spec.then.or(old.then),
             when: spec.when.clone().or(old.when),
             otherwise: spec.otherwise.or(old.otherwise),
+            priority: spec.priority.or(old.priority),
         }
     }
 
@@ -106,6 +115,7 @@ impl Core {
             plan.restore(old.spec.quota.map_or("", |q| q.period.name()), old.usage);
         }
         plan.tick(now, &tz);
+        t.priority = plan.spec.priority.unwrap_or(t.priority);
         t.plan = Some(plan);
         t.made.admin |= Made::by(by).admin;
         self.enforce(id)?;
@@ -253,6 +263,80 @@ impl Core {
             if turn.any() {
                 self.turned(id, turn);
             }
+        }
+    }
+}
+
+impl Core {
+    /// The link capacity in effect: the one set at runtime, or the config's.
+    pub fn link(&self) -> LinkCapacity {
+        self.runtime_link.unwrap_or(self.config.link)
+    }
+
+    /// Sets the link capacity at runtime (saved; `share` applies it).
+    pub fn set_link(&mut self, link: LinkCapacity) {
+        self.runtime_link = Some(link);
+        self.save(Change::Link(link));
+        tracing::info!(down = ?link.down.map(|r| r.to_string()), up = ?link.up.map(|r| r.to_string()), "link capacity set");
+    }
+
+    /// Whether `share` has work: a capacity to share, or buckets to give back.
+    pub fn sharing(&self) -> bool {
+        self.link().is_set() || !self.sharing.is_empty()
+    }
+
+    /// Divides the link capacity of each direction that has one among the
+    /// throttles limiting that direction on `ebpf`, by priority, from what
+    /// each used since the last call; writes the buckets whose share moved.
+    pub fn share(&mut self, now: Instant) {
+        let link = self.link();
+        let mut live = Vec::new();
+        for dir in Direction::BOTH {
+            let Some(cap) = link.get(dir) else { continue };
+            let ebpf = |b: usize| self.datapath.pool.name(b) == EBPF_BACKEND;
+            let under: Vec<(ThrottleId, SlotId, Rate, Priority)> = self
+                .table
+                .throttles
+                .iter()
+                .filter_map(|(id, t)| {
+                    t.limits.get(&dir).filter(|l| ebpf(l.backend)).map(|l| (*id, l.slot, l.rate, t.priority))
+                })
+                .collect();
+            let mut claims = Vec::with_capacity(under.len());
+            let mut shared = Vec::with_capacity(under.len());
+            let weights: u64 = under.iter().map(|u| u.3.weight()).sum();
+            for (id, slot, rate, prio) in under {
+                let Ok(c) = self.datapath.programs.counters(slot) else { continue };
+                let fair = (cap.bytes_per_sec() as u128 * prio.weight() as u128 / weights.max(1) as u128) as u64;
+                let (w, ceiling) = (prio.weight(), rate.bytes_per_sec());
+                claims.push(self.sharing.observe((id, dir), slot, c.pass_bytes, now, w, ceiling, fair));
+                shared.push((id, slot, rate));
+            }
+            let allocs = share::divide(cap.bytes_per_sec(), &claims);
+            tracing::trace!(direction = %dir, ?claims, ?allocs, "link shared");
+            for ((id, slot, rate), alloc) in shared.into_iter().zip(allocs) {
+                live.push((id, dir));
+                if self.sharing.allot((id, dir), alloc) {
+                    self.set_share(slot, dir, alloc, rate);
+                }
+            }
+        }
+        for (id, dir) in self.sharing.retain(&live) {
+            let Some(l) = self.table.limit(id, dir) else { continue };
+            let (b, slot, rate) = (l.backend, l.slot, l.rate);
+            if let Err(e) = self.datapath.change(b, slot, dir, rate) {
+                tracing::debug!(throttle_id = id, error = %e, "could not give a bucket back its own limit");
+            }
+        }
+    }
+
+    /// A bucket at its share, its new connections still paced at its own limit.
+    fn set_share(&mut self, slot: SlotId, dir: Direction, alloc: u64, own: Rate) {
+        let Ok(rate) = Rate::from_bytes(alloc.max(1)) else { return };
+        let mut s = EbpfBackend::slot(rate, dir);
+        s.pace = own.bytes_per_sec();
+        if let Err(e) = self.datapath.programs.update_slot(slot, s) {
+            tracing::debug!(slot, error = %e, "could not set a bucket's share");
         }
     }
 }

@@ -81,6 +81,7 @@ impl Core {
     fn restore(&mut self, state: State) {
         self.table.next_id = state.next_id.clamp(1, u32::MAX - 1);
         self.runtime_defaults = self.datapath.pool.known_defaults(state.defaults);
+        self.runtime_link = state.link;
         self.datapath.pool.set_preferences(effective_defaults(&self.config.defaults, &self.runtime_defaults));
         let mut seen = BTreeSet::new();
         let mut rejected = Vec::new();
@@ -206,6 +207,9 @@ impl Core {
             // The file is the newer intent: it replaces runtime choices.
             self.runtime_defaults = Defaults::default();
             self.refresh_preference();
+        }
+        if old.link != self.config.link {
+            self.runtime_link = None;
         }
         if old.interfaces != self.config.interfaces {
             let policy = crate::backend::interfaces::InterfacePolicy { names: self.config.interfaces.clone() };

@@ -36,6 +36,7 @@ impl State {
             },
             Change::Delete(id) => self.throttles.retain(|t| t.id != id),
             Change::Defaults(d) => self.defaults = d,
+            Change::Link(l) => self.link = Some(l),
         }
     }
 }

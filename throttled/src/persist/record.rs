@@ -10,7 +10,7 @@ use throttle_common::text::quote;
 
 use super::statefs;
 use crate::{
-    config::Defaults,
+    config::{Defaults, LinkCapacity},
     limit::LimitSpec,
     target::{Target, TargetError},
 };
@@ -84,6 +84,9 @@ pub struct State {
     pub next_id: u32,
     /// Default backends chosen at runtime (they override the config's).
     pub defaults: Defaults,
+    /// The link capacity set at runtime (it overrides the config's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkCapacity>,
     pub throttles: Vec<PersistedThrottle>,
 }
 
@@ -97,6 +100,8 @@ pub enum Change {
     Delete(u32),
     /// The default backends chosen at runtime.
     Defaults(Defaults),
+    /// The link capacity set at runtime.
+    Link(LinkCapacity),
 }
 
 /// Invalid saved entries go to `throttles.rejected.json` (one JSON line

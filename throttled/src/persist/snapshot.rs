@@ -212,6 +212,7 @@ mod tests {
             seq: 0,
             next_id: 7,
             defaults: Defaults { up: Some("tc_htb".into()), down: None },
+            link: Some(crate::config::LinkCapacity { down: Some("50M".parse().unwrap()), up: None }),
             throttles: vec![throttle(3, "firefox")],
         }
     }
