@@ -21,6 +21,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("/", "filter by name (Enter keeps, Esc clears)"),
     ("t", "throttle the selected process"),
     ("r", "remove its pid throttle"),
+    ("x", "block the selected process"),
+    ("p", "next priority (high, critical, low...)"),
     ("g", "bandwidth graph of the selected process"),
     ("b", "backends; Enter picks a default"),
     ("u", "usage: bytes by name, last 24 hours"),

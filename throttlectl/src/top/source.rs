@@ -15,7 +15,11 @@ pub trait Source {
     async fn usage(&mut self) -> Result<Vec<Usage>, Failure>;
     async fn backends(&mut self) -> Result<Vec<Backend>, Failure>;
     async fn throttles(&mut self) -> Result<Vec<ThrottleView>, Failure>;
-    async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure>;
+    async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure> {
+        self.limit_with(pid, LimitOptions { down, up, ..Default::default() }).await
+    }
+    /// A pid throttle with any options (a block, a priority).
+    async fn limit_with(&mut self, pid: u32, opts: LimitOptions) -> Result<(), Failure>;
     async fn remove(&mut self, t: &ThrottleView) -> Result<(), Failure>;
     async fn set_default(&mut self, dir: Dir, backend: &str) -> Result<(), Failure>;
 }
@@ -138,8 +142,7 @@ impl Source for Dbus {
         self.call(READ, async |c| c.throttles().await).await
     }
 
-    async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure> {
-        let opts = LimitOptions { down, up, ..Default::default() };
+    async fn limit_with(&mut self, pid: u32, opts: LimitOptions) -> Result<(), Failure> {
         let pid = pid.to_string();
         self.call(WRITE, async |c| c.manager.limit("pid", &pid, &opts).await.map(drop).map_err(fail)).await
     }

@@ -15,13 +15,28 @@ pub const COUNT: u32 = 500;
 /// A request for the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    Refresh { sort: Sort, scope: Scope },
+    Refresh {
+        sort: Sort,
+        scope: Scope,
+    },
     History(u32),
     Usage,
     Backends,
-    Limit { pid: u32, name: String, down: Option<u64>, up: Option<u64> },
+    Limit {
+        pid: u32,
+        name: String,
+        down: Option<u64>,
+        up: Option<u64>,
+    },
     Remove(u32),
-    SetDefault { dir: Dir, backend: String },
+    /// Blocks a process outright (a pid throttle).
+    Block(u32),
+    /// Moves a process's pid throttle to the next priority (making one).
+    Priority(u32),
+    SetDefault {
+        dir: Dir,
+        backend: String,
+    },
 }
 
 /// The daemon's answer to an `Effect`.
@@ -247,6 +262,8 @@ impl App {
             KeyCode::Esc if !self.filter.is_empty() => self.set_filter(String::new()),
             KeyCode::Char('t') => self.open_form(),
             KeyCode::Char('r') => return self.remove(),
+            KeyCode::Char('x') => return self.on_selected("blocking", Effect::Block),
+            KeyCode::Char('p') => return self.on_selected("changing the priority of", Effect::Priority),
             KeyCode::Char('g') => return self.open_graph(),
             KeyCode::Char('u') => {
                 self.mode = Mode::Usage(UsageView::default());
@@ -300,6 +317,16 @@ impl App {
         } else {
             self.error("no process selected");
         }
+    }
+
+    /// `effect` on the selected process, saying `what` is happening.
+    fn on_selected(&mut self, what: &str, effect: fn(u32) -> Effect) -> Vec<Effect> {
+        if self.no_selection() {
+            return Vec::new();
+        }
+        let pid = self.selected.unwrap_or_default();
+        self.info(format!("{what} pid {pid}…"));
+        vec![effect(pid)]
     }
 
     fn remove(&mut self) -> Vec<Effect> {

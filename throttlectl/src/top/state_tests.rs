@@ -187,6 +187,8 @@ fn actions_need_a_selection() {
 fn r_removes_and_g_graphs_the_selection() {
     let mut app = sample();
     assert_eq!(key(&mut app, KeyCode::Char('r')), [Effect::Remove(10)]);
+    assert_eq!(key(&mut app, KeyCode::Char('x')), [Effect::Block(10)]);
+    assert_eq!(key(&mut app, KeyCode::Char('p')), [Effect::Priority(10)]);
     assert_eq!(key(&mut app, KeyCode::Char('g')), [Effect::History(10)]);
     assert!(!app.tick().contains(&Effect::History(10)), "one request at a time");
     app.apply(Reply::History(10, Ok(vec![Sample { up: 1, down: 2 }])));

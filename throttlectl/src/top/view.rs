@@ -85,7 +85,7 @@ fn status_line(app: &App) -> Paragraph<'static> {
 fn hints(mode: &Mode) -> &'static str {
     match mode {
         Mode::List => {
-            "q quit  ↑↓ move  s sort  v scope  / filter  t throttle  r unthrottle  g graph  u usage  b backends  ? help"
+            "q quit  ↑↓ move  s sort  v scope  / filter  t throttle  r unthrottle  x block  p priority  g graph  u usage  b backends  ? help"
         }
         Mode::Filter => "type a name  Enter keep  Esc clear",
         Mode::Throttle(_) => "Enter apply  Tab other field  Esc cancel",

@@ -7,6 +7,8 @@ use super::{
     source::Source,
     state::{Effect, Reply, COUNT},
 };
+use throttle_api::LimitOptions;
+
 use crate::api::{Failure, ThrottleView};
 
 pub async fn serve<S: Source>(mut src: S, mut rx: UnboundedReceiver<Effect>, tx: UnboundedSender<Reply>) {
@@ -28,6 +30,12 @@ pub async fn handle<S: Source>(src: &mut S, e: Effect) -> Reply {
             format!("pid {pid} ({name}) limited: down {d} up {u}")
         })),
         Effect::Remove(pid) => Reply::Done(remove(src, pid).await),
+        Effect::Block(pid) => Reply::Done(
+            src.limit_with(pid, LimitOptions { block: Some(true), ..Default::default() })
+                .await
+                .map(|()| format!("pid {pid} blocked (r lifts it)")),
+        ),
+        Effect::Priority(pid) => Reply::Done(priority(src, pid).await),
         Effect::SetDefault { dir, backend } => Reply::Done(
             src.set_default(dir, &backend)
                 .await
@@ -53,6 +61,21 @@ async fn remove<S: Source>(src: &mut S, pid: u32) -> Result<String, Failure> {
         "pid {pid} is covered by {}, not removed: that would free other processes too",
         names.join(", ")
     )))
+}
+
+/// Moves `pid`'s own throttle to the next priority (normal → high →
+/// critical → low → normal), making a pid throttle with no rate if it has none.
+async fn priority<S: Source>(src: &mut S, pid: u32) -> Result<String, Failure> {
+    let all = src.throttles().await?;
+    let now = covering(&all, pid).0.map_or("normal", |t| t.priority.as_str());
+    let next = match now {
+        "normal" => "high",
+        "high" => "critical",
+        "critical" => "low",
+        _ => "normal",
+    };
+    src.limit_with(pid, LimitOptions { priority: Some(next.into()), ..Default::default() }).await?;
+    Ok(format!("pid {pid}: priority {next}"))
 }
 
 /// The pid throttle of `pid`, and every other throttle that covers it.
@@ -92,8 +115,13 @@ mod tests {
         async fn throttles(&mut self) -> Result<Vec<ThrottleView>, Failure> {
             Ok(self.throttles.clone())
         }
-        async fn limit(&mut self, pid: u32, down: Option<u64>, up: Option<u64>) -> Result<(), Failure> {
-            self.calls.push(format!("limit {pid} {down:?} {up:?}"));
+        async fn limit_with(&mut self, pid: u32, o: LimitOptions) -> Result<(), Failure> {
+            let what = match (o.block, &o.priority) {
+                (Some(true), _) => "block".to_string(),
+                (_, Some(p)) => format!("priority {p}"),
+                _ => format!("{:?} {:?}", o.down, o.up),
+            };
+            self.calls.push(format!("limit {pid} {what}"));
             Ok(())
         }
         async fn remove(&mut self, t: &ThrottleView) -> Result<(), Failure> {
@@ -161,6 +189,17 @@ mod tests {
         let set = Effect::SetDefault { dir: Dir::Up, backend: "tc_htb".into() };
         assert_eq!(done(handle(&mut f, set).await), Ok("New throttles will use 'tc_htb' for upload".into()));
         assert_eq!(f.calls, ["limit 42 Some(1048576) None", "default up tc_htb"]);
+    }
+
+    #[tokio::test]
+    async fn x_blocks_and_p_cycles_the_priority() {
+        let mut f = Fake::default();
+        assert_eq!(done(handle(&mut f, Effect::Block(42)).await), Ok("pid 42 blocked (r lifts it)".into()));
+        assert_eq!(done(handle(&mut f, Effect::Priority(42)).await), Ok("pid 42: priority high".into()));
+        f.throttles = vec![throttle(2, "pid", "42", &[42])];
+        f.throttles[0].priority = "critical".into();
+        assert_eq!(done(handle(&mut f, Effect::Priority(42)).await), Ok("pid 42: priority low".into()));
+        assert_eq!(f.calls, ["limit 42 block", "limit 42 priority high", "limit 42 priority low"]);
     }
 
     #[tokio::test]

@@ -37,6 +37,7 @@ struct RawRule {
     then: Option<Spanned<String>>,
     when: Option<Spanned<String>>,
     otherwise: Option<Spanned<toml::Value>>,
+    priority: Option<Spanned<String>>,
 }
 
 pub(super) fn load_rules(dir: &Path) -> Result<Vec<Rule>, ConfigError> {
@@ -88,8 +89,10 @@ fn rule(src: &Source<'_>, raw: Spanned<RawRule>) -> Result<(Rule, Range<usize>),
     }
     let down = rate(src, r.down.as_ref(), "down")?;
     let up = rate(src, r.up.as_ref(), "up")?;
-    if down.is_none() && up.is_none() && plan.quota.is_none() {
-        return Err(src.error(Some(span), "rule: give a download (down) or an upload (up) limit, or a quota"));
+    if down.is_none() && up.is_none() && plan.quota.is_none() && plan.priority.is_none() {
+        return Err(
+            src.error(Some(span), "rule: give a download (down) or an upload (up) limit, a quota or a priority")
+        );
     }
     if let (Some(_), Some(b)) = (&r.backend, r.up_backend.as_ref().or(r.down_backend.as_ref())) {
         return Err(src.field(b, "backend", "give either backend or up_backend/down_backend, not both"));
@@ -133,11 +136,14 @@ struct Plan {
     then: Option<crate::quota::Then>,
     when: Option<crate::schedule::Schedule>,
     otherwise: Option<Rate>,
+    priority: Option<crate::limit::Priority>,
 }
 
 impl Plan {
     fn with(self, spec: LimitSpec) -> LimitSpec {
-        LimitSpec { quota: self.quota, then: self.then, when: self.when, otherwise: self.otherwise, ..spec }
+        let (quota, then, when, otherwise, priority) =
+            (self.quota, self.then, self.when, self.otherwise, self.priority);
+        LimitSpec { quota, then, when, otherwise, priority, ..spec }
     }
 }
 
@@ -154,6 +160,7 @@ fn plan(src: &Source<'_>, r: &RawRule) -> Result<Plan, ConfigError> {
         then: text(src, &r.then, "then")?,
         when: text(src, &r.when, "when")?,
         otherwise: rate(src, r.otherwise.as_ref(), "otherwise")?,
+        priority: text(src, &r.priority, "priority")?,
     })
 }
 

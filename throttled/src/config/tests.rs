@@ -19,6 +19,7 @@ fn shipped_config_documents_the_real_defaults() {
     assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
     assert_eq!((c.metrics.textfile_interval, c.metrics.top_names), (d.metrics.textfile_interval, d.metrics.top_names));
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9559".parse().unwrap()));
+    assert_eq!(c.link.down, Some("95M".parse().unwrap()), "the [link] example parses");
 }
 
 /// `#name = value` lines (not prose, not the indented rule example).
@@ -167,6 +168,10 @@ fn a_rule_has_a_quota_and_a_schedule() {
     assert_eq!(spec.then, Some(crate::quota::Then::Block));
     assert_eq!(spec.when.unwrap().to_string(), "Mon-Fri 09:00-17:00");
     assert_eq!(spec.otherwise, Some("4M".parse().unwrap()));
+    let prio = "[[rule]]\nname = \"ct-x\"\npriority = \"high\"\n";
+    let spec = parse_rules(Path::new("web.toml"), prio).unwrap().remove(0).0.spec;
+    assert_eq!(spec.priority, Some(crate::limit::Priority::High));
+    assert!(rules_err("[[rule]]\nname = \"x\"\npriority = \"urgent\"\n").contains("priority: priority is low, normal"));
     let quota_only = "[[rule]]\nname = \"ct-x\"\nquota = \"1G/day\"\nthen = \"256K\"\n";
     assert!(parse_rules(Path::new("web.toml"), quota_only).is_ok(), "a quota needs no rate of its own");
 }

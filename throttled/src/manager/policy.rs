@@ -229,6 +229,12 @@ mod tests {
         needs_any(for_remove(true, &admin), "set by an administrator");
         let tree = existing(true, true);
         needs_any(for_limit(true, false, Some(&tree), &down("50K"), &DEFAULTS), "dropping its descendants");
+        // A schedule, a quota or a priority can lift or loosen it.
+        let when = LimitSpec { when: Some("* 09:00-17:00".parse().unwrap()), ..down("50K") };
+        needs_any(for_limit(true, false, Some(&admin), &when, &DEFAULTS), "a schedule or a quota");
+        let prio = LimitSpec { priority: Some(crate::limit::Priority::Critical), ..Default::default() };
+        needs_any(for_limit(true, false, Some(&admin), &prio, &DEFAULTS), "changing its priority");
+        assert_eq!(for_limit(true, false, None, &prio, &DEFAULTS), Need::Own, "one's own new throttle");
     }
 
     #[test]
