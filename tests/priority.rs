@@ -18,7 +18,7 @@ const GOODPUT: f64 = 1448.0 / 1500.0;
 fn daemon(bus: &PrivateBus, dir: &ScratchDir) -> Daemon {
     let conf = write_config(dir, "ct-none0");
     let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[link]\ndown = \"6M\"\n");
+    text.push_str("\n[link]\ndown = \"6M\"\nup = \"6M\"\n");
     std::fs::write(&conf, text).unwrap();
     let conf: &Path = &conf;
     Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())])
@@ -32,6 +32,16 @@ fn ctl(bus: &PrivateBus, args: &[&str]) -> String {
 
 #[test]
 fn high_and_low_share_the_link_four_to_one() {
+    share_four_to_one(true);
+}
+
+#[test]
+fn high_and_low_share_the_uplink_four_to_one() {
+    share_four_to_one(false);
+}
+
+/// Downloads with `reverse`, uploads without.
+fn share_four_to_one(reverse: bool) {
     let Some(_g) = begin() else { return };
     let Some(bus) = PrivateBus::start("prio") else { return };
     let mut lab = Lab::with_delay(236, Duration::from_millis(10));
@@ -46,14 +56,14 @@ fn high_and_low_share_the_link_four_to_one() {
         "org.chadthrottle.Manager",
         "LinkCapacity",
     ]);
-    assert_eq!(link.unwrap().trim(), "(tt) 6291456 0", "the config's [link]");
+    assert_eq!(link.unwrap().trim(), "(tt) 6291456 6291456", "the config's [link]");
     ctl(&bus, &["priority", "ct-prio-hi", "high"]);
     ctl(&bus, &["priority", "ct-prio-lo", "low"]);
     let list = ctl(&bus, &["list"]);
     assert!(list.contains("high") && list.contains("low"), "{list}");
 
-    let lo = lab.client_with("ct-prio-lo", &lab.server_ip, 5202, 14, true, &[]);
-    let hi = lab.client_with("ct-prio-hi", &lab.server_ip, 5201, 7, true, &[]);
+    let lo = lab.client_with("ct-prio-lo", &lab.server_ip, 5202, 14, reverse, &[]);
+    let hi = lab.client_with("ct-prio-hi", &lab.server_ip, 5201, 7, reverse, &[]);
     let (hi, lo) = (hi.wait(), lo.wait());
     eprintln!("high {:?}\nlow {:?}", hi.intervals, lo.intervals);
     // Both saturating: seconds 3-6.

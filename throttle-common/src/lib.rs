@@ -105,10 +105,9 @@ pub struct Slot {
     pub rwnd_floor: u32,
     /// Headroom of the window over rate × RTT, in 1/1024 (0: no window control).
     pub rwnd_gain: u32,
-    /// The rate new TCP connections are paced at, when it is not `rate`
-    /// (0): a throttle sharing a link by priority is paced at its own
-    /// limit, while its bucket and window follow its share of the moment.
-    pub pace: u64,
+    /// The throttle's own limit while the bucket runs at its share of a
+    /// link (priorities); 0: `rate` is its own limit. Only the daemon reads it.
+    pub own_rate: u64,
 }
 
 /// An activity epoch lasts 2^27 ns (134 ms): longer than the RTTs we

@@ -497,7 +497,7 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
             &ctx,
             SOL_SOCKET,
             SO_MAX_PACING_RATE,
-            pacing_rate(if slot.pace != 0 { slot.pace } else { slot.rate }, wire_v6).min(u32::MAX as u64 - 1) as u32,
+            pacing_rate(slot.rate, wire_v6).min(u32::MAX as u64 - 1) as u32,
         );
     }
     if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {

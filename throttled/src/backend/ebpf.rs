@@ -78,10 +78,10 @@ impl EbpfBackend {
     }
 }
 
-/// A bucket's own limit: its rate, or its pace while it runs at a share.
+/// A bucket's own limit: its rate, or `own_rate` while it runs at a share.
 fn own_limit(s: &Slot) -> u64 {
-    if s.pace != 0 {
-        s.pace
+    if s.own_rate != 0 {
+        s.own_rate
     } else {
         s.rate
     }
@@ -185,7 +185,7 @@ impl Backend for EbpfBackend {
         }
         for (&(slot, _), rate) in &self.slots {
             match ctx.programs.slot(slot) {
-                // A bucket shared by priority runs at its share; its own limit is its pace.
+                // A bucket shared by priority runs at its share, its own limit beside it.
                 Ok(s) if s.mode == SlotMode::Bucket as u32 && rate.bytes_per_sec() == own_limit(&s) => {}
                 Ok(_) => return Health::Broken(format!("slot {slot} lost its bucket")),
                 Err(e) => return Health::Broken(e.to_string()),

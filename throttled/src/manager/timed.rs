@@ -317,26 +317,35 @@ impl Core {
             for ((id, slot, rate), alloc) in shared.into_iter().zip(allocs) {
                 live.push((id, dir));
                 if self.sharing.allot((id, dir), alloc) {
-                    self.set_share(slot, dir, alloc, rate);
+                    self.set_share(id, slot, dir, alloc, rate);
                 }
             }
         }
         for (id, dir) in self.sharing.retain(&live) {
             let Some(l) = self.table.limit(id, dir) else { continue };
             let (b, slot, rate) = (l.backend, l.slot, l.rate);
-            if let Err(e) = self.datapath.change(b, slot, dir, rate) {
+            if let Err(e) = self.change_rate(id, dir, b, slot, rate) {
                 tracing::debug!(throttle_id = id, error = %e, "could not give a bucket back its own limit");
             }
         }
     }
 
-    /// A bucket at its share, its new connections still paced at its own limit.
-    fn set_share(&mut self, slot: SlotId, dir: Direction, alloc: u64, own: Rate) {
+    /// A bucket at its share (its own limit kept beside it). An upload's
+    /// running connections are paced at the share too: a policer alone
+    /// drops what TCP sends, and a flow that loses its packets at the
+    /// sender never fills a larger share. New ones are paced by sock_ops.
+    fn set_share(&mut self, id: ThrottleId, slot: SlotId, dir: Direction, alloc: u64, own: Rate) {
         let Ok(rate) = Rate::from_bytes(alloc.max(1)) else { return };
         let mut s = EbpfBackend::slot(rate, dir);
-        s.pace = own.bytes_per_sec();
+        s.own_rate = own.bytes_per_sec();
         if let Err(e) = self.datapath.programs.update_slot(slot, s) {
             tracing::debug!(slot, error = %e, "could not set a bucket's share");
+        }
+        if dir == Direction::Up {
+            let b = self.table.limit(id, dir).map(|l| l.backend);
+            for tgid in self.procs.covered_in(&self.table, id, dir) {
+                b.into_iter().for_each(|b| self.datapath.cover(b, slot, dir, tgid, Some(rate)));
+            }
         }
     }
 }
