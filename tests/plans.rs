@@ -13,23 +13,20 @@ use std::{
 };
 
 use common::{monitor::Monitor, *};
-use throttle_testkit::bus::{write_config, PrivateBus};
+use throttle_testkit::bus::PrivateBus;
 
 const K: f64 = 1024.0;
 const M: f64 = 1024.0 * 1024.0;
 /// Application bytes per IP-layer byte of full-size IPv4 segments.
 const GOODPUT: f64 = 1448.0 / 1500.0;
 
+/// The usage history flushed every second.
 fn config(dir: &ScratchDir) -> std::path::PathBuf {
-    let conf = write_config(dir, "ct-none0");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[usage]\nflush_secs = 1\n");
-    std::fs::write(&conf, text).unwrap();
-    conf
+    config_with(dir, "\n[usage]\nflush_secs = 1\n")
 }
 
 fn daemon(bus: &PrivateBus, conf: &Path) -> Daemon {
-    Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())])
+    daemon_on(bus, conf)
 }
 
 /// `throttlectl ARGS` as root; its stdout, or its stderr as the error.

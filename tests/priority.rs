@@ -6,22 +6,17 @@
 //! the D-Bus property by `busctl`, an independent client.
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use common::*;
-use throttle_testkit::bus::{write_config, PrivateBus};
+use throttle_testkit::bus::PrivateBus;
 
 const M: f64 = 1024.0 * 1024.0;
 /// Application bytes per IP-layer byte of full-size IPv4 segments.
 const GOODPUT: f64 = 1448.0 / 1500.0;
 
 fn daemon(bus: &PrivateBus, dir: &ScratchDir) -> Daemon {
-    let conf = write_config(dir, "ct-none0");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[link]\ndown = \"6M\"\nup = \"6M\"\n");
-    std::fs::write(&conf, text).unwrap();
-    let conf: &Path = &conf;
-    Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())])
+    daemon_on(bus, &config_with(dir, "\n[link]\ndown = \"6M\"\nup = \"6M\"\n"))
 }
 
 fn ctl(bus: &PrivateBus, args: &[&str]) -> String {

@@ -8,21 +8,18 @@ use std::{path::Path, process::Command, time::Duration};
 
 use common::*;
 use serde_json::Value;
-use throttle_testkit::bus::{write_config, PrivateBus};
+use throttle_testkit::bus::PrivateBus;
 
 /// IP-layer bytes of full-size IPv4 segments per application byte.
 const HEADERS: f64 = 1500.0 / 1448.0;
 
+/// The usage history flushed every second.
 fn config(dir: &ScratchDir) -> std::path::PathBuf {
-    let conf = write_config(dir, "ct-none0");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("\n[usage]\nflush_secs = 1\n");
-    std::fs::write(&conf, text).unwrap();
-    conf
+    config_with(dir, "\n[usage]\nflush_secs = 1\n")
 }
 
 fn daemon(bus: &PrivateBus, conf: &Path) -> Daemon {
-    Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())])
+    daemon_on(bus, conf)
 }
 
 /// `throttlectl --json usage --by name --since 1h`, as root.

@@ -147,3 +147,18 @@ pub fn output(cmd: &mut std::process::Command) -> Result<String, String> {
         false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
     }
 }
+
+/// A config in `dir` (see `throttle_testkit::bus::write_config`) with
+/// `extra` TOML appended.
+pub fn config_with(dir: &ScratchDir, extra: &str) -> PathBuf {
+    let conf = throttle_testkit::bus::write_config(dir, "ct-none0");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(extra);
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+/// `chadthrottled --config CONF` on a private system bus.
+pub fn daemon_on(bus: &throttle_testkit::bus::PrivateBus, conf: &Path) -> Daemon {
+    Daemon::start(daemon_bin(), &["--config", conf.to_str().unwrap()], &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())])
+}
