@@ -59,6 +59,19 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The sender's median smoothed RTT over IPv6 at 10 MiB/s, paced below the
+/// line's capacity so that no queue forms anywhere: the path's RTT.
+fn paced_rtt(lab: &Lab, tag: u8, reverse: bool) -> f64 {
+    let paced = ["-b", "84M"]; // 10 MiB/s
+    assert!(lab.wait_idle(5201), "the iperf3 server is still busy");
+    let r = lab.client_with(&format!("ct-rtt-{tag}"), &lab.server_ip6, 5201, 4, reverse, &paced).wait();
+    let mean = r.mean_rtt_us.unwrap() / 1000.0;
+    let per_sec: Vec<f64> = r.rtts_us.iter().map(|u| u / 1000.0).collect();
+    eprintln!("reverse={reverse} over IPv6 at 10 MiB/s: sender RTT mean {mean:.2} ms, per second {per_sec:.1?}");
+    // Slow start's bursts queue in the first second.
+    median(&per_sec[1..])
+}
+
 /// The round trip a `with_delay` lab adds, by TCP connect (IPv4 and IPv6)
 /// and by iperf3's sender RTT, and its unthrottled capacity.
 fn delay_line(tag: u8, one_way_ms: u64) {
@@ -77,17 +90,17 @@ fn delay_line(tag: u8, one_way_ms: u64) {
     for reverse in [true, false] {
         // Paced below capacity: no queue forms anywhere, so the sender's
         // RTT is the path's.
-        let paced = ["-b", "84M"]; // 10 MiB/s
-        assert!(lab.wait_idle(5201), "the iperf3 server is still busy");
-        let r = lab.client_with(&format!("ct-rtt-{tag}"), &lab.server_ip6, 5201, 4, reverse, &paced).wait();
-        let mean = r.mean_rtt_us.unwrap() / 1000.0;
-        let per_sec: Vec<f64> = r.rtts_us.iter().map(|u| u / 1000.0).collect();
-        eprintln!("reverse={reverse} over IPv6 at 10 MiB/s: sender RTT mean {mean:.2} ms, per second {per_sec:.1?}");
-        // Slow start's bursts queue in the first second.
-        let mid = median(&per_sec[1..]);
         // The kernel's smoothed RTT includes the receiver's delayed ACKs and
         // any scheduling delay on a busy 2-vCPU VM (23.5 ms seen at 20 ms).
-        assert!((rtt - 0.5..=rtt + 5.0).contains(&mid), "sender RTT {mid:.2} ms from second 1, want {rtt} ms");
+        // A second that stalled the VM (the line's thread not scheduled:
+        // 85.6 ms seen at 80 ms, then 80.3 on the next run) is measured once more.
+        let want = rtt - 0.5..=rtt + 5.0;
+        let mut mid = paced_rtt(&lab, tag, reverse);
+        if !want.contains(&mid) {
+            eprintln!("sender RTT {mid:.2} ms, want {rtt} ms: measuring once more");
+            mid = paced_rtt(&lab, tag, reverse);
+        }
+        assert!(want.contains(&mid), "sender RTT {mid:.2} ms from second 1, twice, want {rtt} ms");
         // Unpaced: the line's capacity (the forwarder's queue shows in the RTT).
         assert!(lab.wait_idle(5201), "the iperf3 server is still busy");
         let r = lab.client(&format!("ct-rtt-{tag}"), 5201, 4, reverse).wait();
@@ -169,6 +182,8 @@ struct Download {
     /// Packets the throttle dropped after they crossed the link, of all it saw.
     dropped: f64,
     rtt_ms: f64,
+    /// What the delay line said about itself: packets it released late.
+    link: Option<throttle_testkit::delay::DelayStats>,
 }
 
 /// Seconds per run, and those left out at the start (slow start, and the
@@ -223,8 +238,10 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str, family: Family) ->
     // samples[i] is at second i + 1.
     let per_sec =
         samples.windows(2).skip(WARMUP - 1).map(|w| w[1].pass_bytes as f64 - w[0].pass_bytes as f64).collect();
+    let link = lab.delay_stats();
     drop((m, lab, g));
     Some(Download {
+        link,
         per_sec,
         goodput: r.mean(WARMUP, SECS as usize),
         retransmits: r.retransmits.unwrap(),
@@ -254,22 +271,36 @@ fn ifb_queue_ms(limit: &str) -> f64 {
     (1000.0 * (72 << 10) as f64 / rate).max(120.0) + 15.0
 }
 
-/// A run that misses a bound is measured once more (a 2-vCPU VM now and
-/// then stalls the delay line or the sender for part of a second; seen
-/// once: ifb_tc 20 ms/10M at 0.855 with no retransmit and no queue, then
-/// 0.98-0.99 on each re-run); the second run decides, both are printed.
+/// A run that misses a bound is measured again (a 2-vCPU VM now and then
+/// stalls the delay line or the sender for part of a second; seen: ifb_tc
+/// 20 ms/10M at 0.69-0.93, ebpf at 0.84, with the sender's RTT at 35-54 ms
+/// on a 20 ms path, then 0.99-1.00 on each re-run). A run in which the
+/// delay line itself released packets late did not have the round trip it
+/// was asked for: it earns a third try. Every run is printed.
 fn download_within(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, family: Family) {
-    let Some(first) = judge(tag, rtt_ms, backend, limit, max_retrans, family) else { return };
-    if first.is_empty() {
-        return;
+    let mut stalls = 0;
+    for attempt in 1.. {
+        let Some((missed, stalled)) = judge(tag, rtt_ms, backend, limit, max_retrans, family) else { return };
+        if missed.is_empty() {
+            return;
+        }
+        stalls += usize::from(stalled);
+        let last = attempt >= 2 + stalls.min(1);
+        assert!(!last, "{backend} download {limit} at {rtt_ms} ms, {attempt} runs: {}", missed.join("; "));
+        eprintln!("run {attempt} missed: {}; measuring again", missed.join("; "));
     }
-    eprintln!("first run missed: {}; measuring once more", first.join("; "));
-    let Some(again) = judge(tag, rtt_ms, backend, limit, max_retrans, family) else { return };
-    assert!(again.is_empty(), "{backend} download {limit} at {rtt_ms} ms, twice: {}", again.join("; "));
 }
 
-/// One download, every bound checked: what it missed (empty: nothing).
-fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, family: Family) -> Option<Vec<String>> {
+/// One download, every bound checked: what it missed (empty: nothing), and
+/// whether the delay line stalled during it.
+fn judge(
+    tag: u8,
+    rtt_ms: u64,
+    backend: &str,
+    limit: &str,
+    max_retrans: f64,
+    family: Family,
+) -> Option<(Vec<String>, bool)> {
     let d = download(tag, rtt_ms, backend, limit, family)?;
     let l = limit.parse::<throttled::Rate>().unwrap().bytes_per_sec() as f64;
     let ratios: Vec<f64> = d.per_sec.iter().map(|b| b / l).collect();
@@ -286,6 +317,10 @@ fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, fam
         100.0 * d.dropped,
         d.rtt_ms
     );
+    let stalled = d.link.as_ref().is_some_and(|s| s.late > 0);
+    if let Some(s) = d.link.as_ref().filter(|_| stalled) {
+        eprintln!("the delay line released {} packets late, by up to {:.1} ms", s.late, s.max_late_us as f64 / 1000.0);
+    }
     let mut failed = vec![];
     if !(0.96..=1.04).contains(&mean) {
         failed.push(format!("mean {mean:.3} outside 0.96-1.04"));
@@ -300,7 +335,7 @@ fn judge(tag: u8, rtt_ms: u64, backend: &str, limit: &str, max_retrans: f64, fam
     if backend == "ifb_tc" && d.rtt_ms > max_rtt {
         failed.push(format!("sender RTT {:.1} ms over {max_rtt:.0} ms: the queue is longer than sized", d.rtt_ms));
     }
-    Some(failed)
+    Some((failed, stalled))
 }
 
 #[test]

@@ -35,7 +35,14 @@ pub struct DelayStats {
     pub dropped: u64,
     /// The most packets held at once.
     pub max_held: u64,
+    /// Packets written back more than `LATE` after their time (the thread
+    /// was not scheduled: the VM stalled the link), and the worst lateness.
+    pub late: u64,
+    pub max_late_us: u64,
 }
+
+/// Later than this, a packet's round trip is no longer the one asked for.
+pub const LATE: Duration = Duration::from_millis(2);
 
 #[derive(Default)]
 struct Counters {
@@ -43,6 +50,8 @@ struct Counters {
     bytes: AtomicU64,
     dropped: AtomicU64,
     max_held: AtomicU64,
+    late: AtomicU64,
+    max_late_us: AtomicU64,
 }
 
 /// A running delay line on one TUN device; stopped (thread joined, device
@@ -81,6 +90,8 @@ impl DelayLine {
             bytes: c.bytes.load(Relaxed),
             dropped: c.dropped.load(Relaxed),
             max_held: c.max_held.load(Relaxed),
+            late: c.late.load(Relaxed),
+            max_late_us: c.max_late_us.load(Relaxed),
         }
     }
 }
@@ -181,6 +192,11 @@ impl Forwarder {
         let now = Instant::now();
         while fifo.front().is_some_and(|h| h.due <= now) {
             let h = fifo.pop_front().unwrap();
+            let late = now.duration_since(h.due);
+            if late > LATE {
+                self.counters.late.fetch_add(1, Relaxed);
+                self.counters.max_late_us.fetch_max(late.as_micros() as u64, Relaxed);
+            }
             // SAFETY: writes h.len initialized bytes of a live buffer.
             let n = unsafe { libc::write(self.tun.as_raw_fd(), h.buf.as_ptr().cast(), h.len) };
             if n == h.len as isize {
