@@ -105,9 +105,6 @@ pub struct Slot {
     pub rwnd_floor: u32,
     /// Headroom of the window over rate × RTT, in 1/1024 (0: no window control).
     pub rwnd_gain: u32,
-    /// The throttle's own limit while the bucket runs at its share of a
-    /// link (priorities); 0: `rate` is its own limit. Only the daemon reads it.
-    pub own_rate: u64,
 }
 
 /// An activity epoch lasts 2^27 ns (134 ms): longer than the RTTs we

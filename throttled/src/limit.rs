@@ -114,6 +114,16 @@ pub const COUNT_BACKEND: &str = "count";
 /// The backends the manager picks and users never name.
 pub const MARKS: [&str; 2] = [BLOCK_BACKEND, COUNT_BACKEND];
 
+/// A limit as reports show it, in bytes/s: 0 for a priority alone (its
+/// bucket holds the largest rate, for `share` to lower).
+pub fn shown(r: Rate) -> u64 {
+    if r == Rate::MAX {
+        0
+    } else {
+        r.bytes_per_sec()
+    }
+}
+
 /// Limits that contradict themselves or say nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]

@@ -58,7 +58,10 @@ fn rwnd_tuning() -> (u32, u32) {
 
 #[derive(Default)]
 pub struct EbpfBackend {
+    /// Each slot's own limit.
     slots: BTreeMap<(SlotId, Direction), Rate>,
+    /// The slots running at a share of a link instead (priorities).
+    shares: BTreeMap<(SlotId, Direction), Rate>,
     initialized: bool,
 }
 
@@ -68,7 +71,7 @@ impl EbpfBackend {
     }
 
     /// The slot of a bucket at `rate` in direction `dir`.
-    pub fn slot(rate: Rate, dir: Direction) -> Slot {
+    fn slot(rate: Rate, dir: Direction) -> Slot {
         let (burst, debt) = bucket_shape(rate, dir);
         let mut s = Slot::bucket(rate.bytes_per_sec(), burst, debt);
         if dir == Direction::Down {
@@ -76,14 +79,10 @@ impl EbpfBackend {
         }
         s
     }
-}
 
-/// A bucket's own limit: its rate, or `own_rate` while it runs at a share.
-fn own_limit(s: &Slot) -> u64 {
-    if s.own_rate != 0 {
-        s.own_rate
-    } else {
-        s.rate
+    /// The rate a slot's bucket runs at: its share, or its own limit.
+    fn enforced(&self, key: (SlotId, Direction)) -> Option<Rate> {
+        self.shares.get(&key).or(self.slots.get(&key)).copied()
     }
 }
 
@@ -119,18 +118,39 @@ impl Backend for EbpfBackend {
         ctx.programs.clear_slot(slot)?;
         ctx.programs.set_slot(slot, &Self::slot(rate, dir))?;
         self.slots.insert((slot, dir), rate);
+        self.shares.remove(&(slot, dir));
         Ok(())
     }
 
+    /// A new own limit; a slot running at a share keeps it (the next
+    /// division takes the new limit as its ceiling).
     fn change(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
         let cur = self.slots.get_mut(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
-        ctx.programs.update_slot(slot, Self::slot(rate, dir))?;
         *cur = rate;
+        let run = self.enforced((slot, dir)).unwrap_or(rate);
+        ctx.programs.update_slot(slot, Self::slot(run, dir))?;
+        Ok(())
+    }
+
+    fn share(
+        &mut self,
+        ctx: &mut Context<'_>,
+        slot: SlotId,
+        dir: Direction,
+        share: Option<Rate>,
+    ) -> Result<(), BackendError> {
+        let own = *self.slots.get(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+        match share {
+            Some(r) => self.shares.insert((slot, dir), r),
+            None => self.shares.remove(&(slot, dir)),
+        };
+        ctx.programs.update_slot(slot, Self::slot(share.unwrap_or(own), dir))?;
         Ok(())
     }
 
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
         self.slots.remove(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+        self.shares.remove(&(slot, dir));
         ctx.programs.clear_slot(slot)?;
         Ok(())
     }
@@ -183,10 +203,10 @@ impl Backend for EbpfBackend {
         if self.slots.is_empty() {
             return Health::Idle;
         }
-        for (&(slot, _), rate) in &self.slots {
+        for &key @ (slot, _) in self.slots.keys() {
+            let rate = self.enforced(key).map_or(0, |r| r.bytes_per_sec());
             match ctx.programs.slot(slot) {
-                // A bucket shared by priority runs at its share, its own limit beside it.
-                Ok(s) if s.mode == SlotMode::Bucket as u32 && rate.bytes_per_sec() == own_limit(&s) => {}
+                Ok(s) if s.mode == SlotMode::Bucket as u32 && s.rate == rate => {}
                 Ok(_) => return Health::Broken(format!("slot {slot} lost its bucket")),
                 Err(e) => return Health::Broken(e.to_string()),
             }
@@ -197,7 +217,8 @@ impl Backend for EbpfBackend {
     /// Rewrites lost buckets; a bucket that still has its parameters keeps
     /// its state.
     fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        for (&(slot, dir), &rate) in &self.slots {
+        for &key @ (slot, dir) in self.slots.keys() {
+            let Some(rate) = self.enforced(key) else { continue };
             let want = Self::slot(rate, dir);
             match ctx.programs.slot(slot) {
                 Ok(s) if s.mode == want.mode && s.rate == want.rate => {}

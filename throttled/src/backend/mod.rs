@@ -117,6 +117,17 @@ pub trait Backend: Send {
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError>;
     fn change(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError>;
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError>;
+    /// Runs a slot at `share` of a link (priorities) below its own limit,
+    /// or back at its own limit (`None`). Backends that cannot: nothing.
+    fn share(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _slot: SlotId,
+        _dir: Direction,
+        _share: Option<Rate>,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// A process joined (`Some(rate)`) or left (`None`) a slot: per-socket
     /// work such as pacing happens here.
     fn cover(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction, _tgid: u32, _rate: Option<Rate>) {}

@@ -161,10 +161,7 @@ fn plan_text(info: &ThrottleInfo, part: impl Fn(&PlanInfo) -> Option<String>) ->
 /// A direction's limit (0: none, or blocked) and backend ("" for none).
 fn direction_of(info: &ThrottleInfo, d: Direction) -> (u64, String) {
     // A block, or a priority alone (the largest rate), limits nothing to show.
-    let limit = |s: &DirectionStats| match s.backend == BLOCK_BACKEND || s.rate == crate::Rate::MAX {
-        true => 0,
-        false => s.rate.bytes_per_sec(),
-    };
+    let limit = |s: &DirectionStats| if s.backend == BLOCK_BACKEND { 0 } else { crate::limit::shown(s.rate) };
     info.directions.get(&d).map_or((0, String::new()), |s| (limit(s), s.backend.to_string()))
 }
 

@@ -82,6 +82,17 @@ impl Datapath {
         self.pool.backends[backend].change(&mut Context { programs: &mut self.programs }, slot, dir, rate)
     }
 
+    /// Runs a slot at a share of a link, or at its own limit (`None`).
+    pub fn share(
+        &mut self,
+        backend: usize,
+        slot: SlotId,
+        dir: Direction,
+        share: Option<Rate>,
+    ) -> Result<(), BackendError> {
+        self.pool.backends[backend].share(&mut Context { programs: &mut self.programs }, slot, dir, share)
+    }
+
     /// Per-socket backend work for one process joining (`Some(rate)`) or
     /// leaving (`None`) a slot.
     pub fn cover(&mut self, backend: usize, slot: SlotId, dir: Direction, tgid: u32, rate: Option<Rate>) {

@@ -170,8 +170,8 @@ impl View<'_> {
                 e.backends.push(name);
             }
             match dir {
-                Direction::Up => e.up_limit = l.rate.bytes_per_sec(),
-                Direction::Down => e.down_limit = l.rate.bytes_per_sec(),
+                Direction::Up => e.up_limit = crate::limit::shown(l.rate),
+                Direction::Down => e.down_limit = crate::limit::shown(l.rate),
             }
         }
         e

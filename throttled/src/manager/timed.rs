@@ -18,7 +18,7 @@ use super::{
     LimitSpec, ManagerError, ThrottleId,
 };
 use crate::{
-    backend::{ebpf::EbpfBackend, SlotId},
+    backend::SlotId,
     config::LinkCapacity,
     limit::{Priority, BLOCK_BACKEND, COUNT_BACKEND, EBPF_BACKEND, MARKS},
     persist::Change,
@@ -310,41 +310,36 @@ impl Core {
                 let fair = (cap.bytes_per_sec() as u128 * prio.weight() as u128 / weights.max(1) as u128) as u64;
                 let (w, ceiling) = (prio.weight(), rate.bytes_per_sec());
                 claims.push(self.sharing.observe((id, dir), slot, c.pass_bytes, now, w, ceiling, fair));
-                shared.push((id, slot, rate));
+                shared.push(id);
             }
             let allocs = share::divide(cap.bytes_per_sec(), &claims);
             tracing::trace!(direction = %dir, ?claims, ?allocs, "link shared");
-            for ((id, slot, rate), alloc) in shared.into_iter().zip(allocs) {
+            for (id, alloc) in shared.into_iter().zip(allocs) {
                 live.push((id, dir));
                 if self.sharing.allot((id, dir), alloc) {
-                    self.set_share(id, slot, dir, alloc, rate);
+                    self.set_share(id, dir, Rate::from_bytes(alloc.max(1)).ok());
                 }
             }
         }
         for (id, dir) in self.sharing.retain(&live) {
-            let Some(l) = self.table.limit(id, dir) else { continue };
-            let (b, slot, rate) = (l.backend, l.slot, l.rate);
-            if let Err(e) = self.change_rate(id, dir, b, slot, rate) {
-                tracing::debug!(throttle_id = id, error = %e, "could not give a bucket back its own limit");
-            }
+            self.set_share(id, dir, None);
         }
     }
 
-    /// A bucket at its share (its own limit kept beside it). An upload's
-    /// running connections are paced at the share too: a policer alone
-    /// drops what TCP sends, and a flow that loses its packets at the
-    /// sender never fills a larger share. New ones are paced by sock_ops.
-    fn set_share(&mut self, id: ThrottleId, slot: SlotId, dir: Direction, alloc: u64, own: Rate) {
-        let Ok(rate) = Rate::from_bytes(alloc.max(1)) else { return };
-        let mut s = EbpfBackend::slot(rate, dir);
-        s.own_rate = own.bytes_per_sec();
-        if let Err(e) = self.datapath.programs.update_slot(slot, s) {
-            tracing::debug!(slot, error = %e, "could not set a bucket's share");
+    /// Runs a throttle direction at its share of the link, or back at its
+    /// own limit (`None`). An upload's running connections are re-paced
+    /// too: a policer alone drops what TCP sends, and a flow that loses its
+    /// packets at the sender never fills a larger share. New connections
+    /// are paced by sock_ops from the bucket.
+    fn set_share(&mut self, id: ThrottleId, dir: Direction, share: Option<Rate>) {
+        let Some(l) = self.table.limit(id, dir) else { return };
+        let (b, slot, pace) = (l.backend, l.slot, share.unwrap_or(l.rate));
+        if let Err(e) = self.datapath.share(b, slot, dir, share) {
+            tracing::debug!(throttle_id = id, error = %e, "could not set a bucket's share");
         }
         if dir == Direction::Up {
-            let b = self.table.limit(id, dir).map(|l| l.backend);
             for tgid in self.procs.covered_in(&self.table, id, dir) {
-                b.into_iter().for_each(|b| self.datapath.cover(b, slot, dir, tgid, Some(rate)));
+                self.datapath.cover(b, slot, dir, tgid, Some(pace));
             }
         }
     }

@@ -93,7 +93,7 @@ fn direction(dir: Direction, s: &DirectionStats) -> DirectionMetrics {
             Direction::Down => "down",
         },
         backend: s.backend.to_string(),
-        limit_bytes_per_second: s.rate.bytes_per_sec(),
+        limit_bytes_per_second: crate::limit::shown(s.rate),
         bytes: s.counters.pass_bytes,
         dropped_packets: s.counters.drop_pkts,
         rate_bytes_per_second: s.current,
