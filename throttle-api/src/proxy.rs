@@ -149,4 +149,7 @@ pub trait Throttle {
     /// low, normal, high or critical: its share of a contended link.
     #[zbus(property)]
     fn priority(&self) -> zbus::Result<String>;
+    /// The caps (`user`, `all` throttles) over its processes.
+    #[zbus(property)]
+    fn caps(&self) -> zbus::Result<Vec<zbus::zvariant::OwnedObjectPath>>;
 }

@@ -45,6 +45,17 @@ pub struct SockOwner {
     /// This socket's window correction toward an equal share, in 1/1024
     /// (0 means 1024).
     pub share_adj: u32,
+    /// The owner's user cap slots, cached with `up`/`down`.
+    pub up_cap: u32,
+    pub down_cap: u32,
+    /// Upload pacing under a cap (see `pace_adjust`): the epoch it was last
+    /// set in, the rate set (bytes/s at the IP layer, 0: none), this
+    /// socket's correction in 1/1024 (0 means 1024), and the low 32 bits of
+    /// its bytes acked at that epoch's start.
+    pub pace_epoch: u32,
+    pub pace: u32,
+    pub pace_adj: u32,
+    pub tx_mark: u32,
 }
 
 pub const OWNER_SEQ_VALID: u32 = 1;
@@ -52,13 +63,25 @@ pub const OWNER_SEQ_VALID: u32 = 1;
 /// dropped, and waits for part of the burst to come back.
 pub const OWNER_BLOCKED: u32 = 2;
 
-/// The throttle slots that cover a process, per direction (0 = not throttled).
+/// The throttle slots that cover a process, per direction (0 = not throttled):
+/// its own throttle's, and its user's cap's. A packet must pass both, and
+/// then the `all` cap's (`CT_GEN[GEN_ALL_UP/DOWN]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcSlots {
     pub up: u32,
     pub down: u32,
+    pub up_cap: u32,
+    pub down_cap: u32,
 }
+
+/// `CT_GEN` entries: the generation of `CT_PROCS`, whether anything is
+/// throttled (0 lets every packet out early), and the `all` cap's slots.
+pub const GEN_PROCS: u32 = 0;
+pub const GEN_THROTTLING: u32 = 1;
+pub const GEN_ALL_UP: u32 = 2;
+pub const GEN_ALL_DOWN: u32 = 3;
+pub const GEN_LEN: u32 = 4;
 
 /// What the data path does with a packet whose slot it found.
 #[repr(u32)]
@@ -261,6 +284,41 @@ pub fn rwnd(rate: u64, srtt_us: u64, active: u64, gain: u64, fill: u64, floor: u
     }
 }
 
+/// Headroom of an upload's pacing over its equal share of a cap, in 1/1024.
+pub const PACE_GAIN: u64 = 384;
+
+/// Corrects one upload socket's pacing under a cap, once per epoch: `sent`
+/// bytes in the last epoch against `budget` (what its pacing allowed),
+/// with the cap's bucket `fill` (0..=65536 of its burst in debt). A bucket
+/// in debt backs every socket off by 1/8; a socket that used its pacing
+/// while the bucket has room grows by 1/8, so capacity that others leave
+/// goes to those that can use it (half of it: TCP rarely fills its pacing
+/// rate). Within 1/4..8 of the equal share.
+#[inline(always)]
+pub fn pace_adjust(adj: u32, sent: u64, budget: u64, fill: u64) -> u32 {
+    let adj = if adj == 0 { 1024 } else { adj };
+    let adj = if fill > 32768 {
+        adj - adj / 8
+    } else if fill < 16384 && sent * 2 >= budget {
+        adj + adj / 8
+    } else {
+        adj
+    };
+    adj.clamp(256, 8192)
+}
+
+/// An upload socket's pacing under a cap: its equal share of `rate` among
+/// `active` sockets, corrected by `adj`/1024, with `PACE_GAIN` headroom,
+/// scaled down as the bucket runs into debt (`fill`, as in `rwnd`).
+#[inline(always)]
+pub fn cap_pace(rate: u64, active: u64, adj: u64, fill: u64) -> u64 {
+    let active = if active == 0 { 1 } else { active };
+    let fill = if fill > 65536 { 65536 } else { fill };
+    let share = (rate / active) * adj / 1024;
+    // In 256ths, so that no product overflows at any rate up to 2^40 B/s.
+    ((share * (1024 + PACE_GAIN)) >> 18) * ((65536 - fill * 7 / 8) >> 8)
+}
+
 /// Receive window for a policed download: four BDPs (never the bottleneck),
 /// at least 10 ms of rate and 64 KiB, so that one drop loses a small flight
 /// instead of the megabytes that window autotuning would allow. (A 16 KiB
@@ -396,6 +454,21 @@ mod tests {
         assert_eq!(share_adjust(0, 800, 1000), 1088);
         assert_eq!(share_adjust(2048, 0, 1000), 2048);
         assert_eq!(share_adjust(512, 5000, 1000), 512);
+    }
+
+    #[test]
+    fn cap_pacing_shares_and_backs_off() {
+        // Four sockets share 4 MiB/s: 1 MiB/s each with 37.5% headroom.
+        assert_eq!(cap_pace(4 << 20, 4, 1024, 0), (1 << 20) * 1408 / 1024);
+        assert!(cap_pace(4 << 20, 4, 1024, 65536) < (1 << 20) / 5);
+        assert_eq!(cap_pace(4 << 20, 0, 2048, 0), cap_pace(4 << 20, 1, 1024, 0) * 2);
+        assert!(cap_pace(1 << 40, 1, 8192, 0) > 1 << 40, "no overflow at 1 TiB/s");
+        // In debt: back off. Room and a socket using its pacing: grow.
+        assert_eq!(pace_adjust(0, 100, 100, 40000), 896);
+        assert_eq!(pace_adjust(1024, 100, 100, 0), 1152);
+        assert_eq!(pace_adjust(1024, 40, 100, 0), 1024, "limited elsewhere: stays");
+        assert_eq!(pace_adjust(8192, 100, 100, 0), 8192);
+        assert_eq!(pace_adjust(256, 100, 100, 65536), 256);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use throttle_common::SlotMode;
+use throttle_common::{SlotMode, GEN_THROTTLING};
 
 use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, GEN, IPPROTO_TCP};
 
@@ -96,7 +96,7 @@ fn class_of(sk: *mut bpf_sock) -> Option<u32> {
 
 #[classifier]
 pub fn ct_ifb_cls(ctx: TcContext) -> i32 {
-    if GEN.get(1).copied().unwrap_or(0) == 0 {
+    if GEN.get(GEN_THROTTLING).copied().unwrap_or(0) == 0 {
         return TC_ACT_UNSPEC;
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };

@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 use throttle_common::{
-    is_link_local, is_local_connection, is_loopback_dest, pacing_rate, rwnd, share_adjust, window_clamp, Counters,
-    ProcSlots, ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED,
-    OWNER_SEQ_VALID,
+    cap_pace, is_link_local, is_local_connection, is_loopback_dest, pace_adjust, pacing_rate, rwnd, share_adjust,
+    window_clamp, Counters, ProcSlots, ProcTraffic, Slot, SlotMode, SockOwner, EPOCH_SHIFT, GEN_ALL_DOWN, GEN_ALL_UP,
+    GEN_LEN, GEN_PROCS, GEN_THROTTLING, MAX_MONITORED, MAX_PROCS, MAX_SLOTS, OWNER_BLOCKED, OWNER_SEQ_VALID,
 };
 
 /// `BPF_F_CLONE`: accepted sockets inherit the listener's owner.
@@ -43,11 +43,12 @@ static SK_OWNER: OwnerStorage = OwnerStorage {
 static PROCS: HashMap<u32, ProcSlots> = HashMap::with_max_entries(MAX_PROCS, 0);
 #[map(name = "CT_SLOTS")]
 static SLOTS: Array<Slot> = Array::with_max_entries(MAX_SLOTS, 0);
-/// Index 0: generation of CT_PROCS. Index 1: number of throttled processes
-/// (0 lets every packet out before any helper call). Array lookups are
+/// `GEN_PROCS`: generation of CT_PROCS. `GEN_THROTTLING`: nonzero while
+/// anything is throttled (0 lets every packet out before any helper
+/// call). `GEN_ALL_UP/DOWN`: the `all` cap's slots. Array lookups are
 /// inlined by the verifier: each costs a load, not a helper call.
 #[map(name = "CT_GEN")]
-pub(crate) static GEN: Array<u32> = Array::with_max_entries(2, 0);
+pub(crate) static GEN: Array<u32> = Array::with_max_entries(GEN_LEN, 0);
 #[map(name = "CT_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
@@ -110,7 +111,12 @@ fn exempt_loopback() -> bool {
 
 #[inline(always)]
 fn throttling() -> bool {
-    GEN.get(1).copied().unwrap_or(0) != 0
+    gen(GEN_THROTTLING) != 0
+}
+
+#[inline(always)]
+fn gen(i: u32) -> u32 {
+    GEN.get(i).copied().unwrap_or(0)
 }
 
 /// The packet's owner and whether it is on the loopback device; `None` when
@@ -194,14 +200,89 @@ fn already_received(ctx: &SkBuffContext, end: u32) -> bool {
 /// The owner's slots, from the per-socket cache when it is current.
 #[inline(always)]
 pub(crate) fn owner_slots(owner: &mut SockOwner) -> ProcSlots {
-    let gen = GEN.get(0).copied().unwrap_or(0);
-    if owner.gen != gen {
+    let g = gen(GEN_PROCS);
+    if owner.gen != g {
         let p = unsafe { PROCS.get(&owner.tgid) }.copied().unwrap_or_default();
         owner.up = p.up;
         owner.down = p.down;
-        owner.gen = gen;
+        owner.up_cap = p.up_cap;
+        owner.down_cap = p.down_cap;
+        owner.gen = g;
     }
-    ProcSlots { up: owner.up, down: owner.down }
+    ProcSlots { up: owner.up, down: owner.down, up_cap: owner.up_cap, down_cap: owner.down_cap }
+}
+
+/// The slots a packet must pass in one direction, innermost first: the
+/// owner's own throttle, its user's cap, the `all` cap (0: none).
+#[inline(always)]
+fn chain(p: &ProcSlots, egress: bool) -> [u32; 3] {
+    if egress {
+        [p.up, p.up_cap, gen(GEN_ALL_UP)]
+    } else {
+        [p.down, p.down_cap, gen(GEN_ALL_DOWN)]
+    }
+}
+
+#[inline(always)]
+fn bucket_of(id: u32) -> Option<&'static mut Slot> {
+    slot_of(id).filter(|s| s.mode == SlotMode::Bucket as u32)
+}
+
+/// Packets of at most this many bytes are control traffic: pure ACKs,
+/// SYNs, FINs, probes.
+const SMALL_PACKET: u64 = 128;
+
+/// Extra credit for a control packet: a second burst. It is charged like
+/// any packet, but a dropped ACK stalls the flow in the other direction
+/// (under an `all` cap, a download's ACKs go through the upload cap), so
+/// control packets pass where data waits, up to a bounded debt.
+#[inline(always)]
+fn small_credit(slot: &Slot, len: u64) -> u64 {
+    if len <= SMALL_PACKET {
+        slot.burst_ns
+    } else {
+        0
+    }
+}
+
+/// Gives back what the buckets before a refusal charged, so a packet one
+/// cap drops costs the others nothing.
+#[inline(always)]
+fn refund(ids: &[u32; 3], charged: &[u64; 3]) {
+    for i in 0..3 {
+        if charged[i] != 0 {
+            if let Some(s) = slot_of(ids[i]) {
+                atomic_add(ptr::from_mut(&mut s.tat_ns), charged[i].wrapping_neg());
+            }
+        }
+    }
+}
+
+/// Counts a packet that passed in every slot of its chain that counts:
+/// buckets and counting slots, and on egress HTB classes.
+#[inline(always)]
+fn count_passed(ids: &[u32; 3], len: u64, egress: bool) {
+    for id in ids {
+        if let Some(s) = slot_of(*id) {
+            let counts = s.mode == SlotMode::Bucket as u32
+                || s.mode == SlotMode::Count as u32
+                || (egress && s.mode == SlotMode::HtbClass as u32);
+            if counts {
+                count(*id, len, true);
+            }
+        }
+    }
+}
+
+/// The first blocking slot of a chain, if any.
+#[inline(always)]
+fn blocked_in(ids: &[u32; 3]) -> u32 {
+    for id in ids {
+        if blocks(*id) {
+            return *id;
+        }
+    }
+    0
 }
 
 #[inline(always)]
@@ -225,21 +306,6 @@ fn count(id: u32, len: u64, passed: bool) {
     }
 }
 
-/// The verdict for a slot that is not a bucket: blocked slots drop (and
-/// count it), counting slots count and pass, the rest pass. Off the bucket path, so policed and
-/// unthrottled packets pay nothing for blocking.
-#[inline(always)]
-fn pass_unless_blocked(slot: &Slot, id: u32, len: u64) -> i32 {
-    if slot.mode == SlotMode::Block as u32 {
-        count(id, len, false);
-        return DROP;
-    }
-    if slot.mode == SlotMode::Count as u32 {
-        count(id, len, true);
-    }
-    PASS
-}
-
 /// BPF `cmpxchg_64`: the target spec is single-threaded, so `core` atomics
 /// may be lowered to plain memory operations; the instruction is emitted by hand.
 #[inline(always)]
@@ -258,8 +324,7 @@ fn atomic_add(p: *mut u64, v: u64) {
 /// `tolerance_ns` ahead of now (the burst, plus the debt a retransmission
 /// may run up).
 #[inline(always)]
-fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64, now: u64) -> bool {
-    let cost = slot.cost_ns(len);
+fn admit(slot: &mut Slot, cost: u64, tolerance_ns: u64, now: u64) -> bool {
     let tat = ptr::from_mut(&mut slot.tat_ns);
     let mut old = unsafe { ptr::read_volatile(tat) };
     // Bounded retries keep the verifier happy; a lost race falls back to a plain add.
@@ -278,17 +343,13 @@ fn admit(slot: &mut Slot, len: u64, tolerance_ns: u64, now: u64) -> bool {
     true
 }
 
-/// Counts the socket once per activity epoch in its slot, so that window
-/// control can share the rate among the sockets that are receiving. A
-/// count lost to a racing epoch change costs one epoch of a slightly
-/// larger share, which the bucket feedback absorbs.
+/// Counts a socket once per activity epoch `e` in a slot, so that window
+/// control can share the rate among the sockets that are receiving (the
+/// caller checks that this socket was not counted in `e` yet). A count
+/// lost to a racing epoch change costs one epoch of a slightly larger
+/// share, which the bucket feedback absorbs.
 #[inline(always)]
-fn mark_active(slot: &mut Slot, owner: &mut SockOwner, now: u64) {
-    let e = now >> EPOCH_SHIFT;
-    if owner.epoch == e as u32 {
-        return;
-    }
-    owner.epoch = e as u32;
+fn mark_active(slot: &mut Slot, e: u64) {
     let se = unsafe { ptr::read_volatile(&slot.epoch) };
     if se != e && cmpxchg(ptr::from_mut(&mut slot.epoch), se, e) == se {
         let cur = unsafe { ptr::read_volatile(&slot.active_cur) };
@@ -321,23 +382,40 @@ pub fn ct_egress(ctx: SkBuffContext) -> i32 {
     if !monitor_then_throttle(&ctx, owner.tgid, lo, true, len) {
         return PASS;
     }
-    let id = owner_slots(owner).up;
-    let Some(slot) = slot_of(id) else { return PASS };
-    if slot.mode == SlotMode::HtbClass as u32 {
-        unsafe { (*ctx.skb.skb).priority = slot.classid };
-        count(id, len, true);
+    let ids = chain(&owner_slots(owner), true);
+    if ids == [0; 3] {
         return PASS;
     }
-    if slot.mode != SlotMode::Bucket as u32 {
-        return pass_unless_blocked(slot, id, len);
+    let blocked = blocked_in(&ids);
+    if blocked != 0 {
+        count(blocked, len, false);
+        return DROP;
     }
-    let ok = admit(slot, len, slot.burst_ns, unsafe { bpf_ktime_get_ns() });
-    count(id, len, ok);
-    if ok {
-        PASS
-    } else {
-        DROP_CN
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut charged = [0u64; 3];
+    let mut class = 0;
+    for i in 0..3 {
+        let Some(slot) = slot_of(ids[i]) else { continue };
+        if slot.mode == SlotMode::HtbClass as u32 && class == 0 {
+            class = slot.classid;
+        }
+        if slot.mode != SlotMode::Bucket as u32 {
+            continue;
+        }
+        let cost = slot.cost_ns(len);
+        if !admit(slot, cost, slot.burst_ns + small_credit(slot, len), now) {
+            refund(&ids, &charged);
+            count(ids[i], len, false);
+            return DROP_CN;
+        }
+        charged[i] = cost;
     }
+    // The innermost HTB class: a throttle's own, inside its caps' buckets.
+    if class != 0 {
+        unsafe { (*ctx.skb.skb).priority = class };
+    }
+    count_passed(&ids, len, true);
+    PASS
 }
 
 /// Reads a `T` at `off` of the linear packet data `[start, end)` (direct
@@ -400,10 +478,18 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
     if !monitor_then_throttle(&ctx, owner.tgid, lo, false, len) {
         return PASS;
     }
-    let id = owner_slots(owner).down;
-    let Some(slot) = slot_of(id) else { return PASS };
-    if slot.mode != SlotMode::Bucket as u32 {
-        return pass_unless_blocked(slot, id, len);
+    let ids = chain(&owner_slots(owner), false);
+    if ids == [0; 3] {
+        return PASS;
+    }
+    let blocked = blocked_in(&ids);
+    if blocked != 0 {
+        count(blocked, len, false);
+        return DROP;
+    }
+    if bucket_of(ids[0]).is_none() && bucket_of(ids[1]).is_none() && bucket_of(ids[2]).is_none() {
+        count_passed(&ids, len, false);
+        return PASS;
     }
     let hdr = tcp_header(&ctx);
     let now = unsafe { bpf_ktime_get_ns() };
@@ -414,11 +500,19 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
         let payload = ctx.len().saturating_sub(h);
         if payload > 0 {
             let end = seq.wrapping_add(payload);
-            mark_active(slot, owner, now);
+            let e = now >> EPOCH_SHIFT;
+            if owner.epoch != e as u32 {
+                owner.epoch = e as u32;
+                for id in &ids {
+                    if let Some(s) = bucket_of(*id) {
+                        mark_active(s, e);
+                    }
+                }
+            }
             // A pure duplicate costs the application nothing, and TCP needs
             // it to (D)SACK the sender out of recovery: pass it uncharged.
             if already_received(&ctx, end) {
-                count(id, len, true);
+                count_passed(&ids, len, false);
                 return PASS;
             }
             let valid = owner.flags & OWNER_SEQ_VALID != 0;
@@ -440,23 +534,33 @@ pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
     // of a probe timeout (4-8 ms), and retransmits about twice per 200 ms
     // instead of once per few segments.
     let lan = owner.clamp != 0 && owner.clamp < 2 * 1448;
-    let tolerance = if retrans && !lan {
-        slot.burst_ns + slot.debt_ns
-    } else if lan && owner.flags & OWNER_BLOCKED != 0 {
-        slot.burst_ns - slot.burst_ns / 4
-    } else {
-        slot.burst_ns
-    };
-    let ok = admit(slot, len, tolerance, now);
+    let waiting = lan && owner.flags & OWNER_BLOCKED != 0;
+    let mut charged = [0u64; 3];
+    for i in 0..3 {
+        let Some(slot) = bucket_of(ids[i]) else { continue };
+        let tolerance = if retrans && !lan {
+            slot.burst_ns + slot.debt_ns
+        } else if waiting {
+            slot.burst_ns - slot.burst_ns / 4
+        } else {
+            slot.burst_ns
+        };
+        let cost = slot.cost_ns(len);
+        if !admit(slot, cost, tolerance + small_credit(slot, len), now) {
+            refund(&ids, &charged);
+            if lan {
+                owner.flags |= OWNER_BLOCKED;
+            }
+            count(ids[i], len, false);
+            return DROP;
+        }
+        charged[i] = cost;
+    }
     if lan {
-        owner.flags = if ok { owner.flags & !OWNER_BLOCKED } else { owner.flags | OWNER_BLOCKED };
+        owner.flags &= !OWNER_BLOCKED;
     }
-    count(id, len, ok);
-    if ok {
-        PASS
-    } else {
-        DROP
-    }
+    count_passed(&ids, len, false);
+    PASS
 }
 
 #[inline(always)]
@@ -472,6 +576,7 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
         control_window(&ctx);
+        control_pacing(&ctx);
         return 1;
     }
     if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) || !throttling() {
@@ -492,15 +597,27 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return 1 };
     let procs = owner_slots(owner);
-    if let Some(slot) = slot_of(procs.up).filter(|s| s.mode == SlotMode::Bucket as u32) {
+    let up = chain(&procs, true);
+    // The tightest bucket of the chain: a flow never outruns any of them.
+    let mut pace = u64::MAX;
+    for id in &up {
+        if let Some(s) = bucket_of(*id) {
+            pace = if s.rate < pace { s.rate } else { pace };
+        }
+    }
+    if pace != u64::MAX {
         setsockopt_u32(
             &ctx,
             SOL_SOCKET,
             SO_MAX_PACING_RATE,
-            pacing_rate(slot.rate, wire_v6).min(u32::MAX as u64 - 1) as u32,
+            pacing_rate(pace, wire_v6).min(u32::MAX as u64 - 1) as u32,
         );
     }
-    if let Some(slot) = slot_of(procs.down).filter(|s| s.mode == SlotMode::Bucket as u32) {
+    // Under a cap, the per-segment callback paces the upload at its share.
+    if bucket_of(up[1]).is_some() || bucket_of(up[2]).is_some() {
+        let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+    }
+    if let Some(slot) = window_slot(&chain(&procs, false)) {
         if slot.rwnd_gain != 0 {
             // The per-ACK callback only for throttled downloads: it costs
             // every segment sent ~85 ns. A socket whose owner is throttled
@@ -515,6 +632,87 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// Paces an upload under a cap at its share (see `cap_pace`): the cap's
+/// policer then rarely drops, and an egress drop is a lost segment that
+/// TCP finds only by its timers. Runs for every segment sent, so it calls
+/// into TCP only when the rate should move by more than 1/64, or once an
+/// epoch. Never faster than the socket's own throttle.
+#[inline(always)]
+fn control_pacing(ctx: &SockOpsContext) {
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    let Some(owner) = owner_of(sk) else { return };
+    let p = owner_slots(owner);
+    let caps = [p.up_cap, gen(GEN_ALL_UP)];
+    if bucket_of(caps[0]).is_none() && bucket_of(caps[1]).is_none() {
+        // The cap went: back to the own throttle's pacing, or none (~0).
+        if owner.pace != 0 {
+            owner.pace = 0;
+            let own = bucket_of(p.up).map_or(u32::MAX as u64, |s| pacing_rate(s.rate, ctx.family() == AF_INET6));
+            setsockopt_u32(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, own.min(u32::MAX as u64) as u32);
+        }
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let e = now >> EPOCH_SHIFT;
+    let fresh = owner.pace_epoch != e as u32;
+    let mut share = u64::MAX;
+    let mut fill = 0;
+    for id in &caps {
+        if let Some(s) = bucket_of(*id) {
+            if fresh {
+                mark_active(s, e);
+            }
+            let tat = unsafe { ptr::read_volatile(&s.tat_ns) };
+            let debt = if tat > now { tat - now } else { 0 };
+            let burst = if s.burst_ns == 0 { 1 } else { s.burst_ns };
+            let f = if debt >= burst { 65536 } else { (debt << 16) / burst };
+            let active = core::cmp::max(s.active_cur, s.active_prev);
+            let adj = if owner.pace_adj == 0 { 1024 } else { owner.pace_adj as u64 };
+            let r = cap_pace(s.rate, active, adj, f);
+            share = if r < share { r } else { share };
+            fill = if f > fill { f } else { fill };
+        }
+    }
+    if fresh {
+        let tx = unsafe { (*ctx.ops).bytes_acked } as u32;
+        if owner.pace_epoch.wrapping_add(1) == e as u32 && owner.pace != 0 {
+            let budget = owner.pace as u64 * (1 << EPOCH_SHIFT) / 1_000_000_000;
+            owner.pace_adj = pace_adjust(owner.pace_adj, tx.wrapping_sub(owner.tx_mark) as u64, budget, fill);
+        }
+        owner.tx_mark = tx;
+        owner.pace_epoch = e as u32;
+    }
+    let own = bucket_of(p.up).map_or(u64::MAX, |s| s.rate);
+    let pace = if own < share { own } else { share };
+    let pace = if pace > (u32::MAX - 1) as u64 { (u32::MAX - 1) as u64 } else { pace } as u32;
+    let cur = owner.pace;
+    let diff = if pace > cur { pace - cur } else { cur - pace };
+    if diff > cur / 64 || fresh {
+        owner.pace = pace;
+        let v6 = ctx.family() == AF_INET6;
+        setsockopt_u32(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, pacing_rate(pace as u64, v6) as u32);
+    }
+}
+
+/// The download bucket that bounds a socket's share most: the smallest
+/// rate per receiving socket along its chain. Window control sizes the
+/// window from it, so the tightest level is met without drops.
+#[inline(always)]
+fn window_slot(ids: &[u32; 3]) -> Option<&'static mut Slot> {
+    let mut best = 0;
+    let mut least = u64::MAX;
+    for id in ids {
+        if let Some(s) = bucket_of(*id) {
+            let active = core::cmp::max(core::cmp::max(s.active_cur, s.active_prev), 1);
+            if s.rate / active < least {
+                least = s.rate / active;
+                best = *id;
+            }
+        }
+    }
+    bucket_of(best)
+}
+
 /// Keeps a download socket's receive window at its share of the rate times
 /// its smoothed RTT (see `rwnd`). Runs for every segment sent, so it
 /// calls into TCP only when the window should move by more than 1/64, or
@@ -523,16 +721,18 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
 fn control_window(ctx: &SockOpsContext) {
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return };
-    let down = owner_slots(owner).down;
-    let Some(slot) = slot_of(down).filter(|s| s.mode == SlotMode::Bucket as u32 && s.rwnd_gain != 0) else {
+    let down = chain(&owner_slots(owner), false);
+    let Some(slot) = window_slot(&down).filter(|s| s.rwnd_gain != 0) else {
         // No longer throttled: lift the clamp once (autotuning takes over).
         if owner.clamp != 0 {
             owner.clamp = 0;
             setsockopt_u32(ctx, SOL_TCP, TCP_WINDOW_CLAMP, i32::MAX as u32);
         }
         // Released: the callback goes too. (Another slot, say while a
-        // limit migrates between backends, keeps it for the next one.)
-        if down == 0 {
+        // limit migrates between backends, keeps it for the next one; an
+        // upload cap keeps it for `control_pacing`.)
+        let p = owner_slots(owner);
+        if down == [0; 3] && p.up_cap == 0 && gen(GEN_ALL_UP) == 0 {
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
         }
         return;
@@ -625,7 +825,7 @@ fn caller_blocked(ctx: &SockAddrContext) -> bool {
             unsafe { PROCS.get(&tgid) }.copied().unwrap_or_default()
         }
     };
-    blocks(procs.up) || blocks(procs.down)
+    blocked_in(&chain(&procs, true)) != 0 || blocked_in(&chain(&procs, false)) != 0
 }
 
 /// 0 (the caller gets EPERM) for a blocked process's non-loopback

@@ -232,6 +232,16 @@ impl Lab {
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 
+    /// As `client_to`, run as `uid` (real and effective uid and gid, no
+    /// groups, through setpriv): a process of another user, for user caps.
+    pub fn client_as(&self, uid: u32, name: &str, ip: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
+        let bin = self.client_binary(name);
+        let id = uid.to_string();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups"]).arg(bin).args(iperf_args(ip, port, secs, reverse));
+        Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
+    }
+
     /// A client inside the lab namespace, e.g. to its own loopback.
     pub fn client_in_ns(&self, name: &str, ip: &str, port: u16, secs: u32) -> Iperf {
         let bin = self.client_binary(name);
@@ -373,14 +383,18 @@ impl Iperf {
         self.child.as_ref().unwrap().id()
     }
 
-    pub fn wait(mut self) -> IperfResult {
+    pub fn wait(self) -> IperfResult {
+        self.outcome().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The run's result, or why iperf3 failed (e.g. a refused connect).
+    pub fn outcome(mut self) -> Result<IperfResult, String> {
         let out = self.child.take().unwrap().wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("iperf3 output is not JSON ({e}): {text} {}", String::from_utf8_lossy(&out.stderr))
-        });
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("iperf3 output is not JSON ({e}): {text} {}", String::from_utf8_lossy(&out.stderr)))?;
         if let Some(err) = v.get("error") {
-            panic!("iperf3 failed: {err}");
+            return Err(format!("iperf3 failed: {err}"));
         }
         // Goodput is what the receiver got: the server's intervals on upload.
         let upload = v["start"]["test_start"]["reverse"].as_i64() == Some(0);
@@ -398,13 +412,13 @@ impl Iperf {
         let rtts_us = sender_intervals
             .as_array()
             .map_or(vec![], |a| a.iter().filter_map(|i| i["streams"][0]["rtt"].as_f64()).collect());
-        IperfResult {
+        Ok(IperfResult {
             mean_rtt_us: sender["mean_rtt"].as_f64(),
             rtts_us,
             intervals,
             retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
             sent_bytes: v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0),
-        }
+        })
     }
 }
 

@@ -52,6 +52,8 @@ pub struct ThrottleView {
     pub plan: PlanView,
     /// low, normal, high or critical.
     pub priority: String,
+    /// The ids of the caps (`user`, `all` throttles) over its processes.
+    pub caps: Vec<u32>,
 }
 
 /// A throttle's quota and schedule.
@@ -140,6 +142,14 @@ impl Client {
             plan: plan(&p).await,
             // A daemon older than priorities has every throttle at normal.
             priority: p.priority().await.unwrap_or_else(|_| "normal".into()),
+            // A daemon older than caps has none.
+            caps: p
+                .caps()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| throttle_api::throttle_id(c.as_str()))
+                .collect(),
         })
     }
 }
@@ -176,7 +186,7 @@ impl Client {
         let all = self.throttles().await?;
         let by_pid = |t: &&ThrottleView| matches!(t.kind.as_str(), "pid" | "tree") && t.target == what;
         let by_id = |t: &&ThrottleView| what.parse::<u32>().is_ok_and(|id| t.id == id);
-        let by_value = |t: &&ThrottleView| t.target == what;
+        let by_value = |t: &&ThrottleView| t.target == what || (what == "all" && t.kind == "all");
         let hit = all.iter().find(by_pid).or_else(|| all.iter().find(by_id)).or_else(|| all.iter().find(by_value));
         hit.cloned().ok_or_else(|| Failure::not_found(format!("no throttle matches '{what}' (see: throttlectl list)")))
     }

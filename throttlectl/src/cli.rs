@@ -139,6 +139,12 @@ pub enum Cmd {
         /// Every process in this cgroup (v2 path).
         #[arg(long, value_name = "PATH", add = complete::cgroups())]
         cgroup: Option<String>,
+        /// A cap on every process of this user (a name or a uid), on top of each process's own throttle.
+        #[arg(long, value_name = "USER", conflicts_with_all = ["target", "exe", "unit", "cgroup", "tree", "all"])]
+        user: Option<String>,
+        /// A cap on every process of the machine, on top of user caps and each process's own throttle.
+        #[arg(long, conflicts_with_all = ["target", "exe", "unit", "cgroup", "tree"])]
+        all: bool,
         /// Keep the throttle only while this command runs: it ends when throttlectl is interrupted (Ctrl-C) or killed, and is never saved.
         #[arg(long)]
         hold: bool,
@@ -198,6 +204,12 @@ pub enum Cmd {
         /// Every process in this cgroup (v2 path).
         #[arg(long, value_name = "PATH")]
         cgroup: Option<String>,
+        /// A cap on every process of this user (a name or a uid), on top of each process's own throttle.
+        #[arg(long, value_name = "USER", conflicts_with_all = ["target", "exe", "unit", "cgroup", "tree", "all"])]
+        user: Option<String>,
+        /// A cap on every process of the machine, on top of user caps and each process's own throttle.
+        #[arg(long, conflicts_with_all = ["target", "exe", "unit", "cgroup", "tree"])]
+        all: bool,
         /// Keep the block only while this command runs (as limit --hold).
         #[arg(long)]
         hold: bool,

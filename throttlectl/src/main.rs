@@ -108,6 +108,8 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             exe,
             unit,
             cgroup,
+            user,
+            all,
             hold,
             quota,
             then,
@@ -115,7 +117,7 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             otherwise,
             priority,
         } => {
-            let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
+            let (kind, value) = cap_or(user, all, || target_of(target, tree, exe, unit, cgroup))?;
             if down.is_none() && up.is_none() && quota.is_none() && priority.is_none() {
                 return Err(Failure::usage("give --down and/or --up, a --quota or a --priority"));
             }
@@ -135,8 +137,8 @@ async fn run(cli: Cli, st: Style) -> Result<(), Failure> {
             };
             limit(&c, kind, &value, &opts, &st).await?;
         }
-        Cmd::Block { target, tree, exe, unit, cgroup, hold, when } => {
-            let (kind, value) = target_of(target, tree, exe, unit, cgroup)?;
+        Cmd::Block { target, tree, exe, unit, cgroup, user, all, hold, when } => {
+            let (kind, value) = cap_or(user, all, || target_of(target, tree, exe, unit, cgroup))?;
             let opts = LimitOptions { block: Some(true), hold: hold.then_some(true), when, ..Default::default() };
             limit(&c, kind, &value, &opts, &st).await?;
         }
@@ -333,6 +335,19 @@ async fn unlimit(c: &Client, t: api::ThrottleView, st: &Style) -> Result<(), Fai
     Ok(())
 }
 
+/// A cap's target (`--user`, `--all`), or else the process target.
+fn cap_or(
+    user: Option<String>,
+    all: bool,
+    process: impl FnOnce() -> Result<(&'static str, String), Failure>,
+) -> Result<(&'static str, String), Failure> {
+    match (user, all) {
+        (Some(u), _) => Ok(("user", u)),
+        (None, true) => Ok(("all", String::new())),
+        (None, false) => process(),
+    }
+}
+
 fn target_of(
     target: Option<String>,
     tree: bool,
@@ -347,7 +362,7 @@ fn target_of(
         (None, Some(t)) if t.parse::<u32>().is_ok() => Ok((if tree { "tree" } else { "pid" }, t)),
         (None, Some(_)) if tree => Err(Failure::usage("--tree needs a pid")),
         (None, Some(t)) => Ok(("name", t)),
-        (None, None) => Err(Failure::usage("give a pid or a process name (or --exe/--unit/--cgroup)")),
+        (None, None) => Err(Failure::usage("give a pid or a process name (or --exe/--unit/--cgroup, --user, --all)")),
     }
 }
 

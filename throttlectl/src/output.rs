@@ -70,10 +70,11 @@ pub fn throttle(t: &ThrottleView, st: &Style) {
 pub fn throttle_line(t: &ThrottleView) -> String {
     let procs = match t.pids.len() {
         0 if t.status != "active" => format!("{}: {}", t.status, t.status_detail),
+        0 if t.kind == "all" => "every process".to_string(),
         0 => "no process matches now; it applies to matching processes when they start".to_string(),
         n => format!("{n} process(es)"),
     };
-    let target = throttle_common::text::escape(&t.target, usize::MAX);
+    let target = target_cell(t);
     let plan = match plan_cell(t) {
         p if p.is_empty() => String::new(),
         p => format!(" [{p}]"),
@@ -82,6 +83,15 @@ pub fn throttle_line(t: &ThrottleView) -> String {
         return format!("throttle {}: {} {target} BLOCKED{plan} ({procs})", t.id, t.kind);
     }
     format!("throttle {}: {} {target} down {} up {}{plan} ({procs})", t.id, t.kind, rate(t.down), rate(t.up))
+}
+
+/// A throttle's target as shown: "*" for the `all` cap (it has no
+/// value); control characters in names are never written raw.
+fn target_cell(t: &ThrottleView) -> String {
+    match t.kind.as_str() {
+        "all" => "*".to_string(),
+        _ => throttle_common::text::escape(&t.target, usize::MAX),
+    }
 }
 
 /// A throttle's quota and schedule, short: "5G/month 42% then 256K,
@@ -119,8 +129,8 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
     }
     if st.legend {
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} PIDS",
-            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND", "ORIGIN", "PLAN"
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} {:<8} PIDS",
+            "ID", "KIND", "TARGET", "DOWN", "BACKEND", "UP", "BACKEND", "ORIGIN", "PLAN", "CAPS"
         );
     }
     for t in ts {
@@ -133,18 +143,20 @@ pub fn list(ts: &[ThrottleView], st: &Style) {
             p if p.is_empty() => "-".to_string(),
             p => p,
         };
+        let caps: Vec<String> = t.caps.iter().map(u32::to_string).collect();
+        let caps = if caps.is_empty() { "-".to_string() } else { caps.join(",") };
         println!(
-            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} {}",
+            "{:>4}  {:<6} {:<20} {:>8} {:<8} {:>8} {:<8} {:<14} {:<16} {:<8} {}",
             t.id,
             t.kind,
-            // Names may hold control characters: never write them raw.
-            throttle_common::text::escape(&t.target, usize::MAX),
+            target_cell(t),
             limit_cell(t, t.down),
             t.down_backend,
             limit_cell(t, t.up),
             t.up_backend,
             origin_label(&t.origin),
             plan,
+            caps,
             pids
         );
     }
@@ -296,6 +308,7 @@ mod tests {
             status_detail: "no slot".into(),
             plan: Default::default(),
             priority: "normal".into(),
+            caps: Vec::new(),
         }
     }
 

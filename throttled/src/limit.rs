@@ -204,6 +204,21 @@ impl LimitSpec {
         .or(self.backend.as_deref())
     }
 
+    /// The spec of a cap (a `user` or `all` target): its buckets stack on
+    /// the throttles' in the cgroup programs, so it runs on `ebpf` whatever
+    /// the defaults say, and it takes no priority (priorities share a cap).
+    pub fn for_cap(&self) -> Result<LimitSpec, InvalidLimit> {
+        let named = [&self.backend, &self.down_backend, &self.up_backend];
+        if named.into_iter().flatten().any(|b| b != EBPF_BACKEND) {
+            return Err(InvalidLimit("a cap (user, all) runs on the ebpf backend only"));
+        }
+        if self.priority.is_some() {
+            return Err(InvalidLimit("a cap (user, all) takes no priority: the throttles inside it do"));
+        }
+        let backend = (!self.block).then(|| EBPF_BACKEND.to_string());
+        Ok(LimitSpec { backend, down_backend: None, up_backend: None, ..self.clone() })
+    }
+
     /// Whether any backend is named.
     pub fn names_backend(&self) -> bool {
         self.backend.is_some() || self.down_backend.is_some() || self.up_backend.is_some()
@@ -213,6 +228,18 @@ impl LimitSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_runs_on_ebpf_without_a_priority() {
+        let up = LimitSpec { up: Some(Rate::MIN), ..Default::default() };
+        assert_eq!(up.for_cap().unwrap().backend_for(Direction::Up), Some(EBPF_BACKEND));
+        let named = LimitSpec { up_backend: Some("ebpf".into()), ..up.clone() };
+        assert_eq!(named.for_cap().unwrap().backend, Some(EBPF_BACKEND.into()));
+        assert!(LimitSpec { backend: Some("tc_htb".into()), ..up.clone() }.for_cap().is_err());
+        assert!(LimitSpec { priority: Some(Priority::High), ..up }.for_cap().is_err());
+        let block = LimitSpec { block: true, ..Default::default() };
+        assert_eq!(block.for_cap().unwrap(), block);
+    }
 
     #[test]
     fn block_stands_alone() {

@@ -30,6 +30,12 @@ pub enum Target {
     Cgroup { path: String },
     /// Every process in this systemd unit's cgroup, wherever it sits.
     Unit { unit: String },
+    /// A cap on every process of one user (by real uid), on top of each
+    /// process's own throttle.
+    User { uid: u32 },
+    /// A cap on every process of the machine, on top of the user caps and
+    /// each process's own throttle.
+    All,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,12 +57,19 @@ pub struct ProcFacts {
     pub exe: Option<String>,
     /// The cgroup v2 path, e.g. `/system.slice/backup.service`.
     pub cgroup: Option<String>,
+    /// The real uid.
+    pub uid: Option<u32>,
 }
 
 impl ProcFacts {
     /// `None` when the process is gone.
     pub fn read(pid: u32) -> Option<ProcFacts> {
-        Some(ProcFacts { comm: procfs::comm(pid).ok()?, exe: procfs::exe(pid), cgroup: procfs::cgroup(pid) })
+        Some(ProcFacts {
+            comm: procfs::comm(pid).ok()?,
+            exe: procfs::exe(pid),
+            cgroup: procfs::cgroup(pid),
+            uid: procfs::uid(pid).ok(),
+        })
     }
 }
 
@@ -83,13 +96,16 @@ pub enum TargetSpec {
     Pid { pid: u32, tree: bool },
     /// A normalized cgroup path, maybe with the mount point in front.
     Cgroup { path: String },
+    /// A user by name, looked up in the local user database.
+    UserName { name: String },
     /// A target that needs nothing from the system.
     Ready(Target),
 }
 
 impl TargetSpec {
     /// The one validation of a target's form, for API calls, rules and
-    /// saved state alike: `kind` is pid, tree, name, exe, cgroup or unit.
+    /// saved state alike: `kind` is pid, tree, name, exe, cgroup, unit,
+    /// user (a uid or a user name) or all (with an empty value).
     pub fn parse(kind: &str, value: &str) -> Result<TargetSpec, TargetError> {
         match kind {
             "pid" => Ok(TargetSpec::Pid { pid: parse_pid(value)?, tree: false }),
@@ -98,8 +114,32 @@ impl TargetSpec {
             "exe" => Target::exe(value).map(TargetSpec::Ready),
             "cgroup" => TargetSpec::cgroup(value),
             "unit" => Target::unit(value).map(TargetSpec::Ready),
-            other => Err(invalid(format!("unknown target kind {} (pid, tree, name, exe, cgroup, unit)", quote(other)))),
+            "user" => TargetSpec::user(value),
+            "all" if value.is_empty() => Ok(TargetSpec::Ready(Target::All)),
+            "all" => Err(invalid(format!("target all takes no value, not {}", quote(value)))),
+            other => Err(invalid(format!(
+                "unknown target kind {} (pid, tree, name, exe, cgroup, unit, user, all)",
+                quote(other)
+            ))),
         }
+    }
+
+    /// A uid (decimal, as a pid is), or a user name of the portable form
+    /// (`[a-z_][a-z0-9_.-]*`, at most 32 bytes, maybe ending in `$`).
+    pub fn user(value: &str) -> Result<TargetSpec, TargetError> {
+        if value.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+            return match parse_pid(value) {
+                Ok(uid) if uid != u32::MAX => Ok(TargetSpec::Ready(Target::User { uid })),
+                _ => Err(invalid(format!("uid {} is not a user id", quote(value)))),
+            };
+        }
+        let body = value.strip_suffix('$').unwrap_or(value);
+        let first = body.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+        let rest = body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+        if !first || !rest || value.len() > 32 {
+            return Err(invalid(format!("user {} is neither a uid nor a user name", quote(value))));
+        }
+        Ok(TargetSpec::UserName { name: value.to_string() })
     }
 
     pub fn cgroup(path: &str) -> Result<TargetSpec, TargetError> {
@@ -117,6 +157,10 @@ impl TargetSpec {
         match self {
             TargetSpec::Pid { pid, tree } => resolve_pid(pid, tree),
             TargetSpec::Cgroup { path } => resolve_cgroup(&path),
+            TargetSpec::UserName { name } => match passwd_uid(&name) {
+                Some(uid) => Ok(Target::User { uid }),
+                None => Err(invalid(format!("no user {} in /etc/passwd (give a uid)", quote(&name)))),
+            },
             TargetSpec::Ready(t) => Ok(t),
         }
     }
@@ -128,6 +172,7 @@ impl fmt::Display for TargetSpec {
             TargetSpec::Pid { pid, tree: false } => write!(f, "pid {pid}"),
             TargetSpec::Pid { pid, tree: true } => write!(f, "pid {pid} and descendants"),
             TargetSpec::Cgroup { path } => write!(f, "cgroup {}", escape(path, QUOTE_MAX)),
+            TargetSpec::UserName { name } => write!(f, "user {}", escape(name, QUOTE_MAX)),
             TargetSpec::Ready(t) => t.fmt(f),
         }
     }
@@ -229,7 +274,15 @@ impl Target {
             Target::Exe { path } => ("exe", path.clone()),
             Target::Cgroup { path } => ("cgroup", path.clone()),
             Target::Unit { unit } => ("unit", unit.clone()),
+            Target::User { uid } => ("user", uid.to_string()),
+            Target::All => ("all", String::new()),
         }
+    }
+
+    /// A cap (`user`, `all`): it stacks on the throttles of the processes
+    /// it covers instead of competing with them.
+    pub fn is_cap(&self) -> bool {
+        matches!(self, Target::User { .. } | Target::All)
     }
 
     pub fn is_pid(&self) -> bool {
@@ -261,6 +314,9 @@ impl Target {
             Target::Exe { path } => f.exe.as_deref() == Some(path.as_str()),
             Target::Cgroup { path } => f.cgroup.as_deref().is_some_and(|c| under(c, path)),
             Target::Unit { unit } => f.cgroup.as_deref().is_some_and(|c| c.split('/').any(|part| part == unit)),
+            Target::User { uid } => f.uid == Some(*uid),
+            // Enforced for every process at once, in the kernel: no members.
+            Target::All => false,
         }
     }
 
@@ -274,6 +330,8 @@ impl Target {
             Target::Exe { .. } => 30,
             Target::Cgroup { .. } | Target::Unit { .. } => 20,
             Target::Name { .. } => 10,
+            // Caps never compete with throttles (see `coverage`).
+            Target::User { .. } | Target::All => 0,
         }
     }
 }
@@ -290,8 +348,22 @@ impl fmt::Display for Target {
             Target::Exe { path } => write!(f, "exe {}", e(path)),
             Target::Cgroup { path } => write!(f, "cgroup {}", e(path)),
             Target::Unit { unit } => write!(f, "unit {}", e(unit)),
+            Target::User { uid } => write!(f, "user {uid}"),
+            Target::All => f.write_str("all processes"),
         }
     }
+}
+
+/// A local user's uid from `/etc/passwd` (read directly: a root daemon
+/// runs no NSS modules on a caller's input; clients resolve other users).
+fn passwd_uid(name: &str) -> Option<u32> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open("/etc/passwd").ok()?.take(16 << 20).read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
 }
 
 /// The kernel keeps 15 bytes of comm: a longer name matches its prefix.
@@ -332,7 +404,7 @@ mod tests {
     use super::*;
 
     fn facts(comm: &str, exe: &str, cgroup: &str) -> ProcFacts {
-        ProcFacts { comm: comm.into(), exe: Some(exe.into()), cgroup: Some(cgroup.into()) }
+        ProcFacts { comm: comm.into(), exe: Some(exe.into()), cgroup: Some(cgroup.into()), uid: Some(1000) }
     }
 
     #[test]
@@ -441,6 +513,28 @@ mod tests {
         assert_eq!(cg.resolve(), Ok(Target::Cgroup { path: "/a/b".into() }));
         assert!(TargetSpec::parse("cgroup", "/").is_err());
         assert_eq!(TargetSpec::parse("name", "x").unwrap().to_string(), "name x");
+    }
+
+    #[test]
+    fn caps_parse_and_match() {
+        assert_eq!(TargetSpec::parse("all", "").unwrap().resolve(), Ok(Target::All));
+        assert!(TargetSpec::parse("all", "x").is_err());
+        let alice = TargetSpec::parse("user", "1000").unwrap().resolve().unwrap();
+        assert_eq!(alice, Target::User { uid: 1000 });
+        assert!(alice.matches(&facts("x", "/x", "/")) && alice.is_cap() && Target::All.is_cap());
+        assert!(!Target::User { uid: 1001 }.matches(&facts("x", "/x", "/")));
+        assert!(!Target::All.matches(&facts("x", "/x", "/")));
+        assert_eq!(TargetSpec::parse("user", "root").unwrap().resolve(), Ok(Target::User { uid: 0 }));
+        for bad in ["", "01", "4294967295", "99999999999", "Alice", "a b", "-x", &"a".repeat(40), "a\n"] {
+            assert!(TargetSpec::parse("user", bad).is_err(), "{bad:?}");
+        }
+        let e = TargetSpec::parse("user", "no-such-user-xyz").unwrap().resolve().unwrap_err();
+        assert!(matches!(e, TargetError::Invalid(_)), "{e}");
+        for t in [Target::All, Target::User { uid: 7 }] {
+            assert_eq!(t.revalidate(), Ok(t.clone()));
+            let s = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<Target>(&s).unwrap(), t);
+        }
     }
 
     #[test]

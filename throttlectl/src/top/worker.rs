@@ -151,6 +151,7 @@ mod tests {
             status_detail: String::new(),
             plan: Default::default(),
             priority: "normal".into(),
+            caps: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The `ebpf` backend: a GCRA bucket per slot, enforced by the cgroup_skb
 //! programs, plus TCP pacing of the throttled process's sockets on upload.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use throttle_common::{pacing_rate, rate::Rate, window_clamp, Counters, Slot, SlotMode};
 
@@ -16,10 +16,15 @@ const NAME: &str = "ebpf";
 /// the burst must cover (300 ms: 250 ms left goodput at 0.92-0.95 of the
 /// limit when the timer fired late on a busy host).
 /// `CT_TUNE="up_ms,down_ms,debt_pct"` overrides the defaults for benchmarks.
-pub fn bucket_shape(rate: Rate, dir: Direction) -> (u64, u64) {
+/// A `wide` bucket polices many flows at once (a cap): their uploads are
+/// paced only near their share and arrive as GSO packets of up to 64 KiB
+/// each, so it tolerates `CAP_UP_MS` (5 ms dropped whole GSO packets,
+/// 0.5-0.6 of a 4 MiB/s cap; 50 ms passed it exactly, without a drop).
+pub fn bucket_shape(rate: Rate, dir: Direction, wide: bool) -> (u64, u64) {
     let (up_ms, down_ms, debt_pct) = tuning();
     let r = rate.bytes_per_sec();
     let (floor, ms) = match dir {
+        Direction::Up if wide => (64 << 10, up_ms.max(CAP_UP_MS)),
         Direction::Up => (64 << 10, up_ms),
         Direction::Down => (96 << 10, down_ms),
     };
@@ -28,6 +33,8 @@ pub fn bucket_shape(rate: Rate, dir: Direction) -> (u64, u64) {
     // than that drops it again, and TCP backs off exponentially.
     (burst, (burst * debt_pct / 100).max(64 << 10))
 }
+
+const CAP_UP_MS: u64 = 50;
 
 fn tuning() -> (u64, u64, u64) {
     const DEFAULT: (u64, u64, u64) = (5, 300, 25);
@@ -62,6 +69,8 @@ pub struct EbpfBackend {
     slots: BTreeMap<(SlotId, Direction), Rate>,
     /// The slots running at a share of a link instead (priorities).
     shares: BTreeMap<(SlotId, Direction), Rate>,
+    /// The slots that police many flows at once (caps, see `widen`).
+    wide: BTreeSet<(SlotId, Direction)>,
     initialized: bool,
 }
 
@@ -70,9 +79,10 @@ impl EbpfBackend {
         Self::default()
     }
 
-    /// The slot of a bucket at `rate` in direction `dir`.
-    fn slot(rate: Rate, dir: Direction) -> Slot {
-        let (burst, debt) = bucket_shape(rate, dir);
+    /// The bucket of slot `key` at `rate`.
+    fn slot(&self, key: (SlotId, Direction), rate: Rate) -> Slot {
+        let dir = key.1;
+        let (burst, debt) = bucket_shape(rate, dir, self.wide.contains(&key));
         let mut s = Slot::bucket(rate.bytes_per_sec(), burst, debt);
         if dir == Direction::Down {
             (s.rwnd_gain, s.rwnd_floor) = rwnd_tuning();
@@ -116,9 +126,10 @@ impl Backend for EbpfBackend {
 
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction, rate: Rate) -> Result<(), BackendError> {
         ctx.programs.clear_slot(slot)?;
-        ctx.programs.set_slot(slot, &Self::slot(rate, dir))?;
-        self.slots.insert((slot, dir), rate);
         self.shares.remove(&(slot, dir));
+        self.wide.remove(&(slot, dir));
+        ctx.programs.set_slot(slot, &self.slot((slot, dir), rate))?;
+        self.slots.insert((slot, dir), rate);
         Ok(())
     }
 
@@ -128,7 +139,7 @@ impl Backend for EbpfBackend {
         let cur = self.slots.get_mut(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
         *cur = rate;
         let run = self.enforced((slot, dir)).unwrap_or(rate);
-        ctx.programs.update_slot(slot, Self::slot(run, dir))?;
+        ctx.programs.update_slot(slot, self.slot((slot, dir), run))?;
         Ok(())
     }
 
@@ -144,13 +155,22 @@ impl Backend for EbpfBackend {
             Some(r) => self.shares.insert((slot, dir), r),
             None => self.shares.remove(&(slot, dir)),
         };
-        ctx.programs.update_slot(slot, Self::slot(share.unwrap_or(own), dir))?;
+        ctx.programs.update_slot(slot, self.slot((slot, dir), share.unwrap_or(own)))?;
+        Ok(())
+    }
+
+    fn widen(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
+        let rate = *self.slots.get(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
+        self.wide.insert((slot, dir));
+        let run = self.enforced((slot, dir)).unwrap_or(rate);
+        ctx.programs.update_slot(slot, self.slot((slot, dir), run))?;
         Ok(())
     }
 
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
         self.slots.remove(&(slot, dir)).ok_or(BackendError::NoSuchSlot { name: NAME, slot })?;
         self.shares.remove(&(slot, dir));
+        self.wide.remove(&(slot, dir));
         ctx.programs.clear_slot(slot)?;
         Ok(())
     }
@@ -217,9 +237,9 @@ impl Backend for EbpfBackend {
     /// Rewrites lost buckets; a bucket that still has its parameters keeps
     /// its state.
     fn repair(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        for &key @ (slot, dir) in self.slots.keys() {
+        for &key @ (slot, _) in self.slots.keys() {
             let Some(rate) = self.enforced(key) else { continue };
-            let want = Self::slot(rate, dir);
+            let want = self.slot(key, rate);
             match ctx.programs.slot(slot) {
                 Ok(s) if s.mode == want.mode && s.rate == want.rate => {}
                 _ => ctx.programs.set_slot(slot, &want)?,

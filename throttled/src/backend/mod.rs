@@ -128,6 +128,11 @@ pub trait Backend: Send {
     ) -> Result<(), BackendError> {
         Ok(())
     }
+    /// The slot polices many flows at once (a cap): shape its bucket for
+    /// that. Backends without buckets: nothing.
+    fn widen(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// A process joined (`Some(rate)`) or left (`None`) a slot: per-socket
     /// work such as pacing happens here.
     fn cover(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction, _tgid: u32, _rate: Option<Rate>) {}

@@ -26,6 +26,10 @@ struct RawRule {
     exe: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     unit: Option<Spanned<String>>,
+    /// A cap on a user's processes: a name or a uid.
+    user: Option<Spanned<String>>,
+    /// A cap on every process (`all = true`).
+    all: Option<Spanned<bool>>,
     pid: Option<Spanned<toml::Value>>,
     down: Option<Spanned<toml::Value>>,
     up: Option<Spanned<toml::Value>>,
@@ -166,14 +170,21 @@ fn plan(src: &Source<'_>, r: &RawRule) -> Result<Plan, ConfigError> {
 
 /// The rule's target, its form checked only: nothing is read from the system.
 fn target(src: &Source<'_>, r: &RawRule, span: Range<usize>) -> Result<TargetSpec, ConfigError> {
-    let keys: [(&str, &Option<Spanned<String>>); 4] =
-        [("name", &r.name), ("exe", &r.exe), ("cgroup", &r.cgroup), ("unit", &r.unit)];
-    let given: Vec<_> = keys.iter().filter_map(|(k, v)| v.as_ref().map(|v| (*k, v))).collect();
+    let all = r.all.as_ref().filter(|a| *a.get_ref()).map(|a| Spanned::new(a.span(), String::new()));
+    let keys: [(&str, Option<&Spanned<String>>); 6] = [
+        ("name", r.name.as_ref()),
+        ("exe", r.exe.as_ref()),
+        ("cgroup", r.cgroup.as_ref()),
+        ("unit", r.unit.as_ref()),
+        ("user", r.user.as_ref()),
+        ("all", all.as_ref()),
+    ];
+    let given: Vec<_> = keys.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
     match given[..] {
         [(key, value)] => TargetSpec::parse(key, value.get_ref()).map_err(|e| src.field(value, key, e)),
-        [] => Err(src.error(Some(span), "rule: give exactly one target: name, exe, cgroup or unit")),
+        [] => Err(src.error(Some(span), "rule: give exactly one target: name, exe, cgroup, unit, user or all = true")),
         [_, (key, value), ..] => {
-            Err(src.field(value, key, "a rule has exactly one target (name, exe, cgroup or unit)"))
+            Err(src.field(value, key, "a rule has exactly one target (name, exe, cgroup, unit, user or all)"))
         }
     }
 }

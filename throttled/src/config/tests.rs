@@ -161,6 +161,18 @@ fn a_rule_blocks() {
 }
 
 #[test]
+fn rules_cap_a_user_or_everything() {
+    use crate::target::{Target, TargetSpec};
+    let text = "[[rule]]\nuser = \"alice\"\nup = \"5M\"\n[[rule]]\nall = true\ndown = \"20M\"\n";
+    let rules = parse_rules(Path::new("caps.toml"), text).unwrap();
+    assert_eq!(rules[0].0.target, TargetSpec::UserName { name: "alice".into() });
+    assert_eq!(rules[1].0.target, TargetSpec::Ready(Target::All));
+    assert!(rules_err("[[rule]]\nuser = \"Bad User\"\nup = \"1M\"\n").contains("user"));
+    assert!(rules_err("[[rule]]\nall = false\nup = \"1M\"\n").contains("give exactly one target"));
+    assert!(rules_err("[[rule]]\nall = true\nname = \"x\"\nup = \"1M\"\n").contains("exactly one target"));
+}
+
+#[test]
 fn a_rule_has_a_quota_and_a_schedule() {
     let text = "[[rule]]\nname = \"ct-x\"\ndown = \"1M\"\nquota = \"5G/month\"\nthen = \"block\"\nwhen = \"Mon-Fri 09:00-17:00\"\notherwise = \"4M\"\n";
     let spec = parse_rules(Path::new("web.toml"), text).unwrap().remove(0).0.spec;

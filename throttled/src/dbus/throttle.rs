@@ -311,6 +311,18 @@ impl ThrottleIface {
         Ok(self.info().await.map_err(fdo)?.covered)
     }
 
+    /// The caps over this throttle's processes (`user` and `all`
+    /// throttles): their packets pass these too. Changes as processes come
+    /// and go, so it is pull-only, like Pids.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn caps(&self) -> zbus::fdo::Result<Vec<zbus::zvariant::OwnedObjectPath>> {
+        let caps = self.info().await.map_err(fdo)?.caps;
+        Ok(caps
+            .into_iter()
+            .filter_map(|id| zbus::zvariant::OwnedObjectPath::try_from(throttle_api::throttle_path(id)).ok())
+            .collect())
+    }
+
     /// Processes the target matches that are never limited: init, the
     /// daemon itself, the system bus (dbus-daemon) and polkitd.
     #[zbus(property(emits_changed_signal = "false"))]

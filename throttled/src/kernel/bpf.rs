@@ -14,7 +14,9 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use throttle_common::{Counters, ProcSlots, ProcTraffic, Slot, SockOwner};
+use throttle_common::{
+    Counters, ProcSlots, ProcTraffic, Slot, SockOwner, GEN_ALL_DOWN, GEN_ALL_UP, GEN_PROCS, GEN_THROTTLING,
+};
 
 use super::cgroup;
 
@@ -92,6 +94,8 @@ pub struct Programs {
     monitor: bool,
     gen: u32,
     nprocs: u32,
+    /// The `all` cap's slots, `[up, down]` (0: none).
+    all_caps: [u32; 2],
     exempt_loopback: bool,
     /// Why the `GUARD_PROGRAMS` are not attached, if they are not.
     guard_error: Option<String>,
@@ -158,6 +162,7 @@ impl Programs {
             monitor: opts.monitor,
             gen: 0,
             nprocs: 0,
+            all_caps: [0, 0],
             exempt_loopback: opts.exempt_loopback,
             guard_error,
             cgroup: cg,
@@ -172,8 +177,22 @@ impl Programs {
     /// fresh socket record (generation 0) always looks its process up.
     fn bump_generation(&mut self) -> Result<(), BpfError> {
         self.gen = self.gen.wrapping_add(1).max(1);
-        self.gen_map.set(0, self.gen, 0).map_err(map_err("CT_GEN"))?;
-        self.gen_map.set(1, self.nprocs, 0).map_err(map_err("CT_GEN"))
+        let caps = self.all_caps.iter().filter(|s| **s != 0).count() as u32;
+        let mut set = |i, v| self.gen_map.set(i, v, 0).map_err(map_err("CT_GEN"));
+        set(GEN_ALL_UP, self.all_caps[0])?;
+        set(GEN_ALL_DOWN, self.all_caps[1])?;
+        set(GEN_PROCS, self.gen)?;
+        set(GEN_THROTTLING, self.nprocs + caps)
+    }
+
+    /// The `all` cap's slots, `[up, down]` (0: none): every process's
+    /// packets pass them after their own throttle's and their user's cap's.
+    pub fn set_all_caps(&mut self, slots: [u32; 2]) -> Result<(), BpfError> {
+        if slots == self.all_caps {
+            return Ok(());
+        }
+        self.all_caps = slots;
+        self.bump_generation()
     }
 
     /// Every cgroup program is still attached at the root (an admin may

@@ -12,6 +12,7 @@ const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_FORK: u32 = 0x1;
 const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_UID: u32 = 0x4;
 const PROC_EVENT_COMM: u32 = 0x200;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 const NLMSG_HDRLEN: usize = 16;
@@ -28,6 +29,10 @@ pub enum ProcEvent {
         tgid: u32,
     },
     Comm {
+        tgid: u32,
+    },
+    /// A process changed its user ids (a `user` cap may now cover it).
+    Uid {
         tgid: u32,
     },
     /// A whole process ended (its thread-group leader exited).
@@ -137,6 +142,7 @@ fn parse_event(e: &[u8]) -> Option<ProcEvent> {
         }
         PROC_EVENT_EXEC => Some(ProcEvent::Exec { tgid: d(1)? }),
         PROC_EVENT_COMM => Some(ProcEvent::Comm { tgid: d(1)? }),
+        PROC_EVENT_UID => Some(ProcEvent::Uid { tgid: d(1)? }),
         PROC_EVENT_EXIT => {
             let (pid, tgid) = (d(0)?, d(1)?);
             (pid == tgid).then_some(ProcEvent::Exit { tgid })

@@ -88,7 +88,15 @@ impl Processes {
     /// Processes whose `dir` traffic throttle `id` limits.
     pub fn covered_in(&self, table: &ThrottleTable, id: ThrottleId, dir: Direction) -> Vec<u32> {
         let Some(t) = table.throttles.get(&id) else { return Vec::new() };
-        t.covered.iter().copied().filter(|p| self.assigned(*p).get(dir) == Some(id)).collect()
+        t.covered.iter().copied().filter(|p| self.assigned(*p).limits(id, dir)).collect()
+    }
+
+    /// Processes whose sockets throttle `id` tunes in direction `dir`
+    /// (pacing, windows): those it limits as their own throttle. A cap's
+    /// pacing would override a tighter throttle's, so caps tune none.
+    pub fn tuned_in(&self, table: &ThrottleTable, id: ThrottleId, dir: Direction) -> Vec<u32> {
+        let own = |p: &u32| self.assigned(*p).get(dir) == Some(id);
+        self.covered_in(table, id, dir).into_iter().filter(own).collect()
     }
 
     /// `ident` becomes a member of throttle `id` (it must not be protected).

@@ -205,6 +205,7 @@ impl Core {
         made: Made,
     ) -> Result<(), ManagerError> {
         spec.check()?;
+        let spec = &cap_spec(&target, spec)?;
         let mut chosen = Vec::new();
         for dir in Direction::BOTH.into_iter().filter(|_| !spec.is_planned()) {
             if let Some(rate) = spec.rate(dir) {
@@ -263,12 +264,32 @@ impl Core {
         backend: usize,
     ) -> Result<(), ManagerError> {
         let slot = self.datapath.apply(backend, dir, rate)?;
+        self.widen_cap(id, backend, slot, dir);
         if let Some(t) = self.table.throttles.get_mut(&id) {
             t.limits.insert(dir, Limit { slot, rate, backend });
         }
+        self.publish_all_cap();
         let name = self.datapath.pool.name(backend);
         tracing::info!(throttle_id = id, direction = %dir, backend = name, %rate, "limit applied");
         Ok(())
+    }
+
+    /// A cap's new slot polices many flows (see `Backend::widen`).
+    pub(super) fn widen_cap(&mut self, id: ThrottleId, backend: usize, slot: SlotId, dir: Direction) {
+        if self.table.throttles.get(&id).is_some_and(|t| t.target.is_cap()) {
+            if let Err(e) = self.datapath.widen(backend, slot, dir) {
+                tracing::warn!(throttle_id = id, error = %e, "could not shape a cap's bucket");
+            }
+        }
+    }
+
+    /// Points the kernel at the `all` cap's slots as the table has them: the
+    /// new slot before the old one goes (make-before-break), none before
+    /// the last one goes.
+    pub(super) fn publish_all_cap(&mut self) {
+        if let Err(e) = self.datapath.programs.set_all_caps(self.table.all_cap_slots()) {
+            tracing::warn!(error = %e, "could not set the all cap in the kernel");
+        }
     }
 
     /// New limits in place, for the daemon itself (see `change_by`).
@@ -286,6 +307,7 @@ impl Core {
             return self.change_pending(id, spec);
         }
         let t = self.table.throttles.get(&id).ok_or(ManagerError::NoSuchThrottle(id))?;
+        let spec = &cap_spec(&t.target, spec)?;
         let pool = &self.datapath.pool;
         let blocks = match &t.plan {
             Some(p) => p.spec.block,
@@ -345,7 +367,7 @@ impl Core {
         if let Some(l) = self.table.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
             l.rate = rate;
         }
-        for tgid in self.procs.covered_in(&self.table, id, dir) {
+        for tgid in self.procs.tuned_in(&self.table, id, dir) {
             self.datapath.cover(b, slot, dir, tgid, Some(rate));
         }
         Ok(())
@@ -386,6 +408,11 @@ impl Core {
             self.procs.leave(id, tgid, &mut self.table, &mut self.datapath);
         }
         let limits: Vec<_> = self.table.throttles[&id].limits.iter().map(|(d, l)| (*d, l.slot, l.backend)).collect();
+        if self.table.throttles[&id].target == Target::All {
+            if let Err(e) = self.datapath.programs.set_all_caps([0, 0]) {
+                tracing::warn!(error = %e, "could not take the all cap out of the kernel");
+            }
+        }
         let mut first_err = Ok(());
         for (dir, slot, b) in limits {
             first_err = first_err.and(self.datapath.release(b, slot, dir));
@@ -441,6 +468,15 @@ impl Core {
             (&self.table, &self.datapath.pool, &self.runtime_defaults, self.runtime_link);
         let health = self.saving.save(table.next_id, change, || table.saved_state(pool, defaults, link));
         self.note_state(health);
+    }
+}
+
+/// A cap's spec pinned to its backend (see `LimitSpec::for_cap`); any
+/// other target's as given.
+pub(super) fn cap_spec(target: &Target, spec: &LimitSpec) -> Result<LimitSpec, ManagerError> {
+    match target.is_cap() {
+        true => Ok(spec.for_cap()?),
+        false => Ok(spec.clone()),
     }
 }
 

@@ -93,6 +93,11 @@ impl Datapath {
         self.pool.backends[backend].share(&mut Context { programs: &mut self.programs }, slot, dir, share)
     }
 
+    /// The slot polices many flows at once (see `Backend::widen`).
+    pub fn widen(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
+        self.pool.backends[backend].widen(&mut Context { programs: &mut self.programs }, slot, dir)
+    }
+
     /// Per-socket backend work for one process joining (`Some(rate)`) or
     /// leaving (`None`) a slot.
     pub fn cover(&mut self, backend: usize, slot: SlotId, dir: Direction, tgid: u32, rate: Option<Rate>) {

@@ -17,7 +17,7 @@ impl Core {
     pub fn on_event(&mut self, ev: ProcEvent) {
         match ev {
             ProcEvent::Fork { parent_tgid, child_tgid } => self.process_forked(parent_tgid, child_tgid),
-            ProcEvent::Exec { tgid } | ProcEvent::Comm { tgid } => self.process_renamed(tgid),
+            ProcEvent::Exec { tgid } | ProcEvent::Comm { tgid } | ProcEvent::Uid { tgid } => self.process_renamed(tgid),
             ProcEvent::Exit { tgid } => self.process_exited(tgid),
             ProcEvent::Overrun => self.rescan(),
         }
@@ -116,7 +116,7 @@ impl Core {
         self.match_patterns(ident);
     }
 
-    /// A new name, executable or cgroup can start or end pattern matches.
+    /// A new name, executable, user or cgroup can start or end pattern matches.
     fn process_renamed(&mut self, tgid: u32) {
         if !self.table.has_pattern_targets() {
             return;

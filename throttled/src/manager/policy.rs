@@ -172,8 +172,12 @@ pub fn quota(uid: u32, made: usize, per_user: u32) -> Result<(), ManagerError> {
     }
 }
 
-/// Whether `target` is a live process of `uid` (root owns everything).
+/// Whether `target` is a live process of `uid`, or `uid`'s own user cap
+/// (root owns everything; nobody else owns the `all` cap).
 pub fn owns(uid: u32, target: &Target) -> bool {
+    if let Target::User { uid: of } = target {
+        return uid == 0 || *of == uid;
+    }
     uid == 0 || target.root().is_some_and(|r| procfs::uid(r.pid).ok() == Some(uid) && procfs::is_alive(&r))
 }
 
@@ -209,6 +213,14 @@ mod tests {
             Need::Any(w) => assert!(w.contains(why), "{w:?} should say {why:?}"),
             Need::Own => panic!("limit-own should not be enough ({why})"),
         }
+    }
+
+    #[test]
+    fn a_user_owns_their_own_cap_and_only_root_the_all_cap() {
+        assert!(owns(1000, &Target::User { uid: 1000 }));
+        assert!(!owns(1000, &Target::User { uid: 1001 }));
+        assert!(!owns(1000, &Target::All));
+        assert!(owns(0, &Target::All) && owns(0, &Target::User { uid: 1000 }));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct ThrottleInfo {
     pub plan: Option<PlanInfo>,
     /// Its share of a contended link, by weight.
     pub priority: crate::limit::Priority,
+    /// The caps (`user`, `all` throttles) over its processes: every packet
+    /// of theirs must pass these too.
+    pub caps: Vec<ThrottleId>,
 }
 
 /// A throttle's quota and schedule as they stand.
@@ -214,8 +217,20 @@ impl View<'_> {
         let covered = t.covered.iter().copied().collect();
         let excluded = t.excluded.iter().copied().collect();
         let (target, origin) = (t.target.clone(), t.origin.clone());
-        let (plan, priority) = (t.plan.as_ref().map(PlanInfo::of), t.priority);
-        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions, plan, priority })
+        let (plan, priority, caps) = (t.plan.as_ref().map(PlanInfo::of), t.priority, self.caps_over(id));
+        Ok(ThrottleInfo { id, target, origin, covered, excluded, failed: None, directions, plan, priority, caps })
+    }
+
+    /// The caps over throttle `id`'s processes: their user caps, and the
+    /// `all` cap (over everything but itself).
+    fn caps_over(&self, id: ThrottleId) -> Vec<ThrottleId> {
+        let Some(t) = self.table.throttles.get(&id) else { return Vec::new() };
+        let users = t.covered.iter().flat_map(|p| self.procs.assigned(*p).caps).flatten().filter(|c| *c != id);
+        let all = self.table.throttles.iter().filter(|(_, a)| a.target == Target::All && !a.limits.is_empty());
+        let mut caps: Vec<ThrottleId> = users.chain(all.map(|(a, _)| *a).filter(|a| *a != id)).collect();
+        caps.sort_unstable();
+        caps.dedup();
+        caps
     }
 
     /// One line: "3 throttles on ebpf, tc_htb".
@@ -278,5 +293,6 @@ fn pending_info(id: ThrottleId, p: &Pending) -> ThrottleInfo {
         directions,
         plan: PlanInfo::of_spec(&r.spec),
         priority: r.spec.priority.unwrap_or_default(),
+        caps: Vec::new(),
     }
 }

@@ -167,8 +167,21 @@ impl ThrottleTable {
 
     /// The kernel's slots for an assignment.
     pub fn slots(&self, a: Assignment) -> ProcSlots {
-        let s = |d| a.get(d).and_then(|id| self.limit(id, d)).map_or(0, |l| l.slot);
-        ProcSlots { up: s(Direction::Up), down: s(Direction::Down) }
+        let s = |id: Option<ThrottleId>, d| id.and_then(|id| self.limit(id, d)).map_or(0, |l| l.slot);
+        let (up, down) = (Direction::Up, Direction::Down);
+        ProcSlots {
+            up: s(a.get(up), up),
+            down: s(a.get(down), down),
+            up_cap: s(a.cap(up), up),
+            down_cap: s(a.cap(down), down),
+        }
+    }
+
+    /// The `all` cap's slots, `[up, down]` (0: none).
+    pub fn all_cap_slots(&self) -> [SlotId; 2] {
+        let all = self.throttles.values().find(|t| t.target == Target::All);
+        let s = |d| all.and_then(|t| t.limits.get(&d)).map_or(0, |l| l.slot);
+        [s(Direction::Up), s(Direction::Down)]
     }
 
     /// The throttles of `matches` that exist, as `coverage` weighs them for `tgid`.
@@ -177,19 +190,19 @@ impl ThrottleTable {
             let t = self.throttles.get(&id)?;
             let rate = |d| t.limits.get(&d).map(|l| l.rate.bytes_per_sec());
             let rates = [rate(Direction::Up), rate(Direction::Down)];
-            Some(Candidate { id, rank: t.target.rank(tgid), rates, admin: t.made.admin })
+            Some(Candidate { id, rank: t.target.rank(tgid), rates, admin: t.made.admin, cap: t.target.is_cap() })
         };
         matches.iter().filter_map(candidate).collect()
     }
 
     /// Records which throttles cover `tgid` after its assignment changed.
     pub fn set_covered(&mut self, tgid: u32, old: Assignment, new: Assignment) {
-        for id in old.0.into_iter().flatten().filter(|id| !new.holds(*id)) {
+        for id in old.ids().filter(|id| !new.holds(*id)) {
             if let Some(t) = self.throttles.get_mut(&id) {
                 t.covered.remove(&tgid);
             }
         }
-        for id in new.0.into_iter().flatten() {
+        for id in new.ids() {
             if let Some(t) = self.throttles.get_mut(&id) {
                 t.covered.insert(tgid);
             }

@@ -22,6 +22,7 @@ use crate::{
     config::LinkCapacity,
     limit::{Priority, BLOCK_BACKEND, COUNT_BACKEND, EBPF_BACKEND, MARKS},
     persist::Change,
+    target::Target,
 };
 
 impl Core {
@@ -171,12 +172,13 @@ impl Core {
     fn drop_limit(&mut self, id: ThrottleId, dir: Direction) -> Result<(), ManagerError> {
         let Some(l) = self.table.limit(id, dir) else { return Ok(()) };
         let (b, slot) = (l.backend, l.slot);
-        for tgid in self.procs.covered_in(&self.table, id, dir) {
+        for tgid in self.procs.tuned_in(&self.table, id, dir) {
             self.datapath.cover(b, slot, dir, tgid, None);
         }
         if let Some(t) = self.table.throttles.get_mut(&id) {
             t.limits.remove(&dir);
         }
+        self.publish_all_cap();
         for p in self.table.members(id) {
             self.procs.reassign(p, &mut self.table, &mut self.datapath);
         }
@@ -282,22 +284,35 @@ impl Core {
 
     /// Whether `share` has work: a capacity to share, or buckets to give back.
     pub fn sharing(&self) -> bool {
-        self.link().is_set() || !self.sharing.is_empty()
+        self.link().is_set() || self.table.all_cap_slots() != [0, 0] || !self.sharing.is_empty()
     }
 
-    /// Divides the link capacity of each direction that has one among the
-    /// throttles limiting that direction on `ebpf`, by priority, from what
-    /// each used since the last call; writes the buckets whose share moved.
+    /// The capacity throttles share in `dir`: the link's, or the `all`
+    /// cap's where that is lower (a cap on `ebpf` with a rate of its own).
+    fn capacity(&self, dir: Direction) -> Option<Rate> {
+        let all = self.table.throttles.values().find(|t| t.target == Target::All);
+        let ebpf = |b: usize| self.datapath.pool.name(b) == EBPF_BACKEND;
+        let cap = all.and_then(|t| t.limits.get(&dir)).filter(|l| ebpf(l.backend)).map(|l| l.rate);
+        match (self.link().get(dir), cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Divides the capacity of each direction that has one (the link's, or
+    /// the `all` cap's) among the throttles limiting that direction on
+    /// `ebpf`, by priority, from what each used since the last call;
+    /// writes the buckets whose share moved. Caps are not divided.
     pub fn share(&mut self, now: Instant) {
-        let link = self.link();
         let mut live = Vec::new();
         for dir in Direction::BOTH {
-            let Some(cap) = link.get(dir) else { continue };
+            let Some(cap) = self.capacity(dir) else { continue };
             let ebpf = |b: usize| self.datapath.pool.name(b) == EBPF_BACKEND;
             let under: Vec<(ThrottleId, SlotId, Rate, Priority)> = self
                 .table
                 .throttles
                 .iter()
+                .filter(|(_, t)| !t.target.is_cap())
                 .filter_map(|(id, t)| {
                     t.limits.get(&dir).filter(|l| ebpf(l.backend)).map(|l| (*id, l.slot, l.rate, t.priority))
                 })
@@ -338,7 +353,7 @@ impl Core {
             tracing::debug!(throttle_id = id, error = %e, "could not set a bucket's share");
         }
         if dir == Direction::Up {
-            for tgid in self.procs.covered_in(&self.table, id, dir) {
+            for tgid in self.procs.tuned_in(&self.table, id, dir) {
                 self.datapath.cover(b, slot, dir, tgid, Some(pace));
             }
         }

@@ -23,6 +23,7 @@ use crate::{
         bpf::{Programs, ProgramsOptions},
         netlink::Netlink,
     },
+    limit::{EBPF_BACKEND, MARKS},
     persist::{self, Change, InstanceLock, PersistedThrottle, State, StateStore, Unusable},
 };
 
@@ -320,23 +321,32 @@ impl Core {
         if from == to {
             return self.change_rate(id, dir, from, old_slot, rate).map(|_| None);
         }
+        let name = self.datapath.pool.name(to);
+        if self.table.throttles[&id].target.is_cap() && name != EBPF_BACKEND && !MARKS.contains(&name) {
+            return Err(ManagerError::InvalidArgument(format!("throttle {id} is a cap: it runs on ebpf only")));
+        }
         self.datapath.pool.usable(to, dir)?;
         let slot = self.datapath.apply(to, dir, rate)?;
+        self.widen_cap(id, to, slot, dir);
         if let Err(e) = self.datapath.prime(to, slot, dir) {
             tracing::debug!(error = %e, "could not prime the new bucket");
         }
         let covered = self.procs.covered_in(&self.table, id, dir);
+        let tuned = self.procs.tuned_in(&self.table, id, dir);
         if let Some(l) = self.table.throttles.get_mut(&id).and_then(|t| t.limits.get_mut(&dir)) {
             *l = Limit { slot, rate, backend: to };
         }
-        for &tgid in &covered {
+        self.publish_all_cap();
+        for &tgid in &tuned {
             self.datapath.cover(to, slot, dir, tgid, Some(rate));
+        }
+        for &tgid in &covered {
             let slots = self.table.slots(self.procs.assigned(tgid));
             if let Err(e) = self.datapath.programs.set_proc(tgid, slots) {
                 tracing::warn!(pid = tgid, error = %e, "could not move a process to the new slot");
             }
         }
-        for &tgid in &covered {
+        for &tgid in &tuned {
             self.datapath.cover(from, old_slot, dir, tgid, None);
         }
         if let Err(e) = self.datapath.release(from, old_slot, dir) {
