@@ -9,7 +9,9 @@ use std::{
 };
 
 use serde_json::Value;
-use throttled::kernel::netlink::{tc_handle, ClassInfo, LinkEvent, LinkEvents, Netlink, QdiscInfo, TC_H_CLSACT};
+use throttled::kernel::netlink::{
+    tc_handle, ClassInfo, HtbClass, LinkEvent, LinkEvents, Netlink, QdiscInfo, TC_H_CLSACT,
+};
 
 fn root() -> bool {
     if unsafe { libc::geteuid() } != 0 {
@@ -185,6 +187,10 @@ fn set_link_up() {
     assert!(shown[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
 }
 
+fn htb(rate: u64, ceil: u64, burst: u32) -> HtbClass {
+    HtbClass { rate, ceil, burst, prio: 0 }
+}
+
 #[test]
 fn htb_classes_change_in_place_and_stats() {
     if !root() {
@@ -204,15 +210,15 @@ fn htb_classes_change_in_place_and_stats() {
     assert_eq!(shown["options"]["default"], "0x10");
 
     // 8/16 Mbit top class, 4/8 Mbit default class under it.
-    nl.add_htb_class(idx, top, tc_handle(1, 0), 1_000_000, 2_000_000, 16_000).unwrap();
-    nl.add_htb_class(idx, default, top, 500_000, 1_000_000, 16_000).unwrap();
-    let err = nl.add_htb_class(idx, default, top, 500_000, 1_000_000, 16_000).unwrap_err();
+    nl.add_htb_class(idx, top, tc_handle(1, 0), &htb(1_000_000, 2_000_000, 16_000)).unwrap();
+    nl.add_htb_class(idx, default, top, &htb(500_000, 1_000_000, 16_000)).unwrap();
+    let err = nl.add_htb_class(idx, default, top, &htb(500_000, 1_000_000, 16_000)).unwrap_err();
     assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
     let text = tc_class_text(dev, "1:10").unwrap();
     assert!(text.contains("parent 1:1 ") && text.contains("rate 4Mbit ceil 8Mbit burst 16000b"), "{text}");
 
     // Rates past u32 bytes/s need TCA_HTB_RATE64/CEIL64.
-    nl.add_htb_class(idx, big, tc_handle(1, 0), 5_000_000_000, 6_000_000_000, 1_000_000).unwrap();
+    nl.add_htb_class(idx, big, tc_handle(1, 0), &htb(5_000_000_000, 6_000_000_000, 1_000_000)).unwrap();
     let text = tc_class_text(dev, "1:20").unwrap();
     assert!(text.contains("rate 40Gbit ceil 48Gbit"), "{text}");
 
@@ -228,15 +234,15 @@ fn htb_classes_change_in_place_and_stats() {
     assert!(sent_before >= stats.bytes);
 
     // Change in place: new rates, same counters.
-    nl.change_htb_class(idx, default, top, 250_000, 750_000, 16_000).unwrap();
+    nl.change_htb_class(idx, default, top, &htb(250_000, 750_000, 16_000)).unwrap();
     let text = tc_class_text(dev, "1:10").unwrap();
     assert!(text.contains("rate 2Mbit ceil 6Mbit"), "{text}");
     assert!(tc_sent_bytes(&text) >= sent_before, "counters reset: {text}");
     let after = nl.class_stats(idx, default).unwrap();
     assert!(after.bytes >= stats.bytes && after.packets >= stats.packets, "{after:?} vs {stats:?}");
-    let err = nl.change_htb_class(idx, tc_handle(1, 0x99), top, 1000, 1000, 1600).unwrap_err();
+    let err = nl.change_htb_class(idx, tc_handle(1, 0x99), top, &htb(1000, 1000, 1600)).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
-    assert!(nl.add_htb_class(idx, tc_handle(1, 0x30), top, 0, 1000, 1600).is_err());
+    assert!(nl.add_htb_class(idx, tc_handle(1, 0x30), top, &htb(0, 1000, 1600)).is_err());
 
     // A parent with children is busy; leaves first.
     let err = nl.delete_class(idx, top).unwrap_err();

@@ -15,8 +15,13 @@ const M: f64 = 1024.0 * 1024.0;
 /// Application bytes per IP-layer byte of full-size IPv4 segments.
 const GOODPUT: f64 = 1448.0 / 1500.0;
 
-fn daemon(bus: &PrivateBus, dir: &ScratchDir) -> Daemon {
-    daemon_on(bus, &config_with(dir, "\n[link]\ndown = \"6M\"\nup = \"6M\"\n"))
+/// The daemon with a 6M link capacity each way, managing `iface` (for HTB).
+fn daemon(bus: &PrivateBus, dir: &ScratchDir, iface: &str) -> Daemon {
+    let conf = throttle_testkit::bus::write_config(dir, iface);
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\n[link]\ndown = \"6M\"\nup = \"6M\"\n");
+    std::fs::write(&conf, text).unwrap();
+    daemon_on(bus, &conf)
 }
 
 fn ctl(bus: &PrivateBus, args: &[&str]) -> String {
@@ -27,23 +32,36 @@ fn ctl(bus: &PrivateBus, args: &[&str]) -> String {
 
 #[test]
 fn high_and_low_share_the_link_four_to_one() {
-    share_four_to_one(true);
+    share_four_to_one(true, None);
 }
 
 #[test]
 fn high_and_low_share_the_uplink_four_to_one() {
-    share_four_to_one(false);
+    share_four_to_one(false, None);
 }
 
-/// Downloads with `reverse`, uploads without.
-fn share_four_to_one(reverse: bool) {
+/// On HTB the same shares come from the classes' own rate, ceil and prio:
+/// each throttle at its own 6M limit, under a shared class at the link.
+#[test]
+fn htb_classes_share_the_link_four_to_one() {
+    share_four_to_one(true, Some("ifb_tc"));
+}
+
+#[test]
+fn htb_classes_share_the_uplink_four_to_one() {
+    share_four_to_one(false, Some("tc_htb"));
+}
+
+/// Downloads with `reverse`, uploads without; priority-only `ebpf`
+/// throttles, or 6M limits with a priority on `backend`.
+fn share_four_to_one(reverse: bool, backend: Option<&str>) {
     let Some(_g) = begin() else { return };
     let Some(bus) = PrivateBus::start("prio") else { return };
     let mut lab = Lab::with_delay(236, Duration::from_millis(10));
     lab.server(5201);
     lab.server(5202);
     let dir = ScratchDir::new("prio");
-    let _d = daemon(&bus, &dir);
+    let mut d = daemon(&bus, &dir, &lab.veth);
     let link = bus.busctl(&[
         "get-property",
         "org.chadthrottle",
@@ -52,8 +70,13 @@ fn share_four_to_one(reverse: bool) {
         "LinkCapacity",
     ]);
     assert_eq!(link.unwrap().trim(), "(tt) 6291456 6291456", "the config's [link]");
-    ctl(&bus, &["priority", "ct-prio-hi", "high"]);
-    ctl(&bus, &["priority", "ct-prio-lo", "low"]);
+    let way = if reverse { "--down" } else { "--up" };
+    for (name, level) in [("ct-prio-hi", "high"), ("ct-prio-lo", "low")] {
+        match backend {
+            None => ctl(&bus, &["priority", name, level]),
+            Some(b) => ctl(&bus, &["limit", name, way, "6M", "--backend", b, "--priority", level]),
+        };
+    }
     let list = ctl(&bus, &["list"]);
     assert!(list.contains("high") && list.contains("low"), "{list}");
 
@@ -76,6 +99,19 @@ fn share_four_to_one(reverse: bool) {
     if reverse {
         assert!(after >= 0.9 * 6.0 * M, "low alone, 2 s after: {:.2} MiB/s", after / M);
     }
+
+    // kill -9 and a restart: the priorities come back and share again.
+    d.kill9();
+    lab.wait_idle(5201);
+    lab.wait_idle(5202);
+    let _d = daemon(&bus, &dir, &lab.veth);
+    let list = ctl(&bus, &["list"]);
+    assert!(list.contains("high") && list.contains("low"), "not restored: {list}");
+    let lo = lab.client_with("ct-prio-lo", &lab.server_ip, 5202, 7, reverse, &[]);
+    let hi = lab.client_with("ct-prio-hi", &lab.server_ip, 5201, 7, reverse, &[]);
+    let (h, l) = (hi.wait().mean(3, 7), lo.wait().mean(3, 7));
+    eprintln!("after restart: high {:.2}, low {:.2} MiB/s", h / GOODPUT / M, l / GOODPUT / M);
+    assert!(h > 2.5 * l, "the restored priorities do not share 4:1: {:.2} and {:.2} MiB/s", h / M, l / M);
 
     // The capacity is set at runtime through the property (root may configure).
     bus.busctl(&[

@@ -373,24 +373,34 @@ pub fn ct_sock_create(ctx: SockContext) -> i32 {
     1
 }
 
-#[cgroup_skb(egress)]
-pub fn ct_egress(ctx: SkBuffContext) -> i32 {
-    let Some((owner, lo)) = skb_owner(&ctx) else {
-        return PASS;
-    };
-    let len = wire_len(&ctx);
-    if !monitor_then_throttle(&ctx, owner.tgid, lo, true, len) {
-        return PASS;
+/// What both packet hooks do first: the packet's owner, its length on the
+/// wire and its chain, or the verdict when no slot wants the packet (pass)
+/// or one blocks it (drop, counted).
+#[inline(always)]
+fn chain_of(ctx: &SkBuffContext, egress: bool) -> Result<(&'static mut SockOwner, u64, [u32; 3]), i32> {
+    let Some((owner, lo)) = skb_owner(ctx) else { return Err(PASS) };
+    let len = wire_len(ctx);
+    if !monitor_then_throttle(ctx, owner.tgid, lo, egress, len) {
+        return Err(PASS);
     }
-    let ids = chain(&owner_slots(owner), true);
+    let ids = chain(&owner_slots(owner), egress);
     if ids == [0; 3] {
-        return PASS;
+        return Err(PASS);
     }
     let blocked = blocked_in(&ids);
     if blocked != 0 {
         count(blocked, len, false);
-        return DROP;
+        return Err(DROP);
     }
+    Ok((owner, len, ids))
+}
+
+#[cgroup_skb(egress)]
+pub fn ct_egress(ctx: SkBuffContext) -> i32 {
+    let (_, len, ids) = match chain_of(&ctx, true) {
+        Ok(c) => c,
+        Err(verdict) => return verdict,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let mut charged = [0u64; 3];
     let mut class = 0;
@@ -471,22 +481,10 @@ fn wire_len(ctx: &SkBuffContext) -> u64 {
 
 #[cgroup_skb(ingress)]
 pub fn ct_ingress(ctx: SkBuffContext) -> i32 {
-    let Some((owner, lo)) = skb_owner(&ctx) else {
-        return PASS;
+    let (owner, len, ids) = match chain_of(&ctx, false) {
+        Ok(c) => c,
+        Err(verdict) => return verdict,
     };
-    let len = wire_len(&ctx);
-    if !monitor_then_throttle(&ctx, owner.tgid, lo, false, len) {
-        return PASS;
-    }
-    let ids = chain(&owner_slots(owner), false);
-    if ids == [0; 3] {
-        return PASS;
-    }
-    let blocked = blocked_in(&ids);
-    if blocked != 0 {
-        count(blocked, len, false);
-        return DROP;
-    }
     if bucket_of(ids[0]).is_none() && bucket_of(ids[1]).is_none() && bucket_of(ids[2]).is_none() {
         count_passed(&ids, len, false);
         return PASS;

@@ -140,6 +140,18 @@ usage survives restarts; \fBlist\fR shows it as a percentage.
 1 MiB/s of uploads during work hours (local time), 10 MiB/s outside them.
 Without \fB\-\-otherwise\fR nothing applies outside the windows.
 .TP
+.B throttlectl limit \-\-all \-\-down 20M \-\-up 5M
+A cap on the whole machine: every process's packets pass their own throttle,
+then their user's cap, then this one. Caps run on the ebpf backend.
+.TP
+.B throttlectl limit \-\-user alice \-\-up 2M
+A cap on every process of alice (a user name or a uid), on top of each
+process's own throttle; \fBlist\fR shows the caps over each throttle.
+.TP
+.B throttlectl link \-\-down 95M; throttlectl priority steam high
+Under the link capacity (or the \fB\-\-all\fR cap where lower), saturated
+throttles share by weight: low 1, normal 2, high 4, critical 8.
+.TP
 .B throttlectl limit \-\-unit backup.service \-\-up 10mbit
 Limit a systemd unit; the limit waits if the unit is not running.
 .TP

@@ -69,6 +69,16 @@ impl Priority {
         }
     }
 
+    /// HTB's prio for it: who borrows first (0) what others leave.
+    pub fn htb_prio(self) -> u32 {
+        match self {
+            Priority::Critical => 0,
+            Priority::High => 1,
+            Priority::Normal => 2,
+            Priority::Low => 3,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         PRIORITIES.iter().find(|(_, p)| *p == self).map_or("normal", |(n, _)| n)
     }

@@ -82,7 +82,9 @@ struct Args {
 }
 
 /// Sections clap cannot derive: what a packager and an admin need to know.
-const MAN_EXTRA: &str = r#".SH SIGNALS
+const MAN_EXTRA: &str = r#".SH LIMITS, CAPS AND PRIORITIES
+A throttle limits a target: a process (and its descendants), a name, an executable, a unit or a cgroup. A process is limited by at most one throttle per direction, the most specific target's. Caps stack on top: a \fIuser\fR cap covers every process of one uid, the \fIall\fR cap every process, and a packet must pass its own throttle, then its user's cap, then the all cap (in the cgroup programs, on the ebpf backend). Under the configured link capacity (\fI[link]\fR, or the LinkCapacity property), or the all cap where lower, saturated throttles share by priority: low 1, normal 2, high 4, critical 8; ebpf throttles by the daemon's division every 100 ms, tc_htb and ifb_tc throttles by HTB's own rate, ceil and prio under a shared class. A block drops a target's traffic and refuses its connections with EPERM.
+.SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Remove every throttle's kernel objects and exit. Throttles are saved and come back at the next start.
@@ -95,7 +97,7 @@ Reload the config and rules.d; a bad file keeps the running configuration.
 The config: defaults per direction, interfaces, health policy, log filter.
 .TP
 \fI/etc/chadthrottle/rules.d/*.toml\fR
-Standing limits by name, executable, unit or cgroup.
+Standing limits by name, executable, unit or cgroup, and caps by user or on everything.
 .TP
 \fI/var/lib/chadthrottle/\fR
 Saved throttles, records of the IFB devices it creates and the root qdiscs it replaces (a restart after a crash sweeps exactly these), and the instance lock. It is created 0700; the daemon refuses to start if it is writable by group or others or owned by another user, and never follows a symlink in it.

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, marker::PhantomData, path::PathBuf};
 use throttle_common::{rate::Rate, Counters, Slot};
 
 use super::{
-    htb::{classid, HasHtb, HtbDevice},
+    htb::{classid, HasHtb, HtbDevice, Shape},
     interfaces::InterfacePolicy,
     probe::{self, TcFeatures},
     Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
@@ -51,13 +51,35 @@ pub struct HtbFleet<K: HtbKind> {
     pub nl: Option<Netlink>,
     /// Keyed by the managed interface's ifindex.
     pub devices: BTreeMap<u32, K::Device>,
+    /// Each slot's own limit.
     pub slots: BTreeMap<SlotId, Rate>,
+    /// The capacity the classes share (priorities), and each slot's
+    /// guaranteed part of it and HTB prio (see `share_capacity`).
+    capacity: Option<u64>,
+    shares: BTreeMap<SlotId, (u64, u32)>,
     kind: PhantomData<K>,
 }
 
 impl<K: HtbKind> HtbFleet<K> {
     pub fn new(policy: InterfacePolicy, state_dir: PathBuf) -> Self {
-        HtbFleet { policy, state_dir, nl: None, devices: BTreeMap::new(), slots: BTreeMap::new(), kind: PhantomData }
+        let (devices, slots, shares) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        HtbFleet { policy, state_dir, nl: None, devices, slots, capacity: None, shares, kind: PhantomData }
+    }
+
+    /// Slot `slot`'s class: its own limit, and with a shared capacity its
+    /// guaranteed part of it and prio.
+    fn shape(&self, slot: SlotId) -> Option<Shape> {
+        let own = Shape::fixed(*self.slots.get(&slot)?);
+        Some(match self.shares.get(&slot) {
+            Some(&(rate, prio)) => Shape { rate, prio, ..own },
+            None => own,
+        })
+    }
+
+    /// Applies slot `slot`'s shape on every device (in place).
+    fn reshape(&self, slot: SlotId) -> Result<(), BackendError> {
+        let (nl, Some(shape)) = (self.nl()?, self.shape(slot)) else { return Ok(()) };
+        self.devices.values().try_for_each(|d| d.htb().change_class(nl, slot, shape).map_err(self.err()))
     }
 
     pub fn nl(&self) -> Result<&Netlink, BackendError> {
@@ -73,10 +95,13 @@ impl<K: HtbKind> HtbFleet<K> {
         self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect()
     }
 
-    /// Adds every live slot's class to a freshly installed tree.
+    /// Adds the shared capacity and every live slot's class to a freshly
+    /// installed tree.
     pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
         let nl = self.nl()?;
-        self.slots.iter().try_for_each(|(&slot, &rate)| dev.add_class(nl, slot, rate).map_err(self.err()))
+        dev.set_capacity(nl, self.capacity).map_err(self.err())?;
+        let shapes = self.slots.keys().filter_map(|s| Some((*s, self.shape(*s)?)));
+        shapes.into_iter().try_for_each(|(slot, shape)| dev.add_class(nl, slot, shape).map_err(self.err()))
     }
 
     /// What is wrong with a tree, if anything (for `HtbKind::problem`).
@@ -119,9 +144,10 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
     }
 
     fn apply(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction, rate: Rate) -> Result<(), BackendError> {
+        self.shares.remove(&slot);
         let nl = self.nl()?;
         for d in self.devices.values() {
-            d.htb().add_class(nl, slot, rate).map_err(self.err())?;
+            d.htb().add_class(nl, slot, Shape::fixed(rate)).map_err(self.err())?;
         }
         ctx.programs.set_slot(slot, &Slot::htb_class(classid(slot)))?;
         self.slots.insert(slot, rate);
@@ -135,16 +161,52 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
         _dir: Direction,
         rate: Rate,
     ) -> Result<(), BackendError> {
-        let nl = self.nl()?;
-        for d in self.devices.values() {
-            d.htb().change_class(nl, slot, rate).map_err(self.err())?;
+        let old = self.slots.insert(slot, rate);
+        let res = self.reshape(slot);
+        if res.is_err() {
+            // Nothing changed: the next call starts from the same limit.
+            match old {
+                Some(r) => self.slots.insert(slot, r),
+                None => self.slots.remove(&slot),
+            };
         }
-        self.slots.insert(slot, rate);
-        Ok(())
+        res
+    }
+
+    /// A parent class at `capacity`, each class guaranteed its weighted
+    /// part of it (up to its own limit) and borrowing what the others
+    /// leave, by prio: HTB's own rate, ceil and prio. Written only when
+    /// something moved.
+    fn share_capacity(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        capacity: Option<Rate>,
+        weights: &[(SlotId, u64, u32)],
+    ) -> Result<(), BackendError> {
+        let capacity = capacity.map(|c| c.bytes_per_sec());
+        let total: u64 = weights.iter().map(|w| w.1).sum::<u64>().max(1);
+        let part = |cap: u64, w: u64| (cap as u128 * w as u128 / total as u128).max(1) as u64;
+        let shares: BTreeMap<SlotId, (u64, u32)> = match capacity {
+            Some(cap) => weights.iter().map(|&(s, w, prio)| (s, (part(cap, w), prio))).collect(),
+            None => BTreeMap::new(),
+        };
+        if capacity == self.capacity && shares == self.shares {
+            return Ok(());
+        }
+        let nl = self.nl()?;
+        if capacity != self.capacity {
+            for d in self.devices.values() {
+                d.htb().set_capacity(nl, capacity).map_err(self.err())?;
+            }
+        }
+        let moved: Vec<SlotId> = self.slots.keys().copied().filter(|s| shares.get(s) != self.shares.get(s)).collect();
+        (self.capacity, self.shares) = (capacity, shares);
+        moved.into_iter().try_for_each(|s| self.reshape(s))
     }
 
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
         self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: K::NAME, slot })?;
+        self.shares.remove(&slot);
         ctx.programs.clear_slot(slot)?;
         let nl = self.nl()?;
         for d in self.devices.values() {
@@ -229,6 +291,7 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
             first = first.and(res);
         }
         self.nl = None;
+        self.capacity = None;
         first
     }
 }

@@ -1,7 +1,8 @@
 //! An HTB tree that a backend owns on one device: the root qdisc it replaced
 //! (recorded in the state directory first, so a crashed run can still
-//! restore it), our root `c7:` with an unlimited default class, and one
-//! class per throttle slot. Shared by `tc_htb` (on each interface) and
+//! restore it), our root `c7:` with an unlimited default class, and the
+//! shared class `c7:fffe` (the link capacity that priorities share, or
+//! unlimited) with one class per throttle slot under it. Shared by `tc_htb` (on each interface) and
 //! `ifb_tc` (on each IFB) through [`super::fleet::HtbFleet`].
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,13 @@ use super::{
     records::{self, RootRecord},
     SlotId,
 };
-use crate::kernel::netlink::{tc_handle, ClassStats, Netlink, NetlinkError, QdiscInfo};
+use crate::kernel::netlink::{tc_handle, ClassStats, HtbClass, Netlink, NetlinkError, QdiscInfo};
 
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
 pub const HTB_MAJOR: u16 = 0xc7;
 const DEFAULT_MINOR: u16 = 0xffff;
+/// The parent of every throttle's class: the capacity they share.
+const SHARED_MINOR: u16 = 0xfffe;
 /// Leaf qdisc of slot N: handle (LEAF_MAJOR_BASE + N):.
 const LEAF_MAJOR_BASE: u16 = 0x1000;
 /// The default class must never slow unthrottled traffic.
@@ -23,6 +26,37 @@ const UNLIMITED: u64 = 1 << 40;
 
 pub fn classid(slot: SlotId) -> u32 {
     tc_handle(HTB_MAJOR, slot as u16)
+}
+
+fn shared() -> u32 {
+    tc_handle(HTB_MAJOR, SHARED_MINOR)
+}
+
+/// A throttle's class: guaranteed `rate`, at most `ceil` (its own limit),
+/// and its `prio` (0 first) when it borrows what others leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub rate: u64,
+    pub ceil: u64,
+    pub prio: u32,
+}
+
+impl Shape {
+    /// Exactly `rate`, borrowing nothing (no capacity is shared).
+    pub fn fixed(rate: Rate) -> Shape {
+        let r = rate.bytes_per_sec();
+        Shape { rate: r, ceil: r, prio: 0 }
+    }
+
+    fn class(self) -> HtbClass {
+        HtbClass { rate: self.rate.min(self.ceil).max(1), ceil: self.ceil, burst: burst(self.ceil), prio: self.prio }
+    }
+}
+
+/// The shared class at `capacity` bytes/s, or unlimited.
+fn shared_class(capacity: Option<u64>) -> HtbClass {
+    let r = capacity.unwrap_or(UNLIMITED);
+    HtbClass::fixed(r, burst(r))
 }
 
 /// A full-size Ethernet frame.
@@ -98,9 +132,7 @@ impl HtbDevice {
             // HTB cannot be "changed" into an identical HTB: start afresh.
             nl.delete_root_qdisc(ifindex)?;
         }
-        nl.add_htb_root(ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
-        let parent = tc_handle(HTB_MAJOR, 0);
-        nl.add_htb_class(ifindex, tc_handle(HTB_MAJOR, DEFAULT_MINOR), parent, UNLIMITED, UNLIMITED, burst(UNLIMITED))?;
+        add_root(nl, ifindex)?;
         Ok(HtbDevice { ifindex, name: name.to_string(), saved, record: records::root_path(state_dir, name) })
     }
 
@@ -115,29 +147,23 @@ impl HtbDevice {
             }
             _ => {}
         }
-        nl.add_htb_root(self.ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
-        let parent = tc_handle(HTB_MAJOR, 0);
-        nl.add_htb_class(
-            self.ifindex,
-            tc_handle(HTB_MAJOR, DEFAULT_MINOR),
-            parent,
-            UNLIMITED,
-            UNLIMITED,
-            burst(UNLIMITED),
-        )
+        add_root(nl, self.ifindex)
     }
 
-    pub fn add_class(&self, nl: &Netlink, slot: SlotId, rate: Rate) -> Result<(), NetlinkError> {
-        let r = rate.bytes_per_sec();
-        nl.add_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))?;
-        self.bound_queue(nl, slot, r)
+    pub fn add_class(&self, nl: &Netlink, slot: SlotId, shape: Shape) -> Result<(), NetlinkError> {
+        nl.add_htb_class(self.ifindex, classid(slot), shared(), &shape.class())?;
+        self.bound_queue(nl, slot, shape.ceil)
     }
 
     /// In place: the class keeps its queue and counters.
-    pub fn change_class(&self, nl: &Netlink, slot: SlotId, rate: Rate) -> Result<(), NetlinkError> {
-        let r = rate.bytes_per_sec();
-        nl.change_htb_class(self.ifindex, classid(slot), tc_handle(HTB_MAJOR, 0), r, r, burst(r))?;
-        self.bound_queue(nl, slot, r)
+    pub fn change_class(&self, nl: &Netlink, slot: SlotId, shape: Shape) -> Result<(), NetlinkError> {
+        nl.change_htb_class(self.ifindex, classid(slot), shared(), &shape.class())?;
+        self.bound_queue(nl, slot, shape.ceil)
+    }
+
+    /// The capacity the throttles' classes share (`None`: unlimited).
+    pub fn set_capacity(&self, nl: &Netlink, capacity: Option<u64>) -> Result<(), NetlinkError> {
+        nl.change_htb_class(self.ifindex, shared(), tc_handle(HTB_MAJOR, 0), &shared_class(capacity))
     }
 
     /// HTB's default leaf FIFO counts packets, and GRO/GSO packets reach
@@ -164,7 +190,8 @@ impl HtbDevice {
             Err(e) => return Err(format!("{}: {e}", self.name)),
         }
         let classes = nl.classes(self.ifindex).map_err(|e| e.to_string())?;
-        match slots.map(classid).find(|c| !classes.iter().any(|k| k.classid == *c)) {
+        let mut wanted = std::iter::once(shared()).chain(slots.map(classid));
+        match wanted.find(|c| !classes.iter().any(|k| k.classid == *c)) {
             Some(missing) => {
                 Err(format!("HTB class {:x}:{:x} on {} is gone", missing >> 16, missing & 0xffff, self.name))
             }
@@ -189,6 +216,15 @@ impl HtbDevice {
         }
         res
     }
+}
+
+/// Our root on `ifindex`: the HTB qdisc, its unlimited default class, and
+/// the shared class (unlimited until a capacity is set).
+fn add_root(nl: &Netlink, ifindex: u32) -> Result<(), NetlinkError> {
+    nl.add_htb_root(ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
+    let root = tc_handle(HTB_MAJOR, 0);
+    nl.add_htb_class(ifindex, tc_handle(HTB_MAJOR, DEFAULT_MINOR), root, &shared_class(None))?;
+    nl.add_htb_class(ifindex, shared(), root, &shared_class(None))
 }
 
 /// A device record that carries an HTB tree.

@@ -128,6 +128,17 @@ pub trait Backend: Send {
     ) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Shares `capacity` among its slots natively, by `(slot, weight,
+    /// prio)` (prio 0 first), or stops (`None`). Backends that cannot:
+    /// nothing (the manager divides their capacity itself, see `share`).
+    fn share_capacity(
+        &mut self,
+        _ctx: &mut Context<'_>,
+        _capacity: Option<Rate>,
+        _weights: &[(SlotId, u64, u32)],
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// The slot polices many flows at once (a cap): shape its bucket for
     /// that. Backends without buckets: nothing.
     fn widen(&mut self, _ctx: &mut Context<'_>, _slot: SlotId, _dir: Direction) -> Result<(), BackendError> {

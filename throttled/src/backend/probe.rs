@@ -2,7 +2,7 @@
 //! throwaway network namespace (so the host sees nothing), and cached.
 use std::sync::OnceLock;
 
-use crate::kernel::netlink::{tc_handle, Netlink};
+use crate::kernel::netlink::{tc_handle, HtbClass, Netlink};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcFeatures {
@@ -44,7 +44,7 @@ fn probe_in_private_netns() -> TcFeatures {
     };
     TcFeatures {
         htb: nl.add_htb_root(lo, 1, 1).map_err(|e| why("HTB qdisc (sch_htb)", e)).and_then(|_| {
-            nl.add_htb_class(lo, tc_handle(1, 1), tc_handle(1, 0), 1 << 20, 1 << 20, 1 << 16)
+            nl.add_htb_class(lo, tc_handle(1, 1), tc_handle(1, 0), &HtbClass::fixed(1 << 20, 1 << 16))
                 .map_err(|e| why("HTB classes", e))
         }),
         clsact: nl.add_clsact(lo).map_err(|e| why("clsact qdisc (sch_ingress)", e)),

@@ -156,6 +156,9 @@ fn apply(tgid: u32, old: Assignment, new: Assignment, table: &mut ThrottleTable,
     if let Err(e) = res {
         tracing::warn!(pid = tgid, error = %e, "could not update the process map");
     }
+    if new.caps != old.caps && new.caps.iter().any(Option::is_some) {
+        dp.tune_for_caps(tgid);
+    }
     for dir in Direction::BOTH.into_iter().filter(|d| old.get(*d) != new.get(*d)) {
         cover(table, dp, old.get(dir), dir, tgid, false);
         cover(table, dp, new.get(dir), dir, tgid, true);

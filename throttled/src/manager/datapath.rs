@@ -93,6 +93,21 @@ impl Datapath {
         self.pool.backends[backend].share(&mut Context { programs: &mut self.programs }, slot, dir, share)
     }
 
+    /// Shares a capacity natively, on a started backend (see
+    /// `Backend::share_capacity`).
+    pub fn share_capacity(
+        &mut self,
+        backend: usize,
+        capacity: Option<Rate>,
+        weights: &[(SlotId, u64, u32)],
+    ) -> Result<(), BackendError> {
+        let b = &mut self.pool.backends[backend];
+        match b.is_initialized() {
+            true => b.share_capacity(&mut Context { programs: &mut self.programs }, capacity, weights),
+            false => Ok(()),
+        }
+    }
+
     /// The slot polices many flows at once (see `Backend::widen`).
     pub fn widen(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
         self.pool.backends[backend].widen(&mut Context { programs: &mut self.programs }, slot, dir)
@@ -138,6 +153,23 @@ impl Datapath {
         let _ = sockets::for_each_inet_socket(tgid, |s| {
             let _ = dp.seed_owner(&s.fd, tgid);
         });
+    }
+
+    /// A process came under a cap: its running TCP connections get the
+    /// per-segment callback that paces uploads and sizes download windows
+    /// by the cap (new ones get it from `sock_ops`).
+    pub fn tune_for_caps(&mut self, tgid: u32) {
+        let exempt = self.programs.exempt_loopback();
+        let res = sockets::for_each_inet_socket(tgid, |s| {
+            if s.tcp && !(s.local && exempt) {
+                if let Err(e) = sockets::set_window_control(s, true) {
+                    tracing::debug!(pid = tgid, error = %e, "no cap pacing for an existing socket");
+                }
+            }
+        });
+        if let Err(e) = res {
+            tracing::debug!(pid = tgid, error = %e, "could not reach existing sockets");
+        }
     }
 
     /// Whether a backend is started (it holds slots, or just did).

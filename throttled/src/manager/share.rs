@@ -73,6 +73,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Sharing {
     entries: HashMap<(ThrottleId, Direction), Entry>,
+    /// Backends (by index) that hold a shared capacity natively (HTB): the
+    /// next division must lift it if the capacity goes.
+    pub native: std::collections::BTreeSet<usize>,
 }
 
 impl Sharing {
@@ -119,7 +122,7 @@ impl Sharing {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.native.is_empty()
     }
 
     /// Forgets every entry not in `live`; returns them (their buckets go

@@ -339,6 +339,37 @@ impl Core {
         for (id, dir) in self.sharing.retain(&live) {
             self.set_share(id, dir, None);
         }
+        self.share_natively();
+    }
+
+    /// The shaping backends (HTB) share the capacity themselves, by their
+    /// own rate, ceil and prio: each gets its throttles' weights.
+    fn share_natively(&mut self) {
+        let backends = &self.datapath.pool.backends;
+        let shapers: Vec<(usize, Direction)> = (0..backends.len())
+            .filter(|&b| backends[b].capabilities().shaping)
+            .flat_map(|b| Direction::BOTH.into_iter().filter(move |d| backends[b].supports(*d)).map(move |d| (b, d)))
+            .collect();
+        for (b, dir) in shapers {
+            let capacity = self.capacity(dir);
+            let weights: Vec<(SlotId, u64, u32)> = self
+                .table
+                .throttles
+                .values()
+                .filter(|t| !t.target.is_cap())
+                .filter_map(|t| t.limits.get(&dir).filter(|l| l.backend == b).map(|l| (l.slot, t.priority)))
+                .map(|(slot, p)| (slot, p.weight(), p.htb_prio()))
+                .collect();
+            match self.datapath.share_capacity(b, capacity, &weights) {
+                Ok(()) if capacity.is_some() => {
+                    self.sharing.native.insert(b);
+                }
+                Ok(()) => {
+                    self.sharing.native.remove(&b);
+                }
+                Err(e) => tracing::debug!(error = %e, "could not share the capacity on a shaper"),
+            }
+        }
     }
 
     /// Runs a throttle direction at its share of the link, or back at its

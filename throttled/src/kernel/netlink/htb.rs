@@ -42,32 +42,16 @@ impl Netlink {
     /// `ceil` the most it may borrow up to, both bytes/s with
     /// `0 < rate <= ceil`; `burst` is bytes sent at full speed (used for both
     /// rate and ceil buckets). EEXIST if it exists.
-    pub fn add_htb_class(
-        &self,
-        ifindex: u32,
-        classid: u32,
-        parent: u32,
-        rate: u64,
-        ceil: u64,
-        burst: u32,
-    ) -> Result<()> {
-        let options = htb_class_options(rate, ceil, burst)?;
+    pub fn add_htb_class(&self, ifindex: u32, classid: u32, parent: u32, class: &HtbClass) -> Result<()> {
+        let options = htb_class_options(class)?;
         self.send_class(ifindex, classid, parent, options, NLM_F_CREATE | NLM_F_EXCL)
     }
 
     /// Changes an existing class in place, without resetting its counters or
     /// dropping its queue. Same units as [`Netlink::add_htb_class`]; ENOENT if
     /// the class does not exist.
-    pub fn change_htb_class(
-        &self,
-        ifindex: u32,
-        classid: u32,
-        parent: u32,
-        rate: u64,
-        ceil: u64,
-        burst: u32,
-    ) -> Result<()> {
-        let options = htb_class_options(rate, ceil, burst)?;
+    pub fn change_htb_class(&self, ifindex: u32, classid: u32, parent: u32, class: &HtbClass) -> Result<()> {
+        let options = htb_class_options(class)?;
         self.send_class(ifindex, classid, parent, options, 0)
     }
 
@@ -97,16 +81,34 @@ impl Netlink {
     }
 }
 
+/// One HTB class: `rate` guaranteed and `ceil` at most (bytes/s),
+/// `burst` bytes at line rate, and `prio` (0 first) when it borrows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HtbClass {
+    pub rate: u64,
+    pub ceil: u64,
+    pub burst: u32,
+    pub prio: u32,
+}
+
+impl HtbClass {
+    /// A class held at exactly `rate`.
+    pub fn fixed(rate: u64, burst: u32) -> HtbClass {
+        HtbClass { rate, ceil: rate, burst, prio: 0 }
+    }
+}
+
 /// TCA_OPTIONS of an HTB class: `struct tc_htb_opt`, plus 64-bit rates
 /// when they do not fit its u32 fields (the kernel takes the larger).
-fn htb_class_options(rate: u64, ceil: u64, burst: u32) -> Result<Vec<u8>> {
-    if rate == 0 || ceil < rate || burst == 0 {
-        return Err(NetlinkError::Invalid(format!("HTB rate {rate} ceil {ceil} burst {burst}")));
+fn htb_class_options(c: &HtbClass) -> Result<Vec<u8>> {
+    let HtbClass { rate, ceil, burst, prio } = *c;
+    if rate == 0 || ceil < rate || burst == 0 || prio > 7 {
+        return Err(NetlinkError::Invalid(format!("HTB rate {rate} ceil {ceil} burst {burst} prio {prio}")));
     }
     let mut parms = Vec::with_capacity(44);
     parms.extend(ratespec(rate));
     parms.extend(ratespec(ceil));
-    let (level, prio) = (0u32, 0u32);
+    let level = 0u32;
     for v in [xmit_ticks(burst, rate), xmit_ticks(burst, ceil), htb_quantum(rate), level, prio] {
         parms.extend(v.to_ne_bytes());
     }
@@ -193,7 +195,7 @@ mod tests {
 
     #[test]
     fn htb_parms_layout() {
-        let opts = htb_class_options(1_000_000, 2_000_000, 16_000).unwrap();
+        let opts = htb_class_options(&HtbClass { rate: 1_000_000, ceil: 2_000_000, burst: 16_000, prio: 3 }).unwrap();
         let nla = NlaBuffer::new_checked(&opts[..]).unwrap();
         assert_eq!(nla.kind(), TCA_HTB_PARMS);
         let p = nla.value();
@@ -204,12 +206,14 @@ mod tests {
         // 16000 B at 1 MB/s = 16 ms = 250000 ticks of 64 ns.
         assert_eq!(parse_u32(&p[24..28]).unwrap(), 250_000);
         assert_eq!(parse_u32(&p[32..36]).unwrap(), 100_000);
+        assert_eq!(parse_u32(&p[40..44]).unwrap(), 3, "prio");
         assert_eq!(opts.len(), 48);
     }
 
     #[test]
     fn htb_64bit_rates() {
-        let opts = htb_class_options(5_000_000_000, 6_000_000_000, 100_000).unwrap();
+        let opts =
+            htb_class_options(&HtbClass { rate: 5_000_000_000, ceil: 6_000_000_000, burst: 100_000, prio: 0 }).unwrap();
         let attrs: Vec<_> = NlasIterator::new(&opts[..]).map(|n| n.unwrap()).collect();
         assert_eq!(attrs.iter().map(|n| n.kind()).collect::<Vec<_>>(), [TCA_HTB_PARMS, TCA_HTB_RATE64, TCA_HTB_CEIL64]);
         assert_eq!(parse_u32(&attrs[0].value()[8..12]).unwrap(), u32::MAX);
@@ -218,8 +222,10 @@ mod tests {
 
     #[test]
     fn bad_htb_arguments() {
-        assert!(htb_class_options(0, 1, 1).is_err());
-        assert!(htb_class_options(2, 1, 1).is_err());
-        assert!(htb_class_options(1, 1, 0).is_err());
+        let c = |rate, ceil, burst, prio| htb_class_options(&HtbClass { rate, ceil, burst, prio });
+        assert!(c(0, 1, 1, 0).is_err());
+        assert!(c(2, 1, 1, 0).is_err());
+        assert!(c(1, 1, 0, 0).is_err());
+        assert!(c(1, 1, 1, 8).is_err());
     }
 }

@@ -17,7 +17,7 @@ mod transport;
 use std::io;
 
 pub use events::{LinkEvent, LinkEvents};
-pub use htb::{ClassInfo, ClassStats};
+pub use htb::{ClassInfo, ClassStats, HtbClass};
 pub use links::LinkInfo;
 pub use qdiscs::QdiscInfo;
 pub use transport::Netlink;
