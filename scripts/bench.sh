@@ -2,7 +2,7 @@
 # Reproduces the tables of docs/BENCHMARKS.md (root; about 35 minutes).
 #   scripts/bench.sh                  print every table
 #   scripts/bench.sh --write          also splice them into docs/BENCHMARKS.md
-#   scripts/bench.sh --only data|rtt|rtt6|core|monitor|load|metrics
+#   scripts/bench.sh --only data|rtt|rtt6|core|monitor|load|metrics|share
 #                                     one benchmark: the data path (accuracy,
 #                                     control plane, cost with the monitor off
 #                                     and on, overhead), downloads at real
@@ -14,7 +14,9 @@
 #                                     churn), or the monitor's daemon CPU with
 #                                     500 processes, or the control plane
 #                                     under D-Bus load, or the metrics
-#                                     exporter's cost with 1,000 throttles
+#                                     exporter's cost with 1,000 throttles,
+#                                     or priorities and caps against a
+#                                     hand-written HTB tree (~6 minutes)
 # Other arguments go to the data-path benchmark, e.g. --rates 1M,10M --dirs down --skip-overhead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +31,12 @@ while [ $# -gt 0 ]; do
 done
 bash scripts/bootstrap.sh
 cargo build --release -p throttle-bench --bin bench --bin bench_core --bin bench_monitor --bin bench_load \
-  --bin bench_metrics
+  --bin bench_metrics --bin bench_share
 # The daemon as installed: built on its own, without the `testing` feature
 # that the benchmarks enable in throttled.
 cargo build --release -p throttled --bin chadthrottled
-data=$(mktemp) rtt=$(mktemp) rtt6=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) metrics=$(mktemp) series=$(mktemp) series80=$(mktemp)
-trap 'rm -f "$data" "$rtt" "$rtt6" "$core" "$mon" "$load" "$metrics" "$series" "$series80"' EXIT
+data=$(mktemp) rtt=$(mktemp) rtt6=$(mktemp) core=$(mktemp) mon=$(mktemp) load=$(mktemp) metrics=$(mktemp) series=$(mktemp) series80=$(mktemp) share=$(mktemp)
+trap 'rm -f "$data" "$rtt" "$rtt6" "$core" "$mon" "$load" "$metrics" "$series" "$series80" "$share"' EXIT
 case "$only" in all|data) ./target/release/bench --plot-csv "$series" "$@" | tee "$data" ;; esac
 # Downloads only: the round trip matters where the sender is remote.
 case "$only" in all|rtt) ./target/release/bench --dirs down --rates 256K,1M,10M --rtts 0.05,20,80 \
@@ -46,6 +48,7 @@ case "$only" in all|core) ./target/release/bench_core | tee "$core" ;; esac
 case "$only" in all|monitor) ./target/release/bench_monitor | tee "$mon" ;; esac
 case "$only" in all|load) ./target/release/bench_load | tee "$load" ;; esac
 case "$only" in all|metrics) ./target/release/bench_metrics | tee "$metrics" ;; esac
+case "$only" in all|share) ./target/release/bench_share | tee "$share" ;; esac
 $write || exit 0
 # The per-second plot of every backend at 10 MiB/s (gnuplot, no X).
 plot() { # series-csv png title
@@ -68,7 +71,7 @@ GP
 }
 plot "$series" docs/bench-per-second-10M.png "IP-layer rate per second under a 10 MiB/s limit (one iperf3 flow each)"
 plot "$series80" docs/bench-per-second-10M-80ms.png "Downloads at an 80 ms round trip: IP-layer rate per second under a 10 MiB/s limit"
-python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" "$rtt" "$rtt6" "$metrics" <<'PY'
+python3 - "$data" "$core" docs/BENCHMARKS.md "$mon" "$load" "$rtt" "$rtt6" "$metrics" "$share" <<'PY'
 import re, sys, datetime
 def splice(doc, names, tables):
     for name, body in zip(names, tables):
@@ -101,6 +104,9 @@ if load:
 metrics = open(sys.argv[8]).read().strip()
 if metrics:
     doc = splice(doc, ["METRICS"], [f"Measured {today}.\n\n{metrics}"])
+share = open(sys.argv[9]).read().strip()
+if share:
+    doc = splice(doc, ["SHARE"], [f"Measured {today}.\n\n{share}"])
 open(sys.argv[3], "w").write(doc)
 PY
 echo "bench.sh: docs/BENCHMARKS.md updated"

@@ -10,3 +10,5 @@ pub fn options(state: &ScratchDir, interfaces: &[&str]) -> ManagerOptions {
     o.loaded.config.interfaces = Some(interfaces.iter().map(|s| s.to_string()).collect());
     o
 }
+
+pub mod tc_script;

@@ -640,7 +640,7 @@ fn control_pacing(ctx: &SockOpsContext) {
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return };
     let p = owner_slots(owner);
-    let caps = [p.up_cap, gen(GEN_ALL_UP)];
+    let caps = binding_caps(&[p.up, p.up_cap, gen(GEN_ALL_UP)]);
     if bucket_of(caps[0]).is_none() && bucket_of(caps[1]).is_none() {
         // The cap went: back to the own throttle's pacing, or none (~0).
         if owner.pace != 0 {
@@ -692,14 +692,28 @@ fn control_pacing(ctx: &SockOpsContext) {
     }
 }
 
+/// The caps of a chain that can bind a socket: all of them, or with an
+/// own bucket only those slower than it (0 for the others). A throttle's
+/// own rate already is its share of a cap where priorities divide one,
+/// and a per-socket share of a cap it sits well inside would only slow it.
+#[inline(always)]
+fn binding_caps(ids: &[u32; 3]) -> [u32; 2] {
+    let own = bucket_of(ids[0]).map_or(u64::MAX, |s| s.rate);
+    let binds = |id: u32| if bucket_of(id).is_some_and(|s| s.rate < own) { id } else { 0 };
+    [binds(ids[1]), binds(ids[2])]
+}
+
 /// The download bucket that bounds a socket's share most: the smallest
-/// rate per receiving socket along its chain. Window control sizes the
-/// window from it, so the tightest level is met without drops.
+/// rate per receiving socket along its chain (the own bucket, and the caps
+/// that bind it). Window control sizes the window from it, so the tightest
+/// level is met without drops.
 #[inline(always)]
 fn window_slot(ids: &[u32; 3]) -> Option<&'static mut Slot> {
+    let caps = binding_caps(ids);
+    let ids = [ids[0], caps[0], caps[1]];
     let mut best = 0;
     let mut least = u64::MAX;
-    for id in ids {
+    for id in &ids {
         if let Some(s) = bucket_of(*id) {
             let active = core::cmp::max(core::cmp::max(s.active_cur, s.active_prev), 1);
             if s.rate / active < least {

@@ -270,6 +270,12 @@ fn iperf_args(ip: &str, port: u16, secs: u32, reverse: bool) -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     a.extend(["--get-server-output", "-l", "16K"].map(String::from));
+    // A flow whose packets stop getting through fails within 30 s, instead
+    // of waiting out TCP's 15 minutes of retransmissions (iperf3 takes
+    // each timeout only on the side it applies to).
+    a.extend(["--connect-timeout", "10000"].map(String::from));
+    let timeout = if reverse { "--rcv-timeout" } else { "--snd-timeout" };
+    a.extend([timeout.to_string(), "30000".to_string()]);
     if reverse {
         a.push("-R".into());
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use throttle_bench::options;
+use throttle_bench::{options, tc_script};
 use throttle_common::Direction;
 use throttle_testkit::{
     lab::{Lab, MIB},
@@ -230,118 +230,6 @@ fn accuracy(
         dropped,
         per_sec,
     })
-}
-
-/// The hand-written baseline, run with the `tc` and `ip` commands.
-mod tc_script {
-    use std::process::Command;
-
-    use anyhow::{bail, Context as _};
-    use throttle_testkit::lab::Lab;
-    use throttled::{
-        kernel::netlink::{ClassStats, Netlink},
-        Rate,
-    };
-
-    pub const IFB: &str = "ctb-ifb";
-
-    pub fn run(args: &[&str]) -> anyhow::Result<()> {
-        let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| args[0].to_string())?;
-        if !out.status.success() {
-            bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
-    fn quiet(args: &[&str]) {
-        let _ = Command::new(args[0]).args(&args[1..]).output();
-    }
-
-    pub fn class(dev: &str, classid: &str, limit: Rate) -> anyhow::Result<()> {
-        let r = format!("{}bps", limit.bytes_per_sec());
-        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb", "rate", &r, "ceil", &r])
-    }
-
-    /// `tc filter`'s protocol and u32 match keyword for a family.
-    fn family(v6: bool) -> (&'static str, &'static str) {
-        if v6 {
-            ("ipv6", "ip6")
-        } else {
-            ("ip", "ip")
-        }
-    }
-
-    pub fn filter(dev: &str, port_match: &str, port: u16, classid: &str, v6: bool) -> anyhow::Result<()> {
-        let (proto, sel) = family(v6);
-        let p = port.to_string();
-        let m = ["match", sel, port_match, &p, "0xffff", "flowid", classid];
-        run(&[&["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", proto, "prio", "1", "u32"][..], &m]
-            .concat())
-    }
-
-    /// HTB with an unlimited default class and one limited class for `port`.
-    pub fn htb(dev: &str, limit: Rate, port_match: &str, port: u16, v6: bool) -> anyhow::Result<()> {
-        run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "99"])?;
-        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:99", "htb", "rate", "100gbit"])?;
-        class(dev, "1:10", limit)?;
-        filter(dev, port_match, port, "1:10", v6)
-    }
-
-    pub struct Script {
-        dev: String,
-        shaped: String,
-        down: bool,
-        nl: Netlink,
-    }
-
-    impl Script {
-        pub fn apply(lab: &Lab, limit: Rate, down: bool, v6: bool) -> anyhow::Result<Script> {
-            let dev = lab.veth.clone();
-            let s = Script { shaped: if down { IFB.into() } else { dev.clone() }, dev, down, nl: Netlink::new()? };
-            if down {
-                run(&["ip", "link", "add", IFB, "type", "ifb"])?;
-                run(&["ip", "link", "set", IFB, "up"])?;
-                run(&["tc", "qdisc", "add", "dev", &s.dev, "handle", "ffff:", "ingress"])?;
-                let redirect = ["action", "mirred", "egress", "redirect", "dev", IFB];
-                let f = [
-                    "tc",
-                    "filter",
-                    "add",
-                    "dev",
-                    &s.dev,
-                    "parent",
-                    "ffff:",
-                    "protocol",
-                    family(v6).0,
-                    "u32",
-                    "match",
-                    "u32",
-                    "0",
-                    "0",
-                ];
-                run(&[&f[..], &redirect].concat())?;
-                htb(IFB, limit, "sport", 5201, v6)?;
-            } else {
-                htb(&s.dev, limit, "dport", 5201, v6)?;
-            }
-            Ok(s)
-        }
-
-        pub fn class_stats(&self) -> anyhow::Result<ClassStats> {
-            let idx = self.nl.link_index(&self.shaped)?.context("shaped device vanished")?;
-            Ok(self.nl.class_stats(idx, 0x1_0010)?)
-        }
-    }
-
-    impl Drop for Script {
-        fn drop(&mut self) {
-            quiet(&["tc", "qdisc", "del", "dev", &self.dev, "root"]);
-            if self.down {
-                quiet(&["tc", "qdisc", "del", "dev", &self.dev, "ingress"]);
-                quiet(&["ip", "link", "del", IFB]);
-            }
-        }
-    }
 }
 
 fn unthrottled(lab: &Lab, down: bool) -> f64 {
