@@ -128,7 +128,7 @@ fn stack(tag: u8, own: &str, reverse: bool) {
     assert!((0.85..=1.03).contains(&((fb + fc) / (4.0 * M))), "restored all cap: {:.2} MiB/s", (fb + fc) / M);
 }
 
-/// `block --user` refuses that user's new connections at once, and
+/// `block --user` refuses new connections of that user's running processes at once, and
 /// nobody else's; `unblock` lifts it.
 #[test]
 fn a_user_block_refuses_connects() {

@@ -234,11 +234,16 @@ impl Lab {
 
     /// As `client_to`, run as `uid` (real and effective uid and gid, no
     /// groups, through setpriv): a process of another user, for user caps.
+    /// It starts half a second after taking the uid, as a process of that
+    /// user that was already running: the daemon learns of a uid change
+    /// from the proc connector, a few milliseconds later.
     pub fn client_as(&self, uid: u32, name: &str, ip: &str, port: u16, secs: u32, reverse: bool) -> Iperf {
         let bin = self.client_binary(name);
         let id = uid.to_string();
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups"]).arg(bin).args(iperf_args(ip, port, secs, reverse));
+        cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups", "sh", "-c", "sleep 0.5; exec \"$0\" \"$@\""])
+            .arg(bin)
+            .args(iperf_args(ip, port, secs, reverse));
         Iperf { child: Some(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()) }
     }
 

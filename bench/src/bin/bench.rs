@@ -462,7 +462,7 @@ fn write_series(path: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The per-packet cost table: seven kinds of traffic, with the monitor off
+/// The per-packet cost table: nine kinds of traffic, with the monitor off
 /// and then on.
 fn print_cost(lab: &Lab, opts: &ManagerOptions) -> anyhow::Result<()> {
     let mut cost = Vec::new();
@@ -493,7 +493,7 @@ fn print_cost(lab: &Lab, opts: &ManagerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ns/packet of seven kinds of traffic under one daemon configuration.
+/// ns/packet of nine kinds of traffic under one daemon configuration.
 fn cost_rows(lab: &Lab, m: &Manager, mine: &[u32]) -> anyhow::Result<BTreeMap<&'static str, BTreeMap<String, f64>>> {
     let mut ns = BTreeMap::new();
     let lo = ns_per_packet(mine, || {
@@ -538,6 +538,22 @@ fn cost_rows(lab: &Lab, m: &Manager, mine: &[u32]) -> anyhow::Result<BTreeMap<&'
         let _ = accuracy(lab, &l, "1G".parse().unwrap(), true, &lab.server_ip, 5, 2);
     })?;
     ns.insert("7. throttled download at 1G (back to back)", down);
+    // Rows 6 and 7 inside a user cap and the all cap that never bind: the
+    // cost of a packet's three buckets instead of one.
+    let big = LimitSpec { down: Some("100G".parse()?), up: Some("100G".parse()?), ..Default::default() };
+    let caps = [
+        m.limit(throttled::target::Target::User { uid: unsafe { libc::getuid() } }, &big)?,
+        m.limit(throttled::target::Target::All, &big)?,
+    ];
+    let up = ns_per_packet(mine, || {
+        let _ = accuracy(lab, &l, "1G".parse().unwrap(), false, &lab.server_ip, 5, 2);
+    })?;
+    ns.insert("8. as 6, inside a user cap and the all cap (three buckets; the server's packets pass the caps too)", up);
+    let down = ns_per_packet(mine, || {
+        let _ = accuracy(lab, &l, "1G".parse().unwrap(), true, &lab.server_ip, 5, 2);
+    })?;
+    ns.insert("9. as 7, inside a user cap and the all cap", down);
+    caps.into_iter().try_for_each(|id| m.remove(id))?;
     Ok(ns)
 }
 
