@@ -12,9 +12,9 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use throttle_common::{SlotMode, GEN_THROTTLING};
+use throttle_common::SlotMode;
 
-use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, GEN, IPPROTO_TCP};
+use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, throttling, IPPROTO_TCP};
 
 /// Managed interface ifindex → its IFB's ifindex.
 #[map(name = "CT_IFB")]
@@ -96,7 +96,7 @@ fn class_of(sk: *mut bpf_sock) -> Option<u32> {
 
 #[classifier]
 pub fn ct_ifb_cls(ctx: TcContext) -> i32 {
-    if GEN.get(GEN_THROTTLING).copied().unwrap_or(0) == 0 {
+    if !throttling() {
         return TC_ACT_UNSPEC;
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };

@@ -110,7 +110,7 @@ fn exempt_loopback() -> bool {
 }
 
 #[inline(always)]
-fn throttling() -> bool {
+pub(crate) fn throttling() -> bool {
     gen(GEN_THROTTLING) != 0
 }
 
