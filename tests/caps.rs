@@ -3,9 +3,11 @@
 //! flows: A (uid 64123, its own 1M throttle), B (uid 64123, no throttle)
 //! and C (root, no throttle), under `--user 64123` at 3M and `--all` at 4M.
 //! A never passes 1M, A and B never pass 3M, and all three fill 4M. The
-//! own throttle runs on each backend; caps run on `ebpf`. Everything is
-//! made by `throttlectl` and read back through `busctl`, then survives
-//! kill -9 and a restart.
+//! own throttle runs on each backend; the user cap on `ebpf`, and the
+//! `all` cap on `ebpf` or, as the top class of the tree over every other
+//! class, on the HTB backend of the own throttle. Everything is made by
+//! `throttlectl` and read back through `busctl`, then survives kill -9 and
+//! a restart.
 mod common;
 
 use std::{process::Command, time::Duration};
@@ -36,32 +38,59 @@ fn throttle_prop(bus: &PrivateBus, id: u32, prop: &str) -> String {
 
 #[test]
 fn caps_stack_on_ebpf_uploads() {
-    stack(190, "ebpf", false);
+    stack(190, "ebpf", "ebpf", false);
 }
 
 #[test]
 fn caps_stack_on_ebpf_downloads() {
-    stack(191, "ebpf", true);
+    stack(191, "ebpf", "ebpf", true);
 }
 
 #[test]
 fn caps_stack_on_tc_htb() {
-    stack(192, "tc_htb", false);
+    stack(192, "tc_htb", "ebpf", false);
 }
 
 #[test]
 fn caps_stack_on_ifb_tc() {
-    stack(193, "ifb_tc", true);
+    stack(193, "ifb_tc", "ebpf", true);
 }
 
-/// Mean IP-layer rate of a flow over seconds 2..secs.
+#[test]
+fn the_all_cap_is_the_top_class_on_tc_htb() {
+    stack(237, "tc_htb", "tc_htb", false);
+}
+
+#[test]
+fn the_all_cap_is_the_top_class_on_ifb_tc() {
+    stack(238, "ifb_tc", "ifb_tc", true);
+}
+
+/// With the `all` cap on an HTB backend, the device's tree (the IFB's for
+/// `ifb_tc`) has it as the top class, over the default class and the
+/// shared class of every throttle's class.
+fn assert_top_class(veth: &str, backend: &str) {
+    let dev = if backend == "ifb_tc" { format!("cti-{veth}") } else { veth.to_string() };
+    let out = Command::new("tc").args(["class", "show", "dev", &dev]).output().unwrap();
+    let classes = String::from_utf8_lossy(&out.stdout);
+    let top = classes.lines().find(|l| l.starts_with("class htb c7:fffd root")).unwrap_or_else(|| panic!("{classes}"));
+    assert!(top.contains("ceil 33554Kbit"), "the top class is not the 4M cap: {top}");
+    for (class, what) in [("c7:ffff", "default"), ("c7:fffe", "shared")] {
+        let under = format!("class htb {class} parent c7:fffd");
+        assert!(classes.lines().any(|l| l.starts_with(&under)), "the {what} class is not under the cap: {classes}");
+    }
+}
+
+/// Mean IP-layer rate of a flow over seconds 2..secs-1: the flows start
+/// one after another, so each one's last second may overlap another's end
+/// (and then take the cap that one left).
 fn rate(r: &throttle_testkit::lab::IperfResult, secs: usize) -> f64 {
-    r.mean(2, secs) / GOODPUT
+    r.mean(2, secs - 1) / GOODPUT
 }
 
 /// The three flows under the caps; downloads with `reverse` (through a
 /// 20 ms round trip, as downloads are), uploads without.
-fn stack(tag: u8, own: &str, reverse: bool) {
+fn stack(tag: u8, own: &str, all_on: &str, reverse: bool) {
     let Some(_g) = begin() else { return };
     let Some(bus) = PrivateBus::start("caps") else { return };
     let mut lab = if reverse { Lab::with_delay(tag, Duration::from_millis(10)) } else { Lab::new(tag) };
@@ -74,10 +103,14 @@ fn stack(tag: u8, own: &str, reverse: bool) {
     let a = format!("ct-cap-a{tag}");
     ctl_ok(&bus, &["limit", &a, way, "1M", "--backend", own]);
     ctl_ok(&bus, &["limit", "--user", &UID.to_string(), way, "3M"]);
-    ctl_ok(&bus, &["limit", "--all", way, "4M"]);
-    // A cap runs on ebpf only: naming another backend is refused.
-    let wrong = ctl(&bus, &["limit", "--all", way, "4M", "--backend", "tc_htb"]);
+    ctl_ok(&bus, &["limit", "--all", way, "4M", "--backend", all_on]);
+    // A user cap runs on ebpf only (HTB is a tree, and a throttle's
+    // processes may be several users'): naming HTB is refused.
+    let wrong = ctl(&bus, &["limit", "--user", "64124", way, "4M", "--backend", "tc_htb"]);
     assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("ebpf"), "{wrong:?}");
+    if all_on != "ebpf" {
+        assert_top_class(&lab.veth, all_on);
+    }
 
     let secs = 10;
     let ca = lab.client_as(UID, &a, &lab.server_ip, 5201, secs, reverse);
@@ -95,7 +128,7 @@ fn stack(tag: u8, own: &str, reverse: bool) {
     eprintln!("retransmits: A {:?} B {:?} C {:?}", ra.retransmits, rb.retransmits, rc.retransmits);
     let (fa, fb, fc) = (rate(&ra, secs as usize), rate(&rb, secs as usize), rate(&rc, secs as usize));
     eprintln!(
-        "{own} {}: A {:.2}, B {:.2}, C {:.2} MiB/s; A+B {:.3} of 3M, all {:.3} of 4M",
+        "{own} (all cap on {all_on}) {}: A {:.2}, B {:.2}, C {:.2} MiB/s; A+B {:.3} of 3M, all {:.3} of 4M",
         if reverse { "down" } else { "up" },
         fa / M,
         fb / M,
@@ -117,6 +150,9 @@ fn stack(tag: u8, own: &str, reverse: bool) {
     let _d = bus.daemon(daemon_bin(), &dir, &lab.veth, &[]);
     let list = ctl_ok(&bus, &["list"]);
     assert!(list.lines().any(|l| l.contains(" user ") && l.contains(&UID.to_string())), "{list}");
+    if all_on != "ebpf" {
+        assert_top_class(&lab.veth, all_on);
+    }
     let secs = 8;
     let cb = lab.client_as(UID, &format!("ct-cap-b{tag}"), &lab.server_ip, 5202, secs, reverse);
     let cc = lab.client_with(&format!("ct-cap-c{tag}"), &lab.server_ip, 5203, secs, reverse, &[]);

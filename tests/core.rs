@@ -432,7 +432,7 @@ fn health_repairs_external_damage() {
     m.take_events();
     sh(&["tc", "qdisc", "del", "dev", &lab.veth, "root"]);
     let ours = || sh(&["tc", "qdisc", "show", "dev", &lab.veth, "root"]).contains("htb c7:");
-    assert!(wait_until(Duration::from_secs(10), || ours() && class_count(&lab.veth) == 3), "not repaired");
+    assert!(wait_until(Duration::from_secs(10), || ours() && class_count(&lab.veth) == 4), "not repaired");
     let ev = m.take_events();
     let broke = ev.iter().any(|e| matches!(e, Event::HealthChanged { component: "tc_htb", health: Health::Broken(_) }));
     assert!(broke, "{ev:?}");
@@ -520,8 +520,8 @@ fn kill_9_then_restart_leaves_exactly_one_set() {
     assert_eq!(links.lines().filter(|l| l.contains(&ifb)).count(), 1, "{links}");
     let qd = sh(&["tc", "qdisc", "show", "dev", &lab.veth]);
     assert_eq!(qd.lines().filter(|l| l.contains("htb c7:")).count(), 1, "{qd}");
-    assert_eq!(class_count(&lab.veth), 3, "default class, shared class, one throttle");
-    assert_eq!(class_count(&ifb), 3);
+    assert_eq!(class_count(&lab.veth), 4, "top, default and shared classes, one throttle");
+    assert_eq!(class_count(&ifb), 4);
     d.stop();
     assert!(!sh(&["ip", "link", "show"]).contains(&ifb));
     let qd = sh(&["tc", "qdisc", "show", "dev", &lab.veth, "root"]);

@@ -1,7 +1,8 @@
 //! `ct_ifb_cls`: tc ingress classifier of the `ifb_tc` backend. An arriving
 //! packet has no socket yet, so look the local socket up by its 4-tuple,
-//! read the owner's download slot and, for a slot in classify mode, set
-//! `skb->priority` to the HTB class and redirect to the interface's IFB.
+//! read the owner's download slot and, for a slot in classify mode (or the
+//! `all` cap's, when it runs on `ifb_tc`), set `skb->priority` to the HTB
+//! class and redirect to the interface's IFB.
 //! IFB re-injects with `tc_skip_classify`, so the packet is not seen twice.
 use core::{mem::size_of, ptr};
 
@@ -12,9 +13,9 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use throttle_common::SlotMode;
+use throttle_common::{SlotMode, GEN_ALL_DOWN};
 
-use crate::datapath::{owner_of, owner_slots, peek_at, slot_of, throttling, IPPROTO_TCP};
+use crate::datapath::{gen, owner_of, owner_slots, peek_at, slot_of, throttling, IPPROTO_TCP};
 
 /// Managed interface ifindex → its IFB's ifindex.
 #[map(name = "CT_IFB")]
@@ -86,12 +87,19 @@ fn sock(skb: *mut core::ffi::c_void, proto: u8, tuple: *mut bpf_sock_tuple, len:
     }
 }
 
-/// The HTB class of the socket's owner, if its download is in classify mode.
+/// The HTB class of a download slot in classify mode.
+#[inline(always)]
+fn htb_class(id: u32) -> Option<u32> {
+    slot_of(id).filter(|s| s.mode == SlotMode::HtbClass as u32).map(|s| s.classid)
+}
+
+/// The HTB class of the socket's owner, if its download is in classify
+/// mode; else, with the `all` cap on this backend, its top class (HTB
+/// sends such a packet on to the default class beneath the cap).
 #[inline(always)]
 fn class_of(sk: *mut bpf_sock) -> Option<u32> {
-    let owner = owner_of(unsafe { bpf_sk_fullsock(sk) })?;
-    let slot = slot_of(owner_slots(owner).down)?;
-    (slot.mode == SlotMode::HtbClass as u32).then_some(slot.classid)
+    let own = owner_of(unsafe { bpf_sk_fullsock(sk) }).and_then(|o| htb_class(owner_slots(o).down));
+    own.or_else(|| htb_class(gen(GEN_ALL_DOWN)))
 }
 
 #[classifier]

@@ -115,7 +115,7 @@ pub(crate) fn throttling() -> bool {
 }
 
 #[inline(always)]
-fn gen(i: u32) -> u32 {
+pub(crate) fn gen(i: u32) -> u32 {
     GEN.get(i).copied().unwrap_or(0)
 }
 

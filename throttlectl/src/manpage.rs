@@ -142,7 +142,9 @@ Without \fB\-\-otherwise\fR nothing applies outside the windows.
 .TP
 .B throttlectl limit \-\-all \-\-down 20M \-\-up 5M
 A cap on the whole machine: every process's packets pass their own throttle,
-then their user's cap, then this one. Caps run on the ebpf backend.
+then their user's cap, then this one. Caps run on the ebpf backend; with
+\fB\-\-backend tc_htb\fR or \fBifb_tc\fR the all cap is the top class of
+that backend's HTB tree instead. A user cap runs on ebpf only.
 .TP
 .B throttlectl limit \-\-user alice \-\-up 2M
 A cap on every process of alice (a user name or a uid), on top of each

@@ -124,6 +124,21 @@ pub const COUNT_BACKEND: &str = "count";
 /// The backends the manager picks and users never name.
 pub const MARKS: [&str; 2] = [BLOCK_BACKEND, COUNT_BACKEND];
 
+/// Where a cap may run: `ebpf` (its bucket in every packet's chain) and
+/// the marks; the `all` cap also on an HTB backend (the top class of its
+/// trees). A user cap cannot be an HTB class: HTB is a tree, and one
+/// throttle's processes may belong to several users.
+pub fn cap_runs_on(all: bool, backend: &str) -> Result<(), InvalidLimit> {
+    let htb = all && crate::backend::NAMES.contains(&backend);
+    match backend == EBPF_BACKEND || MARKS.contains(&backend) || htb {
+        true => Ok(()),
+        false if all => Err(InvalidLimit("the all cap runs on ebpf, tc_htb or ifb_tc")),
+        false => Err(InvalidLimit(
+            "a user cap runs on the ebpf backend only: HTB is a tree, and a throttle's processes may belong to several users",
+        )),
+    }
+}
+
 /// A limit as reports show it, in bytes/s: 0 for a priority alone (its
 /// bucket holds the largest rate, for `share` to lower).
 pub fn shown(r: Rate) -> u64 {
@@ -214,16 +229,26 @@ impl LimitSpec {
         .or(self.backend.as_deref())
     }
 
-    /// The spec of a cap (a `user` or `all` target): its buckets stack on
-    /// the throttles' in the cgroup programs, so it runs on `ebpf` whatever
-    /// the defaults say, and it takes no priority (priorities share a cap).
-    pub fn for_cap(&self) -> Result<LimitSpec, InvalidLimit> {
+    /// The spec of a cap (a `user` or `all` target, `all` saying which): its
+    /// buckets stack on the throttles' in the cgroup programs, so it runs on
+    /// `ebpf` whatever the defaults say, unless the `all` cap names an HTB
+    /// backend (see [`cap_runs_on`]). It takes no priority (priorities
+    /// share a cap).
+    pub fn for_cap(&self, all: bool) -> Result<LimitSpec, InvalidLimit> {
         let named = [&self.backend, &self.down_backend, &self.up_backend];
-        if named.into_iter().flatten().any(|b| b != EBPF_BACKEND) {
-            return Err(InvalidLimit("a cap (user, all) runs on the ebpf backend only"));
-        }
+        named.into_iter().flatten().try_for_each(|b| cap_runs_on(all, b))?;
         if self.priority.is_some() {
             return Err(InvalidLimit("a cap (user, all) takes no priority: the throttles inside it do"));
+        }
+        if self.backend.is_some() {
+            return Ok(self.clone());
+        }
+        if self.names_backend() {
+            let pin = |named: &Option<String>, rate: Option<Rate>| {
+                named.clone().or_else(|| rate.map(|_| EBPF_BACKEND.to_string()))
+            };
+            let (down_backend, up_backend) = (pin(&self.down_backend, self.down), pin(&self.up_backend, self.up));
+            return Ok(LimitSpec { down_backend, up_backend, ..self.clone() });
         }
         let backend = (!self.block).then(|| EBPF_BACKEND.to_string());
         Ok(LimitSpec { backend, down_backend: None, up_backend: None, ..self.clone() })
@@ -242,13 +267,26 @@ mod tests {
     #[test]
     fn a_cap_runs_on_ebpf_without_a_priority() {
         let up = LimitSpec { up: Some(Rate::MIN), ..Default::default() };
-        assert_eq!(up.for_cap().unwrap().backend_for(Direction::Up), Some(EBPF_BACKEND));
-        let named = LimitSpec { up_backend: Some("ebpf".into()), ..up.clone() };
-        assert_eq!(named.for_cap().unwrap().backend, Some(EBPF_BACKEND.into()));
-        assert!(LimitSpec { backend: Some("tc_htb".into()), ..up.clone() }.for_cap().is_err());
-        assert!(LimitSpec { priority: Some(Priority::High), ..up }.for_cap().is_err());
-        let block = LimitSpec { block: true, ..Default::default() };
-        assert_eq!(block.for_cap().unwrap(), block);
+        for all in [false, true] {
+            assert_eq!(up.for_cap(all).unwrap().backend_for(Direction::Up), Some(EBPF_BACKEND));
+            let named = LimitSpec { up_backend: Some("ebpf".into()), ..up.clone() };
+            assert_eq!(named.for_cap(all).unwrap().backend_for(Direction::Up), Some(EBPF_BACKEND));
+            assert!(LimitSpec { priority: Some(Priority::High), ..up.clone() }.for_cap(all).is_err());
+            let block = LimitSpec { block: true, ..Default::default() };
+            assert_eq!(block.for_cap(all).unwrap(), block);
+        }
+    }
+
+    #[test]
+    fn only_the_all_cap_runs_on_htb() {
+        let both = LimitSpec { up: Some(Rate::MIN), down: Some(Rate::MIN), ..Default::default() };
+        let htb = LimitSpec { up_backend: Some("tc_htb".into()), ..both.clone() };
+        assert!(htb.for_cap(false).is_err(), "a user cap is not an HTB class");
+        let all = htb.for_cap(true).unwrap();
+        assert_eq!(all.backend_for(Direction::Up), Some("tc_htb"));
+        assert_eq!(all.backend_for(Direction::Down), Some(EBPF_BACKEND), "the other direction stays on ebpf");
+        assert!(LimitSpec { backend: Some("nope".into()), ..both }.for_cap(true).is_err());
+        assert!(cap_runs_on(false, "ifb_tc").is_err() && cap_runs_on(true, "ifb_tc").is_ok());
     }
 
     #[test]

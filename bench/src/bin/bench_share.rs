@@ -2,7 +2,7 @@
 //! capacity, ours against a hand-written HTB tree, both directions at a
 //! 20 ms round trip (the test kit's delay line). Prints Markdown.
 //!
-//! `cargo run --release -p throttle-bench --bin bench_share -- [--secs 14]`
+//! `cargo run --release -p throttle-bench --bin bench_share -- [--secs 14] [--caps-only]`
 //!
 //! - Priorities: a high and a low flow saturate a 6 MiB/s capacity (our
 //!   `[link]` capacity, or our `all` cap; HTB: rate 4.8M/1.2M, ceil 6M,
@@ -10,7 +10,9 @@
 //!   should take the whole capacity within 2 s.
 //! - Caps: A (its own 1M) and B in a 3 MiB/s user cap, C outside it, all
 //!   under a 4 MiB/s `all` cap (HTB: A 1M under a 3M class with B, C beside
-//!   it, all under 4M; each class must be given a rate up front).
+//!   it, all under 4M; each class must be given a rate up front). Ours once
+//!   with every cap on `ebpf`, once with A's throttle and the `all` cap on
+//!   our HTB backend (the cap is the top class of its tree).
 use std::time::Duration;
 
 use throttle_bench::{
@@ -111,11 +113,23 @@ fn priorities(lab: &Lab, setup: &Setup, down: bool, secs: u32) -> anyhow::Result
     Ok([h, l, (h + l) / 6.0, after / 6.0])
 }
 
+/// Who enforces the caps run.
+#[derive(Clone, Copy, PartialEq)]
+enum Caps {
+    /// Our caps on `ebpf` (A's own throttle too).
+    Ebpf,
+    /// A's own throttle and the `all` cap (the tree's top class) on our HTB
+    /// backend, the user cap on `ebpf`.
+    OurHtb,
+    /// The hand-written HTB tree.
+    Script,
+}
+
 /// The caps run: returns (A, B, C, A+B of 3M, all of 4M, retransmits).
-fn caps(lab: &Lab, htb: bool, down: bool, secs: u32) -> anyhow::Result<([f64; 5], u64)> {
+fn caps(lab: &Lab, setup: Caps, down: bool, secs: u32) -> anyhow::Result<([f64; 5], u64)> {
     let state = ScratchDir::new("bench-share");
     let mut keep: (Option<Manager>, Option<Script>) = (None, None);
-    if htb {
+    if setup == Caps::Script {
         let c = |id, parent, r: &str, ceil: &str, port| Class {
             id,
             parent,
@@ -134,9 +148,13 @@ fn caps(lab: &Lab, htb: bool, down: bool, secs: u32) -> anyhow::Result<([f64; 5]
         keep.1 = Some(Script::tree(lab, &classes, down, false)?);
     } else {
         let m = Manager::start(&options(&state, &[&lab.veth]))?;
-        m.limit(Target::name("ct-sh-a")?, &spec(down, Some("1M"), None))?;
+        let on = |s: LimitSpec| match setup {
+            Caps::OurHtb => LimitSpec { backend: Some(if down { "ifb_tc" } else { "tc_htb" }.into()), ..s },
+            _ => s,
+        };
+        m.limit(Target::name("ct-sh-a")?, &on(spec(down, Some("1M"), None)))?;
         m.limit(Target::User { uid: UID }, &spec(down, Some("3M"), None))?;
-        m.limit(Target::All, &spec(down, Some("4M"), None))?;
+        m.limit(Target::All, &on(spec(down, Some("4M"), None)))?;
         keep.0 = Some(m);
     }
     let a = lab.client_as(UID, "ct-sh-a", &lab.server_ip, 5201, secs, down);
@@ -166,6 +184,13 @@ fn main() -> anyhow::Result<()> {
     for port in [5201, 5202, 5203] {
         lab.server(port);
     }
+    if !args.iter().any(|a| a == "--caps-only") {
+        priority_table(&lab, secs)?;
+    }
+    caps_table(&lab, secs)
+}
+
+fn priority_table(lab: &Lab, secs: u32) -> anyhow::Result<()> {
     println!("\nPriorities: a high and a low flow under 6 MiB/s, 20 ms RTT, {secs} s (the high one stops at {} s); MiB/s at the IP layer\n", secs / 2);
     println!("| setup | direction | high | low | together / 6M | low alone, 2 s after / 6M |");
     println!("|---|---|---|---|---|---|");
@@ -177,16 +202,25 @@ fn main() -> anyhow::Result<()> {
             ("tc script (HTB prio)", Setup::Htb),
         ];
         for (label, setup) in setups {
-            let [h, l, t, after] = priorities(&lab, &setup, down, secs)?;
+            let [h, l, t, after] = priorities(lab, &setup, down, secs)?;
             println!("| {label} | {} | {h:.2} | {l:.2} | {t:.3} | {after:.3} |", name(down));
         }
     }
+    Ok(())
+}
+
+fn caps_table(lab: &Lab, secs: u32) -> anyhow::Result<()> {
     println!("\nCaps: A (own 1M) and B under a 3M user cap, C outside it, all under 4M; 20 ms RTT, {secs} s; MiB/s at the IP layer\n");
     println!("| setup | direction | A | B | C | A+B / 3M | all / 4M | retransmits |");
     println!("|---|---|---|---|---|---|---|---|");
     for down in [true, false] {
-        for (label, htb) in [("ours (ebpf caps)", false), ("tc script (HTB tree)", true)] {
-            let ([a, b, c, ab, all], re) = caps(&lab, htb, down, secs)?;
+        let setups = [
+            ("ours (ebpf caps)", Caps::Ebpf),
+            ("ours (all cap: our HTB tree's top)", Caps::OurHtb),
+            ("tc script (HTB tree)", Caps::Script),
+        ];
+        for (label, setup) in setups {
+            let ([a, b, c, ab, all], re) = caps(lab, setup, down, secs)?;
             println!("| {label} | {} | {a:.2} | {b:.2} | {c:.2} | {ab:.3} | {all:.3} | {re} |", name(down));
         }
     }

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, marker::PhantomData, path::PathBuf};
 use throttle_common::{rate::Rate, Counters, Slot};
 
 use super::{
-    htb::{classid, HasHtb, HtbDevice, Shape},
+    htb::{classid, top, HasHtb, HtbDevice, Shape, Top},
     interfaces::InterfacePolicy,
     probe::{self, TcFeatures},
     Availability, Backend, BackendError, Capabilities, Context, Direction, Health, Priority, SlotId,
@@ -53,9 +53,14 @@ pub struct HtbFleet<K: HtbKind> {
     pub devices: BTreeMap<u32, K::Device>,
     /// Each slot's own limit.
     pub slots: BTreeMap<SlotId, Rate>,
+    /// The `all` cap's slot and rate when it runs here: the top class of
+    /// every tree, over the default class and every throttle's.
+    cap: Option<(SlotId, Rate)>,
     /// The capacity the classes share (priorities), and each slot's
     /// guaranteed part of it and HTB prio (see `share_capacity`).
     capacity: Option<u64>,
+    /// Under the cap, unthrottled traffic's guaranteed part (see [`Top`]).
+    unthrottled: u64,
     shares: BTreeMap<SlotId, (u64, u32)>,
     kind: PhantomData<K>,
 }
@@ -63,7 +68,18 @@ pub struct HtbFleet<K: HtbKind> {
 impl<K: HtbKind> HtbFleet<K> {
     pub fn new(policy: InterfacePolicy, state_dir: PathBuf) -> Self {
         let (devices, slots, shares) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        HtbFleet { policy, state_dir, nl: None, devices, slots, capacity: None, shares, kind: PhantomData }
+        HtbFleet {
+            policy,
+            state_dir,
+            nl: None,
+            devices,
+            slots,
+            cap: None,
+            capacity: None,
+            unthrottled: 0,
+            shares,
+            kind: PhantomData,
+        }
     }
 
     /// Slot `slot`'s class: its own limit, and with a shared capacity its
@@ -95,11 +111,11 @@ impl<K: HtbKind> HtbFleet<K> {
         self.devices.keys().copied().filter(|i| !wanted.iter().any(|l| l.index == *i)).collect()
     }
 
-    /// Adds the shared capacity and every live slot's class to a freshly
-    /// installed tree.
+    /// Adds the cap, the shared capacity and every live slot's class to a
+    /// freshly installed tree.
     pub fn populate(&self, dev: &HtbDevice) -> Result<(), BackendError> {
         let nl = self.nl()?;
-        dev.set_capacity(nl, self.capacity).map_err(self.err())?;
+        dev.set_top(nl, self.top()).map_err(self.err())?;
         let shapes = self.slots.keys().filter_map(|s| Some((*s, self.shape(*s)?)));
         shapes.into_iter().try_for_each(|(slot, shape)| dev.add_class(nl, slot, shape).map_err(self.err()))
     }
@@ -111,8 +127,23 @@ impl<K: HtbKind> HtbFleet<K> {
 
     /// Removes every slot (before the trees go away).
     fn remove_all(&mut self, ctx: &mut Context<'_>) -> Result<(), BackendError> {
-        let slots: Vec<SlotId> = self.slots.keys().copied().collect();
+        let slots: Vec<SlotId> = self.slots.keys().copied().chain(self.cap.map(|c| c.0)).collect();
         slots.into_iter().try_for_each(|s| self.remove(ctx, s, K::DIRECTION))
+    }
+
+    fn top(&self) -> Top {
+        let cap = self.cap.map(|(_, r)| r.bytes_per_sec());
+        Top { cap, capacity: self.capacity, unthrottled: self.unthrottled }
+    }
+
+    fn is_cap(&self, slot: SlotId) -> bool {
+        self.cap.is_some_and(|(s, _)| s == slot)
+    }
+
+    /// Writes the classes over the throttles' on every tree.
+    fn write_top(&self) -> Result<(), BackendError> {
+        let nl = self.nl()?;
+        self.devices.values().try_for_each(|d| d.htb().set_top(nl, self.top()).map_err(self.err()))
     }
 }
 
@@ -161,6 +192,14 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
         _dir: Direction,
         rate: Rate,
     ) -> Result<(), BackendError> {
+        if self.is_cap(slot) {
+            let old = self.cap.replace((slot, rate));
+            let res = self.write_top();
+            if res.is_err() {
+                self.cap = old;
+            }
+            return res;
+        }
         let old = self.slots.insert(slot, rate);
         let res = self.reshape(slot);
         if res.is_err() {
@@ -184,27 +223,58 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
         weights: &[(SlotId, u64, u32)],
     ) -> Result<(), BackendError> {
         let capacity = capacity.map(|c| c.bytes_per_sec());
-        let total: u64 = weights.iter().map(|w| w.1).sum::<u64>().max(1);
-        let part = |cap: u64, w: u64| (cap as u128 * w as u128 / total as u128).max(1) as u64;
+        // Under the cap, unthrottled traffic weighs as a normal throttle.
+        let unthrottled_weight = if self.cap.is_some() { crate::limit::Priority::Normal.weight() } else { 0 };
+        let total: u64 = weights.iter().map(|w| w.1).sum::<u64>() + unthrottled_weight;
+        let part = |cap: u64, w: u64| (cap as u128 * w as u128 / total.max(1) as u128).max(1) as u64;
         let shares: BTreeMap<SlotId, (u64, u32)> = match capacity {
             Some(cap) => weights.iter().map(|&(s, w, prio)| (s, (part(cap, w), prio))).collect(),
             None => BTreeMap::new(),
         };
-        if capacity == self.capacity && shares == self.shares {
+        let unthrottled = match capacity {
+            Some(cap) if unthrottled_weight > 0 => part(cap, unthrottled_weight),
+            _ => 0,
+        };
+        let top_moved = capacity != self.capacity || unthrottled != self.unthrottled;
+        if !top_moved && shares == self.shares {
             return Ok(());
         }
-        let nl = self.nl()?;
-        if capacity != self.capacity {
-            for d in self.devices.values() {
-                d.htb().set_capacity(nl, capacity).map_err(self.err())?;
-            }
+        if top_moved {
+            (self.capacity, self.unthrottled) = (capacity, unthrottled);
+            self.write_top()?;
         }
         let moved: Vec<SlotId> = self.slots.keys().copied().filter(|s| shares.get(s) != self.shares.get(s)).collect();
         (self.capacity, self.shares) = (capacity, shares);
         moved.into_iter().try_for_each(|s| self.reshape(s))
     }
 
+    /// The `all` cap (the only cap HTB runs): its slot becomes the top
+    /// class of every tree instead of a class of its own, so each
+    /// throttle's class and the unthrottled traffic's are beneath it. On
+    /// failure the caller removes the slot, which undoes this.
+    fn widen(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        if self.cap.is_some_and(|(s, _)| s != slot) {
+            return Err(BackendError::Failed { name: K::NAME, reason: "it already runs the all cap".into() });
+        }
+        let rate = self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: K::NAME, slot })?;
+        self.shares.remove(&slot);
+        self.cap = Some((slot, rate));
+        let nl = self.nl()?;
+        for d in self.devices.values() {
+            if let Err(e) = d.htb().remove_class(nl, slot) {
+                tracing::warn!(backend = K::NAME, device = d.htb().name, error = %e, "could not delete class");
+            }
+        }
+        ctx.programs.set_slot(slot, &Slot::htb_class(top()))?;
+        self.write_top()
+    }
+
     fn remove(&mut self, ctx: &mut Context<'_>, slot: SlotId, _dir: Direction) -> Result<(), BackendError> {
+        if self.is_cap(slot) {
+            (self.cap, self.unthrottled) = (None, 0);
+            ctx.programs.clear_slot(slot)?;
+            return self.write_top();
+        }
         self.slots.remove(&slot).ok_or(BackendError::NoSuchSlot { name: K::NAME, slot })?;
         self.shares.remove(&slot);
         ctx.programs.clear_slot(slot)?;
@@ -221,7 +291,11 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
     fn stats(&self, _ctx: &Context<'_>, slot: SlotId, _dir: Direction) -> Result<Counters, BackendError> {
         let mut c = Counters::default();
         for d in self.devices.values() {
-            let s = d.htb().stats(self.nl()?, slot).map_err(self.err())?;
+            let s = match self.is_cap(slot) {
+                true => d.htb().cap_stats(self.nl()?),
+                false => d.htb().stats(self.nl()?, slot),
+            };
+            let s = s.map_err(self.err())?;
             c.pass_bytes += s.bytes;
             c.pass_pkts += s.packets;
             c.drop_pkts += s.drops;
@@ -230,7 +304,7 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
     }
 
     fn active(&self) -> usize {
-        self.slots.len()
+        self.slots.len() + usize::from(self.cap.is_some())
     }
 
     /// The first broken device; with no interface to manage, throttles hold
@@ -291,7 +365,7 @@ impl<K: HtbKind> Backend for HtbFleet<K> {
             first = first.and(res);
         }
         self.nl = None;
-        self.capacity = None;
+        (self.capacity, self.cap, self.unthrottled) = (None, None, 0);
         first
     }
 }

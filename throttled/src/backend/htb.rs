@@ -1,8 +1,10 @@
 //! An HTB tree that a backend owns on one device: the root qdisc it replaced
 //! (recorded in the state directory first, so a crashed run can still
-//! restore it), our root `c7:` with an unlimited default class, and the
-//! shared class `c7:fffe` (the link capacity that priorities share, or
-//! unlimited) with one class per throttle slot under it. Shared by `tc_htb` (on each interface) and
+//! restore it) and our root `c7:`. Its top class `c7:fffd` is the `all`
+//! cap when one runs on this backend (else unlimited); under it are the
+//! default class (unthrottled traffic) and the shared class `c7:fffe` (the
+//! link capacity that priorities share, or unlimited) with one class per
+//! throttle slot under it. Shared by `tc_htb` (on each interface) and
 //! `ifb_tc` (on each IFB) through [`super::fleet::HtbFleet`].
 use std::path::{Path, PathBuf};
 
@@ -17,11 +19,16 @@ use crate::kernel::netlink::{tc_handle, ClassStats, HtbClass, Netlink, NetlinkEr
 /// Our HTB root handle major: marks qdiscs we created (leftover detection).
 pub const HTB_MAJOR: u16 = 0xc7;
 const DEFAULT_MINOR: u16 = 0xffff;
+/// The parent of everything: the `all` cap on this backend, or unlimited.
+const TOP_MINOR: u16 = 0xfffd;
 /// The parent of every throttle's class: the capacity they share.
 const SHARED_MINOR: u16 = 0xfffe;
-/// Leaf qdisc of slot N: handle (LEAF_MAJOR_BASE + N):.
+/// Leaf qdisc of slot N: handle (LEAF_MAJOR_BASE + N):. Slot 0 is never a
+/// throttle's, so the default class's leaf takes that handle.
 const LEAF_MAJOR_BASE: u16 = 0x1000;
-/// The default class must never slow unthrottled traffic.
+/// Unlimited: the default class (without an `all` cap here) must never
+/// slow unthrottled traffic, nor the shared class (without a capacity)
+/// any throttle.
 const UNLIMITED: u64 = 1 << 40;
 
 pub fn classid(slot: SlotId) -> u32 {
@@ -30,6 +37,17 @@ pub fn classid(slot: SlotId) -> u32 {
 
 fn shared() -> u32 {
     tc_handle(HTB_MAJOR, SHARED_MINOR)
+}
+
+fn default_class() -> u32 {
+    tc_handle(HTB_MAJOR, DEFAULT_MINOR)
+}
+
+/// The top class: what the `all` cap's slot classifies into. An inner
+/// class, so HTB sends a packet classified there to the default class
+/// (unthrottled traffic) beneath it.
+pub fn top() -> u32 {
+    tc_handle(HTB_MAJOR, TOP_MINOR)
 }
 
 /// A throttle's class: guaranteed `rate`, at most `ceil` (its own limit),
@@ -57,6 +75,32 @@ impl Shape {
 fn shared_class(capacity: Option<u64>) -> HtbClass {
     let r = capacity.unwrap_or(UNLIMITED);
     HtbClass::fixed(r, burst(r))
+}
+
+/// The classes over the throttles': the top class (the `all` cap, or
+/// unlimited) and beneath it the default class (unthrottled traffic) and
+/// the shared class (the capacity the throttles share).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Top {
+    pub cap: Option<u64>,
+    pub capacity: Option<u64>,
+    /// Under a cap, unthrottled traffic's guaranteed part of it. HTB lets
+    /// a class send at its rate whatever its parent's ceil, so the rates
+    /// beneath the cap must add up to no more than the cap; above its
+    /// rate each class borrows from the cap.
+    pub unthrottled: u64,
+}
+
+impl Top {
+    /// The default class and the shared class.
+    fn classes(self) -> (HtbClass, HtbClass) {
+        let Some(cap) = self.cap else { return (shared_class(None), shared_class(self.capacity)) };
+        let capacity = self.capacity.unwrap_or(cap).min(cap);
+        let floor = self.unthrottled.clamp(1, capacity);
+        let default = HtbClass { rate: floor, ceil: cap, burst: burst(cap), prio: 0 };
+        let rest = (capacity - floor).max(1);
+        (default, HtbClass { rate: rest, ceil: capacity, burst: burst(capacity), prio: 0 })
+    }
 }
 
 /// A full-size Ethernet frame.
@@ -161,9 +205,17 @@ impl HtbDevice {
         self.bound_queue(nl, slot, shape.ceil)
     }
 
-    /// The capacity the throttles' classes share (`None`: unlimited).
-    pub fn set_capacity(&self, nl: &Netlink, capacity: Option<u64>) -> Result<(), NetlinkError> {
-        nl.change_htb_class(self.ifindex, shared(), tc_handle(HTB_MAJOR, 0), &shared_class(capacity))
+    /// The classes over the throttles' (see [`Top`]).
+    pub fn set_top(&self, nl: &Netlink, t: Top) -> Result<(), NetlinkError> {
+        let (default, shared_part) = t.classes();
+        nl.change_htb_class(self.ifindex, top(), tc_handle(HTB_MAJOR, 0), &shared_class(t.cap))?;
+        nl.change_htb_class(self.ifindex, default_class(), top(), &default)?;
+        nl.change_htb_class(self.ifindex, shared(), top(), &shared_part)?;
+        bound_default(nl, self.ifindex, t.cap)
+    }
+
+    pub fn cap_stats(&self, nl: &Netlink) -> Result<ClassStats, NetlinkError> {
+        nl.class_stats(self.ifindex, top())
     }
 
     /// HTB's default leaf FIFO counts packets, and GRO/GSO packets reach
@@ -190,7 +242,7 @@ impl HtbDevice {
             Err(e) => return Err(format!("{}: {e}", self.name)),
         }
         let classes = nl.classes(self.ifindex).map_err(|e| e.to_string())?;
-        let mut wanted = std::iter::once(shared()).chain(slots.map(classid));
+        let mut wanted = [top(), shared()].into_iter().chain(slots.map(classid));
         match wanted.find(|c| !classes.iter().any(|k| k.classid == *c)) {
             Some(missing) => {
                 Err(format!("HTB class {:x}:{:x} on {} is gone", missing >> 16, missing & 0xffff, self.name))
@@ -218,13 +270,21 @@ impl HtbDevice {
     }
 }
 
-/// Our root on `ifindex`: the HTB qdisc, its unlimited default class, and
-/// the shared class (unlimited until a capacity is set).
+/// Our root on `ifindex`: the HTB qdisc and its top class, under it the
+/// default class and the shared class (all unlimited until a cap or a
+/// capacity is set).
 fn add_root(nl: &Netlink, ifindex: u32) -> Result<(), NetlinkError> {
     nl.add_htb_root(ifindex, HTB_MAJOR, DEFAULT_MINOR)?;
-    let root = tc_handle(HTB_MAJOR, 0);
-    nl.add_htb_class(ifindex, tc_handle(HTB_MAJOR, DEFAULT_MINOR), root, &shared_class(None))?;
-    nl.add_htb_class(ifindex, shared(), root, &shared_class(None))
+    nl.add_htb_class(ifindex, top(), tc_handle(HTB_MAJOR, 0), &shared_class(None))?;
+    nl.add_htb_class(ifindex, default_class(), top(), &shared_class(None))?;
+    nl.add_htb_class(ifindex, shared(), top(), &shared_class(None))?;
+    bound_default(nl, ifindex, None)
+}
+
+/// The default class's leaf: a byte FIFO sized for `cap` (as a throttle's).
+fn bound_default(nl: &Netlink, ifindex: u32, cap: Option<u64>) -> Result<(), NetlinkError> {
+    let leaf = tc_handle(LEAF_MAJOR_BASE, 0);
+    nl.set_bfifo_leaf(ifindex, default_class(), leaf, queue_limit(cap.unwrap_or(UNLIMITED)))
 }
 
 /// A device record that carries an HTB tree.
@@ -260,5 +320,18 @@ mod tests {
         assert_eq!(burst(10 << 20), (10 << 20) / 500);
         assert_eq!(burst(256 << 10), 3028);
         assert_eq!(burst(u64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn under_a_cap_the_guarantees_add_up_to_no_more_than_it() {
+        let four = 4 << 20;
+        for (capacity, unthrottled) in [(None, 0), (Some(four), four / 2), (Some(3 << 20), 1 << 20), (Some(four), 0)] {
+            let (default, shared) = Top { cap: Some(four), capacity, unthrottled }.classes();
+            assert!(default.rate + shared.rate <= four, "{capacity:?} {unthrottled}: {default:?} {shared:?}");
+            assert_eq!(default.ceil, four, "unthrottled traffic borrows up to the cap");
+            assert_eq!(shared.ceil, capacity.unwrap_or(four));
+        }
+        let (default, shared) = Top { cap: None, capacity: Some(four), unthrottled: 0 }.classes();
+        assert_eq!((default.rate, shared.rate, shared.ceil), (UNLIMITED, four, four), "without a cap, as before");
     }
 }

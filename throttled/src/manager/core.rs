@@ -263,8 +263,8 @@ impl Core {
         rate: Rate,
         backend: usize,
     ) -> Result<(), ManagerError> {
-        let slot = self.datapath.apply(backend, dir, rate)?;
-        self.widen_cap(id, backend, slot, dir);
+        let cap = self.table.throttles.get(&id).is_some_and(|t| t.target.is_cap());
+        let slot = self.datapath.apply(backend, dir, rate, cap)?;
         if let Some(t) = self.table.throttles.get_mut(&id) {
             t.limits.insert(dir, Limit { slot, rate, backend });
         }
@@ -272,15 +272,6 @@ impl Core {
         let name = self.datapath.pool.name(backend);
         tracing::info!(throttle_id = id, direction = %dir, backend = name, %rate, "limit applied");
         Ok(())
-    }
-
-    /// A cap's new slot polices many flows (see `Backend::widen`).
-    pub(super) fn widen_cap(&mut self, id: ThrottleId, backend: usize, slot: SlotId, dir: Direction) {
-        if self.table.throttles.get(&id).is_some_and(|t| t.target.is_cap()) {
-            if let Err(e) = self.datapath.widen(backend, slot, dir) {
-                tracing::warn!(throttle_id = id, error = %e, "could not shape a cap's bucket");
-            }
-        }
     }
 
     /// Points the kernel at the `all` cap's slots as the table has them: the
@@ -475,7 +466,7 @@ impl Core {
 /// other target's as given.
 pub(super) fn cap_spec(target: &Target, spec: &LimitSpec) -> Result<LimitSpec, ManagerError> {
     match target.is_cap() {
-        true => Ok(spec.for_cap()?),
+        true => Ok(spec.for_cap(*target == Target::All)?),
         false => Ok(spec.clone()),
     }
 }

@@ -33,8 +33,9 @@ impl Datapath {
     }
 
     /// Puts `rate` on `backend` in a fresh slot (starting the backend if it
-    /// is idle). On failure nothing is left behind.
-    pub fn apply(&mut self, backend: usize, dir: Direction, rate: Rate) -> Result<SlotId, ManagerError> {
+    /// is idle), shaped for many flows if it is a `cap` (see
+    /// `Backend::widen`). On failure nothing is left behind.
+    pub fn apply(&mut self, backend: usize, dir: Direction, rate: Rate, cap: bool) -> Result<SlotId, ManagerError> {
         let slot = self.free_slots.pop().ok_or(ManagerError::SlotsExhausted)?;
         let b = &mut self.pool.backends[backend];
         let ctx = &mut Context { programs: &mut self.programs };
@@ -42,7 +43,12 @@ impl Datapath {
             if !b.is_initialized() {
                 b.init(ctx)?;
             }
-            b.apply(ctx, slot, dir, rate)
+            b.apply(ctx, slot, dir, rate)?;
+            let widened = if cap { b.widen(ctx, slot, dir) } else { Ok(()) };
+            if widened.is_err() {
+                let _ = b.remove(ctx, slot, dir);
+            }
+            widened
         })();
         if let Err(e) = res {
             self.free_slots.push(slot);
@@ -106,11 +112,6 @@ impl Datapath {
             true => b.share_capacity(&mut Context { programs: &mut self.programs }, capacity, weights),
             false => Ok(()),
         }
-    }
-
-    /// The slot polices many flows at once (see `Backend::widen`).
-    pub fn widen(&mut self, backend: usize, slot: SlotId, dir: Direction) -> Result<(), BackendError> {
-        self.pool.backends[backend].widen(&mut Context { programs: &mut self.programs }, slot, dir)
     }
 
     /// Per-socket backend work for one process joining (`Some(rate)`) or

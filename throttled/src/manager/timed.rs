@@ -288,11 +288,11 @@ impl Core {
     }
 
     /// The capacity throttles share in `dir`: the link's, or the `all`
-    /// cap's where that is lower (a cap on `ebpf` with a rate of its own).
+    /// cap's where that is lower (a cap with a rate of its own, not a mark).
     fn capacity(&self, dir: Direction) -> Option<Rate> {
         let all = self.table.throttles.values().find(|t| t.target == Target::All);
-        let ebpf = |b: usize| self.datapath.pool.name(b) == EBPF_BACKEND;
-        let cap = all.and_then(|t| t.limits.get(&dir)).filter(|l| ebpf(l.backend)).map(|l| l.rate);
+        let rated = |b: usize| !MARKS.contains(&self.datapath.pool.name(b));
+        let cap = all.and_then(|t| t.limits.get(&dir)).filter(|l| rated(l.backend)).map(|l| l.rate);
         match (self.link().get(dir), cap) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

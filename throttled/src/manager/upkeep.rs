@@ -23,8 +23,9 @@ use crate::{
         bpf::{Programs, ProgramsOptions},
         netlink::Netlink,
     },
-    limit::{EBPF_BACKEND, MARKS},
+    limit::cap_runs_on,
     persist::{self, Change, InstanceLock, PersistedThrottle, State, StateStore, Unusable},
+    target::Target,
 };
 
 impl Core {
@@ -322,12 +323,12 @@ impl Core {
             return self.change_rate(id, dir, from, old_slot, rate).map(|_| None);
         }
         let name = self.datapath.pool.name(to);
-        if self.table.throttles[&id].target.is_cap() && name != EBPF_BACKEND && !MARKS.contains(&name) {
-            return Err(ManagerError::InvalidArgument(format!("throttle {id} is a cap: it runs on ebpf only")));
+        let target = &self.table.throttles[&id].target;
+        if target.is_cap() {
+            cap_runs_on(*target == Target::All, name)?;
         }
         self.datapath.pool.usable(to, dir)?;
-        let slot = self.datapath.apply(to, dir, rate)?;
-        self.widen_cap(id, to, slot, dir);
+        let slot = self.datapath.apply(to, dir, rate, target.is_cap())?;
         if let Err(e) = self.datapath.prime(to, slot, dir) {
             tracing::debug!(error = %e, "could not prime the new bucket");
         }
