@@ -80,6 +80,9 @@ const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 /// (PARSE_HDR_OPT would follow received segments, but TCP's fast path
 /// skips it: measured, the window never moved after the handshake.)
 const BPF_SOCK_OPS_HDR_OPT_LEN_CB: u32 = 14;
+/// `args[0]` of that callback when `tcp_current_mss()` asks, with no
+/// segment: once per send call and per ACK received on a sending socket.
+const BPF_WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
 const BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG: i32 = 1 << 6;
 /// `bpf_{get,set}sockopt` option of a TCP socket's sock_ops callback flags
 /// (Linux 6.11); userspace `setsockopt` does not know it (ENOPROTOOPT), so
@@ -573,8 +576,7 @@ fn setsockopt_u32(ctx: &SockOpsContext, level: i32, name: i32, mut v: u32) {
 pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_HDR_OPT_LEN_CB {
-        control_window(&ctx);
-        control_pacing(&ctx);
+        per_segment(&ctx);
         return 1;
     }
     if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) || !throttling() {
@@ -621,7 +623,7 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
             // every segment sent ~85 ns. A socket whose owner is throttled
             // later gets it from the daemon (`ct_setsockopt`).
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
-            control_window(&ctx);
+            control_window(&ctx, owner, &procs);
         } else {
             let rtt_us = (unsafe { (*ctx.ops).srtt_us } >> 3) as u64;
             setsockopt_u32(&ctx, SOL_TCP, TCP_WINDOW_CLAMP, window_clamp(slot.rate, rtt_us));
@@ -630,16 +632,31 @@ pub fn ct_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Paces an upload under a cap at its share (see `cap_pace`): the cap's
-/// policer then rarely drops, and an egress drop is a lost segment that
-/// TCP finds only by its timers. Runs for every segment sent, so it calls
-/// into TCP only when the rate should move by more than 1/64, or once an
-/// epoch. Never faster than the socket's own throttle.
+/// The per-segment callback. Only a segment being built matters (an MSS
+/// query has nothing to tune), and only one with payload has anything to
+/// pace: skipping the rest halves the calls on a sending socket and
+/// spares a download's ACKs the pacing work.
 #[inline(always)]
-fn control_pacing(ctx: &SockOpsContext) {
+fn per_segment(ctx: &SockOpsContext) {
+    if ctx.arg(0) == BPF_WRITE_HDR_TCP_CURRENT_MSS {
+        return;
+    }
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     let Some(owner) = owner_of(sk) else { return };
     let p = owner_slots(owner);
+    control_window(ctx, owner, &p);
+    if unsafe { (*ctx.ops).skb_len } != 0 {
+        control_pacing(ctx, owner, &p);
+    }
+}
+
+/// Paces an upload under a cap at its share (see `cap_pace`): the cap's
+/// policer then rarely drops, and an egress drop is a lost segment that
+/// TCP finds only by its timers. Runs for every segment with payload, so
+/// it calls into TCP only when the rate should move by more than 1/64, or
+/// once an epoch. Never faster than the socket's own throttle.
+#[inline(always)]
+fn control_pacing(ctx: &SockOpsContext, owner: &mut SockOwner, p: &ProcSlots) {
     let caps = binding_caps(&[p.up, p.up_cap, gen(GEN_ALL_UP)]);
     if bucket_of(caps[0]).is_none() && bucket_of(caps[1]).is_none() {
         // The cap went: back to the own throttle's pacing, or none (~0).
@@ -730,10 +747,8 @@ fn window_slot(ids: &[u32; 3]) -> Option<&'static mut Slot> {
 /// calls into TCP only when the window should move by more than 1/64, or
 /// once an epoch (autotuning raises the clamp when it grows the buffer).
 #[inline(always)]
-fn control_window(ctx: &SockOpsContext) {
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    let Some(owner) = owner_of(sk) else { return };
-    let down = chain(&owner_slots(owner), false);
+fn control_window(ctx: &SockOpsContext, owner: &mut SockOwner, p: &ProcSlots) {
+    let down = chain(p, false);
     let Some(slot) = window_slot(&down).filter(|s| s.rwnd_gain != 0) else {
         // No longer throttled: lift the clamp once (autotuning takes over).
         if owner.clamp != 0 {
@@ -742,9 +757,9 @@ fn control_window(ctx: &SockOpsContext) {
         }
         // Released: the callback goes too. (Another slot, say while a
         // limit migrates between backends, keeps it for the next one; an
-        // upload cap keeps it for `control_pacing`.)
-        let p = owner_slots(owner);
-        if down == [0; 3] && p.up_cap == 0 && gen(GEN_ALL_UP) == 0 {
+        // upload cap, or a cap's pacing not yet undone, keeps it for
+        // `control_pacing`.)
+        if down == [0; 3] && p.up_cap == 0 && gen(GEN_ALL_UP) == 0 && owner.pace == 0 {
             let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
         }
         return;
