@@ -612,12 +612,16 @@ fn state_directory_full() {
     assert!(warning.contains("warning") && warning.contains("No space left on device"), "no clear warning: {warning}");
     let broken = rig.monitor.since(full_at).into_iter().find(|s| is_health(s, "state", "broken")).unwrap();
     assert!(broken.args[2].contains("No space left on device"), "unclear detail: {:?}", broken.args);
+    // Its process has gone: the removal is not saved either, so the state
+    // stays broken until there is room again.
+    let gone = rig.monitor.wait_for(full_at, Duration::from_secs(5), |s| s.member == "ThrottleRemoved");
+    assert!(gone, "the first limit was not removed when its process exited");
     // Room again: the next change is saved, and the state is healthy again.
+    let room = Instant::now();
     fs.empty();
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let t = Instant::now();
     rig.limit(sleeper.id()).unwrap();
-    let healthy = rig.monitor.wait_for(t, Duration::from_secs(5), |s| is_health(s, "state", "healthy"));
+    let healthy = rig.monitor.wait_for(room, Duration::from_secs(5), |s| is_health(s, "state", "healthy"));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let seen: Vec<String> = rig.monitor.since(full_at).iter().map(|s| format!("{} {:?}", s.member, s.args)).collect();
