@@ -181,6 +181,9 @@ struct Download {
     segments: f64,
     /// Packets the throttle dropped after they crossed the link, of all it saw.
     dropped: f64,
+    /// Drops counted by the end of each second (when they happen matters:
+    /// a slow start's overshoot is all in the first second or two).
+    drops_by: Vec<u64>,
     rtt_ms: f64,
     /// What the delay line said about itself: packets it released late.
     link: Option<throttle_testkit::delay::DelayStats>,
@@ -247,6 +250,7 @@ fn download(tag: u8, rtt_ms: u64, backend: &str, limit: &str, family: Family) ->
         retransmits: r.retransmits.unwrap(),
         segments: r.sent_bytes / family.mss(),
         dropped: last.drop_pkts as f64 / (last.pass_pkts + last.drop_pkts).max(1) as f64,
+        drops_by: samples.iter().map(|c| c.drop_pkts).collect(),
         rtt_ms: r.mean_rtt_us.unwrap() / 1000.0,
     })
 }
@@ -317,6 +321,9 @@ fn judge(
         100.0 * d.dropped,
         d.rtt_ms
     );
+    if d.drops_by.last().is_some_and(|&n| n > 0) {
+        eprintln!("{what}: drops counted by each second {:?}", d.drops_by);
+    }
     let stalled = d.link.as_ref().is_some_and(|s| s.late > 0);
     if let Some(s) = d.link.as_ref().filter(|_| stalled) {
         eprintln!("the delay line released {} packets late, by up to {:.1} ms", s.late, s.max_late_us as f64 / 1000.0);
@@ -421,9 +428,13 @@ fn download_ifb_tc_lan_1m() {
     download_within(237, 0, "ifb_tc", "1M", 15.0, Family::V4);
 }
 
+/// Every drop here is the sender's slow start overshooting the 1.2 MiB
+/// queue in the first second (8-30 aggregates, then none: the rate is
+/// 1.00 every second); whether the kernel's HyStart stops it in time
+/// varies from run to run. Measured 0-2.17% in 13 runs, so 3%.
 #[test]
 fn download_ifb_tc_lan_10m() {
-    download_within(238, 0, "ifb_tc", "10M", 1.5, Family::V4);
+    download_within(238, 0, "ifb_tc", "10M", 3.0, Family::V4);
 }
 
 /// A 2 ms HTB burst (200 KiB here) still keeps the rate.
