@@ -222,8 +222,7 @@ impl HtbDevice {
     /// 64 KiB: at 1 MiB/s it held over a second of queue. A byte FIFO of
     /// [`queue_limit`] bounds the delay.
     fn bound_queue(&self, nl: &Netlink, slot: SlotId, rate: u64) -> Result<(), NetlinkError> {
-        let limit = queue_limit(rate);
-        nl.set_bfifo_leaf(self.ifindex, classid(slot), tc_handle(LEAF_MAJOR_BASE + slot as u16, 0), limit)
+        bound_leaf(nl, self.ifindex, classid(slot), slot as u16, rate)
     }
 
     pub fn remove_class(&self, nl: &Netlink, slot: SlotId) -> Result<(), NetlinkError> {
@@ -283,8 +282,13 @@ fn add_root(nl: &Netlink, ifindex: u32) -> Result<(), NetlinkError> {
 
 /// The default class's leaf: a byte FIFO sized for `cap` (as a throttle's).
 fn bound_default(nl: &Netlink, ifindex: u32, cap: Option<u64>) -> Result<(), NetlinkError> {
-    let leaf = tc_handle(LEAF_MAJOR_BASE, 0);
-    nl.set_bfifo_leaf(ifindex, default_class(), leaf, queue_limit(cap.unwrap_or(UNLIMITED)))
+    bound_leaf(nl, ifindex, default_class(), 0, cap.unwrap_or(UNLIMITED))
+}
+
+/// Class `class`'s leaf `LEAF_MAJOR_BASE + n`: a byte FIFO of
+/// [`queue_limit`] at `rate`.
+fn bound_leaf(nl: &Netlink, ifindex: u32, class: u32, n: u16, rate: u64) -> Result<(), NetlinkError> {
+    nl.set_bfifo_leaf(ifindex, class, tc_handle(LEAF_MAJOR_BASE + n, 0), queue_limit(rate))
 }
 
 /// A device record that carries an HTB tree.
